@@ -1,0 +1,72 @@
+// The small op interface the model is written against. CPU implements it now; CUDA and tensor-parallel
+// wrappers plug in later without touching model code. Activations are fp32; weights are Matrix views.
+//
+// Pointers are in the backend's memory space (host memory for CPU). Shapes are row-major; "n" is the
+// number of token rows processed together (1 for decode, the prompt length for prefill).
+#pragma once
+
+#include <cstddef>
+#include <memory>
+#include <string>
+
+#include "engine/core/tensor.h"
+#include "engine/model/model_config.h"
+
+namespace tessera {
+
+// Precomputed rotation for every position: cos/sin[pos][head_dim/2] (frequency scaling already applied).
+struct RopeTable {
+  const float* cos = nullptr;
+  const float* sin = nullptr;
+  int half_dim = 0;  // head_dim / 2
+  int max_pos = 0;
+  RopeStyle style = RopeStyle::kInterleaved;
+};
+
+struct AttentionShape {
+  int n_heads = 0;
+  int n_kv_heads = 0;  // n_heads % n_kv_heads == 0 (GQA: query head h reads kv head h / (n_heads / n_kv_heads))
+  int head_dim = 0;
+};
+
+// One layer of one sequence's KV cache: row p holds position p, each row kv_dim = n_kv_heads*head_dim floats.
+struct KvLayer {
+  float* k = nullptr;
+  float* v = nullptr;
+  int capacity = 0;  // rows
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string name() const = 0;
+
+  // y[i][r] = sum_c x[i][c] * w[r][c] + (bias ? bias[r] : 0), for i < n. x: [n][w.cols], y: [n][w.rows].
+  virtual void matmul(const float* x, int n, const Matrix& w, const float* bias, float* y) = 0;
+
+  // Fused MLP front half: out[i][h] = silu(x[i]·gate[h]) * (x[i]·up[h]). gate, up: [hidden][dim]; out: [n][hidden].
+  virtual void matmul_silu_mul(const float* x, int n, const Matrix& gate, const Matrix& up, float* out) = 0;
+
+  // y[i] = x[i] * w / sqrt(mean(x[i]^2) + eps) for n rows of dim. y may alias x.
+  virtual void rmsnorm(const float* x, const float* w, int n, int dim, float eps, float* y) = 0;
+
+  // Rotates, in place, n rows of n_heads heads (row stride n_heads*2*table.half_dim); row i is at positions[i].
+  virtual void rope(float* x, int n, int n_heads, const int* positions, const RopeTable& table) = 0;
+
+  // Causal attention for n query rows at positions pos0..pos0+n-1, attending to cache rows 0..pos0+i.
+  // The cache must already hold keys/values for rows < pos0+n. Online softmax: no score matrix.
+  // q: [n][n_heads*head_dim]; out: [n][n_heads*head_dim].
+  virtual void attention(const float* q, int n, int pos0, const KvLayer& kv, const AttentionShape& shape,
+                         float* out) = 0;
+
+  // y[i] += x[i] for i < count.
+  virtual void add(float* y, const float* x, size_t count) = 0;
+
+  // out[i] = table row tokens[i] as fp32. out: [n][table.cols].
+  virtual void embedding(const Matrix& table, const int* tokens, int n, float* out) = 0;
+
+  // Index of the largest of n values (the first one on ties): greedy sampling without a host copy.
+  virtual int argmax(const float* x, int n) = 0;
+};
+
+}  // namespace tessera

@@ -1,0 +1,40 @@
+// The CPU backend: multithreaded ops over a ThreadPool, inner loops from the best kernel set the CPU supports
+// (AVX2+FMA+F16C or portable), picked once at construction from cpuid.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "engine/backend/backend.h"
+#include "engine/core/thread_pool.h"
+
+namespace tessera {
+
+enum class CpuKernels { kAuto, kPortable, kAvx2 };
+
+class CpuBackend final : public Backend {
+ public:
+  // n_threads <= 0 means ThreadPool::default_threads(). Asking for kAvx2 on a CPU without it throws tessera::Error.
+  explicit CpuBackend(int n_threads = 0, CpuKernels kernels = CpuKernels::kAuto);
+  ~CpuBackend() override;
+
+  std::string name() const override;  // e.g. "cpu(avx2, 2 threads)"
+  int threads() const { return pool_.size(); }
+
+  void matmul(const float* x, int n, const Matrix& w, const float* bias, float* y) override;
+  void matmul_silu_mul(const float* x, int n, const Matrix& gate, const Matrix& up, float* out) override;
+  void rmsnorm(const float* x, const float* w, int n, int dim, float eps, float* y) override;
+  void rope(float* x, int n, int n_heads, const int* positions, const RopeTable& table) override;
+  void attention(const float* q, int n, int pos0, const KvLayer& kv, const AttentionShape& shape,
+                 float* out) override;
+  void add(float* y, const float* x, size_t count) override;
+  void embedding(const Matrix& table, const int* tokens, int n, float* out) override;
+  int argmax(const float* x, int n) override;
+
+ private:
+  struct Impl;
+  ThreadPool pool_;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace tessera

@@ -1,0 +1,62 @@
+// Fork-join thread pool for data-parallel loops over a range. The calling thread takes part in the work.
+// run() does not allocate: the job is passed by reference and workers wait on a generation counter.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace tessera {
+
+class ThreadPool {
+ public:
+  // n_threads counts the caller: 1 means no extra threads.
+  explicit ThreadPool(int n_threads);
+  ~ThreadPool();
+  ThreadPool(const ThreadPool&) = delete;
+  ThreadPool& operator=(const ThreadPool&) = delete;
+
+  int size() const { return n_threads_; }
+
+  // Calls fn(begin, end) over disjoint chunks covering [0, n), chunk boundaries multiples of `grain`.
+  // Work is split evenly, one chunk per thread; returns when every chunk is done.
+  template <typename Fn>
+  void parallel_for(int64_t n, int64_t grain, Fn&& fn) {
+    if (n <= 0) return;
+    Job job{&invoke<Fn>, &fn, n, grain < 1 ? 1 : grain};
+    run(job);
+  }
+
+  // Number of cores the process may use (cgroup/affinity aware), at least 1.
+  static int default_threads();
+
+ private:
+  struct Job {
+    void (*call)(void* ctx, int64_t begin, int64_t end);
+    void* ctx;
+    int64_t n;
+    int64_t grain;
+  };
+  template <typename Fn>
+  static void invoke(void* ctx, int64_t begin, int64_t end) {
+    (*static_cast<Fn*>(ctx))(begin, end);
+  }
+
+  void run(const Job& job);
+  void do_chunk(const Job& job, int index) const;
+  void worker_loop(int index);
+
+  int n_threads_;
+  std::vector<std::thread> workers_;
+  std::mutex mu_;
+  std::condition_variable start_cv_;
+  std::condition_variable done_cv_;
+  const Job* job_ = nullptr;
+  uint64_t generation_ = 0;
+  int pending_ = 0;
+  bool stop_ = false;
+};
+
+}  // namespace tessera

@@ -1,0 +1,65 @@
+// Weights of a Llama-family model as views into storage owned by WeightStore, plus the owning ModelData.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/core/mapped_file.h"
+#include "engine/core/tensor.h"
+#include "engine/model/model_config.h"
+
+namespace tessera {
+
+struct LayerWeights {
+  std::vector<float> attn_norm;  // [dim]
+  Matrix wq;                     // [n_heads*head_dim][dim]
+  Matrix wk;                     // [n_kv_heads*head_dim][dim]
+  Matrix wv;                     // [n_kv_heads*head_dim][dim]
+  std::vector<float> bq, bk, bv; // [q_dim], [kv_dim], [kv_dim]; empty unless config.qkv_bias
+  Matrix wo;                     // [dim][n_heads*head_dim]
+  std::vector<float> ffn_norm;   // [dim]
+  Matrix w_gate;                 // [hidden_dim][dim]   (llama2.c w1, HF gate_proj)
+  Matrix w_up;                   // [hidden_dim][dim]   (llama2.c w3, HF up_proj)
+  Matrix w_down;                 // [dim][hidden_dim]   (llama2.c w2, HF down_proj)
+};
+
+struct ModelWeights {
+  Matrix tok_embeddings;          // [vocab][dim]
+  std::vector<LayerWeights> layers;
+  std::vector<float> final_norm;  // [dim]
+  Matrix lm_head;                 // [vocab][dim]; same view as tok_embeddings when tied
+};
+
+// Owns the bytes that Matrix views point into: memory-mapped files and heap buffers (converted or generated
+// weights). Buffers never move once added, so views stay valid for the store's lifetime.
+class WeightStore {
+ public:
+  const MappedFile& add_file(MappedFile file);
+  // Returns a zero-initialised, 64-byte aligned buffer that lives as long as the store.
+  uint8_t* allocate(size_t bytes);
+  size_t mapped_bytes() const;
+  size_t allocated_bytes() const { return allocated_bytes_; }
+
+ private:
+  struct FreeDeleter {
+    void operator()(uint8_t* p) const;
+  };
+  std::vector<std::unique_ptr<MappedFile>> files_;
+  std::vector<std::unique_ptr<uint8_t, FreeDeleter>> buffers_;
+  size_t allocated_bytes_ = 0;
+};
+
+// A loaded model: configuration, weight views and the storage behind them. Move-only.
+struct ModelData {
+  ModelConfig config;
+  ModelWeights weights;
+  std::unique_ptr<WeightStore> store = std::make_unique<WeightStore>();
+  std::string source;  // path or preset name, for messages
+
+  // Bytes of the linear-layer and embedding weights as stored (what decode reads per token, lm_head included).
+  size_t weight_bytes() const;
+};
+
+}  // namespace tessera
