@@ -1,1 +1,108 @@
-// placeholder
+// tessera generate: stream a completion of a prompt to stdout; timings go to stderr.
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "cli/commands.h"
+#include "cli/options.h"
+#include "engine/backend/cpu/cpu_backend.h"
+#include "engine/core/check.h"
+#include "engine/model/llama_model.h"
+#include "engine/runtime/generator.h"
+
+namespace tessera::cli {
+
+namespace {
+
+struct GenerateOptions {
+  ModelOptions model;
+  std::string prompt;
+  std::vector<int> prompt_ids;
+  int n_tokens = 256;
+  SamplingParams sampling;
+  int64_t seed = -1;
+  std::vector<std::string> stop;
+  bool ignore_eos = false;
+  bool no_echo = false;
+};
+
+int run_generate(const GenerateOptions& o) {
+  if (!o.prompt.empty() && !o.prompt_ids.empty()) throw Error("give either --prompt or --prompt-ids, not both");
+  LoadedModel loaded = load(o.model, /*need_tokenizer=*/!o.prompt.empty() || !o.stop.empty());
+  const ModelConfig& config = loaded.data.config;
+  CpuBackend backend(o.model.threads);
+  LlamaModel model(loaded.data, backend);
+
+  GenerationRequest request;
+  if (!o.prompt_ids.empty()) {
+    request.prompt = o.prompt_ids;
+  } else if (loaded.tokenizer) {
+    request.prompt = loaded.tokenizer->encode(o.prompt, /*add_bos=*/true);
+  } else {
+    request.prompt = {config.bos_id};  // an empty prompt starts from BOS alone
+  }
+  request.max_new_tokens = o.n_tokens;
+  request.sampling = o.sampling;
+  if (o.seed >= 0) request.sampling.seed = static_cast<uint64_t>(o.seed);
+  request.stop = o.stop;
+  request.stop_at_eos = !o.ignore_eos;
+  request.echo = !o.no_echo;
+
+  Generator generator(model, loaded.tokenizer.get());
+  std::function<void(std::string_view)> on_text = [](std::string_view text) {
+    std::fwrite(text.data(), 1, text.size(), stdout);
+    std::fflush(stdout);
+  };
+  const GenerationResult r = generator.generate(request, on_text);
+  if (!loaded.tokenizer) {
+    // Without a tokenizer (random weights) the ids are the output.
+    for (size_t i = 0; i < r.tokens.size(); ++i) std::printf("%s%d", i ? " " : "", r.tokens[i]);
+    std::fflush(stdout);
+  }
+  const int n = static_cast<int>(r.tokens.size());
+  std::fprintf(stderr, "\n[tessera] %s on %s | load %.2f s | prompt %d tokens, %.1f tokens/s | generated %d tokens, "
+               "%.1f tokens/s | finish: %s\n",
+               loaded.data.source.c_str(), backend.name().c_str(), loaded.load_seconds, r.prompt_tokens,
+               r.prefill_seconds > 0 ? r.prompt_tokens / r.prefill_seconds : 0.0, n,
+               n > 1 && r.decode_seconds > 0 ? (n - 1) / r.decode_seconds : 0.0,
+               std::string(finish_reason_name(r.finish)).c_str());
+  return 0;
+}
+
+}  // namespace
+
+Command add_generate_command(CLI::App& app) {
+  auto o = std::make_shared<GenerateOptions>();
+  CLI::App* sub = app.add_subcommand("generate", "Generate text from a prompt, streamed to stdout");
+  o->model.add_to(*sub);
+  sub->add_option("-p,--prompt", o->prompt, "Prompt text (empty: start from BOS alone)");
+  sub->add_option("--prompt-ids", o->prompt_ids, "Prompt as token ids (BOS included), e.g. for --dummy-weights")
+      ->delimiter(',');
+  sub->add_option("-n,--n-tokens", o->n_tokens, "Maximum number of tokens to generate")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  sub->add_option("--temperature", o->sampling.temperature, "Sampling temperature; 0 = greedy")
+      ->check(CLI::Range(0.0f, 100.0f))
+      ->capture_default_str();
+  sub->add_option("--top-k", o->sampling.top_k, "Keep the K most likely tokens (0 = off)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  sub->add_option("--top-p", o->sampling.top_p, "Nucleus sampling: smallest set with this much probability (1 = off)")
+      ->check(CLI::Range(0.0f, 1.0f))
+      ->capture_default_str();
+  sub->add_option("--min-p", o->sampling.min_p, "Drop tokens below min-p times the top probability (0 = off)")
+      ->check(CLI::Range(0.0f, 1.0f))
+      ->capture_default_str();
+  sub->add_option("--repetition-penalty", o->sampling.repetition_penalty,
+                  "Penalty for tokens already in the context (1 = off)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  sub->add_option("-s,--seed", o->seed, "Random seed for reproducible sampling (default: random)");
+  sub->add_option("--stop", o->stop, "Stop when this string is generated (repeatable); it is not printed");
+  sub->add_flag("--ignore-eos", o->ignore_eos, "Keep generating after the end-of-sequence token");
+  sub->add_flag("--no-echo", o->no_echo, "Print only the generated text, not the prompt");
+  return [o] { return run_generate(*o); };
+}
+
+}  // namespace tessera::cli

@@ -1,27 +1,13 @@
-// Tokenizers: SentencePiece .model files (through the SentencePiece library) and llama2.c tokenizer.bin.
+// Tokenizer implementations: SentencePiece .model files (through the SentencePiece library) and llama2.c
+// tokenizer.bin. The abstract interface lives in the engine (engine/runtime/tokenizer.h).
 #pragma once
 
 #include <memory>
 #include <string>
-#include <string_view>
-#include <vector>
+
+#include "engine/runtime/tokenizer.h"
 
 namespace tessera {
-
-class Tokenizer {
- public:
-  virtual ~Tokenizer() = default;
-
-  // Text to ids, SentencePiece semantics (dummy prefix, byte fallback); BOS prepended when add_bos.
-  virtual std::vector<int> encode(std::string_view text, bool add_bos) const = 0;
-  // Ids to text, SentencePiece semantics: control tokens (BOS/EOS) dropped, byte pieces turned into bytes,
-  // the leading space of the first piece removed. Invalid UTF-8 from lone byte pieces becomes U+FFFD.
-  virtual std::string decode(const std::vector<int>& ids) const = 0;
-
-  virtual int vocab_size() const = 0;
-  virtual int bos_id() const = 0;
-  virtual int eos_id() const = 0;
-};
 
 // Loads by file type: a SentencePiece ModelProto (.model) or a llama2.c tokenizer.bin. Throws tessera::Error.
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path);

@@ -1,0 +1,16 @@
+// Subcommands of the `tessera` executable. Each registers its options on the app and returns the function
+// that runs it after parsing.
+#pragma once
+
+#include <functional>
+
+#include <CLI/CLI.hpp>
+
+namespace tessera::cli {
+
+using Command = std::function<int()>;
+
+Command add_generate_command(CLI::App& app);
+Command add_bench_command(CLI::App& app);
+
+}  // namespace tessera::cli

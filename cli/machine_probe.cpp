@@ -1,0 +1,86 @@
+#include "cli/machine_probe.h"
+
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <new>
+
+#include "engine/core/cpu_features.h"
+#include "engine/core/thread_pool.h"
+
+namespace tessera::cli {
+
+// Defined in probe_avx2.cpp (compiled with AVX2/FMA flags; only called when cpuid says so).
+uint64_t read_sum_avx2(const uint8_t* data, size_t bytes);
+double fma_loop_avx2(long iterations);  // returns the flop count it executed
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+uint64_t read_sum_portable(const uint8_t* data, size_t bytes) {
+  const auto* p = reinterpret_cast<const uint64_t*>(data);
+  uint64_t a = 0, b = 0, c = 0, d = 0;
+  for (size_t i = 0; i + 4 <= bytes / 8; i += 4) {
+    a += p[i];
+    b += p[i + 1];
+    c += p[i + 2];
+    d += p[i + 3];
+  }
+  return a ^ b ^ c ^ d;
+}
+
+struct FreeDeleter {
+  void operator()(uint8_t* p) const { std::free(p); }
+};
+
+}  // namespace
+
+double measure_read_bandwidth_gbs(int threads) {
+  constexpr size_t kBytes = size_t{1} << 30;  // 1 GiB: far beyond any cache
+  std::unique_ptr<uint8_t, FreeDeleter> buf(static_cast<uint8_t*>(std::aligned_alloc(64, kBytes)));
+  if (!buf) throw std::bad_alloc();
+  std::memset(buf.get(), 1, kBytes);  // touch every page so the timing sees no page faults
+  ThreadPool pool(threads);
+  const bool avx2 = cpu_features().has_avx2_fma();
+  constexpr int64_t kChunk = 1 << 20;
+  volatile uint64_t sink = 0;
+  double best = 0.0;
+  for (int pass = 0; pass < 4; ++pass) {
+    const auto t0 = Clock::now();
+    pool.parallel_for(static_cast<int64_t>(kBytes) / kChunk, 1, [&](int64_t begin, int64_t end) {
+      const uint8_t* p = buf.get() + begin * kChunk;
+      const size_t n = static_cast<size_t>(end - begin) * kChunk;
+      sink = sink + (avx2 ? read_sum_avx2(p, n) : read_sum_portable(p, n));
+    });
+    const double s = std::chrono::duration<double>(Clock::now() - t0).count();
+    best = std::max(best, static_cast<double>(kBytes) / s / 1e9);
+  }
+  return best;
+}
+
+double measure_fma_peak_gflops() {
+  if (!cpu_features().has_avx2_fma()) return 0.0;
+  fma_loop_avx2(1 << 20);  // warm up the clock
+  double best = 0.0;
+  for (int pass = 0; pass < 3; ++pass) {
+    const auto t0 = Clock::now();
+    const double flops = fma_loop_avx2(40'000'000);
+    const double s = std::chrono::duration<double>(Clock::now() - t0).count();
+    best = std::max(best, flops / s / 1e9);
+  }
+  return best;
+}
+
+long long peak_rss_bytes() {
+  struct rusage ru {};
+  getrusage(RUSAGE_SELF, &ru);
+  return static_cast<long long>(ru.ru_maxrss) * 1024;
+}
+
+}  // namespace tessera::cli

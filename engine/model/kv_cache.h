@@ -1,0 +1,27 @@
+// Per-sequence KV cache: for every layer, keys and values of each position as fp32 rows [capacity][kv_dim].
+// Contiguous for now; the paged cache of the serving engine replaces the storage, not the model code.
+#pragma once
+
+#include <vector>
+
+#include "engine/backend/backend.h"
+#include "engine/model/model_config.h"
+
+namespace tessera {
+
+class KvCache {
+ public:
+  KvCache(const ModelConfig& config, int capacity);
+
+  int capacity() const { return capacity_; }
+  int n_layers() const { return static_cast<int>(layers_.size()); }
+  KvLayer layer(int l) { return layers_[static_cast<size_t>(l)]; }
+  size_t bytes() const { return storage_.size() * sizeof(float); }
+
+ private:
+  int capacity_;
+  std::vector<float> storage_;
+  std::vector<KvLayer> layers_;
+};
+
+}  // namespace tessera

@@ -1,0 +1,46 @@
+// The Llama-family decoder (Llama 1/2/3, Mistral, Qwen2), written once against the Backend op interface.
+#pragma once
+
+#include <span>
+#include <vector>
+
+#include "engine/backend/backend.h"
+#include "engine/model/kv_cache.h"
+#include "engine/model/rope.h"
+#include "engine/model/weights.h"
+
+namespace tessera {
+
+enum class LogitsMode {
+  kLast,  // logits of the last input row only: [vocab]
+  kAll,   // logits of every input row: [n][vocab] (evaluation, tests)
+};
+
+class LlamaModel {
+ public:
+  // max_batch_tokens bounds the rows processed in one pass; longer inputs are split into chunks of that size.
+  // All scratch buffers are allocated here, none in forward().
+  LlamaModel(const ModelData& model, Backend& backend, int max_batch_tokens = 256);
+
+  const ModelConfig& config() const { return model_.config; }
+  Backend& backend() { return backend_; }
+
+  // Runs `tokens` at positions pos0.. (prefill when tokens.size() > 1, decode when 1), appending their keys and
+  // values to `cache`, and writes logits to `logits` (host memory, sized per `mode`).
+  // Throws tessera::Error if the positions exceed the cache or a token id is outside the vocabulary.
+  void forward(std::span<const int> tokens, int pos0, KvCache& cache, LogitsMode mode, float* logits);
+
+ private:
+  void forward_chunk(const int* tokens, int n, int pos0, KvCache& cache, bool want_logits, LogitsMode mode,
+                     float* logits);
+
+  const ModelData& model_;
+  Backend& backend_;
+  int max_batch_tokens_;
+  RopeCache rope_;
+  // Scratch, [max_batch_tokens][...]
+  std::vector<float> x_, xb_, q_, att_, proj_, hidden_;
+  std::vector<int> positions_;
+};
+
+}  // namespace tessera
