@@ -1,1 +1,154 @@
-// placeholder
+#include "loaders/dummy_model.h"
+
+#include <cmath>
+
+#include "engine/core/check.h"
+#include "engine/core/thread_pool.h"
+
+namespace tessera {
+namespace {
+
+struct Preset {
+  const char* name;
+  int dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size, max_seq_len;
+  float rope_theta;
+  int bos_id, eos_id;
+};
+
+constexpr Preset kPresets[] = {
+    {"llama-110m", 768, 2048, 12, 12, 12, 32000, 1024, 10000.0f, 1, 2},  // llama2.c stories110M shape
+    {"tinyllama-1.1b", 2048, 5632, 22, 32, 4, 32000, 2048, 10000.0f, 1, 2},
+    {"llama2-7b", 4096, 11008, 32, 32, 32, 32000, 4096, 10000.0f, 1, 2},
+    {"llama3-8b", 4096, 14336, 32, 32, 8, 128256, 8192, 500000.0f, 128000, 128001},
+    {"llama2-70b", 8192, 28672, 80, 64, 8, 32000, 4096, 10000.0f, 1, 2},
+};
+
+uint64_t splitmix64(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+// Counter-based: element i of a tensor depends only on (seed, tensor id, i), so any thread split gives the same
+// weights and no generator state is shared between threads.
+class DummyFiller {
+ public:
+  DummyFiller(ModelData& model, DType dtype, uint64_t seed)
+      : model_(model), dtype_(dtype), seed_(seed), pool_(ThreadPool::default_threads()) {}
+
+  Matrix matrix(uint64_t tensor_id, int64_t rows, int64_t cols) {
+    Matrix m;
+    m.dtype = dtype_;
+    m.rows = rows;
+    m.cols = cols;
+    uint8_t* buf = model_.store->allocate(m.bytes());
+    m.data = buf;
+    const uint64_t key = splitmix64(seed_ ^ splitmix64(tensor_id));
+    // Uniform in +-1/sqrt(fan_in): keeps each projection's output variance near its input's.
+    const float scale = 1.0f / std::sqrt(static_cast<float>(cols));
+    pool_.parallel_for(rows, 1, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        uint8_t* row = buf + static_cast<size_t>(r) * m.row_bytes();
+        const uint64_t first = static_cast<uint64_t>(r) * static_cast<uint64_t>((cols + 1) / 2);
+        switch (dtype_) {
+          case DType::F32:
+            fill_row(reinterpret_cast<float*>(row), cols, key, first, scale, [](float v) { return v; });
+            break;
+          case DType::F16:
+            fill_row(reinterpret_cast<uint16_t*>(row), cols, key, first, scale, f32_to_f16);
+            break;
+          case DType::BF16:
+            fill_row(reinterpret_cast<uint16_t*>(row), cols, key, first, scale, f32_to_bf16);
+            break;
+        }
+      }
+    });
+    return m;
+  }
+
+ private:
+  // Elements 2j and 2j+1 of row r come from the two 32-bit halves of hash(key, r, j); 24 bits of each half map
+  // to [-1, 1).
+  template <typename T, typename Convert>
+  static void fill_row(T* out, int64_t cols, uint64_t key, uint64_t first_pair, float scale, Convert convert) {
+    const float unit = 2.0f / 16777216.0f;
+    for (int64_t c = 0; c < cols; c += 2) {
+      const uint64_t pair = first_pair + static_cast<uint64_t>(c / 2);
+      const uint64_t h = splitmix64(key + pair * 0x9e3779b97f4a7c15ull);
+      out[c] = convert((static_cast<float>((h >> 8) & 0xffffff) * unit - 1.0f) * scale);
+      if (c + 1 < cols) out[c + 1] = convert((static_cast<float>(h >> 40) * unit - 1.0f) * scale);
+    }
+  }
+
+  ModelData& model_;
+  DType dtype_;
+  uint64_t seed_;
+  ThreadPool pool_;
+};
+
+}  // namespace
+
+std::vector<std::string> dummy_preset_names() {
+  std::vector<std::string> names;
+  for (const Preset& p : kPresets) names.emplace_back(p.name);
+  return names;
+}
+
+ModelConfig dummy_preset_config(const std::string& preset) {
+  for (const Preset& p : kPresets) {
+    if (preset != p.name) continue;
+    ModelConfig c;
+    c.arch = "llama";
+    c.dim = p.dim;
+    c.hidden_dim = p.hidden_dim;
+    c.n_layers = p.n_layers;
+    c.n_heads = p.n_heads;
+    c.n_kv_heads = p.n_kv_heads;
+    c.head_dim = p.dim / p.n_heads;
+    c.vocab_size = p.vocab_size;
+    c.max_seq_len = p.max_seq_len;
+    c.rms_eps = 1e-5f;
+    c.rope_theta = p.rope_theta;
+    c.rope_style = RopeStyle::kHalfSplit;
+    c.tied_embeddings = false;
+    c.bos_id = p.bos_id;
+    c.eos_id = p.eos_id;
+    c.validate("dummy preset " + preset);
+    return c;
+  }
+  std::string names;
+  for (const Preset& p : kPresets) names += std::string(names.empty() ? "" : ", ") + p.name;
+  throw Error("unknown dummy model preset '" + preset + "' (available: " + names + ")");
+}
+
+ModelData make_dummy_model(const std::string& preset, DType dtype, uint64_t seed) {
+  ModelData model;
+  model.config = dummy_preset_config(preset);
+  model.source = "dummy:" + preset;
+  const ModelConfig& c = model.config;
+  DummyFiller fill(model, dtype, seed);
+  // Stable tensor ids (not creation order) so the weights of a tensor never depend on the others.
+  auto id = [](int layer, int slot) { return 16u + static_cast<uint64_t>(layer) * 16u + static_cast<uint64_t>(slot); };
+
+  ModelWeights& w = model.weights;
+  w.tok_embeddings = fill.matrix(0, c.vocab_size, c.dim);
+  w.layers.resize(static_cast<size_t>(c.n_layers));
+  for (int i = 0; i < c.n_layers; ++i) {
+    LayerWeights& l = w.layers[static_cast<size_t>(i)];
+    l.attn_norm.assign(static_cast<size_t>(c.dim), 1.0f);
+    l.ffn_norm.assign(static_cast<size_t>(c.dim), 1.0f);
+    l.wq = fill.matrix(id(i, 0), c.q_dim(), c.dim);
+    l.wk = fill.matrix(id(i, 1), c.kv_dim(), c.dim);
+    l.wv = fill.matrix(id(i, 2), c.kv_dim(), c.dim);
+    l.wo = fill.matrix(id(i, 3), c.dim, c.q_dim());
+    l.w_gate = fill.matrix(id(i, 4), c.hidden_dim, c.dim);
+    l.w_up = fill.matrix(id(i, 5), c.hidden_dim, c.dim);
+    l.w_down = fill.matrix(id(i, 6), c.dim, c.hidden_dim);
+  }
+  w.final_norm.assign(static_cast<size_t>(c.dim), 1.0f);
+  w.lm_head = fill.matrix(1, c.vocab_size, c.dim);
+  return model;
+}
+
+}  // namespace tessera
