@@ -4,11 +4,10 @@
 #include <chrono>
 #include <cstdio>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <random>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
 #include "cli/machine_probe.h"
@@ -37,7 +36,9 @@ struct BenchOptions {
   bool skip_probe = false;
 };
 
-double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
 
 // Multiply-adds per token in the linear layers and the lm_head: 2 flops each.
 double linear_flops_per_token(const ModelData& m) {
@@ -49,7 +50,9 @@ double linear_flops_per_token(const ModelData& m) {
 }
 
 // Attention flops for a causal prompt of L tokens: QK^T and PV, each L^2/2 * q_dim MACs per layer.
-double attention_flops(const ModelConfig& c, int L) { return 2.0 * 2.0 * 0.5 * L * L * c.q_dim() * c.n_layers; }
+double attention_flops(const ModelConfig& c, int L) {
+  return 2.0 * 2.0 * 0.5 * L * L * c.q_dim() * c.n_layers;
+}
 
 std::vector<int> random_tokens(int n, int vocab, uint64_t seed) {
   std::mt19937_64 rng(seed);
@@ -59,8 +62,7 @@ std::vector<int> random_tokens(int n, int vocab, uint64_t seed) {
   return t;
 }
 
-json bench_one(const LoadedModel& loaded, int threads, const BenchOptions& o, double bandwidth_gbs,
-               double fma_gflops) {
+json bench_one(const LoadedModel& loaded, int threads, const BenchOptions& o, double bandwidth_gbs, double fma_gflops) {
   const ModelData& m = loaded.data;
   const ModelConfig& c = m.config;
   CpuBackend backend(threads);
@@ -139,8 +141,9 @@ void print_human(const json& report) {
                   d["ms_per_token"].get<double>(), "-", d.value("fraction_of_bandwidth_limit", 0.0) * 100, rss_gb);
     }
   }
-  std::printf("\nefficiency: prefill = achieved GFLOP/s / (FMA peak per core x threads); decode = tokens/s x weight "
-              "bytes per token / read bandwidth at the same thread count\n");
+  std::printf(
+      "\nefficiency: prefill = achieved GFLOP/s / (FMA peak per core x threads); decode = tokens/s x weight "
+      "bytes per token / read bandwidth at the same thread count\n");
 }
 
 int run_bench(BenchOptions o) {
@@ -150,10 +153,13 @@ int run_bench(BenchOptions o) {
   json report;
   report["cpu_features"] = cpu_features().describe();
   json bw = json::object();
-  if (!o.skip_probe)
-    for (int t : o.threads) bw[std::to_string(t)] = measure_read_bandwidth_gbs(t);
+  double fma = 0.0;
+  if (!o.skip_probe) {
+    const MachineFigures figures = probe_machine(o.threads);
+    for (size_t i = 0; i < o.threads.size(); ++i) bw[std::to_string(o.threads[i])] = figures.read_bandwidth_gbs[i];
+    fma = figures.fma_peak_gflops_per_core;
+  }
   report["read_bandwidth_gbs"] = bw;
-  const double fma = o.skip_probe ? 0.0 : measure_fma_peak_gflops();
   report["fma_peak_gflops_per_core"] = fma;
 
   std::vector<ModelOptions> targets;
@@ -174,7 +180,8 @@ int run_bench(BenchOptions o) {
   for (const auto& target : targets) {
     const LoadedModel loaded = load(target, /*need_tokenizer=*/false);
     json entry{{"model", loaded.data.source},
-               {"dtype", target.dummy_weights ? target.dtype : std::string(dtype_name(loaded.data.weights.layers.at(0).wq.dtype))},
+               {"dtype", target.dummy_weights ? target.dtype
+                                              : std::string(dtype_name(loaded.data.weights.layers.at(0).wq.dtype))},
                {"weight_bytes", static_cast<double>(loaded.data.weight_bytes())},
                {"load_seconds", loaded.load_seconds}};
     entry["runs"] = json::array();
@@ -205,7 +212,8 @@ Command add_bench_command(CLI::App& app) {
   sub->add_option("--dtype", o->model.dtype, "Weight type of the dummy presets")
       ->check(CLI::IsMember({"f32", "f16", "bf16"}))
       ->capture_default_str();
-  sub->add_option("-t,--threads", o->threads, "Thread counts to measure, e.g. 1,2")->delimiter(',')
+  sub->add_option("-t,--threads", o->threads, "Thread counts to measure, e.g. 1,2")
+      ->delimiter(',')
       ->check(CLI::PositiveNumber);
   sub->add_option("--prompt-lens", o->prompt_lens, "Prompt lengths for prefill, e.g. 128,512")
       ->delimiter(',')

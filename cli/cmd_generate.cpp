@@ -61,7 +61,8 @@ int run_generate(const GenerateOptions& o) {
     std::fflush(stdout);
   }
   const int n = static_cast<int>(r.tokens.size());
-  std::fprintf(stderr, "\n[tessera] %s on %s | load %.2f s | prompt %d tokens, %.1f tokens/s | generated %d tokens, "
+  std::fprintf(stderr,
+               "\n[tessera] %s on %s | load %.2f s | prompt %d tokens, %.1f tokens/s | generated %d tokens, "
                "%.1f tokens/s | finish: %s\n",
                loaded.data.source.c_str(), backend.name().c_str(), loaded.load_seconds, r.prompt_tokens,
                r.prefill_seconds > 0 ? r.prompt_tokens / r.prefill_seconds : 0.0, n,

@@ -2,9 +2,8 @@
 // that runs it after parsing.
 #pragma once
 
-#include <functional>
-
 #include <CLI/CLI.hpp>
+#include <functional>
 
 namespace tessera::cli {
 

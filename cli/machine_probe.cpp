@@ -1,6 +1,8 @@
 #include "cli/machine_probe.h"
 
 #include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -75,6 +77,49 @@ double measure_fma_peak_gflops() {
     best = std::max(best, flops / s / 1e9);
   }
   return best;
+}
+
+MachineFigures probe_machine(const std::vector<int>& threads) {
+  auto measure = [&] {
+    MachineFigures f;
+    for (int t : threads) f.read_bandwidth_gbs.push_back(measure_read_bandwidth_gbs(t));
+    f.fma_peak_gflops_per_core = measure_fma_peak_gflops();
+    return f;
+  };
+  int fds[2];
+  if (::pipe(fds) != 0) return measure();
+  const pid_t pid = ::fork();
+  if (pid < 0) {
+    ::close(fds[0]);
+    ::close(fds[1]);
+    return measure();
+  }
+  const size_t n = threads.size() + 1;
+  if (pid == 0) {
+    ::close(fds[0]);
+    const MachineFigures f = measure();
+    std::vector<double> out(f.read_bandwidth_gbs);
+    out.push_back(f.fma_peak_gflops_per_core);
+    const ssize_t written = ::write(fds[1], out.data(), n * sizeof(double));
+    ::_exit(written == static_cast<ssize_t>(n * sizeof(double)) ? 0 : 1);
+  }
+  ::close(fds[1]);
+  std::vector<double> in(n, 0.0);
+  size_t got = 0;
+  auto* bytes = reinterpret_cast<char*>(in.data());
+  while (got < n * sizeof(double)) {
+    const ssize_t r = ::read(fds[0], bytes + got, n * sizeof(double) - got);
+    if (r <= 0) break;
+    got += static_cast<size_t>(r);
+  }
+  ::close(fds[0]);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  if (got != n * sizeof(double)) return measure();
+  MachineFigures f;
+  f.read_bandwidth_gbs.assign(in.begin(), in.end() - 1);
+  f.fma_peak_gflops_per_core = in.back();
+  return f;
 }
 
 long long peak_rss_bytes() {

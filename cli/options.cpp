@@ -15,9 +15,9 @@ void ModelOptions::add_to(CLI::App& app, bool with_tokenizer) {
     app.add_option("--tokenizer", tokenizer,
                    "Tokenizer: SentencePiece .model or llama2.c tokenizer.bin (default: found beside the model)");
   app.add_flag("--dummy-weights", dummy_weights, "Use random weights of a standard shape (see --preset)");
-  app.add_option("--preset", preset, "Shape for --dummy-weights")
-      ->check(CLI::IsMember(dummy_preset_names()));
-  app.add_option("--dtype", dtype, "Weight type for --dummy-weights")->check(CLI::IsMember({"f32", "f16", "bf16"}))
+  app.add_option("--preset", preset, "Shape for --dummy-weights")->check(CLI::IsMember(dummy_preset_names()));
+  app.add_option("--dtype", dtype, "Weight type for --dummy-weights")
+      ->check(CLI::IsMember({"f32", "f16", "bf16"}))
       ->capture_default_str();
   app.add_option("-t,--threads", threads, "Worker threads (default: all cores)")->check(CLI::NonNegativeNumber);
 }

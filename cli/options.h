@@ -2,10 +2,9 @@
 // them into a loaded model.
 #pragma once
 
+#include <CLI/CLI.hpp>
 #include <memory>
 #include <string>
-
-#include <CLI/CLI.hpp>
 
 #include "engine/model/weights.h"
 #include "engine/runtime/tokenizer.h"
@@ -16,7 +15,7 @@ struct ModelOptions {
   std::string model;      // checkpoint file or HF directory
   std::string tokenizer;  // optional; found beside the model when empty
   bool dummy_weights = false;
-  std::string preset;        // with dummy_weights
+  std::string preset;          // with dummy_weights
   std::string dtype = "bf16";  // dummy weight dtype
   uint64_t dummy_seed = 0;
   int threads = 0;  // 0 = all cores

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 packages=(build-essential cmake pkg-config git
           libsentencepiece-dev nlohmann-json3-dev libcli11-dev libgtest-dev libgmock-dev
-          python3 python3-venv)
+          python3 python3-venv clang-format)
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
 missing=()

@@ -1,8 +1,12 @@
 #include "engine/model/weights.h"
 
+#include <sys/mman.h>
+
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <new>
+#include <utility>
 
 namespace tessera {
 
@@ -11,16 +15,33 @@ const MappedFile& WeightStore::add_file(MappedFile file) {
   return *files_.back();
 }
 
-void WeightStore::FreeDeleter::operator()(uint8_t* p) const { std::free(p); }
+WeightStore::Buffer::Buffer(Buffer&& o) noexcept
+    : data(std::exchange(o.data, nullptr)), bytes(std::exchange(o.bytes, 0)), mapped(o.mapped) {}
+
+WeightStore::Buffer::~Buffer() {
+  if (data == nullptr) return;
+  if (mapped) {
+    ::munmap(data, bytes);
+  } else {
+    std::free(data);
+  }
+}
 
 uint8_t* WeightStore::allocate(size_t bytes) {
-  const size_t rounded = (bytes + 63) / 64 * 64;
-  void* p = std::aligned_alloc(64, rounded == 0 ? 64 : rounded);
-  if (p == nullptr) throw std::bad_alloc();
-  std::memset(p, 0, rounded == 0 ? 64 : rounded);
-  buffers_.emplace_back(static_cast<uint8_t*>(p));
+  constexpr size_t kMapThreshold = size_t{1} << 20;
+  const size_t rounded = std::max<size_t>(64, (bytes + 63) / 64 * 64);
+  if (rounded >= kMapThreshold) {
+    void* p = ::mmap(nullptr, rounded, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) throw std::bad_alloc();
+    buffers_.emplace_back(static_cast<uint8_t*>(p), rounded, true);
+  } else {
+    void* p = std::aligned_alloc(64, rounded);
+    if (p == nullptr) throw std::bad_alloc();
+    std::memset(p, 0, rounded);
+    buffers_.emplace_back(static_cast<uint8_t*>(p), rounded, false);
+  }
   allocated_bytes_ += rounded;
-  return static_cast<uint8_t*>(p);
+  return buffers_.back().data;
 }
 
 size_t WeightStore::mapped_bytes() const {

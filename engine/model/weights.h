@@ -13,20 +13,20 @@
 namespace tessera {
 
 struct LayerWeights {
-  std::vector<float> attn_norm;  // [dim]
-  Matrix wq;                     // [n_heads*head_dim][dim]
-  Matrix wk;                     // [n_kv_heads*head_dim][dim]
-  Matrix wv;                     // [n_kv_heads*head_dim][dim]
-  std::vector<float> bq, bk, bv; // [q_dim], [kv_dim], [kv_dim]; empty unless config.qkv_bias
-  Matrix wo;                     // [dim][n_heads*head_dim]
-  std::vector<float> ffn_norm;   // [dim]
-  Matrix w_gate;                 // [hidden_dim][dim]   (llama2.c w1, HF gate_proj)
-  Matrix w_up;                   // [hidden_dim][dim]   (llama2.c w3, HF up_proj)
-  Matrix w_down;                 // [dim][hidden_dim]   (llama2.c w2, HF down_proj)
+  std::vector<float> attn_norm;   // [dim]
+  Matrix wq;                      // [n_heads*head_dim][dim]
+  Matrix wk;                      // [n_kv_heads*head_dim][dim]
+  Matrix wv;                      // [n_kv_heads*head_dim][dim]
+  std::vector<float> bq, bk, bv;  // [q_dim], [kv_dim], [kv_dim]; empty unless config.qkv_bias
+  Matrix wo;                      // [dim][n_heads*head_dim]
+  std::vector<float> ffn_norm;    // [dim]
+  Matrix w_gate;                  // [hidden_dim][dim]   (llama2.c w1, HF gate_proj)
+  Matrix w_up;                    // [hidden_dim][dim]   (llama2.c w3, HF up_proj)
+  Matrix w_down;                  // [dim][hidden_dim]   (llama2.c w2, HF down_proj)
 };
 
 struct ModelWeights {
-  Matrix tok_embeddings;          // [vocab][dim]
+  Matrix tok_embeddings;  // [vocab][dim]
   std::vector<LayerWeights> layers;
   std::vector<float> final_norm;  // [dim]
   Matrix lm_head;                 // [vocab][dim]; same view as tok_embeddings when tied
@@ -43,11 +43,20 @@ class WeightStore {
   size_t allocated_bytes() const { return allocated_bytes_; }
 
  private:
-  struct FreeDeleter {
-    void operator()(uint8_t* p) const;
+  // Large buffers come from anonymous mmap: zero pages are supplied lazily, so the threads that fill a buffer
+  // are the ones that touch it first (no single-threaded memset over gigabytes).
+  struct Buffer {
+    uint8_t* data = nullptr;
+    size_t bytes = 0;
+    bool mapped = false;
+    Buffer() = default;
+    Buffer(uint8_t* d, size_t b, bool m) : data(d), bytes(b), mapped(m) {}
+    Buffer(Buffer&& o) noexcept;
+    Buffer& operator=(Buffer&&) = delete;
+    ~Buffer();
   };
   std::vector<std::unique_ptr<MappedFile>> files_;
-  std::vector<std::unique_ptr<uint8_t, FreeDeleter>> buffers_;
+  std::vector<Buffer> buffers_;
   size_t allocated_bytes_ = 0;
 };
 
