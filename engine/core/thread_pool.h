@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <mutex>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 namespace tessera {
@@ -25,7 +26,8 @@ class ThreadPool {
   template <typename Fn>
   void parallel_for(int64_t n, int64_t grain, Fn&& fn) {
     if (n <= 0) return;
-    Job job{&invoke<Fn>, &fn, n, grain < 1 ? 1 : grain};
+    using F = std::remove_reference_t<Fn>;
+    Job job{&invoke<F>, const_cast<void*>(static_cast<const void*>(&fn)), n, grain < 1 ? 1 : grain};
     run(job);
   }
 
@@ -39,9 +41,9 @@ class ThreadPool {
     int64_t n;
     int64_t grain;
   };
-  template <typename Fn>
+  template <typename F>
   static void invoke(void* ctx, int64_t begin, int64_t end) {
-    (*static_cast<Fn*>(ctx))(begin, end);
+    (*static_cast<F*>(ctx))(begin, end);
   }
 
   void run(const Job& job);

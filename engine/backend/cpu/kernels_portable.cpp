@@ -1,1 +1,268 @@
-// placeholder
+// Portable kernel set: plain C++ for any CPU. Written so the compiler can vectorize the inner loops with the
+// baseline instruction set; also what TESSERA_CPU_FEATURES=portable selects.
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "engine/backend/cpu/kernels.h"
+
+namespace tessera::cpu {
+
+namespace {
+
+// GCC/Clang vector extensions: 4 floats, lowered to SSE2 on baseline x86-64, NEON on ARM, scalars elsewhere.
+typedef float V4 __attribute__((vector_size(16)));
+typedef uint32_t U4 __attribute__((vector_size(16)));
+
+inline V4 load4(const float* p) {
+  V4 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline void store4(float* p, V4 v) {
+  std::memcpy(p, &v, sizeof v);
+}
+inline V4 splat4(float f) {
+  return V4{f, f, f, f};
+}
+inline V4 bits_to_v4(U4 u) {
+  V4 v;
+  std::memcpy(&v, &u, sizeof v);
+  return v;
+}
+inline U4 v4_to_bits(V4 v) {
+  U4 u;
+  std::memcpy(&u, &v, sizeof u);
+  return u;
+}
+typedef uint16_t U16x4 __attribute__((vector_size(8)));
+// Four 16-bit values zero-extended to 32-bit lanes (one 8-byte load and an unpack, not four scalar loads).
+inline U4 widen4(const uint16_t* p) {
+  U16x4 h;
+  std::memcpy(&h, p, sizeof h);
+  return __builtin_convertvector(h, U4);
+}
+
+// Half -> float without F16C (after F. Giesen): rebias the exponent, then patch inf/NaN and subnormals with
+// selects, so it vectorizes and random signs or exponents cost no branch mispredictions.
+inline U4 f16_bits_to_f32_bits(U4 h) {
+  constexpr uint32_t kShiftedExp = 0x7c00u << 13;
+  U4 o = (h & 0x7fffu) << 13;
+  const U4 exp = o & kShiftedExp;
+  o += (127u - 15u) << 23;
+  o += reinterpret_cast<U4>(exp == kShiftedExp) & ((128u - 16u) << 23);                 // inf / NaN: exponent to 255
+  const U4 sub = reinterpret_cast<U4>(exp == 0);                                        // zero / subnormal: renormalise
+  const U4 renorm = v4_to_bits(bits_to_v4(o + (1u << 23)) - splat4(6.103515625e-05f));  // - 2^-14
+  o = (renorm & sub) | (o & ~sub);
+  return o | ((h & 0x8000u) << 16);
+}
+
+// Weight element loaders, one per storage type, so the inner loops are specialised at compile time: load4 gives
+// four elements as fp32 lanes, cvt one element.
+struct LoadF32 {
+  using T = float;
+  static V4 load4(const float* p) { return ::tessera::cpu::load4(p); }
+  static float cvt(float v) { return v; }
+};
+struct LoadF16 {
+  using T = uint16_t;
+  static V4 load4(const uint16_t* p) { return bits_to_v4(f16_bits_to_f32_bits(widen4(p))); }
+  static float cvt(uint16_t h) { return f16_to_f32(h); }
+};
+struct LoadBF16 {
+  using T = uint16_t;
+  static V4 load4(const uint16_t* p) { return bits_to_v4(widen4(p) << 16); }
+  static float cvt(uint16_t v) { return bf16_to_f32(v); }
+};
+
+inline float hsum4(V4 v) {
+  return (v[0] + v[1]) + (v[2] + v[3]);
+}
+
+template <typename L>
+void dot4(const float* x, const void* const* rows, const void* const* next, int64_t cols, float* out) {
+  using T = typename L::T;
+  const T* r0 = static_cast<const T*>(rows[0]);
+  const T* r1 = static_cast<const T*>(rows[1]);
+  const T* r2 = static_cast<const T*>(rows[2]);
+  const T* r3 = static_cast<const T*>(rows[3]);
+  V4 a0 = splat4(0), a1 = a0, a2 = a0, a3 = a0;
+  int64_t c = 0;
+  for (; c + 4 <= cols; c += 4) {
+    const V4 xc = load4(x + c);
+    a0 += xc * L::load4(r0 + c);
+    a1 += xc * L::load4(r1 + c);
+    a2 += xc * L::load4(r2 + c);
+    a3 += xc * L::load4(r3 + c);
+  }
+  float s0 = hsum4(a0), s1 = hsum4(a1), s2 = hsum4(a2), s3 = hsum4(a3);
+  for (; c < cols; ++c) {
+    s0 += x[c] * L::cvt(r0[c]);
+    s1 += x[c] * L::cvt(r1[c]);
+    s2 += x[c] * L::cvt(r2[c]);
+    s3 += x[c] * L::cvt(r3[c]);
+  }
+  out[0] = s0;
+  out[1] = s1;
+  out[2] = s2;
+  out[3] = s3;
+}
+
+template <typename L>
+float dot1(const float* x, const void* row, int64_t cols) {
+  const auto* r = static_cast<const typename L::T*>(row);
+  float acc = 0;
+  for (int64_t c = 0; c < cols; ++c) acc += x[c] * L::cvt(r[c]);
+  return acc;
+}
+
+template <typename L>
+void pack(const void* w, int64_t ld, int nr, int width, int64_t k0, int64_t kc, float* panel) {
+  const auto* base = static_cast<const typename L::T*>(w);
+  for (int r = 0; r < width; ++r) {
+    if (r < nr) {
+      const auto* row = base + r * ld + k0;
+      for (int64_t k = 0; k < kc; ++k) panel[k * kGemmNR + r] = L::cvt(row[k]);
+    } else {
+      for (int64_t k = 0; k < kc; ++k) panel[k * kGemmNR + r] = 0.0f;
+    }
+  }
+}
+
+// Two rows of x at a time: 2 x 4 vector accumulators fit the 16 registers of baseline x86-64 SSE (and NEON).
+void gemm_tile(const float* x, int64_t ldx, int mr, const float* panel, int64_t kc, const float* init, float* c,
+               int64_t ldc) {
+  static_assert(kGemmNR == 16);
+  for (int i = 0; i < mr; i += 2) {
+    const bool two = i + 1 < mr;
+    const float* x0 = x + i * ldx;
+    const float* x1 = two ? x0 + ldx : x0;  // a lone last row is computed twice, stored once
+    float* c0 = c + i * ldc;
+    float* c1 = two ? c0 + ldc : c0;
+    const float* s0 = init ? init : c0;
+    const float* s1 = init ? init : c1;
+    V4 a0 = load4(s0), a1 = load4(s0 + 4), a2 = load4(s0 + 8), a3 = load4(s0 + 12);
+    V4 b0 = load4(s1), b1 = load4(s1 + 4), b2 = load4(s1 + 8), b3 = load4(s1 + 12);
+    for (int64_t k = 0; k < kc; ++k) {
+      const float* p = panel + k * kGemmNR;
+      const V4 p0 = load4(p), p1 = load4(p + 4), p2 = load4(p + 8), p3 = load4(p + 12);
+      const V4 v0 = splat4(x0[k]), v1 = splat4(x1[k]);
+      a0 += v0 * p0;
+      a1 += v0 * p1;
+      a2 += v0 * p2;
+      a3 += v0 * p3;
+      b0 += v1 * p0;
+      b1 += v1 * p1;
+      b2 += v1 * p2;
+      b3 += v1 * p3;
+    }
+    if (two) {
+      store4(c1, b0);
+      store4(c1 + 4, b1);
+      store4(c1 + 8, b2);
+      store4(c1 + 12, b3);
+    }
+    store4(c0, a0);
+    store4(c0 + 4, a1);
+    store4(c0 + 8, a2);
+    store4(c0 + 12, a3);
+  }
+}
+
+float dot_f32(const float* a, const float* b, int64_t n) {
+  float acc = 0;
+  for (int64_t i = 0; i < n; ++i) acc += a[i] * b[i];
+  return acc;
+}
+
+void attend_one(const float* q, const float* k, const float* v, int64_t kv_stride, int n_keys, int head_dim,
+                float scale, float* out) {
+  // Online softmax, one key at a time: m is the running max, l the running sum of exp(s - m); whenever the max
+  // grows the accumulator and the sum are rescaled by exp(m_old - m_new).
+  for (int d = 0; d < head_dim; ++d) out[d] = 0.0f;
+  float m = -INFINITY, l = 0.0f;
+  for (int j = 0; j < n_keys; ++j) {
+    const float s = dot_f32(q, k + j * kv_stride, head_dim) * scale;
+    if (s > m) {
+      const float alpha = std::exp(m - s);  // 0 on the first key (m = -inf)
+      for (int d = 0; d < head_dim; ++d) out[d] *= alpha;
+      l *= alpha;
+      m = s;
+    }
+    const float p = std::exp(s - m);
+    l += p;
+    const float* vj = v + j * kv_stride;
+    for (int d = 0; d < head_dim; ++d) out[d] += p * vj[d];
+  }
+  const float inv = 1.0f / l;
+  for (int d = 0; d < head_dim; ++d) out[d] *= inv;
+}
+
+void attend(const AttendBatch& batch, const float* k, const float* v, int64_t kv_stride, int head_dim, float scale,
+            float* /*scratch*/) {
+  for (int b = 0; b < batch.count; ++b) {
+    const int64_t off = static_cast<int64_t>(batch.kv_head[b]) * head_dim;
+    attend_one(batch.q[b], k + off, v + off, kv_stride, batch.n_keys[b], head_dim, scale, batch.out[b]);
+  }
+}
+
+float sum_squares(const float* x, int64_t n) {
+  float acc = 0;
+  for (int64_t i = 0; i < n; ++i) acc += x[i] * x[i];
+  return acc;
+}
+
+void scale_mul(const float* x, const float* w, float s, int64_t n, float* y) {
+  for (int64_t i = 0; i < n; ++i) y[i] = x[i] * s * w[i];
+}
+
+void add(float* y, const float* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] += x[i];
+}
+
+template <typename L>
+void to_f32(const void* row, int64_t n, float* out) {
+  const auto* r = static_cast<const typename L::T*>(row);
+  for (int64_t i = 0; i < n; ++i) out[i] = L::cvt(r[i]);
+}
+
+float max_value(const float* x, int64_t n) {
+  float m = -INFINITY;
+  for (int64_t i = 0; i < n; ++i) {
+    if (x[i] > m) m = x[i];  // false for NaN
+  }
+  return m;
+}
+
+Kernels make() {
+  Kernels k{};
+  k.name = "portable";
+  k.dot4[kF32] = dot4<LoadF32>;
+  k.dot4[kF16] = dot4<LoadF16>;
+  k.dot4[kBF16] = dot4<LoadBF16>;
+  k.dot1[kF32] = dot1<LoadF32>;
+  k.dot1[kF16] = dot1<LoadF16>;
+  k.dot1[kBF16] = dot1<LoadBF16>;
+  k.pack[kF32] = pack<LoadF32>;
+  k.pack[kF16] = pack<LoadF16>;
+  k.pack[kBF16] = pack<LoadBF16>;
+  k.gemm_tile = gemm_tile;
+  k.attend = attend;
+  k.sum_squares = sum_squares;
+  k.scale_mul = scale_mul;
+  k.add = add;
+  k.to_f32[kF32] = to_f32<LoadF32>;
+  k.to_f32[kF16] = to_f32<LoadF16>;
+  k.to_f32[kBF16] = to_f32<LoadBF16>;
+  k.max_value = max_value;
+  return k;
+}
+
+}  // namespace
+
+const Kernels& portable_kernels() {
+  static const Kernels kernels = make();
+  return kernels;
+}
+
+}  // namespace tessera::cpu

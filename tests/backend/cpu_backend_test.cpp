@@ -1,0 +1,307 @@
+// Every CpuBackend op against its reference twin, for both kernel sets and for 1 and 3 threads, on ragged shapes.
+#include "engine/backend/cpu/cpu_backend.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "engine/backend/cpu/reference_ops.h"
+#include "engine/core/check.h"
+#include "engine/core/cpu_features.h"
+#include "test_util.h"
+
+namespace tessera {
+namespace {
+
+using test::near_l2;
+using test::poison;
+using test::random_matrix;
+using test::random_vec;
+
+constexpr DType kDtypes[] = {DType::F32, DType::F16, DType::BF16};
+constexpr int kRows[] = {1, 3, 17, 65};
+constexpr int kCols[] = {1, 7, 33, 100, 257};
+constexpr int kNs[] = {1, 2, 5, 31};
+
+struct Config {
+  CpuKernels kernels;
+  int threads;
+};
+
+std::string config_name(const ::testing::TestParamInfo<Config>& info) {
+  return std::string(info.param.kernels == CpuKernels::kAvx2 ? "avx2" : "portable") + "_" +
+         std::to_string(info.param.threads) + "threads";
+}
+
+class CpuBackendTest : public ::testing::TestWithParam<Config> {
+ protected:
+  void SetUp() override {
+    if (GetParam().kernels == CpuKernels::kAvx2 && !cpu_features().has_avx2_fma()) {
+      GTEST_SKIP() << "CPU lacks AVX2+FMA+F16C";
+    }
+    backend_ = std::make_unique<CpuBackend>(GetParam().threads, GetParam().kernels);
+  }
+
+  Backend& cpu() { return *backend_; }
+
+  std::mt19937 rng_{1234};
+
+ private:
+  std::unique_ptr<CpuBackend> backend_;
+};
+
+TEST_P(CpuBackendTest, Name) {
+  const std::string name = cpu().name();
+  EXPECT_NE(name.find(GetParam().kernels == CpuKernels::kAvx2 ? "avx2" : "portable"), std::string::npos) << name;
+  EXPECT_NE(name.find(std::to_string(GetParam().threads) + " thread"), std::string::npos) << name;
+}
+
+void check_matmul(Backend& cpu, std::mt19937& rng, DType t, int rows, int cols, int n, bool with_bias) {
+  SCOPED_TRACE(::testing::Message() << dtype_name(t) << " rows=" << rows << " cols=" << cols << " n=" << n
+                                    << " bias=" << with_bias);
+  const auto w = random_matrix(rng, t, rows, cols);
+  const auto x = random_vec(rng, static_cast<size_t>(n) * cols);
+  const auto bias = random_vec(rng, rows);
+  std::vector<float> want(static_cast<size_t>(n) * rows), got(want.size());
+  ref::matmul(x.data(), n, w.m, with_bias ? bias.data() : nullptr, want.data());
+  poison(got);
+  cpu.matmul(x.data(), n, w.m, with_bias ? bias.data() : nullptr, got.data());
+  EXPECT_TRUE(near_l2(got, want));
+}
+
+TEST_P(CpuBackendTest, MatmulRaggedShapes) {
+  for (DType t : kDtypes) {
+    for (int rows : kRows) {
+      for (int cols : kCols) {
+        for (int n : kNs) check_matmul(cpu(), rng_, t, rows, cols, n, (rows + cols + n) % 2 == 0);
+      }
+    }
+  }
+}
+
+// Shapes that cross the GEMM blocking: several k blocks, an n block boundary, ragged last tiles, many tiles.
+TEST_P(CpuBackendTest, MatmulAcrossBlocks) {
+  for (DType t : kDtypes) {
+    check_matmul(cpu(), rng_, t, 40, 600, 100, true);
+    check_matmul(cpu(), rng_, t, 130, 513, 7, false);
+    check_matmul(cpu(), rng_, t, 96, 256, 13, true);
+    check_matmul(cpu(), rng_, t, 200, 64, 200, false);
+    check_matmul(cpu(), rng_, t, 1000, 96, 1, true);
+  }
+}
+
+TEST_P(CpuBackendTest, MatmulZeroColumnsIsBias) {
+  const auto w = random_matrix(rng_, DType::F32, 5, 0);
+  const auto bias = random_vec(rng_, 5);
+  std::vector<float> got = test::poisoned(10);
+  cpu().matmul(nullptr, 2, w.m, bias.data(), got.data());
+  EXPECT_TRUE(near_l2(got, {bias[0], bias[1], bias[2], bias[3], bias[4], bias[0], bias[1], bias[2], bias[3], bias[4]}));
+}
+
+void check_silu_mul(Backend& cpu, std::mt19937& rng, DType t, int hidden, int cols, int n) {
+  SCOPED_TRACE(::testing::Message() << dtype_name(t) << " hidden=" << hidden << " cols=" << cols << " n=" << n);
+  // Larger weights so silu sees both tails (large |g|), not only its linear middle.
+  const auto gate = random_matrix(rng, t, hidden, cols, 2.0f);
+  const auto up = random_matrix(rng, t, hidden, cols);
+  const auto x = random_vec(rng, static_cast<size_t>(n) * cols);
+  std::vector<float> want(static_cast<size_t>(n) * hidden), got(want.size());
+  ref::matmul_silu_mul(x.data(), n, gate.m, up.m, want.data());
+  poison(got);
+  cpu.matmul_silu_mul(x.data(), n, gate.m, up.m, got.data());
+  EXPECT_TRUE(near_l2(got, want));
+}
+
+TEST_P(CpuBackendTest, MatmulSiluMul) {
+  for (DType t : kDtypes) {
+    for (int hidden : kRows) {
+      for (int cols : kCols) {
+        for (int n : kNs) check_silu_mul(cpu(), rng_, t, hidden, cols, n);
+      }
+    }
+    check_silu_mul(cpu(), rng_, t, 70, 600, 100);
+    check_silu_mul(cpu(), rng_, t, 301, 40, 9);
+  }
+}
+
+TEST_P(CpuBackendTest, Rmsnorm) {
+  for (int dim : {1, 7, 33, 100, 257, 4096}) {
+    for (int n : kNs) {
+      SCOPED_TRACE(::testing::Message() << "dim=" << dim << " n=" << n);
+      const auto x = random_vec(rng_, static_cast<size_t>(n) * dim, -3.0f, 3.0f);
+      const auto w = random_vec(rng_, dim);
+      std::vector<float> want(x.size()), got(x.size());
+      ref::rmsnorm(x.data(), w.data(), n, dim, 1e-5f, want.data());
+      poison(got);
+      cpu().rmsnorm(x.data(), w.data(), n, dim, 1e-5f, got.data());
+      EXPECT_TRUE(near_l2(got, want));
+      // The interface allows y == x.
+      std::vector<float> inplace = x;
+      cpu().rmsnorm(inplace.data(), w.data(), n, dim, 1e-5f, inplace.data());
+      EXPECT_TRUE(near_l2(inplace, want));
+    }
+  }
+}
+
+TEST_P(CpuBackendTest, RopeBothStyles) {
+  for (RopeStyle style : {RopeStyle::kInterleaved, RopeStyle::kHalfSplit}) {
+    for (int head_dim : {2, 6, 8, 64, 128}) {
+      const int half = head_dim / 2, max_pos = 300;
+      // A real table: theta_j = pos / 10000^(2j/d).
+      std::vector<float> cs(static_cast<size_t>(max_pos) * half), sn(cs.size());
+      for (int p = 0; p < max_pos; ++p) {
+        for (int j = 0; j < half; ++j) {
+          const double a = p / std::pow(10000.0, 2.0 * j / head_dim);
+          cs[static_cast<size_t>(p) * half + j] = static_cast<float>(std::cos(a));
+          sn[static_cast<size_t>(p) * half + j] = static_cast<float>(std::sin(a));
+        }
+      }
+      const RopeTable table{cs.data(), sn.data(), half, max_pos, style};
+      for (int n_heads : {1, 3}) {
+        for (int n : {1, 5, 31, 200}) {
+          SCOPED_TRACE(::testing::Message() << "style=" << static_cast<int>(style) << " head_dim=" << head_dim
+                                            << " heads=" << n_heads << " n=" << n);
+          std::vector<int> pos(static_cast<size_t>(n));
+          for (int i = 0; i < n; ++i) pos[static_cast<size_t>(i)] = static_cast<int>(rng_() % max_pos);
+          const auto x = random_vec(rng_, static_cast<size_t>(n) * n_heads * head_dim);
+          std::vector<float> want = x, got = x;
+          ref::rope(want.data(), n, n_heads, pos.data(), table);
+          cpu().rope(got.data(), n, n_heads, pos.data(), table);
+          EXPECT_TRUE(near_l2(got, want));
+        }
+      }
+    }
+  }
+}
+
+void check_attention(Backend& cpu, std::mt19937& rng, int n_heads, int n_kv_heads, int head_dim, int pos0, int n,
+                     float q_scale = 1.0f) {
+  SCOPED_TRACE(::testing::Message() << "heads=" << n_heads << " kv_heads=" << n_kv_heads << " head_dim=" << head_dim
+                                    << " pos0=" << pos0 << " n=" << n << " q_scale=" << q_scale);
+  const AttentionShape shape{n_heads, n_kv_heads, head_dim};
+  const int capacity = pos0 + n + 3;
+  const size_t kv_dim = static_cast<size_t>(n_kv_heads) * head_dim;
+  // Rows past pos0 + n are NaN: reading beyond the causal window poisons the result.
+  std::vector<float> k = random_vec(rng, capacity * kv_dim), v = random_vec(rng, capacity * kv_dim);
+  std::fill(k.begin() + static_cast<ptrdiff_t>((pos0 + n) * kv_dim), k.end(), std::numeric_limits<float>::quiet_NaN());
+  std::fill(v.begin() + static_cast<ptrdiff_t>((pos0 + n) * kv_dim), v.end(), std::numeric_limits<float>::quiet_NaN());
+  const KvLayer kv{k.data(), v.data(), capacity};
+  const auto q = random_vec(rng, static_cast<size_t>(n) * n_heads * head_dim, -q_scale, q_scale);
+  std::vector<float> want(q.size()), got(q.size());
+  ref::attention(q.data(), n, pos0, kv, shape, want.data());
+  poison(got);
+  cpu.attention(q.data(), n, pos0, kv, shape, got.data());
+  EXPECT_TRUE(near_l2(got, want));
+}
+
+TEST_P(CpuBackendTest, AttentionGqaPrefillAndDecode) {
+  for (int ratio : {1, 2, 4}) {
+    for (int n_kv : {1, 2}) {
+      for (int head_dim : {7, 16, 64, 100}) {
+        for (int pos0 : {0, 5, 70}) {
+          for (int n : {1, 2, 31}) check_attention(cpu(), rng_, n_kv * ratio, n_kv, head_dim, pos0, n);
+        }
+      }
+    }
+  }
+}
+
+TEST_P(CpuBackendTest, AttentionLongContextAndPeakedScores) {
+  check_attention(cpu(), rng_, 8, 2, 128, 500, 1);
+  check_attention(cpu(), rng_, 4, 4, 64, 130, 40);
+  // Large scores: the running max changes often and exp underflows for most keys.
+  check_attention(cpu(), rng_, 4, 1, 64, 200, 3, 30.0f);
+  check_attention(cpu(), rng_, 2, 1, 32, 0, 70, 30.0f);
+  // Many kv heads (decode batches span several of them) and a GQA group larger than one kernel batch.
+  check_attention(cpu(), rng_, 48, 24, 16, 9, 1);
+  check_attention(cpu(), rng_, 80, 1, 16, 10, 3);
+  check_attention(cpu(), rng_, 80, 1, 16, 10, 1);
+  // A narrower last kv block gets a longer key block than a full one: its scratch must still fit (ASan catches
+  // an overflow here). Non-power-of-two head sizes with kv heads that do not divide into blocks.
+  for (int threads : {2, 3}) {
+    CpuBackend be(threads, GetParam().kernels);
+    check_attention(be, rng_, 3, 3, 34, 70, 1);
+    check_attention(be, rng_, 5, 5, 34, 70, 1);
+    check_attention(be, rng_, 6, 3, 80, 100, 1);
+    check_attention(be, rng_, 5, 5, 96, 90, 1);
+  }
+}
+
+TEST_P(CpuBackendTest, Add) {
+  for (size_t count : {size_t{1}, size_t{7}, size_t{33}, size_t{1000}, size_t{100003}}) {
+    SCOPED_TRACE(count);
+    const auto x = random_vec(rng_, count);
+    const auto y0 = random_vec(rng_, count);
+    std::vector<float> want = y0, got = y0;
+    ref::add(want.data(), x.data(), count);
+    cpu().add(got.data(), x.data(), count);
+    EXPECT_EQ(got, want);  // one rounding per element either way: bit-exact
+  }
+}
+
+TEST_P(CpuBackendTest, Embedding) {
+  for (DType t : kDtypes) {
+    for (int cols : {1, 7, 33, 257}) {
+      SCOPED_TRACE(::testing::Message() << dtype_name(t) << " cols=" << cols);
+      const auto table = random_matrix(rng_, t, 50, cols);
+      const std::vector<int> tokens = {0, 49, 7, 7, 23};
+      std::vector<float> want(tokens.size() * cols), got(want.size());
+      ref::embedding(table.m, tokens.data(), static_cast<int>(tokens.size()), want.data());
+      poison(got);
+      cpu().embedding(table.m, tokens.data(), static_cast<int>(tokens.size()), got.data());
+      EXPECT_EQ(got, want);  // a conversion, exact
+    }
+  }
+}
+
+TEST_P(CpuBackendTest, Argmax) {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const float inf = std::numeric_limits<float>::infinity();
+  for (int n : {1, 7, 33, 1000, 32001}) {
+    auto x = random_vec(rng_, static_cast<size_t>(n));
+    EXPECT_EQ(cpu().argmax(x.data(), n), ref::argmax(x.data(), n)) << n;
+    // Ties: the first of equal maxima, wherever it falls (vector body or scalar tail).
+    const int a = static_cast<int>(rng_() % n), b = static_cast<int>(rng_() % n);
+    x[static_cast<size_t>(a)] = 5.0f;
+    x[static_cast<size_t>(b)] = 5.0f;
+    EXPECT_EQ(cpu().argmax(x.data(), n), std::min(a, b)) << n;
+    // NaNs are never the maximum.
+    x[static_cast<size_t>(n / 2)] = nan;
+    x[0] = nan;
+    EXPECT_EQ(cpu().argmax(x.data(), n), ref::argmax(x.data(), n)) << n;
+    x[static_cast<size_t>(n - 1)] = 6.0f;
+    EXPECT_EQ(cpu().argmax(x.data(), n), n == 1 ? 0 : n - 1) << n;
+  }
+  std::vector<float> all_neg_inf(19, -inf);
+  EXPECT_EQ(cpu().argmax(all_neg_inf.data(), 19), 0);
+  std::vector<float> all_nan(19, nan);
+  EXPECT_EQ(cpu().argmax(all_nan.data(), 19), 0);
+  std::vector<float> zeros = {-0.0f, 0.0f, -1.0f};
+  EXPECT_EQ(cpu().argmax(zeros.data(), 3), ref::argmax(zeros.data(), 3));
+}
+
+INSTANTIATE_TEST_SUITE_P(Kernels, CpuBackendTest,
+                         ::testing::Values(Config{CpuKernels::kPortable, 1}, Config{CpuKernels::kPortable, 3},
+                                           Config{CpuKernels::kAvx2, 1}, Config{CpuKernels::kAvx2, 3}),
+                         config_name);
+
+TEST(CpuBackend, AutoPicksBestKernels) {
+  CpuBackend auto_backend(2);
+  const bool avx2 = cpu_features().has_avx2_fma();
+  EXPECT_NE(auto_backend.name().find(avx2 ? "avx2" : "portable"), std::string::npos) << auto_backend.name();
+  EXPECT_EQ(auto_backend.threads(), 2);
+  if (!avx2) {
+    EXPECT_THROW(CpuBackend(1, CpuKernels::kAvx2), Error);
+  }
+}
+
+TEST(CpuBackend, DefaultThreads) {
+  CpuBackend b;
+  EXPECT_EQ(b.threads(), ThreadPool::default_threads());
+}
+
+}  // namespace
+}  // namespace tessera

@@ -1,0 +1,279 @@
+// Private measurement tool for the CPU backend (not a test): memory read bandwidth and clock of this machine, then
+// GEMV bandwidth (bf16/f16/f32) and GEMM throughput (fp32, plus bf16 and the fused MLP op) of one kernel set.
+//
+//   kernel_bench [--kernels auto|portable|avx2] [--threads N] [--quick]
+//
+// GEMV is timed twice: "hot" repeats one matrix (it may sit partly in the last-level cache), "cold" rotates over
+// enough copies (>= 256 MiB) that every pass streams from DRAM; cold is the number to compare with the read loop.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "engine/backend/cpu/cpu_backend.h"
+#include "engine/core/cpu_features.h"
+#include "engine/core/dtype.h"
+#include "engine/core/thread_pool.h"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+// Clock estimate: a chain of dependent integer adds retires one per cycle on any modern x86 core.
+double estimate_ghz() {
+  constexpr uint64_t kIters = 100'000'000;
+  double best = 0;
+  for (int rep = 0; rep < 5; ++rep) {
+    uint64_t x = 0, i = kIters;
+    const auto t0 = Clock::now();
+#if defined(__x86_64__)
+    asm volatile(
+        "1:\n\t"
+        "add $1, %0\n\t"
+        "add $1, %0\n\t"
+        "add $1, %0\n\t"
+        "add $1, %0\n\t"
+        "add $1, %0\n\t"
+        "add $1, %0\n\t"
+        "add $1, %0\n\t"
+        "add $1, %0\n\t"
+        "dec %1\n\t"
+        "jnz 1b"
+        : "+r"(x), "+r"(i));
+#endif
+    best = std::max(best, 8.0 * kIters / seconds_since(t0) / 1e9);
+  }
+  return best;
+}
+
+// Sums one thread's part of the buffer as `streams` interleaved sequential streams (1: plain sequential read;
+// 4: the access pattern of a four-row GEMV). SSE only, so it runs everywhere.
+float read_part_sse(const float* p, size_t len, int streams) {
+  __m128 a0 = _mm_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+  const size_t q = len / 4 / 4 * 4;  // floats per stream, a multiple of 4
+  for (size_t i = 0; i < q; i += 4) {
+    if (streams == 1) {
+      a0 = _mm_add_ps(a0, _mm_loadu_ps(p + 4 * i));
+      a1 = _mm_add_ps(a1, _mm_loadu_ps(p + 4 * i + 4));
+      a2 = _mm_add_ps(a2, _mm_loadu_ps(p + 4 * i + 8));
+      a3 = _mm_add_ps(a3, _mm_loadu_ps(p + 4 * i + 12));
+    } else {
+      a0 = _mm_add_ps(a0, _mm_loadu_ps(p + i));
+      a1 = _mm_add_ps(a1, _mm_loadu_ps(p + q + i));
+      a2 = _mm_add_ps(a2, _mm_loadu_ps(p + 2 * q + i));
+      a3 = _mm_add_ps(a3, _mm_loadu_ps(p + 3 * q + i));
+    }
+  }
+  return _mm_cvtss_f32(_mm_add_ps(_mm_add_ps(a0, a1), _mm_add_ps(a2, a3)));
+}
+
+// The same with 32-byte loads and two accumulators per stream (only called when the CPU has AVX2); with
+// `prefetch`, each stream also prefetches 768 bytes ahead like the GEMV kernel, so the reference is not weaker
+// than the kernel it judges.
+__attribute__((target("avx2"))) float read_part_avx2(const float* p, size_t len, int streams, bool prefetch) {
+  __m256 a[8];
+  for (auto& v : a) v = _mm256_setzero_ps();
+  const size_t q = len / 4 / 16 * 16;
+  for (size_t i = 0; i < q; i += 16) {
+    for (int s = 0; s < 4; ++s) {
+      const float* ps = streams == 1 ? p + 4 * i + 16 * s : p + s * q + i;
+      if (prefetch) _mm_prefetch(reinterpret_cast<const char*>(ps + 192), _MM_HINT_T0);
+      a[2 * s] = _mm256_add_ps(a[2 * s], _mm256_loadu_ps(ps));
+      a[2 * s + 1] = _mm256_add_ps(a[2 * s + 1], _mm256_loadu_ps(ps + 8));
+    }
+  }
+  for (int i = 1; i < 8; ++i) a[0] = _mm256_add_ps(a[0], a[i]);
+  return _mm_cvtss_f32(_mm256_castps256_ps128(a[0]));
+}
+
+// Memory read bandwidth: each thread sums its part of a 1 GiB buffer; best over 1 and 4 streams, SSE and (when
+// available) AVX2 loads without and with software prefetch, 4 runs each.
+double read_bandwidth_gbs(tessera::ThreadPool& pool) {
+  const size_t n = (size_t{1} << 30) / sizeof(float);
+  std::vector<float> buf(n, 1.0f);
+  const int parts = pool.size();
+  std::vector<float> sums(static_cast<size_t>(parts) * 16);
+  const bool avx2 = tessera::cpu_features().avx2;
+  double best = 0;
+  for (int variant = 0; variant < (avx2 ? 6 : 2); ++variant) {
+    for (int rep = 0; rep < 4; ++rep) {
+      const auto t0 = Clock::now();
+      pool.parallel_for(parts, 1, [&](int64_t b, int64_t e) {
+        for (int64_t t = b; t < e; ++t) {
+          const size_t lo = n * t / parts, len = n * (t + 1) / parts - lo;
+          const int streams = variant % 2 == 0 ? 1 : 4;
+          sums[static_cast<size_t>(t) * 16] += variant < 2
+                                                   ? read_part_sse(buf.data() + lo, len, streams)
+                                                   : read_part_avx2(buf.data() + lo, len, streams, variant >= 4);
+        }
+      });
+      best = std::max(best, static_cast<double>(n * sizeof(float)) / seconds_since(t0) / 1e9);
+    }
+  }
+  float total = 0;
+  for (float s : sums) total += s;
+  if (total == 42) std::printf(" ");  // keep the loads alive
+  return best;
+}
+
+struct Weights {
+  std::vector<uint8_t> bytes;
+  tessera::Matrix m;
+};
+
+Weights make_weights(tessera::DType t, int64_t rows, int64_t cols, uint32_t seed) {
+  Weights w;
+  const size_t count = static_cast<size_t>(rows * cols);
+  w.bytes.resize(count * tessera::dtype_size(t));
+  uint32_t s = seed;
+  for (size_t i = 0; i < count; ++i) {
+    s = s * 1664525u + 1013904223u;
+    const float v = static_cast<float>(static_cast<int32_t>(s >> 8) - (1 << 23)) / static_cast<float>(1 << 23);
+    if (t == tessera::DType::F32) {
+      std::memcpy(w.bytes.data() + 4 * i, &v, 4);
+    } else {
+      const uint16_t h = t == tessera::DType::F16 ? tessera::f32_to_f16(v) : tessera::f32_to_bf16(v);
+      std::memcpy(w.bytes.data() + 2 * i, &h, 2);
+    }
+  }
+  w.m = tessera::Matrix{t, rows, cols, w.bytes.data()};
+  return w;
+}
+
+std::vector<float> make_x(size_t n) {
+  std::vector<float> x(n);
+  for (size_t i = 0; i < n; ++i) x[i] = static_cast<float>((i * 37) % 101) / 101.0f - 0.5f;
+  return x;
+}
+
+void bench_gemv(tessera::CpuBackend& be, tessera::DType t, int64_t rows, int64_t cols, double dram_gbs, bool quick) {
+  const size_t bytes = static_cast<size_t>(rows * cols) * tessera::dtype_size(t);
+  const int copies = quick ? 2 : static_cast<int>(std::max<size_t>(2, ((size_t{256} << 20) + bytes - 1) / bytes));
+  std::vector<Weights> ws;
+  for (int c = 0; c < copies; ++c) ws.push_back(make_weights(t, rows, cols, 7u + static_cast<uint32_t>(c)));
+  const auto x = make_x(static_cast<size_t>(cols));
+  std::vector<float> y(static_cast<size_t>(rows));
+
+  // Hot: one matrix over and over.
+  for (int i = 0; i < 3; ++i) be.matmul(x.data(), 1, ws[0].m, nullptr, y.data());
+  const int hot_reps = quick ? 10 : 40;
+  auto t0 = Clock::now();
+  for (int i = 0; i < hot_reps; ++i) be.matmul(x.data(), 1, ws[0].m, nullptr, y.data());
+  const double hot = static_cast<double>(bytes) * hot_reps / seconds_since(t0) / 1e9;
+
+  // Cold: rotate over the copies so each pass streams from DRAM; best of several rounds.
+  double cold = 0;
+  for (int round = 0; round < (quick ? 2 : 5); ++round) {
+    t0 = Clock::now();
+    for (int c = 0; c < copies; ++c) be.matmul(x.data(), 1, ws[static_cast<size_t>(c)].m, nullptr, y.data());
+    cold = std::max(cold, static_cast<double>(bytes) * copies / seconds_since(t0) / 1e9);
+  }
+  std::printf("GEMV %-4s %5lldx%-5lld  hot %6.1f GB/s   cold %6.1f GB/s  (%3.0f%% of read loop)\n",
+              std::string(tessera::dtype_name(t)).c_str(), static_cast<long long>(rows), static_cast<long long>(cols),
+              hot, cold, 100.0 * cold / dram_gbs);
+}
+
+void bench_gemm(tessera::CpuBackend& be, tessera::DType t, int n, int64_t rows, int64_t cols, double peak_gflops,
+                bool fused) {
+  const auto w = make_weights(t, rows, cols, 11);
+  const auto w2 = make_weights(t, rows, cols, 13);
+  const auto x = make_x(static_cast<size_t>(n) * cols);
+  std::vector<float> y(static_cast<size_t>(n) * rows);
+  const auto call = [&] {
+    if (fused) {
+      be.matmul_silu_mul(x.data(), n, w.m, w2.m, y.data());
+    } else {
+      be.matmul(x.data(), n, w.m, nullptr, y.data());
+    }
+  };
+  call();
+  double best = 0;
+  for (int rep = 0; rep < 5; ++rep) {
+    const int inner = 3;
+    const auto t0 = Clock::now();
+    for (int i = 0; i < inner; ++i) call();
+    const double flops = 2.0 * n * rows * cols * (fused ? 2 : 1) * inner;
+    best = std::max(best, flops / seconds_since(t0) / 1e9);
+  }
+  std::printf("GEMM %-4s n=%-4d %5lldx%-5lld%s %7.1f GFLOP/s  (%3.0f%% of peak, %.1f GFLOP/s per thread)\n",
+              std::string(tessera::dtype_name(t)).c_str(), n, static_cast<long long>(rows),
+              static_cast<long long>(cols), fused ? " silu_mul" : "         ", best,
+              100.0 * best / (peak_gflops * be.threads()), best / be.threads());
+}
+
+// Attention over a filled cache: decode reports the K/V read rate, prefill the flop rate (QK and PV, causal).
+void bench_attention(tessera::CpuBackend& be, int n, int pos0) {
+  const tessera::AttentionShape shape{32, 8, 128};
+  const int capacity = pos0 + n;
+  const size_t kv_dim = static_cast<size_t>(shape.n_kv_heads) * shape.head_dim;
+  const auto k = make_x(static_cast<size_t>(capacity) * kv_dim);
+  const auto v = make_x(static_cast<size_t>(capacity) * kv_dim);
+  const auto q = make_x(static_cast<size_t>(n) * shape.n_heads * shape.head_dim);
+  std::vector<float> out(q.size());
+  const tessera::KvLayer kv{const_cast<float*>(k.data()), const_cast<float*>(v.data()), capacity};
+  be.attention(q.data(), n, pos0, kv, shape, out.data());
+  double best = 1e30;
+  for (int rep = 0; rep < 5; ++rep) {
+    const auto t0 = Clock::now();
+    be.attention(q.data(), n, pos0, kv, shape, out.data());
+    best = std::min(best, seconds_since(t0));
+  }
+  double keys = 0;  // sum over query rows of the keys each one sees
+  for (int i = 0; i < n; ++i) keys += pos0 + i + 1;
+  const double flops = 4.0 * keys * shape.n_heads * shape.head_dim;
+  std::printf("attention 32/8x128 n=%-4d pos0=%-5d %8.3f ms  %7.1f GFLOP/s  (K/V %.1f GB/s)\n", n, pos0, best * 1e3,
+              flops / best / 1e9, 2.0 * capacity * kv_dim * sizeof(float) / best / 1e9);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  tessera::CpuKernels kernels = tessera::CpuKernels::kAuto;
+  int threads = 1;
+  bool quick = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--kernels" && i + 1 < argc) {
+      const std::string k = argv[++i];
+      kernels = k == "portable" ? tessera::CpuKernels::kPortable
+                : k == "avx2"   ? tessera::CpuKernels::kAvx2
+                                : tessera::CpuKernels::kAuto;
+    } else if (a == "--threads" && i + 1 < argc) {
+      threads = std::stoi(argv[++i]);
+    } else if (a == "--quick") {
+      quick = true;
+    } else {
+      std::fprintf(stderr, "usage: kernel_bench [--kernels auto|portable|avx2] [--threads N] [--quick]\n");
+      return 2;
+    }
+  }
+  tessera::CpuBackend be(threads, kernels);
+  const double ghz = estimate_ghz();
+  const double peak = 2 * 8 * 2 * ghz;  // per core: 2 FMA pipes x 8 fp32 lanes x 2 flops
+  tessera::ThreadPool pool(be.threads());
+  const double read_gbs = read_bandwidth_gbs(pool);
+  std::printf("backend %s\n", be.name().c_str());
+  std::printf("clock ~%.2f GHz (dependent-add loop) -> fp32 FMA peak %.1f GFLOP/s per core\n", ghz, peak);
+  std::printf("memory read loop (1 GiB, %d threads): %.1f GB/s\n", be.threads(), read_gbs);
+
+  for (tessera::DType t : {tessera::DType::BF16, tessera::DType::F16, tessera::DType::F32}) {
+    bench_gemv(be, t, 2048, 5632, read_gbs, quick);
+    bench_gemv(be, t, 5632, 2048, read_gbs, quick);
+  }
+  bench_gemm(be, tessera::DType::F32, 128, 2048, 2048, peak, false);
+  bench_gemm(be, tessera::DType::BF16, 128, 2048, 2048, peak, false);
+  bench_gemm(be, tessera::DType::BF16, 128, 5632, 2048, peak, true);
+  bench_gemm(be, tessera::DType::F32, 4, 2048, 2048, peak, false);
+  bench_attention(be, 1, 4095);
+  bench_attention(be, 128, 0);
+  bench_attention(be, 128, 1024);
+  return 0;
+}
