@@ -19,13 +19,10 @@ TextStream::TextStream(const Tokenizer& tokenizer, const std::vector<int>& conte
     : tokenizer_(tokenizer), stop_(std::move(stop)), tokens_(context) {
   std::erase_if(stop_, [](const std::string& s) { return s.empty(); });
   for (const auto& s : stop_) max_stop_len_ = std::max(max_stop_len_, s.size());
-  if (echo) {
-    text_ = tokenizer_.decode(tokens_);
-    prefix_offset_ = tokens_.size();
-  } else {
-    // Same window rule as vLLM's incremental detokenizer: start a few tokens back.
-    prefix_offset_ = tokens_.size() > 5 ? tokens_.size() - 5 : 0;
-  }
+  if (echo) text_ = tokenizer_.decode(tokens_);
+  // Same window rule as vLLM's incremental detokenizer: decode from a few tokens back, so the first new piece
+  // is not treated as the start of the text (which would drop its leading space).
+  prefix_offset_ = tokens_.size() > 5 ? tokens_.size() - 5 : 0;
   read_offset_ = tokens_.size();
 }
 

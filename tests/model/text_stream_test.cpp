@@ -8,9 +8,13 @@ namespace tessera {
 namespace {
 
 const testing::FakeTokenizer& tok() {
-  static const testing::FakeTokenizer t({"<unk>", "<s>", "</s>", "\xE2\x96\x81Once", "\xE2\x96\x81upon", "\xE2\x96\x81a",
+  static const testing::FakeTokenizer t({"<unk>", "<s>", "</s>", "\xE2\x96\x81Once", "\xE2\x96\x81upon",
+                                         "\xE2\x96\x81"
+                                         "a",
                                          "<0x0A>", "Lily", "<0xE2>", "<0x9C>", "<0x85>", "\xE2\x96\x81time", "!",
-                                         "\xE2\x96\x81THE", "\xE2\x96\x81END"});
+                                         "\xE2\x96\x81THE",
+                                         "\xE2\x96\x81"
+                                         "END"});
   return t;
 }
 
