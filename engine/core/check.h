@@ -19,20 +19,19 @@ class Error : public std::runtime_error {
 };
 
 [[noreturn]] inline void check_failed(const char* file, int line, const char* expr, const std::string& msg) {
-  std::fprintf(stderr, "%s:%d: TESSERA_CHECK(%s) failed%s%s\n", file, line, expr, msg.empty() ? "" : ": ",
-               msg.c_str());
+  std::fprintf(stderr, "%s:%d: TESSERA_CHECK(%s) failed%s%s\n", file, line, expr, msg.empty() ? "" : ": ", msg.c_str());
   std::fflush(stderr);
   std::abort();
 }
 
 }  // namespace tessera
 
-#define TESSERA_CHECK(cond)                                                     \
-  do {                                                                          \
+#define TESSERA_CHECK(cond)                                                         \
+  do {                                                                              \
     if (!(cond)) ::tessera::check_failed(__FILE__, __LINE__, #cond, std::string()); \
   } while (0)
 
-#define TESSERA_CHECK_MSG(cond, msg)                                    \
-  do {                                                                  \
+#define TESSERA_CHECK_MSG(cond, msg)                                        \
+  do {                                                                      \
     if (!(cond)) ::tessera::check_failed(__FILE__, __LINE__, #cond, (msg)); \
   } while (0)

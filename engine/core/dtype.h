@@ -14,18 +14,24 @@ enum class DType : uint8_t { F32, F16, BF16 };
 
 constexpr size_t dtype_size(DType t) {
   switch (t) {
-    case DType::F32: return 4;
-    case DType::F16: return 2;
-    case DType::BF16: return 2;
+    case DType::F32:
+      return 4;
+    case DType::F16:
+      return 2;
+    case DType::BF16:
+      return 2;
   }
   return 0;
 }
 
 constexpr std::string_view dtype_name(DType t) {
   switch (t) {
-    case DType::F32: return "f32";
-    case DType::F16: return "f16";
-    case DType::BF16: return "bf16";
+    case DType::F32:
+      return "f32";
+    case DType::F16:
+      return "f16";
+    case DType::BF16:
+      return "bf16";
   }
   return "?";
 }
@@ -100,9 +106,12 @@ inline uint16_t f32_to_f16(float f) {
 // Reads element i of a weight row of the given type as fp32.
 inline float load_as_f32(const void* row, DType t, size_t i) {
   switch (t) {
-    case DType::F32: return static_cast<const float*>(row)[i];
-    case DType::F16: return f16_to_f32(static_cast<const uint16_t*>(row)[i]);
-    case DType::BF16: return bf16_to_f32(static_cast<const uint16_t*>(row)[i]);
+    case DType::F32:
+      return static_cast<const float*>(row)[i];
+    case DType::F16:
+      return f16_to_f32(static_cast<const uint16_t*>(row)[i]);
+    case DType::BF16:
+      return bf16_to_f32(static_cast<const uint16_t*>(row)[i]);
   }
   return 0.0f;
 }

@@ -8,7 +8,9 @@
 namespace tessera {
 
 namespace {
-size_t sz(int v) { return static_cast<size_t>(v); }
+size_t sz(int v) {
+  return static_cast<size_t>(v);
+}
 }  // namespace
 
 LlamaModel::LlamaModel(const ModelData& model, Backend& backend, int max_batch_tokens)
@@ -42,13 +44,12 @@ void LlamaModel::forward(std::span<const int> tokens, int pos0, KvCache& cache, 
     const int chunk = std::min(max_batch_tokens_, n - done);
     const bool last_chunk = done + chunk == n;
     float* out = mode == LogitsMode::kAll ? logits + sz(done) * sz(c.vocab_size) : logits;
-    forward_chunk(tokens.data() + done, chunk, pos0 + done, cache, mode == LogitsMode::kAll || last_chunk, mode,
-                  out);
+    forward_chunk(tokens.data() + done, chunk, pos0 + done, cache, mode == LogitsMode::kAll || last_chunk, mode, out);
   }
 }
 
-void LlamaModel::forward_chunk(const int* tokens, int n, int pos0, KvCache& cache, bool want_logits,
-                               LogitsMode mode, float* logits) {
+void LlamaModel::forward_chunk(const int* tokens, int n, int pos0, KvCache& cache, bool want_logits, LogitsMode mode,
+                               float* logits) {
   const ModelConfig& c = model_.config;
   const ModelWeights& w = model_.weights;
   Backend& be = backend_;

@@ -37,7 +37,9 @@ inline ModelData tiny_model(const ModelConfig& c, DType dtype, uint64_t seed = 1
     for (int64_t i = 0; i < static_cast<int64_t>(rows) * cols; ++i) {
       const float v = dist(rng);
       switch (dtype) {
-        case DType::F32: std::memcpy(buf + 4 * i, &v, 4); break;
+        case DType::F32:
+          std::memcpy(buf + 4 * i, &v, 4);
+          break;
         case DType::F16: {
           const uint16_t h = f32_to_f16(v);
           std::memcpy(buf + 2 * i, &h, 2);
