@@ -61,6 +61,8 @@ class DummyFiller {
           case DType::BF16:
             fill_row(reinterpret_cast<uint16_t*>(row), cols, key, first, scale, f32_to_bf16);
             break;
+          default:
+            TESSERA_CHECK_MSG(false, "plain weight dtype expected");
         }
       }
     });
@@ -123,6 +125,8 @@ ModelConfig dummy_preset_config(const std::string& preset) {
 }
 
 ModelData make_dummy_model(const std::string& preset, DType dtype, uint64_t seed) {
+  if (is_quantized(dtype))
+    throw Error("dummy weights are generated as f32, f16 or bf16; quantize them at load with --quant");
   ModelData model;
   model.config = dummy_preset_config(preset);
   model.source = "dummy:" + preset;

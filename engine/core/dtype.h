@@ -8,10 +8,24 @@
 
 namespace tessera {
 
-// Weight storage types. Quantized block formats (issue: load-time quantization) extend this list through
-// quant/'s traits table; activations are always fp32.
-enum class DType : uint8_t { F32, F16, BF16 };
+// Weight storage types. Activations are always fp32.
+//   F32/F16/BF16: plain elements.
+//   Q8:  int8 per output channel (row), symmetric: a row is one fp32 scale then `cols` int8 values.
+//   Q4:  int4 in groups of `group` inputs, symmetric: w = d * (q - 8).
+//   Q4A: int4 in groups, asymmetric: w = d * q + m.
+//   NF4: 4-bit NormalFloat in groups: w = d * kNf4Levels[q] (d = group absmax).
+// The block layouts are defined in quant/blocks.h; the functions that work on them in quant/quant_traits.h.
+enum class DType : uint8_t { F32, F16, BF16, Q8, Q4, Q4A, NF4 };
+inline constexpr int kNumDTypes = 7;
 
+constexpr bool is_quantized(DType t) {
+  return t == DType::Q8 || t == DType::Q4 || t == DType::Q4A || t == DType::NF4;
+}
+constexpr bool is_grouped(DType t) {
+  return t == DType::Q4 || t == DType::Q4A || t == DType::NF4;
+}
+
+// Bytes per element of a plain type; 0 for quantized types (use dtype_row_bytes).
 constexpr size_t dtype_size(DType t) {
   switch (t) {
     case DType::F32:
@@ -20,6 +34,35 @@ constexpr size_t dtype_size(DType t) {
       return 2;
     case DType::BF16:
       return 2;
+    case DType::Q8:
+    case DType::Q4:
+    case DType::Q4A:
+    case DType::NF4:
+      return 0;
+  }
+  return 0;
+}
+
+// Bytes of one stored row of `cols` values. `group` is the quantization group for Q4/Q4A/NF4 (ignored otherwise).
+// Quantized rows have ceil(cols / group) blocks; the last one is zero-padded. Q8 rows are padded to 4 bytes so
+// every row's fp32 scale is aligned.
+constexpr size_t dtype_row_bytes(DType t, int64_t cols, int group) {
+  const auto n = static_cast<size_t>(cols);
+  const size_t blocks = group > 0 ? (n + static_cast<size_t>(group) - 1) / static_cast<size_t>(group) : 0;
+  const size_t half = group > 0 ? static_cast<size_t>(group) / 2 : 0;
+  switch (t) {
+    case DType::F32:
+      return 4 * n;
+    case DType::F16:
+    case DType::BF16:
+      return 2 * n;
+    case DType::Q8:
+      return 4 + (n + 3) / 4 * 4;
+    case DType::Q4:
+    case DType::NF4:
+      return blocks * (2 + half);
+    case DType::Q4A:
+      return blocks * (4 + half);
   }
   return 0;
 }
@@ -32,6 +75,14 @@ constexpr std::string_view dtype_name(DType t) {
       return "f16";
     case DType::BF16:
       return "bf16";
+    case DType::Q8:
+      return "int8";
+    case DType::Q4:
+      return "int4";
+    case DType::Q4A:
+      return "int4-asym";
+    case DType::NF4:
+      return "nf4";
   }
   return "?";
 }
@@ -103,7 +154,7 @@ inline uint16_t f32_to_f16(float f) {
   return static_cast<uint16_t>(sign | h);
 }
 
-// Reads element i of a weight row of the given type as fp32.
+// Reads element i of a weight row of a plain (unquantized) type as fp32.
 inline float load_as_f32(const void* row, DType t, size_t i) {
   switch (t) {
     case DType::F32:
@@ -112,8 +163,9 @@ inline float load_as_f32(const void* row, DType t, size_t i) {
       return f16_to_f32(static_cast<const uint16_t*>(row)[i]);
     case DType::BF16:
       return bf16_to_f32(static_cast<const uint16_t*>(row)[i]);
+    default:
+      return 0.0f;  // quantized rows are read through quant/quant_traits.h
   }
-  return 0.0f;
 }
 
 }  // namespace tessera

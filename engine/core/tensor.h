@@ -8,14 +8,16 @@
 
 namespace tessera {
 
-// A row-major weight matrix [rows][cols] (for linear layers: [out_features][in_features]).
+// A row-major weight matrix [rows][cols] (for linear layers: [out_features][in_features]). Quantized types store
+// each row as blocks (quant/blocks.h); row r starts at data + r * row_bytes().
 struct Matrix {
   DType dtype = DType::F32;
   int64_t rows = 0;
   int64_t cols = 0;
   const void* data = nullptr;
+  int group = 0;  // quantization group along cols for Q4/Q4A/NF4; 0 otherwise
 
-  size_t row_bytes() const { return static_cast<size_t>(cols) * dtype_size(dtype); }
+  size_t row_bytes() const { return dtype_row_bytes(dtype, cols, group); }
   size_t bytes() const { return static_cast<size_t>(rows) * row_bytes(); }
   const void* row(int64_t r) const { return static_cast<const uint8_t*>(data) + static_cast<size_t>(r) * row_bytes(); }
   bool empty() const { return data == nullptr; }

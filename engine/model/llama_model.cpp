@@ -68,17 +68,21 @@ void LlamaModel::forward_chunk(const int* tokens, int n, int pos0, KvCache& cach
     float* k_rows = kv.k + sz(pos0) * kv_dim;
     float* v_rows = kv.v + sz(pos0) * kv_dim;
     be.rmsnorm(x, lw.attn_norm.data(), n, c.dim, c.rms_eps, xb);
+    if (observer_) observer_->observe(l, LinearInput::kAttnIn, xb, n, c.dim);
     be.matmul(xb, n, lw.wq, lw.bq.empty() ? nullptr : lw.bq.data(), q_.data());
     be.matmul(xb, n, lw.wk, lw.bk.empty() ? nullptr : lw.bk.data(), k_rows);
     be.matmul(xb, n, lw.wv, lw.bv.empty() ? nullptr : lw.bv.data(), v_rows);
     be.rope(q_.data(), n, c.n_heads, positions_.data(), rope_.table());
     be.rope(k_rows, n, c.n_kv_heads, positions_.data(), rope_.table());
     be.attention(q_.data(), n, pos0, kv, shape, att_.data());
+    if (observer_) observer_->observe(l, LinearInput::kAttnOut, att_.data(), n, c.q_dim());
     be.matmul(att_.data(), n, lw.wo, nullptr, proj_.data());
     be.add(x, proj_.data(), sz(n) * dim);
 
     be.rmsnorm(x, lw.ffn_norm.data(), n, c.dim, c.rms_eps, xb);
+    if (observer_) observer_->observe(l, LinearInput::kFfnIn, xb, n, c.dim);
     be.matmul_silu_mul(xb, n, lw.w_gate, lw.w_up, hidden_.data());
+    if (observer_) observer_->observe(l, LinearInput::kFfnMid, hidden_.data(), n, c.hidden_dim);
     be.matmul(hidden_.data(), n, lw.w_down, nullptr, proj_.data());
     be.add(x, proj_.data(), sz(n) * dim);
   }

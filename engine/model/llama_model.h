@@ -16,6 +16,22 @@ enum class LogitsMode {
   kAll,   // logits of every input row: [n][vocab] (evaluation, tests)
 };
 
+// The inputs of a layer's linear projections, as seen during a forward pass. Calibration (activation-aware
+// quantization, pruning) records statistics of them.
+enum class LinearInput {
+  kAttnIn,   // rmsnorm(x): input of wq, wk, wv              [n][dim]
+  kAttnOut,  // attention output: input of wo                 [n][q_dim]
+  kFfnIn,    // rmsnorm(x): input of w_gate, w_up             [n][dim]
+  kFfnMid,   // silu(gate) * up: input of w_down              [n][hidden_dim]
+};
+
+class ActivationObserver {
+ public:
+  virtual ~ActivationObserver() = default;
+  // Called on the forward thread with n rows of `cols` values each (host memory), valid only during the call.
+  virtual void observe(int layer, LinearInput which, const float* x, int n, int cols) = 0;
+};
+
 class LlamaModel {
  public:
   // max_batch_tokens bounds the rows processed in one pass; longer inputs are split into chunks of that size.
@@ -30,6 +46,9 @@ class LlamaModel {
   // Throws tessera::Error if the positions exceed the cache or a token id is outside the vocabulary.
   void forward(std::span<const int> tokens, int pos0, KvCache& cache, LogitsMode mode, float* logits);
 
+  // Calibration hook; null (the default) turns it off. Not owned.
+  void set_observer(ActivationObserver* observer) { observer_ = observer; }
+
  private:
   void forward_chunk(const int* tokens, int n, int pos0, KvCache& cache, bool want_logits, LogitsMode mode,
                      float* logits);
@@ -41,6 +60,7 @@ class LlamaModel {
   // Scratch, [max_batch_tokens][...]
   std::vector<float> x_, xb_, q_, att_, proj_, hidden_;
   std::vector<int> positions_;
+  ActivationObserver* observer_ = nullptr;
 };
 
 }  // namespace tessera

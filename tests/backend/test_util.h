@@ -11,6 +11,7 @@
 #include <sstream>
 #include <vector>
 
+#include "engine/core/check.h"
 #include "engine/core/dtype.h"
 #include "engine/core/tensor.h"
 
@@ -56,6 +57,8 @@ inline OwnedMatrix random_matrix(std::mt19937& rng, DType t, int64_t rows, int64
         std::memcpy(w.bytes.data() + 2 * i, &h, 2);
         break;
       }
+      default:
+        TESSERA_CHECK_MSG(false, "plain weight dtype expected");
     }
   }
   w.m = Matrix{t, rows, cols, w.bytes.data()};

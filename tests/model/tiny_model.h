@@ -5,6 +5,7 @@
 #include <cstring>
 #include <random>
 
+#include "engine/core/check.h"
 #include "engine/model/weights.h"
 
 namespace tessera::testing {
@@ -50,6 +51,8 @@ inline ModelData tiny_model(const ModelConfig& c, DType dtype, uint64_t seed = 1
           std::memcpy(buf + 2 * i, &h, 2);
           break;
         }
+        default:
+          TESSERA_CHECK_MSG(false, "plain weight dtype expected");
       }
     }
     w.data = buf;

@@ -1,0 +1,60 @@
+// Load-time compression of a loaded model: choose a storage scheme per weight (a default plus name rules),
+// optionally calibrate on a text (activation-aware int4), quantize multithreaded, and report what it cost.
+//
+// Weight names in rules and reports are canonical: "tok_embeddings", "lm_head", "layers.<L>.<slot>" with slot one
+// of wq, wk, wv, wo, w_gate, w_up, w_down. Rules are glob patterns (* and ?) matched against the whole name;
+// the last matching rule wins; unmatched weights get the default.
+#pragma once
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "engine/model/weights.h"
+#include "quant/quant_spec.h"
+
+namespace tessera::quant {
+
+struct QuantRule {
+  std::string pattern;
+  QuantSpec spec;
+  // Parses "PATTERN=SPEC" (e.g. "layers.0.*=bf16"); throws tessera::Error naming the bad rule.
+  static QuantRule parse(const std::string& text);
+};
+
+struct CompressOptions {
+  QuantSpec default_spec;         // keep() = leave weights as loaded unless a rule says otherwise
+  std::vector<QuantRule> rules;   // from --quant-rule, in order
+  bool activation_aware = false;  // AWQ-style scale search for int4/NF4 weights; needs calibration_tokens
+  std::vector<int> calibration_tokens;  // tokenized calibration text (BOS first)
+  int threads = 0;                      // 0 = all cores
+  std::function<void(size_t done, size_t total)> progress;  // called from the calling thread; may be null
+};
+
+struct TensorReport {
+  std::string name;
+  std::string scheme;  // "int4:g128", "bf16", ...
+  size_t bytes_before = 0;
+  size_t bytes_after = 0;
+  double relative_error = 0.0;  // ||W - dequant(Q(W))||_F / ||W||_F (0 for kept tensors)
+  double awq_alpha = -1.0;      // chosen activation-aware exponent (-1 = not activation-aware)
+};
+
+struct CompressReport {
+  std::vector<TensorReport> tensors;
+  double seconds = 0.0;
+  size_t bytes_before = 0;
+  size_t bytes_after = 0;
+};
+
+// Reads rules from a JSON file: {"default": "int4:g128", "rules": [{"pattern": "lm_head", "scheme": "int8"}, ...]}.
+CompressOptions load_rules_file(const std::string& path);
+
+// Quantizes `model` in place (new storage goes into model.store). Throws tessera::Error for impossible requests
+// (e.g. activation-aware without calibration tokens).
+CompressReport compress_model(ModelData& model, const CompressOptions& options);
+
+// Writes the report as JSON (per tensor: name, scheme, bytes, relative_error).
+void write_report_json(const CompressReport& report, const std::string& path);
+
+}  // namespace tessera::quant

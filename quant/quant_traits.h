@@ -1,0 +1,34 @@
+// The one traits table of quantized weight types: sizes, reference (round-to-nearest) quantization and
+// dequantization of a row. Kernels live in the backends; these functions are the portable reference.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "engine/core/dtype.h"
+#include "engine/core/tensor.h"
+
+namespace tessera::quant {
+
+struct QuantTraits {
+  DType dtype;
+  const char* name;
+  bool grouped;  // needs a group size (Q4/Q4A/NF4)
+  // Quantizes `cols` values into one stored row (dtype_row_bytes(dtype, cols, group) bytes), round to nearest.
+  // `importance` (may be null): per-input weights for the scale search (used by activation-aware schemes).
+  void (*quantize_row)(const float* x, int64_t cols, int group, const float* importance, void* row);
+  // Expands a stored row back to `cols` floats.
+  void (*dequantize_row)(const void* row, int64_t cols, int group, float* out);
+};
+
+// Traits of a quantized type; TESSERA_CHECK fails for plain types.
+const QuantTraits& quant_traits(DType t);
+
+// Expands row r of any matrix (plain or quantized) to fp32.
+void dequantize_matrix_row(const Matrix& w, int64_t r, float* out);
+
+// Quantizes a vector of activations into ceil(n / 32) BlockQ8Act blocks (last block zero-padded).
+void quantize_activations(const float* x, int64_t n, struct BlockQ8Act* out);
+
+}  // namespace tessera::quant
