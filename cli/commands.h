@@ -11,5 +11,7 @@ using Command = std::function<int()>;
 
 Command add_generate_command(CLI::App& app);
 Command add_bench_command(CLI::App& app);
+Command add_eval_command(CLI::App& app);
+Command add_quantize_command(CLI::App& app);
 
 }  // namespace tessera::cli

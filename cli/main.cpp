@@ -14,6 +14,8 @@ int main(int argc, char** argv) {
   std::map<std::string, tessera::cli::Command> commands;
   commands["generate"] = tessera::cli::add_generate_command(app);
   commands["bench"] = tessera::cli::add_bench_command(app);
+  commands["eval"] = tessera::cli::add_eval_command(app);
+  commands["quantize"] = tessera::cli::add_quantize_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -12,6 +12,10 @@ namespace tessera {
 
 enum class CpuKernels { kAuto, kPortable, kAvx2 };
 
+// Dynamic activation quantization for int8 (Q8) weights: kInt8 quantizes each activation row to int8 at run time
+// so the dot products run in int8 (--act-quant int8). Int4/NF4 GEMV always uses int8 activation blocks.
+enum class ActQuant { kNone, kInt8 };
+
 class CpuBackend final : public Backend {
  public:
   // n_threads <= 0 means ThreadPool::default_threads(). Asking for kAvx2 on a CPU without it throws tessera::Error.
@@ -20,6 +24,8 @@ class CpuBackend final : public Backend {
 
   std::string name() const override;  // e.g. "cpu(avx2, 2 threads)"
   int threads() const { return pool_.size(); }
+  void set_activation_quant(ActQuant mode) { act_quant_ = mode; }
+  ActQuant activation_quant() const { return act_quant_; }
 
   void matmul(const float* x, int n, const Matrix& w, const float* bias, float* y) override;
   void matmul_silu_mul(const float* x, int n, const Matrix& gate, const Matrix& up, float* out) override;
@@ -34,6 +40,7 @@ class CpuBackend final : public Backend {
   struct Impl;
   ThreadPool pool_;
   std::unique_ptr<Impl> impl_;
+  ActQuant act_quant_ = ActQuant::kNone;
 };
 
 }  // namespace tessera
