@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs everything Tessera's build and tests need on Debian 12, non-interactively; safe to run again.
-#   - Debian packages: compiler, CMake, SentencePiece, nlohmann/json, CLI11, GoogleTest
+#   - Debian packages: compiler, CMake, SentencePiece, nlohmann/json, CLI11, GoogleTest, Open MPI
 #   - a Python virtual environment in .venv with the test-side tools (numpy, safetensors, sentencepiece)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(build-essential cmake pkg-config git
           libsentencepiece-dev nlohmann-json3-dev libcli11-dev libgtest-dev libgmock-dev
+          libopenmpi-dev openmpi-bin
           python3 python3-venv clang-format)
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi

@@ -10,12 +10,12 @@ python=python3
 
 if [ "${1:-}" = "--sanitize" ]; then
   cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTESSERA_SANITIZE=address,undefined \
-        -DTESSERA_PYTHON="$python" >/dev/null
+        -DTESSERA_ENABLE_MPI=ON -DTESSERA_PYTHON="$python" >/dev/null
   cmake --build build-asan -j"$jobs"
   ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
     ctest --test-dir build-asan -L unit --output-on-failure -j"$jobs"
 else
-  cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DTESSERA_PYTHON="$python" >/dev/null
+  cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DTESSERA_ENABLE_MPI=ON -DTESSERA_PYTHON="$python" >/dev/null
   cmake --build build -j"$jobs"
   ctest --test-dir build --output-on-failure -j"$jobs"
 fi
