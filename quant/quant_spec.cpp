@@ -1,1 +1,91 @@
-// placeholder
+#include "quant/quant_spec.h"
+
+#include <string>
+#include <vector>
+
+#include "engine/core/check.h"
+
+namespace tessera::quant {
+namespace {
+
+constexpr const char* kAcceptedForms =
+    "accepted forms: int8 | int4[:g32|:g64|:g128][:sym|:asym] | nf4[:g32|:g64|:g128] | bf16 | f16 | f32 | keep "
+    "(groups default to g128, int4 to sym)";
+
+[[noreturn]] void bad_spec(const std::string& text, const std::string& why) {
+  throw Error("bad quantization scheme '" + text + "': " + why + "; " + kAcceptedForms);
+}
+
+std::vector<std::string> split(const std::string& s, char sep) {
+  std::vector<std::string> parts;
+  size_t start = 0;
+  while (true) {
+    const size_t pos = s.find(sep, start);
+    parts.push_back(s.substr(start, pos == std::string::npos ? std::string::npos : pos - start));
+    if (pos == std::string::npos) break;
+    start = pos + 1;
+  }
+  return parts;
+}
+
+}  // namespace
+
+QuantSpec QuantSpec::parse(const std::string& text) {
+  const std::vector<std::string> parts = split(text, ':');
+  const std::string& base = parts[0];
+  QuantSpec spec;
+  if (base == "keep" || base == "f32" || base == "f16" || base == "bf16" || base == "int8") {
+    if (parts.size() > 1) bad_spec(text, "'" + base + "' takes no options");
+    if (base == "f32") spec.dtype = DType::F32;
+    if (base == "f16") spec.dtype = DType::F16;
+    if (base == "bf16") spec.dtype = DType::BF16;
+    if (base == "int8") spec.dtype = DType::Q8;
+    return spec;
+  }
+  if (base != "int4" && base != "nf4") bad_spec(text, "unknown type '" + base + "'");
+  bool have_group = false, have_sym = false, asym = false;
+  spec.group = 128;
+  for (size_t i = 1; i < parts.size(); ++i) {
+    const std::string& p = parts[i];
+    if (p == "g32" || p == "g64" || p == "g128") {
+      if (have_group) bad_spec(text, "group given twice");
+      have_group = true;
+      spec.group = std::stoi(p.substr(1));
+    } else if (p == "sym" || p == "asym") {
+      if (base == "nf4") bad_spec(text, "nf4 has no sym/asym option");
+      if (have_sym) bad_spec(text, "sym/asym given twice");
+      have_sym = true;
+      asym = p == "asym";
+    } else if (!p.empty() && p[0] == 'g') {
+      bad_spec(text, "group must be g32, g64 or g128");
+    } else {
+      bad_spec(text, "unknown option '" + p + "'");
+    }
+  }
+  spec.dtype = base == "nf4" ? DType::NF4 : (asym ? DType::Q4A : DType::Q4);
+  return spec;
+}
+
+std::string QuantSpec::to_string() const {
+  if (!dtype) return "keep";
+  const std::string g = ":g" + std::to_string(group);
+  switch (*dtype) {
+    case DType::F32:
+      return "f32";
+    case DType::F16:
+      return "f16";
+    case DType::BF16:
+      return "bf16";
+    case DType::Q8:
+      return "int8";
+    case DType::Q4:
+      return "int4" + g;
+    case DType::Q4A:
+      return "int4" + g + ":asym";
+    case DType::NF4:
+      return "nf4" + g;
+  }
+  return "?";
+}
+
+}  // namespace tessera::quant

@@ -1,7 +1,16 @@
 // Private measurement tool for the CPU backend (not a test): memory read bandwidth and clock of this machine, then
-// GEMV bandwidth (bf16/f16/f32) and GEMM throughput (fp32, plus bf16 and the fused MLP op) of one kernel set.
+// GEMV bandwidth (bf16/f16/f32 and the quantized types) and GEMM throughput (fp32, plus bf16, the fused MLP op and
+// the quantized prefill paths) of one kernel set.
 //
-//   kernel_bench [--kernels auto|portable|avx2] [--threads N] [--quick]
+//   kernel_bench [--kernels auto|portable|avx2] [--threads N] [--quick] [--quant-only] [--per-call-min]
+//
+// --per-call-min (for a busy machine): every rate is taken from the fastest single call instead of the average
+// over a loop of calls; calls are shorter than a scheduler time slice, so the fastest ones ran undisturbed. The
+// clock estimate likewise takes the fastest of many short loops.
+//
+// Quantized GEMV lines report the bytes actually read (blocks with their scales) per second and the time per
+// matrix relative to bf16 at the same shape ("x bf16" > 1 is faster). "int8+a8" is Q8 with int8 activations
+// (ActQuant::kInt8); int4/nf4 GEMV always quantizes the activation vector to int8 blocks.
 //
 // GEMV is timed twice: "hot" repeats one matrix (it may sit partly in the last-level cache), "cold" rotates over
 // enough copies (>= 256 MiB) that every pass streams from DRAM; cold is the number to compare with the read loop.
@@ -19,19 +28,21 @@
 #include "engine/core/cpu_features.h"
 #include "engine/core/dtype.h"
 #include "engine/core/thread_pool.h"
+#include "quant/quant_traits.h"
 
 namespace {
 
 using Clock = std::chrono::steady_clock;
+bool g_per_call_min = false;
 double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
 // Clock estimate: a chain of dependent integer adds retires one per cycle on any modern x86 core.
 double estimate_ghz() {
-  constexpr uint64_t kIters = 100'000'000;
+  const uint64_t kIters = g_per_call_min ? 1'000'000 : 100'000'000;
   double best = 0;
-  for (int rep = 0; rep < 5; ++rep) {
+  for (int rep = 0; rep < (g_per_call_min ? 300 : 5); ++rep) {
     uint64_t x = 0, i = kIters;
     const auto t0 = Clock::now();
 #if defined(__x86_64__)
@@ -129,11 +140,39 @@ struct Weights {
   tessera::Matrix m;
 };
 
-Weights make_weights(tessera::DType t, int64_t rows, int64_t cols, uint32_t seed) {
+// A weight format for the benchmarks: dtype, group, and (Q8) whether activations are quantized too.
+struct Format {
+  tessera::DType dtype;
+  int group = 0;
+  bool act_int8 = false;
+  std::string name() const {
+    std::string n(tessera::dtype_name(dtype));
+    if (group) n += "-g" + std::to_string(group);
+    if (act_int8) n += "+a8";
+    return n;
+  }
+};
+
+Weights make_weights(tessera::DType t, int64_t rows, int64_t cols, uint32_t seed, int group = 0) {
   Weights w;
   const size_t count = static_cast<size_t>(rows * cols);
-  w.bytes.resize(count * tessera::dtype_size(t));
   uint32_t s = seed;
+  if (tessera::is_quantized(t)) {
+    const size_t row_bytes = tessera::dtype_row_bytes(t, cols, group);
+    w.bytes.resize(static_cast<size_t>(rows) * row_bytes);
+    std::vector<float> row(static_cast<size_t>(cols));
+    for (int64_t r = 0; r < rows; ++r) {
+      for (auto& v : row) {
+        s = s * 1664525u + 1013904223u;
+        v = static_cast<float>(static_cast<int32_t>(s >> 8) - (1 << 23)) / static_cast<float>(1 << 23);
+      }
+      tessera::quant::quant_traits(t).quantize_row(row.data(), cols, group, nullptr,
+                                                   w.bytes.data() + static_cast<size_t>(r) * row_bytes);
+    }
+    w.m = tessera::Matrix{t, rows, cols, w.bytes.data(), group};
+    return w;
+  }
+  w.bytes.resize(count * tessera::dtype_size(t));
   for (size_t i = 0; i < count; ++i) {
     s = s * 1664525u + 1013904223u;
     const float v = static_cast<float>(static_cast<int32_t>(s >> 8) - (1 << 23)) / static_cast<float>(1 << 23);
@@ -154,37 +193,72 @@ std::vector<float> make_x(size_t n) {
   return x;
 }
 
-void bench_gemv(tessera::CpuBackend& be, tessera::DType t, int64_t rows, int64_t cols, double dram_gbs, bool quick) {
-  const size_t bytes = static_cast<size_t>(rows * cols) * tessera::dtype_size(t);
+// Returns the cold time per matrix in seconds.
+double bench_gemv(tessera::CpuBackend& be, const Format& f, int64_t rows, int64_t cols, double dram_gbs, bool quick,
+                  double bf16_seconds = 0) {
+  const tessera::DType t = f.dtype;
+  be.set_activation_quant(f.act_int8 ? tessera::ActQuant::kInt8 : tessera::ActQuant::kNone);
+  const size_t bytes = static_cast<size_t>(rows) * tessera::dtype_row_bytes(t, cols, f.group);
   const int copies = quick ? 2 : static_cast<int>(std::max<size_t>(2, ((size_t{256} << 20) + bytes - 1) / bytes));
   std::vector<Weights> ws;
-  for (int c = 0; c < copies; ++c) ws.push_back(make_weights(t, rows, cols, 7u + static_cast<uint32_t>(c)));
+  if (tessera::is_quantized(t)) {  // quantize once, copy: quantizing hundreds of MiB would dominate the run
+    ws.push_back(make_weights(t, rows, cols, 7u, f.group));
+    for (int c = 1; c < copies; ++c) {
+      Weights w;
+      w.bytes = ws[0].bytes;
+      w.m = ws[0].m;
+      w.m.data = w.bytes.data();
+      ws.push_back(std::move(w));
+    }
+  } else {
+    for (int c = 0; c < copies; ++c) ws.push_back(make_weights(t, rows, cols, 7u + static_cast<uint32_t>(c)));
+  }
   const auto x = make_x(static_cast<size_t>(cols));
   std::vector<float> y(static_cast<size_t>(rows));
 
   // Hot: one matrix over and over.
   for (int i = 0; i < 3; ++i) be.matmul(x.data(), 1, ws[0].m, nullptr, y.data());
   const int hot_reps = quick ? 10 : 40;
-  auto t0 = Clock::now();
-  for (int i = 0; i < hot_reps; ++i) be.matmul(x.data(), 1, ws[0].m, nullptr, y.data());
-  const double hot = static_cast<double>(bytes) * hot_reps / seconds_since(t0) / 1e9;
+  double hot = 0;
+  if (g_per_call_min) {
+    for (int i = 0; i < 5 * hot_reps; ++i) {
+      const auto t1 = Clock::now();
+      be.matmul(x.data(), 1, ws[0].m, nullptr, y.data());
+      hot = std::max(hot, static_cast<double>(bytes) / seconds_since(t1) / 1e9);
+    }
+  } else {
+    const auto t0 = Clock::now();
+    for (int i = 0; i < hot_reps; ++i) be.matmul(x.data(), 1, ws[0].m, nullptr, y.data());
+    hot = static_cast<double>(bytes) * hot_reps / seconds_since(t0) / 1e9;
+  }
 
   // Cold: rotate over the copies so each pass streams from DRAM; best of several rounds.
   double cold = 0;
   for (int round = 0; round < (quick ? 2 : 5); ++round) {
-    t0 = Clock::now();
-    for (int c = 0; c < copies; ++c) be.matmul(x.data(), 1, ws[static_cast<size_t>(c)].m, nullptr, y.data());
-    cold = std::max(cold, static_cast<double>(bytes) * copies / seconds_since(t0) / 1e9);
+    const auto t0 = Clock::now();
+    for (int c = 0; c < copies; ++c) {
+      const auto t1 = Clock::now();
+      be.matmul(x.data(), 1, ws[static_cast<size_t>(c)].m, nullptr, y.data());
+      if (g_per_call_min) cold = std::max(cold, static_cast<double>(bytes) / seconds_since(t1) / 1e9);
+    }
+    if (!g_per_call_min) cold = std::max(cold, static_cast<double>(bytes) * copies / seconds_since(t0) / 1e9);
   }
-  std::printf("GEMV %-4s %5lldx%-5lld  hot %6.1f GB/s   cold %6.1f GB/s  (%3.0f%% of read loop)\n",
-              std::string(tessera::dtype_name(t)).c_str(), static_cast<long long>(rows), static_cast<long long>(cols),
-              hot, cold, 100.0 * cold / dram_gbs);
+  const double seconds = static_cast<double>(bytes) / (cold * 1e9);
+  std::printf("GEMV %-12s %5lldx%-5lld  hot %6.1f GB/s   cold %6.1f GB/s  (%3.0f%% of read loop)  %7.1f us",
+              f.name().c_str(), static_cast<long long>(rows), static_cast<long long>(cols), hot, cold,
+              100.0 * cold / dram_gbs, seconds * 1e6);
+  if (bf16_seconds > 0) std::printf("  %.2fx bf16", bf16_seconds / seconds);
+  std::printf("\n");
+  be.set_activation_quant(tessera::ActQuant::kNone);
+  return seconds;
 }
 
-void bench_gemm(tessera::CpuBackend& be, tessera::DType t, int n, int64_t rows, int64_t cols, double peak_gflops,
-                bool fused) {
-  const auto w = make_weights(t, rows, cols, 11);
-  const auto w2 = make_weights(t, rows, cols, 13);
+double bench_gemm(tessera::CpuBackend& be, const Format& f, int n, int64_t rows, int64_t cols, double peak_gflops,
+                  bool fused, double fp32_gflops = 0) {
+  const tessera::DType t = f.dtype;
+  be.set_activation_quant(f.act_int8 ? tessera::ActQuant::kInt8 : tessera::ActQuant::kNone);
+  const auto w = make_weights(t, rows, cols, 11, f.group);
+  const auto w2 = make_weights(t, rows, cols, 13, f.group);
   const auto x = make_x(static_cast<size_t>(n) * cols);
   std::vector<float> y(static_cast<size_t>(n) * rows);
   const auto call = [&] {
@@ -196,17 +270,21 @@ void bench_gemm(tessera::CpuBackend& be, tessera::DType t, int n, int64_t rows, 
   };
   call();
   double best = 0;
-  for (int rep = 0; rep < 5; ++rep) {
-    const int inner = 3;
+  for (int rep = 0; rep < (g_per_call_min ? 20 : 5); ++rep) {
+    const int inner = g_per_call_min ? 1 : 3;
     const auto t0 = Clock::now();
     for (int i = 0; i < inner; ++i) call();
     const double flops = 2.0 * n * rows * cols * (fused ? 2 : 1) * inner;
     best = std::max(best, flops / seconds_since(t0) / 1e9);
   }
-  std::printf("GEMM %-4s n=%-4d %5lldx%-5lld%s %7.1f GFLOP/s  (%3.0f%% of peak, %.1f GFLOP/s per thread)\n",
-              std::string(tessera::dtype_name(t)).c_str(), n, static_cast<long long>(rows),
-              static_cast<long long>(cols), fused ? " silu_mul" : "         ", best,
-              100.0 * best / (peak_gflops * be.threads()), best / be.threads());
+  std::printf("GEMM %-12s n=%-4d %5lldx%-5lld%s %7.1f GFLOP/s  (%3.0f%% of fp32 peak, %.1f GFLOP/s per thread)",
+              f.name().c_str(), n, static_cast<long long>(rows), static_cast<long long>(cols),
+              fused ? " silu_mul" : "         ", best, 100.0 * best / (peak_gflops * be.threads()),
+              best / be.threads());
+  if (fp32_gflops > 0) std::printf("  %.2fx fp32", best / fp32_gflops);
+  std::printf("\n");
+  be.set_activation_quant(tessera::ActQuant::kNone);
+  return best;
 }
 
 // Attention over a filled cache: decode reports the K/V read rate, prefill the flop rate (QK and PV, causal).
@@ -238,7 +316,7 @@ void bench_attention(tessera::CpuBackend& be, int n, int pos0) {
 int main(int argc, char** argv) {
   tessera::CpuKernels kernels = tessera::CpuKernels::kAuto;
   int threads = 1;
-  bool quick = false;
+  bool quick = false, quant_only = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--kernels" && i + 1 < argc) {
@@ -250,8 +328,14 @@ int main(int argc, char** argv) {
       threads = std::stoi(argv[++i]);
     } else if (a == "--quick") {
       quick = true;
+    } else if (a == "--quant-only") {
+      quant_only = true;
+    } else if (a == "--per-call-min") {
+      g_per_call_min = true;
     } else {
-      std::fprintf(stderr, "usage: kernel_bench [--kernels auto|portable|avx2] [--threads N] [--quick]\n");
+      std::fprintf(stderr,
+                   "usage: kernel_bench [--kernels auto|portable|avx2] [--threads N] [--quick] [--quant-only] "
+                   "[--per-call-min]\n");
       return 2;
     }
   }
@@ -264,16 +348,33 @@ int main(int argc, char** argv) {
   std::printf("clock ~%.2f GHz (dependent-add loop) -> fp32 FMA peak %.1f GFLOP/s per core\n", ghz, peak);
   std::printf("memory read loop (1 GiB, %d threads): %.1f GB/s\n", be.threads(), read_gbs);
 
-  for (tessera::DType t : {tessera::DType::BF16, tessera::DType::F16, tessera::DType::F32}) {
-    bench_gemv(be, t, 2048, 5632, read_gbs, quick);
-    bench_gemv(be, t, 5632, 2048, read_gbs, quick);
+  using tessera::DType;
+  if (!quant_only) {
+    for (DType t : {DType::BF16, DType::F16, DType::F32}) {
+      bench_gemv(be, {t}, 2048, 5632, read_gbs, quick);
+      bench_gemv(be, {t}, 5632, 2048, read_gbs, quick);
+    }
+    bench_gemm(be, {DType::F32}, 128, 2048, 2048, peak, false);
+    bench_gemm(be, {DType::BF16}, 128, 2048, 2048, peak, false);
+    bench_gemm(be, {DType::BF16}, 128, 5632, 2048, peak, true);
+    bench_gemm(be, {DType::F32}, 4, 2048, 2048, peak, false);
+    bench_attention(be, 1, 4095);
+    bench_attention(be, 128, 0);
+    bench_attention(be, 128, 1024);
   }
-  bench_gemm(be, tessera::DType::F32, 128, 2048, 2048, peak, false);
-  bench_gemm(be, tessera::DType::BF16, 128, 2048, 2048, peak, false);
-  bench_gemm(be, tessera::DType::BF16, 128, 5632, 2048, peak, true);
-  bench_gemm(be, tessera::DType::F32, 4, 2048, 2048, peak, false);
-  bench_attention(be, 1, 4095);
-  bench_attention(be, 128, 0);
-  bench_attention(be, 128, 1024);
+
+  // Quantized weights (tinyllama-1.1b shapes: w_gate/w_up 5632x2048, w_down 2048x5632).
+  const Format quant_formats[] = {{DType::Q8},      {DType::Q8, 0, true}, {DType::Q4, 32}, {DType::Q4, 128},
+                                  {DType::Q4A, 32}, {DType::NF4, 64},     {DType::NF4, 32}};
+  for (const auto& [rows, cols] : {std::pair<int64_t, int64_t>{2048, 5632}, {5632, 2048}}) {
+    const double bf16 = bench_gemv(be, {DType::BF16}, rows, cols, read_gbs, quick);
+    for (const Format& f : quant_formats) bench_gemv(be, f, rows, cols, read_gbs, quick, bf16);
+  }
+  const double fp32 = bench_gemm(be, {DType::F32}, 512, 2048, 2048, peak, false);
+  bench_gemm(be, {DType::Q8, 0, true}, 512, 2048, 2048, peak, false, fp32);
+  bench_gemm(be, {DType::Q8, 0, true}, 512, 5632, 2048, peak, true, fp32);
+  bench_gemm(be, {DType::Q8}, 512, 2048, 2048, peak, false, fp32);
+  bench_gemm(be, {DType::Q4, 32}, 512, 2048, 2048, peak, false, fp32);
+  bench_gemm(be, {DType::NF4, 64}, 512, 2048, 2048, peak, false, fp32);
   return 0;
 }

@@ -3,6 +3,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -14,6 +15,7 @@
 #include "engine/core/check.h"
 #include "engine/core/dtype.h"
 #include "engine/core/tensor.h"
+#include "quant/quant_traits.h"
 
 namespace tessera::test {
 
@@ -63,6 +65,29 @@ inline OwnedMatrix random_matrix(std::mt19937& rng, DType t, int64_t rows, int64
   }
   w.m = Matrix{t, rows, cols, w.bytes.data()};
   return w;
+}
+
+// A quantized weight matrix (Q8/Q4/Q4A/NF4; group ignored for Q8) from uniform random fp32 in [-scale, scale],
+// quantized row by row with the reference quantizer.
+inline OwnedMatrix quantized_matrix(std::mt19937& rng, DType t, int64_t rows, int64_t cols, int group,
+                                    float scale = 1.0f) {
+  OwnedMatrix w;
+  const int g = is_grouped(t) ? group : 0;
+  const size_t row_bytes = dtype_row_bytes(t, cols, g);
+  w.bytes.resize(static_cast<size_t>(rows) * row_bytes + 1);
+  for (int64_t r = 0; r < rows; ++r) {
+    const std::vector<float> v = random_vec(rng, static_cast<size_t>(cols), -scale, scale);
+    quant::quant_traits(t).quantize_row(v.data(), cols, g, nullptr,
+                                        w.bytes.data() + static_cast<size_t>(r) * row_bytes);
+  }
+  w.m = Matrix{t, rows, cols, w.bytes.data(), g};
+  return w;
+}
+
+// Any dtype: plain types via random_matrix, quantized via quantized_matrix.
+inline OwnedMatrix any_matrix(std::mt19937& rng, DType t, int64_t rows, int64_t cols, int group, float scale = 1.0f) {
+  return is_quantized(t) ? quantized_matrix(rng, t, rows, cols, group, scale)
+                         : random_matrix(rng, t, rows, cols, scale);
 }
 
 // ||got - want|| / ||want|| <= tol, failing on any NaN/inf in got.

@@ -10,6 +10,7 @@
 #include "engine/backend/cpu/kernels.h"
 #include "engine/core/check.h"
 #include "engine/core/cpu_features.h"
+#include "quant/blocks.h"
 
 namespace tessera {
 
@@ -39,14 +40,18 @@ struct AlignedAllocator {
   bool operator==(const AlignedAllocator&) const = default;
 };
 using AlignedFloats = std::vector<float, AlignedAllocator<float>>;
+using AlignedInt16s = std::vector<int16_t, AlignedAllocator<int16_t>>;
 
 // Scratch owned by one pool slot; fixed sizes (set by the blocking constants), allocated once.
 struct SlotScratch {
   AlignedFloats panel = AlignedFloats(static_cast<size_t>(kKc) * kGemmNR);
-  AlignedFloats tile = AlignedFloats(static_cast<size_t>(kMc) * kGemmNR);  // C of ragged and fused tiles
-  AlignedFloats init = AlignedFloats(kGemmNR);                             // zero-padded bias of a ragged tile
+  AlignedFloats tile = AlignedFloats(static_cast<size_t>(kMc) * kGemmNR);     // C of ragged, fused and int8 tiles
+  AlignedFloats init = AlignedFloats(kGemmNR);                                // zero-padded bias of a ragged tile
+  AlignedInt16s panel16 = AlignedInt16s(static_cast<size_t>(kKc) * kGemmNR);  // int8 GEMM weight panel
+  AlignedFloats wscale = AlignedFloats(kGemmNR);                              // its rows' Q8 scales
   AlignedFloats attend;  // K/V block copies; grown (outside the hot loop) when a wider batch span appears
 };
+static_assert(kKc % cpu::kQ8ActBlock == 0 && kMc % cpu::kGemmI8MR == 0);
 
 alignas(64) constexpr float kZeros[kGemmNR] = {};
 
@@ -77,9 +82,20 @@ void for_each_slot(ThreadPool& pool, int n_slots, Fn&& fn) {
 
 }  // namespace
 
+// Activations quantized to int8 for one op call: n rows of `blocks` BlockQ8Act each, and for the integer GEMM the
+// same values widened to int16 (rows of 32 * blocks) with their scales. Grown when a larger call comes, never in
+// the hot loops.
+struct ActScratch {
+  std::vector<quant::BlockQ8Act> q;
+  AlignedInt16s q16;
+  AlignedFloats scales;
+  int64_t blocks = 0;  // per row
+};
+
 struct CpuBackend::Impl {
   const cpu::Kernels* k = nullptr;
   std::vector<SlotScratch> slots;  // one per pool slot
+  ActScratch act;
 };
 
 CpuBackend::CpuBackend(int n_threads, CpuKernels kernels)
@@ -105,22 +121,27 @@ std::string CpuBackend::name() const {
 namespace {
 
 // Decode: one x row against every weight row. Memory-bound, so threads take contiguous row ranges (each streams
-// its own part of the matrix) and the kernel reads four rows per pass over x.
-void gemv(ThreadPool& pool, const cpu::Kernels& k, const float* x, const Matrix& w, const float* bias, float* y) {
-  const auto dot4 = k.dot4[static_cast<int>(w.dtype)];
-  const auto dot1 = k.dot1[static_cast<int>(w.dtype)];
-  const int64_t groups = (w.rows + 3) / 4;
+// its own part of the matrix) and the kernel reads R rows per pass over x. dotR(rows, next, out) and dot1(row)
+// wrap the kernel of the weight type and activation form (fp32 or int8 blocks); next names the R rows of the
+// following call (prefetch only), or is null for the last call of a range.
+template <int R, typename DotR, typename Dot1>
+void gemv(ThreadPool& pool, const Matrix& w, const float* bias, float* y, const DotR& dotR, const Dot1& dot1) {
+  const int64_t groups = (w.rows + R - 1) / R;
   const int n_slots = static_cast<int>(std::min<int64_t>(pool.size(), groups));
   for_each_slot(pool, n_slots, [&](int t) {
     const Range g = split(groups, t, n_slots);
-    const int64_t r_begin = g.begin * 4, r_end = std::min(w.rows, g.end * 4);
+    const int64_t r_begin = g.begin * R, r_end = std::min(w.rows, g.end * R);
     int64_t r = r_begin;
-    for (; r + 4 <= r_end; r += 4) {
-      const void* rows[4] = {w.row(r), w.row(r + 1), w.row(r + 2), w.row(r + 3)};
-      const void* next[4] = {w.row(r + 4), w.row(r + 5), w.row(r + 6), w.row(r + 7)};  // prefetch only
-      dot4(x, rows, r + 8 <= r_end ? next : nullptr, w.cols, y + r);
+    for (; r + R <= r_end; r += R) {
+      const void* rows[R];
+      const void* next[R];
+      for (int j = 0; j < R; ++j) {
+        rows[j] = w.row(r + j);
+        next[j] = w.row(r + R + j);  // prefetch only: never read unless r + 2R <= r_end
+      }
+      dotR(rows, r + 2 * R <= r_end ? next : nullptr, y + r);
     }
-    for (; r < r_end; ++r) y[r] = dot1(x, w.row(r), w.cols);
+    for (; r < r_end; ++r) y[r] = dot1(w.row(r));
     if (bias != nullptr) {
       for (r = r_begin; r < r_end; ++r) y[r] += bias[r];
     }
@@ -144,6 +165,7 @@ void gemm_part(const cpu::Kernels& k, SlotScratch& s, const float* x, int64_t n_
                int64_t tile_begin, int64_t tile_end, const Matrix& w, const float* bias, float* y) {
   const auto pack = k.pack[static_cast<int>(w.dtype)];
   const int64_t K = w.cols, rows = w.rows;
+  const size_t row_bytes = w.row_bytes();
   for (int64_t nb = n_begin; nb < n_end; nb += kMc) {
     const int64_t mb = std::min<int64_t>(kMc, n_end - nb);
     for (int64_t rt = tile_begin; rt < tile_end; ++rt) {
@@ -165,7 +187,7 @@ void gemm_part(const cpu::Kernels& k, SlotScratch& s, const float* x, int64_t n_
       const int64_t ldc = full ? rows : kGemmNR;
       for (int64_t kb = 0; kb < K; kb += kKc) {
         const int64_t kc = std::min(kKc, K - kb);
-        pack(w.row(r0), K, nr, kGemmNR, kb, kc, s.panel.data());
+        pack(w.row(r0), row_bytes, w.group, nr, kGemmNR, kb, kc, s.panel.data());
         for (int64_t i = 0; i < mb; i += kGemmMR) {
           const int mr = static_cast<int>(std::min<int64_t>(kGemmMR, mb - i));
           k.gemm_tile(x + (nb + i) * K + kb, K, mr, s.panel.data(), kc, kb == 0 ? init : nullptr, c + i * ldc, ldc);
@@ -178,8 +200,92 @@ void gemm_part(const cpu::Kernels& k, SlotScratch& s, const float* x, int64_t n_
   }
 }
 
+// Quantizes the n activation rows of x (cols values each) into act: BlockQ8Act blocks and, for the integer GEMM
+// (widen), the int16 rows and scales. Rows are split over the pool when there are many.
+void quantize_rows(ThreadPool& pool, const cpu::Kernels& k, const float* x, int n, int64_t cols, bool widen,
+                   ActScratch& act) {
+  act.blocks = (cols + cpu::kQ8ActBlock - 1) / cpu::kQ8ActBlock;
+  const auto blocks = static_cast<size_t>(act.blocks);
+  if (act.q.size() < static_cast<size_t>(n) * blocks) act.q.resize(static_cast<size_t>(n) * blocks);
+  if (widen) {
+    const size_t values = static_cast<size_t>(n) * blocks * cpu::kQ8ActBlock;
+    if (act.q16.size() < values) act.q16.resize(values);
+    if (act.scales.size() < static_cast<size_t>(n) * blocks) act.scales.resize(static_cast<size_t>(n) * blocks);
+  }
+  const auto rows = [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      quant::BlockQ8Act* q = act.q.data() + i * act.blocks;
+      k.quantize_act(x + i * cols, cols, q);
+      if (widen) {
+        k.expand_act(q, act.blocks, act.q16.data() + i * act.blocks * cpu::kQ8ActBlock,
+                     act.scales.data() + i * act.blocks);
+      }
+    }
+  };
+  if (n == 1 || static_cast<int64_t>(n) * cols < kMinParallelElems) {
+    rows(0, n);
+  } else {
+    pool.parallel_for(n, 1, [&](int64_t b, int64_t e) { rows(b, e); });
+  }
+}
+
+// The integer GEMM packs each 16-row weight tile once for the whole (padded) k extent and then runs every x row
+// of the part against it, kGemmI8MR rows per micro-kernel call over all of k: packing (widening and transposing)
+// costs a sixth of the micro-kernel's time per panel, too much to repeat for every block of x rows. The panel
+// (kp x 16 int16, 64 KiB at k = 2048) stays in L2, and a call's x rows (kGemmI8MR x kp int16) in L1/L2.
+// pack_tile(kb, kc) fills panel columns for k in [kb, kb + kc); finish(i, c) consumes the 16 sums of x row i.
+template <typename PackTile, typename Finish>
+void gemm_i8_tile_rows(const cpu::Kernels& k, SlotScratch& s, const ActScratch& act, int64_t n_begin, int64_t n_end,
+                       const PackTile& pack_tile, const Finish& finish) {
+  const int64_t kp = act.blocks * cpu::kQ8ActBlock;  // padded k extent
+  for (int64_t kb = 0; kb < kp; kb += kKc) pack_tile(kb, std::min(kKc, kp - kb));
+  for (int64_t i = n_begin; i < n_end; i += cpu::kGemmI8MR) {
+    const int mr = static_cast<int>(std::min<int64_t>(cpu::kGemmI8MR, n_end - i));
+    k.gemm_i8_tile(act.q16.data() + i * kp, kp, act.scales.data() + i * act.blocks, act.blocks, mr, s.panel16.data(),
+                   kp, true, s.tile.data(), kGemmNR);
+    for (int r = 0; r < mr; ++r) finish(i + r, s.tile.data() + r * kGemmNR);
+  }
+}
+
+// Prefill with Q8 weights and int8 activations: int16 panels and the integer micro-kernel; each output is then
+// scaled by its weight row's Q8 scale (and biased).
+void gemm_i8_part(const cpu::Kernels& k, SlotScratch& s, const ActScratch& act, int64_t n_begin, int64_t n_end,
+                  int64_t tile_begin, int64_t tile_end, const Matrix& w, const float* bias, float* y) {
+  const int64_t rows = w.rows;
+  const size_t row_bytes = w.row_bytes();
+  for (int64_t rt = tile_begin; rt < tile_end; ++rt) {
+    const int64_t r0 = rt * kGemmNR;
+    const int nr = static_cast<int>(std::min<int64_t>(kGemmNR, rows - r0));
+    gemm_i8_tile_rows(
+        k, s, act, n_begin, n_end,
+        [&](int64_t kb, int64_t kc) {
+          k.pack_i8(w.row(r0), row_bytes, w.cols, nr, kGemmNR, kb, kc, s.panel16.data() + kb * kGemmNR,
+                    s.wscale.data());
+        },
+        [&](int64_t i, const float* c) {
+          float* yi = y + i * rows + r0;
+          for (int j = 0; j < nr; ++j) yi[j] = c[j] * s.wscale[static_cast<size_t>(j)] + (bias ? bias[r0 + j] : 0.0f);
+        });
+  }
+}
+
+// Makes every slot's int16 panel hold kp x kGemmNR values (outside the hot loops; kept for later calls).
+void reserve_panels(std::vector<SlotScratch>& slots, int n_slots, int64_t kp) {
+  for (int t = 0; t < n_slots; ++t) {
+    AlignedInt16s& p = slots[static_cast<size_t>(t)].panel16;
+    if (p.size() < static_cast<size_t>(kp) * kGemmNR) p.resize(static_cast<size_t>(kp) * kGemmNR);
+  }
+}
+
 }  // namespace
 
+// How each weight type is computed (matmul and matmul_silu_mul alike):
+//   F32/F16/BF16, and Q8 with ActQuant::kNone: fp32 activations; GEMV converts weights in registers, GEMM packs
+//     (dequantizes) fp32 panels for the fp32 micro-kernel.
+//   Q8 with ActQuant::kInt8: every activation row is quantized once per call to BlockQ8Act blocks; GEMV and GEMM
+//     use integer dot products (GEMM: int16 panels, the integer micro-kernel), then the Q8 row scale.
+//   Q4/Q4A/NF4: decode (n == 1) quantizes the activation vector to BlockQ8Act blocks and uses integer dots (needed
+//     to stream at memory speed); prefill dequantizes panels for the fp32 GEMM (compute-bound anyway).
 void CpuBackend::matmul(const float* x, int n, const Matrix& w, const float* bias, float* y) {
   TESSERA_CHECK(n >= 0 && w.rows >= 0 && w.cols >= 0);
   if (n == 0 || w.rows == 0) return;
@@ -191,20 +297,62 @@ void CpuBackend::matmul(const float* x, int n, const Matrix& w, const float* bia
     return;
   }
   const cpu::Kernels& k = *impl_->k;
+  const int dt = static_cast<int>(w.dtype);
+  const bool int8_act = w.dtype == DType::Q8 ? act_quant_ == ActQuant::kInt8 : is_grouped(w.dtype) && n == 1;
+  if (is_grouped(w.dtype)) TESSERA_CHECK_MSG(w.group == 32 || w.group == 64 || w.group == 128, "bad quant group");
+  if (n == 1 && int8_act) {
+    ActScratch& act = impl_->act;
+    quantize_rows(pool_, k, x, 1, w.cols, false, act);
+    const quant::BlockQ8Act* xq = act.q.data();
+    const auto qdot1 = [&, qdot1 = k.qdot1[dt]](const void* row) { return qdot1(xq, row, w.cols, w.group); };
+    if (const auto qdot8 = k.qdot8[dt]; qdot8 != nullptr) {
+      gemv<8>(
+          pool_, w, bias, y,
+          [&](const void* const* rows, const void* const* next, float* out) {
+            qdot8(xq, rows, next, w.cols, w.group, out);
+          },
+          qdot1);
+    } else {
+      gemv<4>(
+          pool_, w, bias, y,
+          [&, qdot4 = k.qdot4[dt]](const void* const* rows, const void* const* next, float* out) {
+            qdot4(xq, rows, next, w.cols, w.group, out);
+          },
+          qdot1);
+    }
+    return;
+  }
   if (n == 1) {
-    gemv(pool_, k, x, w, bias, y);
+    const auto dot4 = k.dot4[dt];
+    const auto dot1 = k.dot1[dt];
+    gemv<4>(
+        pool_, w, bias, y,
+        [&](const void* const* rows, const void* const* next, float* out) { dot4(x, rows, next, w.cols, out); },
+        [&](const void* row) { return dot1(x, row, w.cols); });
     return;
   }
   const int64_t tiles = (w.rows + kGemmNR - 1) / kGemmNR;
   const GemmSplit plan = plan_gemm(pool_.size(), tiles, n);
+  if (int8_act) {
+    quantize_rows(pool_, k, x, n, w.cols, true, impl_->act);
+    reserve_panels(impl_->slots, plan.n_slots, impl_->act.blocks * cpu::kQ8ActBlock);
+  }
   for_each_slot(pool_, plan.n_slots, [&](int t) {
     SlotScratch& s = impl_->slots[static_cast<size_t>(t)];
+    int64_t n_begin = 0, n_end = n, t_begin = 0, t_end = tiles;
     if (plan.by_tiles) {
       const Range r = split(tiles, t, plan.n_slots);
-      gemm_part(k, s, x, 0, n, r.begin, r.end, w, bias, y);
+      t_begin = r.begin;
+      t_end = r.end;
     } else {
       const Range g = split((n + kGemmMR - 1) / kGemmMR, t, plan.n_slots);
-      gemm_part(k, s, x, g.begin * kGemmMR, std::min<int64_t>(n, g.end * kGemmMR), 0, tiles, w, bias, y);
+      n_begin = g.begin * kGemmMR;
+      n_end = std::min<int64_t>(n, g.end * kGemmMR);
+    }
+    if (int8_act) {
+      gemm_i8_part(k, s, impl_->act, n_begin, n_end, t_begin, t_end, w, bias, y);
+    } else {
+      gemm_part(k, s, x, n_begin, n_end, t_begin, t_end, w, bias, y);
     }
   });
 }
@@ -213,28 +361,33 @@ void CpuBackend::matmul(const float* x, int n, const Matrix& w, const float* bia
 
 namespace {
 
-// Decode: each kernel call streams gate and up rows of two hidden units together, so both dots of an output are
-// ready at once and silu(g) * u is applied straight away.
-void gemv_silu_mul(ThreadPool& pool, const cpu::Kernels& k, const float* x, const Matrix& gate, const Matrix& up,
-                   float* out) {
-  const auto dot4 = k.dot4[static_cast<int>(gate.dtype)];
-  const auto dot1 = k.dot1[static_cast<int>(gate.dtype)];
+// Decode: each kernel call streams gate and up rows of R/2 hidden units together, so both dots of an output are
+// ready at once and silu(g) * u is applied straight away. dotR / dot1 as for gemv.
+template <int R, typename DotR, typename Dot1>
+void gemv_silu_mul(ThreadPool& pool, const Matrix& gate, const Matrix& up, float* out, const DotR& dotR,
+                   const Dot1& dot1) {
+  constexpr int kUnits = R / 2;
   const int64_t hidden = gate.rows;
-  const int64_t pairs = (hidden + 1) / 2;
-  const int n_slots = static_cast<int>(std::min<int64_t>(pool.size(), pairs));
+  const int64_t groups = (hidden + kUnits - 1) / kUnits;
+  const int n_slots = static_cast<int>(std::min<int64_t>(pool.size(), groups));
   for_each_slot(pool, n_slots, [&](int t) {
-    const Range p = split(pairs, t, n_slots);
-    const int64_t h_end = std::min(hidden, p.end * 2);
-    int64_t h = p.begin * 2;
-    for (; h + 2 <= h_end; h += 2) {
-      const void* rows[4] = {gate.row(h), gate.row(h + 1), up.row(h), up.row(h + 1)};
-      const void* next[4] = {gate.row(h + 2), gate.row(h + 3), up.row(h + 2), up.row(h + 3)};  // prefetch only
-      float d[4];
-      dot4(x, rows, h + 4 <= h_end ? next : nullptr, gate.cols, d);
-      out[h] = silu_mul(d[0], d[2]);
-      out[h + 1] = silu_mul(d[1], d[3]);
+    const Range p = split(groups, t, n_slots);
+    const int64_t h_end = std::min(hidden, p.end * kUnits);
+    int64_t h = p.begin * kUnits;
+    for (; h + kUnits <= h_end; h += kUnits) {
+      const void* rows[R];
+      const void* next[R];
+      for (int j = 0; j < kUnits; ++j) {
+        rows[j] = gate.row(h + j);
+        rows[kUnits + j] = up.row(h + j);
+        next[j] = gate.row(h + kUnits + j);  // prefetch only
+        next[kUnits + j] = up.row(h + kUnits + j);
+      }
+      float d[R];
+      dotR(rows, h + 2 * kUnits <= h_end ? next : nullptr, d);
+      for (int j = 0; j < kUnits; ++j) out[h + j] = silu_mul(d[j], d[kUnits + j]);
     }
-    for (; h < h_end; ++h) out[h] = silu_mul(dot1(x, gate.row(h), gate.cols), dot1(x, up.row(h), up.cols));
+    for (; h < h_end; ++h) out[h] = silu_mul(dot1(gate.row(h)), dot1(up.row(h)));
   });
 }
 
@@ -246,6 +399,7 @@ void gemm_silu_mul_part(const cpu::Kernels& k, SlotScratch& s, const float* x, i
   constexpr int kHalf = kGemmNR / 2;
   const auto pack = k.pack[static_cast<int>(gate.dtype)];
   const int64_t K = gate.cols, hidden = gate.rows;
+  const size_t row_bytes = gate.row_bytes();
   for (int64_t nb = n_begin; nb < n_end; nb += kMc) {
     const int64_t mb = std::min<int64_t>(kMc, n_end - nb);
     for (int64_t ht = tile_begin; ht < tile_end; ++ht) {
@@ -253,8 +407,8 @@ void gemm_silu_mul_part(const cpu::Kernels& k, SlotScratch& s, const float* x, i
       const int nh = static_cast<int>(std::min<int64_t>(kHalf, hidden - h0));
       for (int64_t kb = 0; kb < K; kb += kKc) {
         const int64_t kc = std::min(kKc, K - kb);
-        pack(gate.row(h0), K, nh, kHalf, kb, kc, s.panel.data());
-        pack(up.row(h0), K, nh, kHalf, kb, kc, s.panel.data() + kHalf);
+        pack(gate.row(h0), row_bytes, gate.group, nh, kHalf, kb, kc, s.panel.data());
+        pack(up.row(h0), row_bytes, up.group, nh, kHalf, kb, kc, s.panel.data() + kHalf);
         for (int64_t i = 0; i < mb; i += kGemmMR) {
           const int mr = static_cast<int>(std::min<int64_t>(kGemmMR, mb - i));
           k.gemm_tile(x + (nb + i) * K + kb, K, mr, s.panel.data(), kc, kb == 0 ? kZeros : nullptr,
@@ -270,10 +424,37 @@ void gemm_silu_mul_part(const cpu::Kernels& k, SlotScratch& s, const float* x, i
   }
 }
 
+// Prefill of the fused op with Q8 weights and int8 activations: gate rows in panel columns 0..7, up rows in 8..15.
+void gemm_i8_silu_mul_part(const cpu::Kernels& k, SlotScratch& s, const ActScratch& act, int64_t n_begin, int64_t n_end,
+                           int64_t tile_begin, int64_t tile_end, const Matrix& gate, const Matrix& up, float* out) {
+  constexpr int kHalf = kGemmNR / 2;
+  const int64_t hidden = gate.rows;
+  const size_t row_bytes = gate.row_bytes();
+  for (int64_t ht = tile_begin; ht < tile_end; ++ht) {
+    const int64_t h0 = ht * kHalf;
+    const int nh = static_cast<int>(std::min<int64_t>(kHalf, hidden - h0));
+    gemm_i8_tile_rows(
+        k, s, act, n_begin, n_end,
+        [&](int64_t kb, int64_t kc) {
+          int16_t* panel = s.panel16.data() + kb * kGemmNR;
+          k.pack_i8(gate.row(h0), row_bytes, gate.cols, nh, kHalf, kb, kc, panel, s.wscale.data());
+          k.pack_i8(up.row(h0), row_bytes, up.cols, nh, kHalf, kb, kc, panel + kGemmNR, s.wscale.data() + kHalf);
+        },
+        [&](int64_t i, const float* c) {
+          float* o = out + i * hidden + h0;
+          for (int j = 0; j < nh; ++j) {
+            o[j] = silu_mul(c[j] * s.wscale[static_cast<size_t>(j)],
+                            c[kHalf + j] * s.wscale[static_cast<size_t>(kHalf + j)]);
+          }
+        });
+  }
+}
+
 }  // namespace
 
 void CpuBackend::matmul_silu_mul(const float* x, int n, const Matrix& gate, const Matrix& up, float* out) {
   TESSERA_CHECK(gate.rows == up.rows && gate.cols == up.cols && gate.dtype == up.dtype);
+  TESSERA_CHECK_MSG(gate.group == up.group, "gate and up must share the quantization group");
   TESSERA_CHECK(n >= 0);
   if (n == 0 || gate.rows == 0) return;
   if (gate.cols == 0) {  // both dots are 0 and silu(0) * 0 = 0
@@ -281,20 +462,64 @@ void CpuBackend::matmul_silu_mul(const float* x, int n, const Matrix& gate, cons
     return;
   }
   const cpu::Kernels& k = *impl_->k;
+  const int dt = static_cast<int>(gate.dtype);
+  const bool int8_act = gate.dtype == DType::Q8 ? act_quant_ == ActQuant::kInt8 : is_grouped(gate.dtype) && n == 1;
+  if (is_grouped(gate.dtype)) {
+    TESSERA_CHECK_MSG(gate.group == 32 || gate.group == 64 || gate.group == 128, "bad quant group");
+  }
+  if (n == 1 && int8_act) {
+    ActScratch& act = impl_->act;
+    quantize_rows(pool_, k, x, 1, gate.cols, false, act);
+    const quant::BlockQ8Act* xq = act.q.data();
+    const auto qdot1 = [&, qdot1 = k.qdot1[dt]](const void* row) { return qdot1(xq, row, gate.cols, gate.group); };
+    if (const auto qdot8 = k.qdot8[dt]; qdot8 != nullptr) {
+      gemv_silu_mul<8>(
+          pool_, gate, up, out,
+          [&](const void* const* rows, const void* const* next, float* o) {
+            qdot8(xq, rows, next, gate.cols, gate.group, o);
+          },
+          qdot1);
+    } else {
+      gemv_silu_mul<4>(
+          pool_, gate, up, out,
+          [&, qdot4 = k.qdot4[dt]](const void* const* rows, const void* const* next, float* o) {
+            qdot4(xq, rows, next, gate.cols, gate.group, o);
+          },
+          qdot1);
+    }
+    return;
+  }
   if (n == 1) {
-    gemv_silu_mul(pool_, k, x, gate, up, out);
+    const auto dot4 = k.dot4[dt];
+    const auto dot1 = k.dot1[dt];
+    gemv_silu_mul<4>(
+        pool_, gate, up, out,
+        [&](const void* const* rows, const void* const* next, float* o) { dot4(x, rows, next, gate.cols, o); },
+        [&](const void* row) { return dot1(x, row, gate.cols); });
     return;
   }
   const int64_t tiles = (gate.rows + kGemmNR / 2 - 1) / (kGemmNR / 2);
   const GemmSplit plan = plan_gemm(pool_.size(), tiles, n);
+  if (int8_act) {
+    quantize_rows(pool_, k, x, n, gate.cols, true, impl_->act);
+    reserve_panels(impl_->slots, plan.n_slots, impl_->act.blocks * cpu::kQ8ActBlock);
+  }
   for_each_slot(pool_, plan.n_slots, [&](int t) {
     SlotScratch& s = impl_->slots[static_cast<size_t>(t)];
+    int64_t n_begin = 0, n_end = n, t_begin = 0, t_end = tiles;
     if (plan.by_tiles) {
       const Range r = split(tiles, t, plan.n_slots);
-      gemm_silu_mul_part(k, s, x, 0, n, r.begin, r.end, gate, up, out);
+      t_begin = r.begin;
+      t_end = r.end;
     } else {
       const Range g = split((n + kGemmMR - 1) / kGemmMR, t, plan.n_slots);
-      gemm_silu_mul_part(k, s, x, g.begin * kGemmMR, std::min<int64_t>(n, g.end * kGemmMR), 0, tiles, gate, up, out);
+      n_begin = g.begin * kGemmMR;
+      n_end = std::min<int64_t>(n, g.end * kGemmMR);
+    }
+    if (int8_act) {
+      gemm_i8_silu_mul_part(k, s, impl_->act, n_begin, n_end, t_begin, t_end, gate, up, out);
+    } else {
+      gemm_silu_mul_part(k, s, x, n_begin, n_end, t_begin, t_end, gate, up, out);
     }
   });
 }
@@ -366,11 +591,11 @@ void CpuBackend::add(float* y, const float* x, size_t count) {
 }
 
 void CpuBackend::embedding(const Matrix& table, const int* tokens, int n, float* out) {
-  const auto to_f32 = impl_->k->to_f32[static_cast<int>(table.dtype)];
+  const auto dequant = impl_->k->dequant[static_cast<int>(table.dtype)];
   for (int i = 0; i < n; ++i) {
     TESSERA_CHECK_MSG(tokens[i] >= 0 && tokens[i] < table.rows,
                       "token id " + std::to_string(tokens[i]) + " out of range");
-    to_f32(table.row(tokens[i]), table.cols, out + static_cast<int64_t>(i) * table.cols);
+    dequant(table.row(tokens[i]), table.group, 0, table.cols, out + static_cast<int64_t>(i) * table.cols);
   }
 }
 

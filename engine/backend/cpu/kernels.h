@@ -9,6 +9,7 @@
 #include <cstdint>
 
 #include "engine/core/dtype.h"
+#include "quant/blocks.h"
 
 namespace tessera::cpu {
 
@@ -17,10 +18,23 @@ inline constexpr int kGemmMR = 6;
 inline constexpr int kGemmNR = 16;
 
 // Per-dtype entries are indexed by the DType value.
-inline constexpr int kNumDtypes = 3;
+inline constexpr int kNumDtypes = kNumDTypes;
 inline constexpr int kF32 = static_cast<int>(DType::F32);
 inline constexpr int kF16 = static_cast<int>(DType::F16);
 inline constexpr int kBF16 = static_cast<int>(DType::BF16);
+inline constexpr int kQ8 = static_cast<int>(DType::Q8);
+inline constexpr int kQ4 = static_cast<int>(DType::Q4);
+inline constexpr int kQ4A = static_cast<int>(DType::Q4A);
+inline constexpr int kNF4 = static_cast<int>(DType::NF4);
+
+// Integer GEMM (int8 weights x int8 activations, both widened to int16 for vpmaddwd): register tile of
+// kGemmI8MR activation rows x kGemmNR outputs. The k extent of one call is a multiple of kQ8ActBlock.
+inline constexpr int kGemmI8MR = 6;
+inline constexpr int kQ8ActBlock = 32;  // values per quant::BlockQ8Act
+
+// The NF4 levels as int8 for integer dot products: round(127 * kNf4Levels[q]). An int8-activation NF4 dot uses
+// w ~= (d / 127) * kNf4Int8[q], which differs from the stored level by at most d / 254.
+inline constexpr int8_t kNf4Int8[16] = {-127, -88, -67, -50, -36, -23, -12, 0, 10, 20, 31, 43, 56, 71, 92, 127};
 
 inline constexpr int kMaxAttendBatch = 64;
 
@@ -52,23 +66,62 @@ inline constexpr int64_t attend_scratch_floats(int64_t span) {
 struct Kernels {
   const char* name;
 
-  // GEMV building blocks (decode). out[j] = x . rows[j] for j < 4, each row `cols` elements of the dtype.
-  // Four rows per call so x is loaded once per four weight streams. next (may be null) names the four rows the
-  // caller will pass next; they are only prefetched. One entry per DType.
+  // GEMV building blocks (decode), fp32 activations. out[j] = x . rows[j] for j < 4, each row `cols` values of
+  // the dtype (a Q8 row is its scale then the int8 values: the result includes the scale). Four rows per call so
+  // x is loaded once per four weight streams. next (may be null) names the four rows the caller will pass next;
+  // they are only prefetched. Entries for F32, F16, BF16 and Q8; null for the grouped types.
   void (*dot4[kNumDtypes])(const float* x, const void* const* rows, const void* const* next, int64_t cols, float* out);
   // x . row for a single row (ragged row counts).
   float (*dot1[kNumDtypes])(const float* x, const void* row, int64_t cols);
 
+  // GEMV with int8 activations: x is ceil(cols / 32) BlockQ8Act blocks (zero-padded), rows are stored rows of
+  // the dtype with quantization group `group`. out[j] ~= dequant(x) . dequant(rows[j]), computed with integer
+  // dot products per 32 values and one float scale per (row block, activation block). NF4 uses kNf4Int8.
+  // Entries for Q8, Q4, Q4A and NF4.
+  void (*qdot4[kNumDtypes])(const quant::BlockQ8Act* x, const void* const* rows, const void* const* next, int64_t cols,
+                            int group, float* out);
+  float (*qdot1[kNumDtypes])(const quant::BlockQ8Act* x, const void* row, int64_t cols, int group);
+  // The same for eight rows per call, where a set has a faster eight-row kernel (null otherwise; then drivers
+  // use qdot4). Valid for every group of the dtype.
+  void (*qdot8[kNumDtypes])(const quant::BlockQ8Act* x, const void* const* rows, const void* const* next, int64_t cols,
+                            int group, float* out);
+  // Quantizes n activations into ceil(n / 32) blocks; bit-identical to quant::quantize_activations.
+  void (*quantize_act)(const float* x, int64_t n, quant::BlockQ8Act* out);
+
+  // out[i] = fp32(value k0 + i of a stored row) for i < kc, any dtype (embedding lookup, panel packing). For the
+  // grouped types k0 is a multiple of `group`.
+  void (*dequant[kNumDtypes])(const void* row, int group, int64_t k0, int64_t kc, float* out);
+
   // GEMM packing: panel[k][0..width) = fp32(w row r, column k0 + k) for k < kc, r < width, with rows r >= nr
-  // (missing at a ragged edge) written as zeros. w points at the first row; ld is the row stride in elements.
+  // (missing at a ragged edge) written as zeros. w points at the first row; rows are row_bytes apart; group is
+  // the quantization group (k0 is a multiple of it for the grouped types). Quantized rows are dequantized.
   // Panel rows are kGemmNR floats apart, so two width-8 packs (gate, up) can share one panel.
-  void (*pack[kNumDtypes])(const void* w, int64_t ld, int nr, int width, int64_t k0, int64_t kc, float* panel);
+  void (*pack[kNumDtypes])(const void* w, size_t row_bytes, int group, int nr, int width, int64_t k0, int64_t kc,
+                           float* panel);
 
   // GEMM micro-kernel: for i < mr (mr <= kGemmMR), c[i*ldc + j] = s + sum_k x[i*ldx + k] * panel[k*kGemmNR + j]
   // for j < kGemmNR, where s = init[j] when init is non-null and the previous c[i*ldc + j] otherwise.
   // c rows must have kGemmNR writable floats.
   void (*gemm_tile)(const float* x, int64_t ldx, int mr, const float* panel, int64_t kc, const float* init, float* c,
                     int64_t ldc);
+
+  // Integer GEMM for Q8 weights with int8 activations (prefill with ActQuant::kInt8).
+  // Activations: each row's BlockQ8Act blocks widened to int16 values (x16, kc-padded with zeros) plus one float
+  // scale per 32 values (xs): expand_act(blocks, nblocks, x16 + i*ldx, xs + i*ldxs).
+  void (*expand_act)(const quant::BlockQ8Act* x, int64_t nblocks, int16_t* x16, float* xs);
+  // Weight panel of int16 pairs: for k < kc (a multiple of 32), output j < width:
+  //   panel[(k / 2) * 2 * kGemmNR + 2 * j + k % 2] = q(row j, column k0 + k), 0 for columns >= cols or rows >= nr;
+  // scales[j] = row j's Q8 scale (0 for missing rows). Like pack, two width-8 packs can share one panel (the
+  // second at panel + kGemmNR, scales + 8).
+  void (*pack_i8)(const void* w, size_t row_bytes, int64_t cols, int nr, int width, int64_t k0, int64_t kc,
+                  int16_t* panel, float* scales);
+  // For i < mr (mr <= kGemmI8MR), j < kGemmNR:
+  //   c[i*ldc + j] = (first ? 0 : c[i*ldc + j]) + sum_{b < kc/32} xs[i*ldxs + b] * sum_{k in block b} x[i*ldx + k] *
+  //   w_kj
+  // with w_kj from the panel: exact integer sums per 32 values, one float multiply-add per block. The weight scale
+  // is applied by the caller. c rows must have kGemmNR writable floats.
+  void (*gemm_i8_tile)(const int16_t* x, int64_t ldx, const float* xs, int64_t ldxs, int mr, const int16_t* panel,
+                       int64_t kc, bool first, float* c, int64_t ldc);
 
   // Causal attention with online softmax for a batch of query vectors (the heads of one or more GQA groups, over
   // one or more query rows): for each b < batch.count, with kv = batch.kv_head[b],
@@ -89,8 +142,6 @@ struct Kernels {
   void (*scale_mul)(const float* x, const float* w, float s, int64_t n, float* y);
   // y[i] += x[i].
   void (*add)(float* y, const float* x, int64_t n);
-  // out[i] = fp32(row[i]) for i < n (embedding lookup). One entry per DType.
-  void (*to_f32[kNumDtypes])(const void* row, int64_t n, float* out);
   // Largest value of x[0..n), NaNs ignored; -inf when there is none (argmax pass 1).
   float (*max_value)(const float* x, int64_t n);
 };
@@ -98,5 +149,11 @@ struct Kernels {
 const Kernels& portable_kernels();
 // Only valid to call when cpu_features().has_avx2_fma().
 const Kernels& avx2_kernels();
+
+// The quantized-weight entries (qdot8, qdot4, qdot1, quantize_act, dequant and pack for Q8/Q4/Q4A/NF4, dot4/dot1 for
+// Q8, expand_act, pack_i8, gemm_i8_tile), filled in by kernels_quant_portable.cpp and kernels_quant_avx2.cpp (the
+// latter built with the AVX2 flags and only called from avx2_kernels()).
+void add_quant_portable_kernels(Kernels& k);
+void add_quant_avx2_kernels(Kernels& k);
 
 }  // namespace tessera::cpu

@@ -200,8 +200,9 @@ inline void transpose8(__m256 r[8]) {
 }
 
 template <typename L>
-void pack(const void* w, int64_t ld, int nr, int width, int64_t k0, int64_t kc, float* panel) {
+void pack(const void* w, size_t row_bytes, int /*group*/, int nr, int width, int64_t k0, int64_t kc, float* panel) {
   using T = typename L::T;
+  const auto ld = static_cast<int64_t>(row_bytes / sizeof(T));
   const T* base = static_cast<const T*>(w) + k0;
   for (int g = 0; g < width; g += 8) {
     const int valid = nr - g < 0 ? 0 : min_int(nr - g, 8);
@@ -533,8 +534,8 @@ void add(float* y, const float* x, int64_t n) {
 }
 
 template <typename L>
-void to_f32(const void* row, int64_t n, float* out) {
-  const auto* r = static_cast<const typename L::T*>(row);
+void dequant(const void* row, int /*group*/, int64_t k0, int64_t n, float* out) {
+  const auto* r = static_cast<const typename L::T*>(row) + k0;
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, L::load8(r + i));
   for (; i < n; ++i) out[i] = L::cvt(r[i]);
@@ -574,10 +575,11 @@ Kernels make() {
   k.sum_squares = sum_squares;
   k.scale_mul = scale_mul;
   k.add = add;
-  k.to_f32[kF32] = to_f32<LoadF32>;
-  k.to_f32[kF16] = to_f32<LoadF16>;
-  k.to_f32[kBF16] = to_f32<LoadBF16>;
+  k.dequant[kF32] = dequant<LoadF32>;
+  k.dequant[kF16] = dequant<LoadF16>;
+  k.dequant[kBF16] = dequant<LoadBF16>;
   k.max_value = max_value;
+  add_quant_avx2_kernels(k);
   return k;
 }
 

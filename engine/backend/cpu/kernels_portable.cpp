@@ -117,8 +117,9 @@ float dot1(const float* x, const void* row, int64_t cols) {
 }
 
 template <typename L>
-void pack(const void* w, int64_t ld, int nr, int width, int64_t k0, int64_t kc, float* panel) {
+void pack(const void* w, size_t row_bytes, int /*group*/, int nr, int width, int64_t k0, int64_t kc, float* panel) {
   const auto* base = static_cast<const typename L::T*>(w);
+  const auto ld = static_cast<int64_t>(row_bytes / sizeof(typename L::T));
   for (int r = 0; r < width; ++r) {
     if (r < nr) {
       const auto* row = base + r * ld + k0;
@@ -221,9 +222,9 @@ void add(float* y, const float* x, int64_t n) {
 }
 
 template <typename L>
-void to_f32(const void* row, int64_t n, float* out) {
-  const auto* r = static_cast<const typename L::T*>(row);
-  for (int64_t i = 0; i < n; ++i) out[i] = L::cvt(r[i]);
+void dequant(const void* row, int /*group*/, int64_t k0, int64_t kc, float* out) {
+  const auto* r = static_cast<const typename L::T*>(row) + k0;
+  for (int64_t i = 0; i < kc; ++i) out[i] = L::cvt(r[i]);
 }
 
 float max_value(const float* x, int64_t n) {
@@ -251,10 +252,11 @@ Kernels make() {
   k.sum_squares = sum_squares;
   k.scale_mul = scale_mul;
   k.add = add;
-  k.to_f32[kF32] = to_f32<LoadF32>;
-  k.to_f32[kF16] = to_f32<LoadF16>;
-  k.to_f32[kBF16] = to_f32<LoadBF16>;
+  k.dequant[kF32] = dequant<LoadF32>;
+  k.dequant[kF16] = dequant<LoadF16>;
+  k.dequant[kBF16] = dequant<LoadBF16>;
   k.max_value = max_value;
+  add_quant_portable_kernels(k);
   return k;
 }
 

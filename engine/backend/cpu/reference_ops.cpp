@@ -7,16 +7,21 @@
 #include <vector>
 
 #include "engine/core/check.h"
+#include "quant/quant_traits.h"
 
 namespace tessera::ref {
 
 namespace {
 
-double dot_row(const float* x, const Matrix& w, int64_t r) {
-  const void* row = w.row(r);
+// Row r of w as fp32 (quantized rows dequantized: the weight-only semantics every backend must reproduce).
+void row_f32(const Matrix& w, int64_t r, std::vector<float>& out) {
+  out.resize(static_cast<size_t>(w.cols));
+  if (w.cols > 0) quant::dequantize_matrix_row(w, r, out.data());
+}
+
+double dot(const float* x, const std::vector<float>& w) {
   double acc = 0.0;
-  for (int64_t c = 0; c < w.cols; ++c)
-    acc += static_cast<double>(x[c]) * static_cast<double>(load_as_f32(row, w.dtype, c));
+  for (size_t c = 0; c < w.size(); ++c) acc += static_cast<double>(x[c]) * static_cast<double>(w[c]);
   return acc;
 }
 
@@ -28,20 +33,26 @@ double silu_mul(double g, double u) {
 
 void matmul(const float* x, int n, const Matrix& w, const float* bias, float* y) {
   TESSERA_CHECK(n >= 0 && w.rows >= 0 && w.cols >= 0);
-  for (int i = 0; i < n; ++i) {
-    const float* xi = x + static_cast<int64_t>(i) * w.cols;
-    float* yi = y + static_cast<int64_t>(i) * w.rows;
-    for (int64_t r = 0; r < w.rows; ++r) yi[r] = static_cast<float>(dot_row(xi, w, r) + (bias ? bias[r] : 0.0));
+  std::vector<float> wr;
+  for (int64_t r = 0; r < w.rows; ++r) {
+    row_f32(w, r, wr);
+    for (int i = 0; i < n; ++i) {
+      const float* xi = x + static_cast<int64_t>(i) * w.cols;
+      y[static_cast<int64_t>(i) * w.rows + r] = static_cast<float>(dot(xi, wr) + (bias ? bias[r] : 0.0));
+    }
   }
 }
 
 void matmul_silu_mul(const float* x, int n, const Matrix& gate, const Matrix& up, float* out) {
   TESSERA_CHECK(gate.rows == up.rows && gate.cols == up.cols);
-  for (int i = 0; i < n; ++i) {
-    const float* xi = x + static_cast<int64_t>(i) * gate.cols;
-    float* oi = out + static_cast<int64_t>(i) * gate.rows;
-    for (int64_t h = 0; h < gate.rows; ++h)
-      oi[h] = static_cast<float>(silu_mul(dot_row(xi, gate, h), dot_row(xi, up, h)));
+  std::vector<float> g, u;
+  for (int64_t h = 0; h < gate.rows; ++h) {
+    row_f32(gate, h, g);
+    row_f32(up, h, u);
+    for (int i = 0; i < n; ++i) {
+      const float* xi = x + static_cast<int64_t>(i) * gate.cols;
+      out[static_cast<int64_t>(i) * gate.rows + h] = static_cast<float>(silu_mul(dot(xi, g), dot(xi, u)));
+    }
   }
 }
 
@@ -124,8 +135,7 @@ void embedding(const Matrix& table, const int* tokens, int n, float* out) {
   for (int i = 0; i < n; ++i) {
     TESSERA_CHECK_MSG(tokens[i] >= 0 && tokens[i] < table.rows,
                       "token id " + std::to_string(tokens[i]) + " out of range");
-    const void* row = table.row(tokens[i]);
-    for (int64_t c = 0; c < table.cols; ++c) out[i * table.cols + c] = load_as_f32(row, table.dtype, c);
+    if (table.cols > 0) quant::dequantize_matrix_row(table, tokens[i], out + static_cast<int64_t>(i) * table.cols);
   }
 }
 

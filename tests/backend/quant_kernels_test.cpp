@@ -1,0 +1,422 @@
+// Quantized weights on the CPU backend: every GEMV/GEMM path (fp32 or int8 activations), the fused MLP op and
+// embedding, for both kernel sets and 1 and 3 threads, on ragged shapes, against
+//   (a) the portable kernel set with the same activation handling: relative L2 <= 1e-5;
+//   (b) ReferenceBackend (dequantize, then fp32 with double accumulation): 1e-5 where activations stay fp32
+//       (Q8 by default, Q4/Q4A/NF4 prefill), and kInt8ActTol where they are quantized to int8 blocks (Q8 with
+//       ActQuant::kInt8, Q4/Q4A/NF4 decode; NF4 also rounds its levels to int8).
+// Plus kernel-level checks of the individual table entries (AVX2 against portable).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "engine/backend/cpu/cpu_backend.h"
+#include "engine/backend/cpu/kernels.h"
+#include "engine/backend/cpu/reference_ops.h"
+#include "engine/core/cpu_features.h"
+#include "quant/blocks.h"
+#include "quant/quant_traits.h"
+#include "test_util.h"
+
+namespace tessera {
+namespace {
+
+using test::near_l2;
+using test::poison;
+using test::quantized_matrix;
+using test::random_vec;
+
+// int8 activation blocks (scale = absmax / 127 per 32 values) perturb each activation by up to scale / 2, which
+// moves a dot product x . w by about ||w|| * scale / sqrt(12), i.e. ~0.4% of the typical size of a dot of random
+// vectors, ||x|| ||w|| / sqrt(cols). A single dot can be near zero by cancellation, so the int8-activation checks
+// measure the error against that typical size: ||got - want|| <= kInt8ActTol * sqrt(sum over outputs of
+// (||x_i|| ||w_r|| / sqrt(cols))^2). 2% leaves room for unlucky rows (and NF4's int8 levels, another ~0.2%)
+// without hiding a wrong scale or offset (those give errors of 10% and more).
+constexpr double kInt8ActTol = 2e-2;
+constexpr double kExactTol = 1e-5;
+
+// Per output (i, r): ||x_i|| * ||dequant(w_r)|| / sqrt(cols).
+std::vector<double> typical_dots(const std::vector<float>& x, int n, const Matrix& w) {
+  std::vector<double> wn(static_cast<size_t>(w.rows)), out(static_cast<size_t>(n) * w.rows);
+  std::vector<float> row(static_cast<size_t>(w.cols));
+  for (int64_t r = 0; r < w.rows; ++r) {
+    quant::dequantize_matrix_row(w, r, row.data());
+    double s = 0;
+    for (float v : row) s += static_cast<double>(v) * v;
+    wn[static_cast<size_t>(r)] = std::sqrt(s);
+  }
+  for (int i = 0; i < n; ++i) {
+    double s = 0;
+    for (int64_t c = 0; c < w.cols; ++c) s += static_cast<double>(x[i * w.cols + c]) * x[i * w.cols + c];
+    for (int64_t r = 0; r < w.rows; ++r) {
+      out[static_cast<size_t>(i * w.rows + r)] = std::sqrt(s) * wn[static_cast<size_t>(r)] / std::sqrt(double(w.cols));
+    }
+  }
+  return out;
+}
+
+// ||got - want|| <= tol * ||scale||, failing on any NaN/inf in got.
+::testing::AssertionResult near_scaled(const std::vector<float>& got, const std::vector<float>& want,
+                                       const std::vector<double>& scale, double tol) {
+  double diff = 0, norm = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    if (!std::isfinite(got[i])) return ::testing::AssertionFailure() << "element " << i << " is " << got[i];
+    diff += (static_cast<double>(got[i]) - want[i]) * (static_cast<double>(got[i]) - want[i]);
+    norm += scale[i] * scale[i];
+  }
+  const double rel = std::sqrt(diff) / std::max(std::sqrt(norm), 1e-30);
+  if (rel <= tol) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure() << "error " << rel << " of the typical dot size > " << tol;
+}
+
+struct QuantCase {
+  DType dtype;
+  int group;     // 0 for Q8
+  ActQuant act;  // matters for Q8 only
+};
+
+std::string case_name(const QuantCase& c) {
+  std::string s(dtype_name(c.dtype));
+  if (c.group) s += ":g" + std::to_string(c.group);
+  if (c.dtype == DType::Q8 && c.act == ActQuant::kInt8) s += "+act-int8";
+  return s;
+}
+
+std::vector<QuantCase> all_cases() {
+  std::vector<QuantCase> cases = {{DType::Q8, 0, ActQuant::kNone}, {DType::Q8, 0, ActQuant::kInt8}};
+  for (DType t : {DType::Q4, DType::Q4A, DType::NF4}) {
+    for (int g : quant::kGroupSizes) cases.push_back({t, g, ActQuant::kNone});
+  }
+  return cases;
+}
+
+// Whether this case computes with int8 activations for n rows.
+bool int8_activations(const QuantCase& c, int n) {
+  return c.dtype == DType::Q8 ? c.act == ActQuant::kInt8 : n == 1;
+}
+
+struct Config {
+  CpuKernels kernels;
+  int threads;
+};
+
+std::string config_name(const ::testing::TestParamInfo<Config>& info) {
+  return std::string(info.param.kernels == CpuKernels::kAvx2 ? "avx2" : "portable") + "_" +
+         std::to_string(info.param.threads) + "threads";
+}
+
+class QuantBackendTest : public ::testing::TestWithParam<Config> {
+ protected:
+  void SetUp() override {
+    if (GetParam().kernels == CpuKernels::kAvx2 && !cpu_features().has_avx2_fma()) {
+      GTEST_SKIP() << "CPU lacks AVX2+FMA+F16C";
+    }
+    backend_ = std::make_unique<CpuBackend>(GetParam().threads, GetParam().kernels);
+    portable_ = std::make_unique<CpuBackend>(1, CpuKernels::kPortable);
+  }
+
+  void set_act(ActQuant a) {
+    backend_->set_activation_quant(a);
+    portable_->set_activation_quant(a);
+  }
+
+  void check_matmul(const QuantCase& c, int rows, int cols, int n, bool with_bias) {
+    SCOPED_TRACE(::testing::Message() << case_name(c) << " rows=" << rows << " cols=" << cols << " n=" << n
+                                      << " bias=" << with_bias);
+    set_act(c.act);
+    const auto w = quantized_matrix(rng_, c.dtype, rows, cols, c.group);
+    const auto x = random_vec(rng_, static_cast<size_t>(n) * cols);
+    const auto bias = random_vec(rng_, rows);
+    const float* b = with_bias ? bias.data() : nullptr;
+    std::vector<float> want(static_cast<size_t>(n) * rows), port(want.size()), got(want.size());
+    ref::matmul(x.data(), n, w.m, b, want.data());
+    poison(port);
+    portable_->matmul(x.data(), n, w.m, b, port.data());
+    poison(got);
+    backend_->matmul(x.data(), n, w.m, b, got.data());
+    EXPECT_TRUE(near_l2(got, port, kExactTol)) << "vs portable";
+    if (int8_activations(c, n)) {
+      EXPECT_TRUE(near_scaled(got, want, typical_dots(x, n, w.m), kInt8ActTol)) << "vs reference";
+    } else {
+      EXPECT_TRUE(near_l2(got, want, kExactTol)) << "vs reference";
+    }
+  }
+
+  void check_silu_mul(const QuantCase& c, int hidden, int cols, int n) {
+    SCOPED_TRACE(::testing::Message() << case_name(c) << " hidden=" << hidden << " cols=" << cols << " n=" << n);
+    set_act(c.act);
+    const auto gate = quantized_matrix(rng_, c.dtype, hidden, cols, c.group, 2.0f);
+    const auto up = quantized_matrix(rng_, c.dtype, hidden, cols, c.group);
+    const auto x = random_vec(rng_, static_cast<size_t>(n) * cols);
+    std::vector<float> want(static_cast<size_t>(n) * hidden), port(want.size()), got(want.size());
+    ref::matmul_silu_mul(x.data(), n, gate.m, up.m, want.data());
+    poison(port);
+    portable_->matmul_silu_mul(x.data(), n, gate.m, up.m, port.data());
+    poison(got);
+    backend_->matmul_silu_mul(x.data(), n, gate.m, up.m, got.data());
+    EXPECT_TRUE(near_l2(got, port, kExactTol)) << "vs portable";
+    if (int8_activations(c, n)) {
+      // silu(g) * u with both dots perturbed: scale by the product of their typical sizes, twice the tolerance.
+      auto scale = typical_dots(x, n, gate.m);
+      const auto su = typical_dots(x, n, up.m);
+      for (size_t i = 0; i < scale.size(); ++i) scale[i] *= su[i];
+      EXPECT_TRUE(near_scaled(got, want, scale, 2 * kInt8ActTol)) << "vs reference";
+    } else {
+      EXPECT_TRUE(near_l2(got, want, kExactTol)) << "vs reference";
+    }
+  }
+
+  std::mt19937 rng_{4321};
+  std::unique_ptr<CpuBackend> backend_, portable_;
+};
+
+constexpr int kRows[] = {1, 3, 17, 65};
+constexpr int kCols[] = {1, 7, 33, 100, 172, 257};
+constexpr int kNs[] = {1, 2, 5, 31};
+
+TEST_P(QuantBackendTest, MatmulRaggedShapes) {
+  for (const QuantCase& c : all_cases()) {
+    for (int rows : kRows) {
+      for (int cols : kCols) {
+        for (int n : kNs) check_matmul(c, rows, cols, n, (rows + cols + n) % 2 == 0);
+      }
+    }
+  }
+}
+
+// Several k blocks (kKc = 256), an n block boundary (96 rows), ragged tiles, many tiles, wide decode.
+TEST_P(QuantBackendTest, MatmulAcrossBlocks) {
+  for (const QuantCase& c : all_cases()) {
+    check_matmul(c, 40, 600, 100, true);
+    check_matmul(c, 130, 513, 7, false);
+    check_matmul(c, 96, 256, 13, true);
+    check_matmul(c, 200, 64, 200, false);
+    check_matmul(c, 1000, 96, 1, true);
+    check_matmul(c, 67, 1100, 1, false);
+    check_matmul(c, 35, 2080, 3, false);
+  }
+}
+
+TEST_P(QuantBackendTest, MatmulSiluMul) {
+  for (const QuantCase& c : all_cases()) {
+    for (int hidden : kRows) {
+      for (int cols : kCols) {
+        for (int n : kNs) check_silu_mul(c, hidden, cols, n);
+      }
+    }
+    check_silu_mul(c, 70, 600, 100);
+    check_silu_mul(c, 301, 40, 9);
+    check_silu_mul(c, 91, 700, 1);
+  }
+}
+
+TEST_P(QuantBackendTest, Embedding) {
+  for (const QuantCase& c : all_cases()) {
+    for (int cols : kCols) {
+      SCOPED_TRACE(::testing::Message() << case_name(c) << " cols=" << cols);
+      const auto table = quantized_matrix(rng_, c.dtype, 11, cols, c.group);
+      const int tokens[] = {3, 0, 10, 3, 7};
+      std::vector<float> want(5 * static_cast<size_t>(cols)), got(want.size());
+      ref::embedding(table.m, tokens, 5, want.data());
+      poison(got);
+      backend_->embedding(table.m, tokens, 5, got.data());
+      EXPECT_EQ(got, want);  // dequantization is exact arithmetic on fp16 scales and small integers
+    }
+  }
+}
+
+// The activation mode only changes Q8: grouped types decode with int8 blocks and prefill in fp32 either way.
+TEST_P(QuantBackendTest, ActivationModeOnlyAffectsQ8) {
+  const auto w = quantized_matrix(rng_, DType::Q4, 33, 300, 64);
+  const auto x = random_vec(rng_, 5 * 300);
+  std::vector<float> a(5 * 33), b(a.size());
+  set_act(ActQuant::kNone);
+  backend_->matmul(x.data(), 5, w.m, nullptr, a.data());
+  set_act(ActQuant::kInt8);
+  backend_->matmul(x.data(), 5, w.m, nullptr, b.data());
+  EXPECT_EQ(a, b);
+}
+
+TEST_P(QuantBackendTest, ZeroColumnsIsBias) {
+  const auto w = quantized_matrix(rng_, DType::Q4, 5, 0, 32);
+  const auto bias = random_vec(rng_, 5);
+  std::vector<float> got = test::poisoned(10);
+  backend_->matmul(nullptr, 2, w.m, bias.data(), got.data());
+  EXPECT_TRUE(near_l2(got, {bias[0], bias[1], bias[2], bias[3], bias[4], bias[0], bias[1], bias[2], bias[3], bias[4]}));
+}
+
+INSTANTIATE_TEST_SUITE_P(Kernels, QuantBackendTest,
+                         ::testing::Values(Config{CpuKernels::kPortable, 1}, Config{CpuKernels::kPortable, 3},
+                                           Config{CpuKernels::kAvx2, 1}, Config{CpuKernels::kAvx2, 3}),
+                         config_name);
+
+TEST(QuantBackendDeathTest, SiluMulNeedsMatchingGroups) {
+  std::mt19937 rng(1);
+  const auto gate = quantized_matrix(rng, DType::Q4, 4, 64, 32);
+  const auto up = quantized_matrix(rng, DType::Q4, 4, 64, 64);
+  const auto x = random_vec(rng, 64);
+  std::vector<float> out(4);
+  CpuBackend cpu(1);
+  EXPECT_DEATH(cpu.matmul_silu_mul(x.data(), 1, gate.m, up.m, out.data()), "group");
+}
+
+// ---- Kernel table entries, AVX2 against portable ----
+
+class QuantKernelTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!cpu_features().has_avx2_fma()) GTEST_SKIP() << "CPU lacks AVX2+FMA+F16C";
+  }
+  const cpu::Kernels& port_ = cpu::portable_kernels();
+  const cpu::Kernels& avx2_ = cpu::avx2_kernels();
+  std::mt19937 rng_{99};
+};
+
+TEST_F(QuantKernelTest, QuantizeActivationsBitIdentical) {
+  for (int n : {1, 5, 31, 32, 33, 100, 257, 2048}) {
+    auto x = random_vec(rng_, static_cast<size_t>(n), -3.0f, 3.0f);
+    if (n > 40) std::fill(x.begin() + 32, x.begin() + 64, 0.0f);  // an all-zero block
+    const size_t nb = static_cast<size_t>((n + 31) / 32);
+    std::vector<quant::BlockQ8Act> want(nb), a(nb), p(nb);
+    quant::quantize_activations(x.data(), n, want.data());
+    avx2_.quantize_act(x.data(), n, a.data());
+    port_.quantize_act(x.data(), n, p.data());
+    EXPECT_EQ(std::memcmp(want.data(), a.data(), nb * sizeof(quant::BlockQ8Act)), 0) << n;
+    EXPECT_EQ(std::memcmp(want.data(), p.data(), nb * sizeof(quant::BlockQ8Act)), 0) << n;
+  }
+}
+
+TEST_F(QuantKernelTest, DequantMatchesReferenceExactly) {
+  for (DType t : {DType::F32, DType::F16, DType::BF16, DType::Q8, DType::Q4, DType::Q4A, DType::NF4}) {
+    for (int g : quant::kGroupSizes) {
+      for (int cols : {1, 7, 33, 100, 257, 600}) {
+        SCOPED_TRACE(::testing::Message() << dtype_name(t) << " g=" << g << " cols=" << cols);
+        const auto w = test::any_matrix(rng_, t, 2, cols, g);
+        std::vector<float> want(static_cast<size_t>(cols));
+        quant::dequantize_matrix_row(w.m, 1, want.data());
+        const int step = is_grouped(t) ? g : 1;
+        for (int k0 : {0, step, 2 * step, 256}) {
+          if (k0 >= cols) continue;
+          for (const cpu::Kernels* k : {&port_, &avx2_}) {
+            std::vector<float> got(static_cast<size_t>(cols - k0), std::nanf(""));
+            k->dequant[static_cast<int>(t)](w.m.row(1), w.m.group, k0, cols - k0, got.data());
+            EXPECT_EQ(got, std::vector<float>(want.begin() + k0, want.end())) << k->name << " k0=" << k0;
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST_F(QuantKernelTest, PackMatchesPortable) {
+  for (DType t : {DType::BF16, DType::Q8, DType::Q4, DType::Q4A, DType::NF4}) {
+    for (int g : quant::kGroupSizes) {
+      SCOPED_TRACE(::testing::Message() << dtype_name(t) << " g=" << g);
+      const int cols = 700;
+      const auto w = test::any_matrix(rng_, t, 16, cols, g);
+      for (int nr : {16, 11, 3}) {
+        for (int64_t k0 : {0, 256, 512}) {
+          const int64_t kc = std::min<int64_t>(256, cols - k0);
+          std::vector<float> a(static_cast<size_t>(kc) * cpu::kGemmNR, std::nanf(""));
+          std::vector<float> p(a.size(), std::nanf(""));
+          const int dt = static_cast<int>(t);
+          avx2_.pack[dt](w.m.data, w.m.row_bytes(), w.m.group, nr, cpu::kGemmNR, k0, kc, a.data());
+          port_.pack[dt](w.m.data, w.m.row_bytes(), w.m.group, nr, cpu::kGemmNR, k0, kc, p.data());
+          EXPECT_EQ(a, p) << "nr=" << nr << " k0=" << k0;
+        }
+      }
+    }
+  }
+}
+
+TEST_F(QuantKernelTest, QdotMatchesPortable) {
+  for (DType t : {DType::Q8, DType::Q4, DType::Q4A, DType::NF4}) {
+    for (int g : quant::kGroupSizes) {
+      if (t == DType::Q8 && g != 32) continue;
+      for (int cols : {1, 7, 33, 64, 100, 172, 257, 2048, 5632}) {
+        SCOPED_TRACE(::testing::Message() << dtype_name(t) << " g=" << g << " cols=" << cols);
+        const auto w = quantized_matrix(rng_, t, 8, cols, g);
+        const auto x = random_vec(rng_, static_cast<size_t>(cols));
+        std::vector<quant::BlockQ8Act> xq(static_cast<size_t>((cols + 31) / 32));
+        quant::quantize_activations(x.data(), cols, xq.data());
+        const int dt = static_cast<int>(t);
+        const void* rows[4] = {w.m.row(0), w.m.row(1), w.m.row(2), w.m.row(3)};
+        const void* next[4] = {w.m.row(4), w.m.row(5), w.m.row(6), w.m.row(7)};
+        std::vector<float> a(5), p(5);
+        avx2_.qdot4[dt](xq.data(), rows, next, cols, w.m.group, a.data());
+        port_.qdot4[dt](xq.data(), rows, nullptr, cols, w.m.group, p.data());
+        a[4] = avx2_.qdot1[dt](xq.data(), w.m.row(5), cols, w.m.group);
+        p[4] = port_.qdot1[dt](xq.data(), w.m.row(5), cols, w.m.group);
+        EXPECT_TRUE(near_l2(a, p, kExactTol));
+        for (int j = 0; j < 4; ++j) EXPECT_NEAR(a[j], p[j], 1e-4f * (1 + std::fabs(p[j]))) << j;
+        if (avx2_.qdot8[dt] != nullptr) {  // the eight-row kernel against portable single-row dots
+          const void* rows8[8];
+          for (int j = 0; j < 8; ++j) rows8[j] = w.m.row(j);
+          std::vector<float> a8(8, std::nanf("")), p8(8);
+          avx2_.qdot8[dt](xq.data(), rows8, rows8, cols, w.m.group, a8.data());
+          for (int j = 0; j < 8; ++j) p8[j] = port_.qdot1[dt](xq.data(), w.m.row(j), cols, w.m.group);
+          EXPECT_TRUE(near_l2(a8, p8, kExactTol)) << "qdot8";
+        }
+        if (t == DType::Q8) {  // fp32-activation Q8 dots too
+          std::vector<float> fa(5), fp(5);
+          avx2_.dot4[dt](x.data(), rows, next, cols, fa.data());
+          port_.dot4[dt](x.data(), rows, nullptr, cols, fp.data());
+          fa[4] = avx2_.dot1[dt](x.data(), w.m.row(5), cols);
+          fp[4] = port_.dot1[dt](x.data(), w.m.row(5), cols);
+          EXPECT_TRUE(near_l2(fa, fp, kExactTol));
+        }
+      }
+    }
+  }
+}
+
+TEST_F(QuantKernelTest, IntegerGemmPiecesMatchPortable) {
+  const int cols = 300;  // 10 activation blocks: the last one ragged
+  const auto w = quantized_matrix(rng_, DType::Q8, 16, cols, 0);
+  const int64_t blocks = 10, kp = 320;
+  for (int nr : {16, 9}) {
+    for (int64_t k0 : {int64_t{0}, int64_t{64}}) {
+      const int64_t kc = kp - k0;
+      std::vector<int16_t> pa(static_cast<size_t>(kc) * cpu::kGemmNR, 7), pp(pa.size(), 7);
+      std::vector<float> sa(16, -1), sp(16, -1);
+      avx2_.pack_i8(w.m.data, w.m.row_bytes(), cols, nr, cpu::kGemmNR, k0, kc, pa.data(), sa.data());
+      port_.pack_i8(w.m.data, w.m.row_bytes(), cols, nr, cpu::kGemmNR, k0, kc, pp.data(), sp.data());
+      EXPECT_EQ(pa, pp) << "nr=" << nr << " k0=" << k0;
+      EXPECT_EQ(sa, sp);
+    }
+  }
+  constexpr int kRowsX = cpu::kGemmI8MR;
+  // Activations: kRowsX rows, widened; then the tile for mr = 1..kGemmI8MR, fresh and accumulating.
+  const auto x = random_vec(rng_, kRowsX * static_cast<size_t>(cols));
+  std::vector<quant::BlockQ8Act> xq(kRowsX * blocks);
+  std::vector<int16_t> xa(kRowsX * kp, 3), xp(xa.size(), 3);
+  std::vector<float> ta(kRowsX * blocks), tp(ta.size());
+  for (int i = 0; i < kRowsX; ++i) {
+    quant::quantize_activations(x.data() + i * cols, cols, xq.data() + i * blocks);
+    avx2_.expand_act(xq.data() + i * blocks, blocks, xa.data() + i * kp, ta.data() + i * blocks);
+    port_.expand_act(xq.data() + i * blocks, blocks, xp.data() + i * kp, tp.data() + i * blocks);
+  }
+  EXPECT_EQ(xa, xp);
+  EXPECT_EQ(ta, tp);
+  std::vector<int16_t> panel(static_cast<size_t>(kp) * cpu::kGemmNR);
+  std::vector<float> ws(16);
+  port_.pack_i8(w.m.data, w.m.row_bytes(), cols, 16, cpu::kGemmNR, 0, kp, panel.data(), ws.data());
+  for (int mr = 1; mr <= cpu::kGemmI8MR; ++mr) {
+    for (bool first : {true, false}) {
+      std::vector<float> ca(static_cast<size_t>(mr) * 20, 0.5f), cp(ca.size(), 0.5f);
+      avx2_.gemm_i8_tile(xp.data(), kp, tp.data(), blocks, mr, panel.data(), kp, first, ca.data(), 20);
+      port_.gemm_i8_tile(xp.data(), kp, tp.data(), blocks, mr, panel.data(), kp, first, cp.data(), 20);
+      EXPECT_TRUE(near_l2(ca, cp, 1e-6)) << "mr=" << mr << " first=" << first;
+      for (int i = 0; i < mr; ++i) {
+        for (int j = 16; j < 20; ++j) EXPECT_EQ(ca[i * 20 + j], 0.5f) << "wrote past the tile";
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace tessera
