@@ -17,6 +17,7 @@
 #include "engine/core/cpu_features.h"
 #include "engine/model/llama_model.h"
 #include "loaders/dummy_model.h"
+#include "quant/quant_spec.h"
 
 namespace tessera::cli {
 
@@ -66,6 +67,7 @@ json bench_one(const LoadedModel& loaded, int threads, const BenchOptions& o, do
   const ModelData& m = loaded.data;
   const ModelConfig& c = m.config;
   CpuBackend backend(threads);
+  backend.set_activation_quant(loaded.act_quant);
   const int max_prompt = *std::max_element(o.prompt_lens.begin(), o.prompt_lens.end());
   LlamaModel model(m, backend, std::min(max_prompt, 512));
   std::vector<float> logits(static_cast<size_t>(c.vocab_size));
@@ -179,11 +181,20 @@ int run_bench(BenchOptions o) {
   report["models"] = json::array();
   for (const auto& target : targets) {
     const LoadedModel loaded = load(target, /*need_tokenizer=*/false);
+    const Matrix& wq = loaded.data.weights.layers.at(0).wq;
+    quant::QuantSpec stored;  // what the first projection is stored as, after any load-time compression
+    stored.dtype = wq.dtype;
+    stored.group = wq.group;
     json entry{{"model", loaded.data.source},
-               {"dtype", target.dummy_weights ? target.dtype
-                                              : std::string(dtype_name(loaded.data.weights.layers.at(0).wq.dtype))},
+               {"dtype", target.dummy_weights && !loaded.compression ? target.dtype : stored.to_string()},
                {"weight_bytes", static_cast<double>(loaded.data.weight_bytes())},
                {"load_seconds", loaded.load_seconds}};
+    if (loaded.compression) {
+      entry["quant"] = target.quant.empty() ? "keep" : target.quant;
+      entry["quantize_seconds"] = loaded.quantize_seconds;
+      entry["weight_bytes_before_quant"] = static_cast<double>(loaded.compression->bytes_before);
+    }
+    entry["act_quant"] = target.act_quant;
     entry["runs"] = json::array();
     for (int t : o.threads) {
       const double b = bw.contains(std::to_string(t)) ? bw[std::to_string(t)].get<double>() : 0.0;
@@ -220,6 +231,7 @@ Command add_bench_command(CLI::App& app) {
       ->check(CLI::PositiveNumber);
   sub->add_option("--gen", o->gen_tokens, "Decode steps to time")->capture_default_str();
   sub->add_option("--repeats", o->repeats, "Prefill repetitions (best is kept)")->capture_default_str();
+  o->model.add_quant_options(*sub);
   sub->add_flag("--json", o->json_output, "Print one JSON object instead of a table");
   sub->add_flag("--skip-probe", o->skip_probe, "Do not measure bandwidth and FMA peak (faster; no efficiencies)");
   return [o] { return run_bench(*o); };

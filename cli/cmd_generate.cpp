@@ -32,6 +32,7 @@ int run_generate(const GenerateOptions& o) {
   LoadedModel loaded = load(o.model, /*need_tokenizer=*/!o.prompt.empty() || !o.stop.empty());
   const ModelConfig& config = loaded.data.config;
   CpuBackend backend(o.model.threads);
+  backend.set_activation_quant(loaded.act_quant);
   LlamaModel model(loaded.data, backend);
 
   GenerationRequest request;

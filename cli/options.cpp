@@ -1,7 +1,12 @@
 #include "cli/options.h"
 
 #include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <sstream>
 
+#include "cli/progress.h"
 #include "engine/core/check.h"
 #include "loaders/dummy_model.h"
 #include "loaders/model_loader.h"
@@ -9,8 +14,57 @@
 
 namespace tessera::cli {
 
+namespace {
+
+std::string human_bytes(size_t b) {
+  char buf[32];
+  if (b >= 1000000000) {
+    std::snprintf(buf, sizeof buf, "%.2f GB", static_cast<double>(b) / 1e9);
+  } else if (b >= 1000000) {
+    std::snprintf(buf, sizeof buf, "%.1f MB", static_cast<double>(b) / 1e6);
+  } else {
+    std::snprintf(buf, sizeof buf, "%.1f kB", static_cast<double>(b) / 1e3);
+  }
+  return buf;
+}
+
+std::vector<const Matrix*> all_matrices(const ModelData& m) {
+  std::vector<const Matrix*> out{&m.weights.tok_embeddings, &m.weights.lm_head};
+  for (const auto& l : m.weights.layers)
+    for (const Matrix* w : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) out.push_back(w);
+  return out;
+}
+
+// "int4:g32 x155, int8 x1" in order of first appearance.
+std::string scheme_summary(const quant::CompressReport& report) {
+  std::vector<std::pair<std::string, int>> counts;
+  for (const auto& t : report.tensors) {
+    auto it = std::find_if(counts.begin(), counts.end(), [&](const auto& c) { return c.first == t.scheme; });
+    if (it == counts.end()) {
+      counts.emplace_back(t.scheme, 1);
+    } else {
+      ++it->second;
+    }
+  }
+  std::string s;
+  for (const auto& [scheme, n] : counts) s += (s.empty() ? "" : ", ") + scheme + " x" + std::to_string(n);
+  return s;
+}
+
+std::string read_text_file(const std::string& path, const char* what) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error(path + ": cannot read the " + what);
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+}  // namespace
+
 void ModelOptions::add_to(CLI::App& app, bool with_tokenizer) {
-  app.add_option("-m,--model", model, "Model: a llama2.c .bin checkpoint or a Hugging Face directory");
+  app.add_option("-m,--model", model,
+                 "Model: a llama2.c .bin checkpoint, a Hugging Face directory, or a directory written by "
+                 "`tessera quantize`");
   if (with_tokenizer)
     app.add_option("--tokenizer", tokenizer,
                    "Tokenizer: SentencePiece .model or llama2.c tokenizer.bin (default: found beside the model)");
@@ -20,6 +74,40 @@ void ModelOptions::add_to(CLI::App& app, bool with_tokenizer) {
       ->check(CLI::IsMember({"f32", "f16", "bf16"}))
       ->capture_default_str();
   app.add_option("-t,--threads", threads, "Worker threads (default: all cores)")->check(CLI::NonNegativeNumber);
+  add_quant_options(app);
+}
+
+void ModelOptions::add_quant_options(CLI::App& app) {
+  app.add_option("--quant", quant,
+                 "Quantize the weights at load to SCHEME: int8 (per row) | int4[:g32|:g64|:g128][:sym|:asym] | "
+                 "nf4[:g32|:g64|:g128] | bf16 | f16 | f32 | keep (groups default to g128; default: keep, the "
+                 "weights stay as loaded)")
+      ->option_text("SCHEME");
+  app.add_option("--quant-rule", quant_rules,
+                 "Scheme for the weights whose name matches a glob (* and ?), as 'PATTERN=SCHEME', e.g. "
+                 "'lm_head=int8' or 'layers.0.*=bf16'. Repeatable; the last matching rule wins over earlier ones and "
+                 "over --quant. Names: tok_embeddings, lm_head, layers.<L>.<wq|wk|wv|wo|w_gate|w_up|w_down>")
+      ->option_text("PATTERN=SCHEME");
+  app.add_option("--quant-rules", quant_rules_file,
+                 "JSON rules file: {\"default\": \"int4:g128\", \"rules\": [{\"pattern\": \"lm_head\", \"scheme\": "
+                 "\"int8\"}, ...]}. --quant replaces its default; --quant-rule rules apply after its rules")
+      ->option_text("FILE");
+  app.add_option("--calib", calib,
+                 "Calibration text file: activation-aware int4/nf4 quantization (AWQ-style per-channel scales "
+                 "searched on the activations of this text; needs a tokenizer and int4/nf4 weights)")
+      ->option_text("FILE");
+  app.add_option("--calib-tokens", calib_tokens, "Use at most this many tokens of the calibration text")
+      ->check(CLI::Range(2, 1 << 20))
+      ->capture_default_str();
+  app.add_option("--quant-report", quant_report,
+                 "Write a JSON report of the load-time compression: per weight the scheme, bytes before/after, "
+                 "relative error ||W - Q(W)|| / ||W|| and the chosen AWQ alpha")
+      ->option_text("FILE");
+  app.add_option("--act-quant", act_quant,
+                 "Activation quantization for int8 weights: none, or int8 (activations quantized per row at run "
+                 "time so the dot products run in int8; needs int8 weights)")
+      ->check(CLI::IsMember({"none", "int8"}))
+      ->capture_default_str();
 }
 
 void ModelOptions::validate() const {
@@ -30,6 +118,31 @@ void ModelOptions::validate() const {
     if (model.empty()) throw Error("no model: pass --model PATH, or --dummy-weights --preset NAME");
     if (!preset.empty()) throw Error("--preset only applies with --dummy-weights");
   }
+  // Bad schemes and rules fail before a large model is loaded.
+  if (!quant.empty()) {
+    try {
+      quant::QuantSpec::parse(quant);
+    } catch (const Error& e) {
+      throw Error(std::string("--quant: ") + e.what());
+    }
+  }
+  for (const std::string& r : quant_rules) quant::QuantRule::parse(r);
+  if (act_quant != "none" && act_quant != "int8")
+    throw Error("--act-quant must be none or int8, got '" + act_quant + "'");
+}
+
+bool ModelOptions::wants_compression() const {
+  return (!quant.empty() && quant != "keep") || !quant_rules.empty() || !quant_rules_file.empty() || !calib.empty() ||
+         !quant_report.empty();
+}
+
+quant::CompressOptions ModelOptions::compress_options() const {
+  quant::CompressOptions o;
+  if (!quant_rules_file.empty()) o = quant::load_rules_file(quant_rules_file);
+  if (!quant.empty()) o.default_spec = quant::QuantSpec::parse(quant);
+  for (const std::string& r : quant_rules) o.rules.push_back(quant::QuantRule::parse(r));
+  o.threads = threads;
+  return o;
 }
 
 DType parse_dtype(const std::string& name) {
@@ -41,6 +154,9 @@ DType parse_dtype(const std::string& name) {
 
 LoadedModel load(const ModelOptions& options, bool need_tokenizer) {
   options.validate();
+  // Rules files are read before the model too: a typo should not cost a long load.
+  quant::CompressOptions compress;
+  if (options.wants_compression()) compress = options.compress_options();
   LoadedModel out;
   const auto t0 = std::chrono::steady_clock::now();
   if (options.dummy_weights) {
@@ -52,11 +168,55 @@ LoadedModel load(const ModelOptions& options, bool need_tokenizer) {
   if (tok_path.empty() && !options.dummy_weights) tok_path = find_tokenizer_for(options.model);
   if (!tok_path.empty()) {
     out.tokenizer = load_tokenizer(tok_path);
+    out.tokenizer_path = tok_path;
     if (out.tokenizer->vocab_size() != out.data.config.vocab_size)
       throw Error("tokenizer " + tok_path + " has " + std::to_string(out.tokenizer->vocab_size()) +
                   " tokens but the model has " + std::to_string(out.data.config.vocab_size));
+  } else if (!options.calib.empty()) {
+    throw Error("--calib needs a tokenizer to read the calibration text: pass --tokenizer PATH");
   } else if (need_tokenizer) {
-    throw Error("no tokenizer found for " + options.model + ": pass --tokenizer PATH");
+    throw Error("no tokenizer found for " + out.data.source + ": pass --tokenizer PATH");
+  }
+
+  if (options.wants_compression()) {
+    if (!options.calib.empty()) {
+      const std::string text = read_text_file(options.calib, "calibration text");
+      std::vector<int> tokens = out.tokenizer->encode(text, /*add_bos=*/true);
+      if (tokens.size() > static_cast<size_t>(options.calib_tokens))
+        tokens.resize(static_cast<size_t>(options.calib_tokens));
+      if (tokens.size() < 2) throw Error(options.calib + ": the calibration text is empty");
+      compress.activation_aware = true;
+      compress.calibration_tokens = std::move(tokens);
+    }
+    const auto matrices = all_matrices(out.data);
+    if (std::any_of(matrices.begin(), matrices.end(), [](const Matrix* m) { return is_quantized(m->dtype); }))
+      std::fprintf(stderr,
+                   "[tessera] note: %s is already quantized; weights given another scheme are re-quantized from "
+                   "their dequantized values\n",
+                   out.data.source.c_str());
+    ProgressBar bar(compress.activation_aware ? "calibrate + quantize" : "quantize");
+    compress.progress = bar.callback();
+    quant::CompressReport report = quant::compress_model(out.data, compress);
+    bar.finish();
+    out.quantize_seconds = report.seconds;
+    std::fprintf(
+        stderr, "[tessera] weights of %s: %s -> %s (%s)%s in %.2f s\n", out.data.source.c_str(),
+        human_bytes(report.bytes_before).c_str(), human_bytes(report.bytes_after).c_str(),
+        scheme_summary(report).c_str(),
+        compress.activation_aware
+            ? (", activation-aware on " + std::to_string(compress.calibration_tokens.size()) + " tokens").c_str()
+            : "",
+        report.seconds);
+    if (!options.quant_report.empty()) quant::write_report_json(report, options.quant_report);
+    out.compression = std::move(report);
+  }
+
+  if (options.act_quant == "int8") {
+    const auto matrices = all_matrices(out.data);
+    if (std::none_of(matrices.begin(), matrices.end(), [](const Matrix* m) { return m->dtype == DType::Q8; }))
+      throw Error(
+          "--act-quant int8 needs int8 weights: add --quant int8 (or a rule such as --quant-rule 'layers.*=int8')");
+    out.act_quant = ActQuant::kInt8;
   }
   out.load_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return out;

@@ -1,13 +1,17 @@
-// Options shared by the subcommands (which model, which tokenizer, how many threads) and the code that turns
-// them into a loaded model.
+// Options shared by the subcommands (which model, which tokenizer, how many threads, how to compress the weights
+// at load) and the code that turns them into a loaded model.
 #pragma once
 
 #include <CLI/CLI.hpp>
 #include <memory>
+#include <optional>
 #include <string>
+#include <vector>
 
+#include "engine/backend/cpu/cpu_backend.h"
 #include "engine/model/weights.h"
 #include "engine/runtime/tokenizer.h"
+#include "quant/compress.h"
 
 namespace tessera::cli {
 
@@ -20,18 +24,41 @@ struct ModelOptions {
   uint64_t dummy_seed = 0;
   int threads = 0;  // 0 = all cores
 
-  // Registers --model/--tokenizer/--dummy-weights/--preset/--dtype/--threads on a subcommand.
+  // Load-time compression (applied by load()).
+  std::string quant;                     // default scheme of every weight; empty = not given (keep)
+  std::vector<std::string> quant_rules;  // "PATTERN=SCHEME", later ones win
+  std::string quant_rules_file;          // JSON rules file
+  std::string calib;                     // calibration text file: activation-aware int4/nf4
+  int calib_tokens = 1024;               // calibration tokens used at most
+  std::string quant_report;              // JSON report path
+  std::string act_quant = "none";        // none | int8
+
+  // Registers --model/--tokenizer/--dummy-weights/--preset/--dtype/--threads and the compression options.
   void add_to(CLI::App& app, bool with_tokenizer = true);
-  // Throws tessera::Error when the combination makes no sense (no model and no preset, both, ...).
+  // Registers only --quant/--quant-rule/--quant-rules/--calib/--calib-tokens/--quant-report/--act-quant.
+  void add_quant_options(CLI::App& app);
+  // Throws tessera::Error when the combination makes no sense (no model and no preset, both, a bad scheme, ...).
   void validate() const;
+  // True when any compression option was given (load() then runs the compression pipeline).
+  bool wants_compression() const;
+  // The compression options without calibration tokens (rules file, then --quant, then --quant-rule).
+  quant::CompressOptions compress_options() const;
 };
 
 struct LoadedModel {
   ModelData data;
-  std::unique_ptr<Tokenizer> tokenizer;  // null for dummy weights without --tokenizer
-  double load_seconds = 0.0;
+  std::unique_ptr<Tokenizer> tokenizer;              // null for dummy weights without --tokenizer
+  std::string tokenizer_path;                        // the file it was loaded from ("" when none)
+  double load_seconds = 0.0;                         // everything, quantization included
+  double quantize_seconds = 0.0;                     // the compression pipeline alone (0 when it did not run)
+  std::optional<quant::CompressReport> compression;  // set when the compression pipeline ran
+  // --act-quant: subcommands pass it to CpuBackend::set_activation_quant.
+  ActQuant act_quant = ActQuant::kNone;
 };
 
+// Loads the model and tokenizer, then compresses the weights as the options ask (progress bar on stderr when it
+// is a terminal, one summary line on stderr). need_tokenizer: fail when no tokenizer is found (--calib needs one
+// too).
 LoadedModel load(const ModelOptions& options, bool need_tokenizer);
 
 // Parses "f32" | "f16" | "bf16".

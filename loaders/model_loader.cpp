@@ -8,6 +8,7 @@
 #include "engine/core/check.h"
 #include "loaders/hf_model.h"
 #include "loaders/llama2c_checkpoint.h"
+#include "loaders/quantized_checkpoint.h"
 
 namespace tessera {
 namespace {
@@ -31,6 +32,8 @@ ModelData load_model(const std::string& path) {
   const fs::file_status st = fs::status(path, ec);
   if (ec || !fs::exists(st)) throw Error(path + ": no such file or directory");
   if (fs::is_directory(st)) {
+    // Tessera's own (quantized) checkpoint: config.json with "tessera_format".
+    if (is_quantized_checkpoint(path)) return load_quantized_checkpoint(path);
     if (!fs::exists(fs::path(path) / "config.json"))
       throw Error(path + ": directory has no config.json (expected a Hugging Face model directory)");
     return load_hf_model(path);

@@ -1,1 +1,313 @@
-// placeholder
+#include "quant/awq.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <string>
+
+#include "engine/backend/cpu/cpu_backend.h"
+#include "engine/core/check.h"
+#include "engine/model/kv_cache.h"
+#include "quant/quant_traits.h"
+
+namespace tessera::quant {
+namespace {
+
+size_t sz(int64_t v) {
+  return static_cast<size_t>(v);
+}
+
+// Eight independent partial sums: the compiler turns this into SIMD without -ffast-math.
+float dot(const float* a, const float* b, int64_t n) {
+  float acc[8] = {};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int k = 0; k < 8; ++k) acc[k] += a[i + k] * b[i + k];
+  float s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+  for (; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+// Accumulates sums and a reservoir sample of the rows of every projection input.
+class StatsObserver final : public ActivationObserver {
+ public:
+  StatsObserver(int n_layers, int max_samples, uint64_t seed)
+      : max_samples_(max_samples), rng_(seed), stats_(sz(n_layers)), sums_(sz(n_layers) * kNumLinearInputs) {}
+
+  void observe(int layer, LinearInput which, const float* x, int n, int cols) override {
+    InputStats& s = stats_[sz(layer)].inputs[static_cast<size_t>(which)];
+    Sums& acc = sums_[sz(layer) * kNumLinearInputs + static_cast<size_t>(which)];
+    if (s.cols == 0) {
+      s.cols = cols;
+      acc.abs.assign(sz(cols), 0.0);
+      acc.sq.assign(sz(cols), 0.0);
+      s.samples.assign(sz(max_samples_) * sz(cols), 0.0f);
+    }
+    TESSERA_CHECK(s.cols == cols);
+    for (int i = 0; i < n; ++i) {
+      const float* row = x + sz(i) * sz(cols);
+      for (int c = 0; c < cols; ++c) {
+        acc.abs[sz(c)] += std::fabs(row[c]);
+        acc.sq[sz(c)] += static_cast<double>(row[c]) * row[c];
+      }
+      int64_t slot = -1;
+      if (s.rows_seen < max_samples_) {
+        slot = s.rows_seen;
+        ++s.n_samples;
+      } else {
+        const uint64_t j = rng_() % static_cast<uint64_t>(s.rows_seen + 1);
+        if (j < static_cast<uint64_t>(max_samples_)) slot = static_cast<int64_t>(j);
+      }
+      if (slot >= 0) std::memcpy(s.samples.data() + sz(slot) * sz(cols), row, sz(cols) * sizeof(float));
+      ++s.rows_seen;
+    }
+  }
+
+  std::vector<LayerStats> finish() {
+    for (size_t l = 0; l < stats_.size(); ++l) {
+      for (size_t w = 0; w < kNumLinearInputs; ++w) {
+        InputStats& s = stats_[l].inputs[w];
+        const Sums& acc = sums_[l * kNumLinearInputs + w];
+        s.mean_abs.resize(sz(s.cols));
+        s.mean_sq.resize(sz(s.cols));
+        const double rows = static_cast<double>(std::max<int64_t>(1, s.rows_seen));
+        for (size_t c = 0; c < sz(s.cols); ++c) {
+          s.mean_abs[c] = static_cast<float>(acc.abs[c] / rows);
+          s.mean_sq[c] = static_cast<float>(acc.sq[c] / rows);
+        }
+        s.samples.resize(sz(s.n_samples) * sz(s.cols));
+      }
+    }
+    return std::move(stats_);
+  }
+
+ private:
+  struct Sums {
+    std::vector<double> abs, sq;
+  };
+  int max_samples_;
+  std::mt19937_64 rng_;
+  std::vector<LayerStats> stats_;
+  std::vector<Sums> sums_;
+};
+
+// The f32 rows of w at evenly spaced indices (all rows when there are at most `max_rows`).
+std::vector<int64_t> sample_rows(int64_t rows, int max_rows) {
+  const int64_t count = std::min<int64_t>(rows, std::max(1, max_rows));
+  std::vector<int64_t> idx(sz(count));
+  for (int64_t i = 0; i < count; ++i) idx[sz(i)] = i * rows / count;
+  return idx;
+}
+
+// Squared output error of one row: sum_i (x_i . (W'_r - W_r))^2 with W'_r = decode(encode(w * s)) / s.
+double row_output_error(const float* w, int64_t cols, const QuantSpec& spec, const float* s, const float* importance,
+                        const float* x, int n, std::vector<float>& ws, std::vector<uint8_t>& enc,
+                        std::vector<float>& d) {
+  const DType dt = *spec.dtype;
+  const int group = is_grouped(dt) ? spec.group : 0;
+  for (int64_t c = 0; c < cols; ++c) ws[sz(c)] = s ? w[c] * s[c] : w[c];
+  encode_row(ws.data(), cols, dt, group, importance, enc.data());
+  decode_row(enc.data(), cols, dt, group, d.data());
+  for (int64_t c = 0; c < cols; ++c) d[sz(c)] = (s ? d[sz(c)] / s[c] : d[sz(c)]) - w[c];
+  double err = 0.0;
+  for (int i = 0; i < n; ++i) {
+    const double y = dot(x + sz(i) * sz(cols), d.data(), cols);
+    err += y * y;
+  }
+  return err;
+}
+
+}  // namespace
+
+void encode_row(const float* x, int64_t cols, DType dtype, int group, const float* importance, void* row) {
+  switch (dtype) {
+    case DType::F32:
+      std::memcpy(row, x, sz(cols) * sizeof(float));
+      return;
+    case DType::F16:
+    case DType::BF16: {
+      auto* out = static_cast<uint8_t*>(row);
+      for (int64_t i = 0; i < cols; ++i) {
+        const uint16_t h = dtype == DType::F16 ? f32_to_f16(x[i]) : f32_to_bf16(x[i]);
+        std::memcpy(out + 2 * sz(i), &h, 2);
+      }
+      return;
+    }
+    default:
+      quant_traits(dtype).quantize_row(x, cols, group, importance, row);
+  }
+}
+
+void decode_row(const void* row, int64_t cols, DType dtype, int group, float* out) {
+  switch (dtype) {
+    case DType::F32:
+      std::memcpy(out, row, sz(cols) * sizeof(float));
+      return;
+    case DType::F16:
+    case DType::BF16: {
+      const auto* in = static_cast<const uint8_t*>(row);
+      for (int64_t i = 0; i < cols; ++i) {
+        uint16_t h;
+        std::memcpy(&h, in + 2 * sz(i), 2);
+        out[i] = dtype == DType::F16 ? f16_to_f32(h) : bf16_to_f32(h);
+      }
+      return;
+    }
+    default:
+      quant_traits(dtype).dequantize_row(row, cols, group, out);
+  }
+}
+
+std::unique_ptr<Backend> make_calibration_backend(ThreadPool& pool) {
+  return std::make_unique<CpuBackend>(pool.size());
+}
+
+std::vector<LayerStats> collect_activation_stats(const ModelData& model, std::span<const int> tokens, ThreadPool& pool,
+                                                 const CalibrationOptions& options,
+                                                 const std::function<void(size_t, size_t)>& progress) {
+  const ModelConfig& c = model.config;
+  if (tokens.size() < 2) throw Error("calibration needs at least 2 tokens, got " + std::to_string(tokens.size()));
+  const size_t total = std::min(tokens.size(), sz(std::max(2, options.max_total_tokens)));
+  const int chunk_len = std::max(2, std::min(options.max_chunk_tokens, c.max_seq_len));
+  // Chunks: the first is tokens[0, chunk_len); each later one is BOS + the next chunk_len - 1 tokens.
+  std::vector<std::vector<int>> chunks;
+  for (size_t pos = 0; pos < total;) {
+    std::vector<int> chunk;
+    if (pos > 0) chunk.push_back(c.bos_id);
+    const size_t take = std::min(total - pos, sz(chunk_len) - chunk.size());
+    chunk.insert(chunk.end(), tokens.begin() + static_cast<std::ptrdiff_t>(pos),
+                 tokens.begin() + static_cast<std::ptrdiff_t>(pos + take));
+    pos += take;
+    chunks.push_back(std::move(chunk));
+  }
+  std::unique_ptr<Backend> backend = make_calibration_backend(pool);
+  LlamaModel lm(model, *backend, chunk_len);
+  StatsObserver observer(c.n_layers, std::max(1, options.max_samples), options.seed);
+  lm.set_observer(&observer);
+  KvCache cache(c, chunk_len);
+  std::vector<float> logits(sz(c.vocab_size));
+  if (progress) progress(0, chunks.size());
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    lm.forward(chunks[i], 0, cache, LogitsMode::kLast, logits.data());
+    if (progress) progress(i + 1, chunks.size());
+  }
+  return observer.finish();
+}
+
+std::vector<float> channel_magnitudes(const InputStats& stats, int tie_groups, int block) {
+  std::vector<float> m = stats.mean_abs;
+  if (tie_groups > 1) {
+    const size_t super = sz(tie_groups) * sz(block);
+    TESSERA_CHECK(block > 0 && m.size() % super == 0);
+    for (size_t b = 0; b < m.size(); b += super) {
+      for (size_t d = 0; d < sz(block); ++d) {
+        double sum = 0.0;
+        for (size_t j = 0; j < sz(tie_groups); ++j) sum += m[b + j * sz(block) + d];
+        for (size_t j = 0; j < sz(tie_groups); ++j) m[b + j * sz(block) + d] = static_cast<float>(sum / tie_groups);
+      }
+    }
+  }
+  float mx = 0.0f;
+  for (float v : m) mx = std::max(mx, v);
+  if (!(mx > 0.0f) || !std::isfinite(mx)) return std::vector<float>(m.size(), 1.0f);
+  for (float& v : m) v = std::max(v, 1e-4f * mx);
+  return m;
+}
+
+std::vector<float> scales_for_alpha(std::span<const float> magnitudes, float alpha) {
+  std::vector<float> s(magnitudes.size(), 1.0f);
+  if (alpha == 0.0f || s.empty()) return s;
+  float lo = INFINITY, hi = 0.0f;
+  for (size_t i = 0; i < s.size(); ++i) {
+    s[i] = std::pow(magnitudes[i], alpha);
+    lo = std::min(lo, s[i]);
+    hi = std::max(hi, s[i]);
+  }
+  const float norm = std::sqrt(lo * hi);
+  for (float& v : s) v /= norm;
+  return s;
+}
+
+AwqSearchResult search_scales(std::span<const AwqMember> members, const InputStats& stats,
+                              std::span<const float> magnitudes, ThreadPool& pool, const AwqSearchOptions& options) {
+  const int64_t cols = stats.cols;
+  AwqSearchResult result;
+  result.scale.assign(sz(cols), 1.0f);
+  const int n = std::min(options.max_rows, stats.n_samples);
+  if (n <= 0 || cols == 0) return result;
+  TESSERA_CHECK(magnitudes.size() == sz(cols));
+  const float* x = stats.samples.data();
+
+  // The weight rows the error is measured on, expanded to f32 once.
+  struct Row {
+    size_t member;
+    std::vector<float> w;
+  };
+  std::vector<Row> rows;
+  for (size_t m = 0; m < members.size(); ++m) {
+    const AwqMember& mem = members[m];
+    TESSERA_CHECK(mem.weight->cols == cols);
+    if (mem.spec.keep()) continue;  // stays exact: no error whatever the scale
+    for (int64_t r : sample_rows(mem.weight->rows, options.max_weight_rows)) {
+      Row row{m, std::vector<float>(sz(cols))};
+      dequantize_matrix_row(*mem.weight, r, row.w.data());
+      rows.push_back(std::move(row));
+    }
+  }
+  if (rows.empty()) return result;
+
+  std::vector<float> alphas = options.alphas;
+  if (std::find(alphas.begin(), alphas.end(), 0.0f) == alphas.end()) alphas.insert(alphas.begin(), 0.0f);
+  std::sort(alphas.begin(), alphas.end());
+  std::vector<double> errs(rows.size());
+  std::vector<float> importance(sz(cols));
+  bool first = true;
+  for (float alpha : alphas) {
+    std::vector<float> s = scales_for_alpha(magnitudes, alpha);
+    for (int64_t c = 0; c < cols; ++c) importance[sz(c)] = stats.mean_sq[sz(c)] / (s[sz(c)] * s[sz(c)]);
+    pool.parallel_for(static_cast<int64_t>(rows.size()), 1, [&](int64_t b, int64_t e) {
+      std::vector<float> ws(sz(cols)), d(sz(cols));
+      std::vector<uint8_t> enc;
+      for (int64_t i = b; i < e; ++i) {
+        const Row& row = rows[sz(i)];
+        const QuantSpec& spec = members[row.member].spec;
+        enc.resize(dtype_row_bytes(*spec.dtype, cols, spec.group));
+        errs[sz(i)] = row_output_error(row.w.data(), cols, spec, s.data(), importance.data(), x, n, ws, enc, d);
+      }
+    });
+    double total = 0.0;
+    for (double v : errs) total += v;
+    if (alpha == 0.0f) result.rtn_error = total;
+    if (first || total < result.error) {
+      result.alpha = alpha;
+      result.error = total;
+      result.scale = std::move(s);
+    }
+    first = false;
+  }
+  return result;
+}
+
+double output_error(const Matrix& w, const QuantSpec& spec, std::span<const float> scale, const float* x, int n,
+                    ThreadPool& pool, std::span<const float> importance) {
+  if (spec.keep()) return 0.0;
+  const int64_t cols = w.cols;
+  TESSERA_CHECK(scale.empty() || scale.size() == sz(cols));
+  TESSERA_CHECK(importance.empty() || importance.size() == sz(cols));
+  std::vector<double> errs(sz(w.rows));
+  pool.parallel_for(w.rows, 1, [&](int64_t b, int64_t e) {
+    std::vector<float> row(sz(cols)), ws(sz(cols)), d(sz(cols));
+    std::vector<uint8_t> enc(dtype_row_bytes(*spec.dtype, cols, spec.group));
+    for (int64_t r = b; r < e; ++r) {
+      dequantize_matrix_row(w, r, row.data());
+      errs[sz(r)] = row_output_error(row.data(), cols, spec, scale.empty() ? nullptr : scale.data(),
+                                     importance.empty() ? nullptr : importance.data(), x, n, ws, enc, d);
+    }
+  });
+  double total = 0.0;
+  for (double v : errs) total += v;
+  return total;
+}
+
+}  // namespace tessera::quant

@@ -1,1 +1,585 @@
-// placeholder
+// The load-time compression pipeline: resolve a scheme per weight, optionally search activation-aware scales,
+// then re-encode every weight multithreaded into new storage and report what it cost.
+#include "quant/compress.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string_view>
+#include <unordered_set>
+
+#include "engine/core/check.h"
+#include "engine/core/thread_pool.h"
+#include "quant/awq.h"
+#include "quant/quant_traits.h"
+
+namespace tessera::quant {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// The seven projections of a layer, in canonical order.
+constexpr int kNumProj = 7;
+constexpr const char* kProjNames[kNumProj] = {"wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down"};
+enum Proj { kWq, kWk, kWv, kWo, kWGate, kWUp, kWDown };
+
+Matrix& proj(LayerWeights& l, int p) {
+  switch (p) {
+    case kWq:
+      return l.wq;
+    case kWk:
+      return l.wk;
+    case kWv:
+      return l.wv;
+    case kWo:
+      return l.wo;
+    case kWGate:
+      return l.w_gate;
+    case kWUp:
+      return l.w_up;
+    default:
+      return l.w_down;
+  }
+}
+
+// Which LinearInput feeds a projection.
+LinearInput input_of(int p) {
+  switch (p) {
+    case kWq:
+    case kWk:
+    case kWv:
+      return LinearInput::kAttnIn;
+    case kWo:
+      return LinearInput::kAttnOut;
+    case kWGate:
+    case kWUp:
+      return LinearInput::kFfnIn;
+    default:
+      return LinearInput::kFfnMid;
+  }
+}
+
+size_t idx(LinearInput which) {
+  return static_cast<size_t>(which);
+}
+
+// Glob over the whole name: '*' any run (also empty), '?' one character.
+bool glob_match(std::string_view pat, std::string_view s) {
+  size_t p = 0, i = 0, star = std::string_view::npos, mark = 0;
+  while (i < s.size()) {
+    if (p < pat.size() && (pat[p] == '?' || pat[p] == s[i])) {
+      ++p;
+      ++i;
+    } else if (p < pat.size() && pat[p] == '*') {
+      star = p++;
+      mark = i;
+    } else if (star != std::string_view::npos) {
+      p = star + 1;
+      i = ++mark;
+    } else {
+      return false;
+    }
+  }
+  while (p < pat.size() && pat[p] == '*') ++p;
+  return p == pat.size();
+}
+
+bool is_four_bit(const QuantSpec& s) {
+  return s.dtype && is_grouped(*s.dtype);
+}
+
+std::string scheme_of(DType dtype, int group) {
+  QuantSpec s;
+  s.dtype = dtype;
+  s.group = is_grouped(dtype) ? group : 0;
+  return s.to_string();
+}
+
+struct Target {
+  std::string name;
+  int layer = -1;  // -1: tok_embeddings / lm_head
+  int proj = -1;   // Proj for layer weights
+  Matrix* matrix = nullptr;
+  QuantSpec spec;
+};
+
+// Everything one matrix is re-encoded with: stored = diag(1/row_div) * W * diag(col_scale).
+struct Encoding {
+  DType dtype = DType::F32;
+  int group = 0;
+  std::span<const float> col_scale;   // empty = ones
+  std::span<const float> row_div;     // empty = ones
+  std::span<const float> importance;  // empty = none
+};
+
+struct Encoded {
+  Matrix matrix;
+  double relative_error = 0.0;
+};
+
+// Reports progress in one unit across phases; calls the user callback on the calling thread only.
+class Progress {
+ public:
+  Progress(const std::function<void(size_t, size_t)>& fn, size_t total) : fn_(fn), total_(total) {}
+  void set(size_t done) {
+    done_ = std::min(done, total_);
+    if (fn_) fn_(done_, total_);
+  }
+  void add(size_t n) { set(done_ + n); }
+  void finish() { set(total_); }
+  size_t done() const { return done_; }
+
+ private:
+  const std::function<void(size_t, size_t)>& fn_;
+  size_t total_;
+  size_t done_ = 0;
+};
+
+// Row r as fp32: bf16 (the usual load-time source) inline, everything else through the traits table.
+void expand_row(const Matrix& m, int64_t r, float* out) {
+  if (m.dtype != DType::BF16) {
+    dequantize_matrix_row(m, r, out);
+    return;
+  }
+  const auto* in = static_cast<const uint8_t*>(m.row(r));
+  for (int64_t c = 0; c < m.cols; ++c) {
+    uint16_t h;
+    std::memcpy(&h, in + 2 * c, 2);
+    const uint32_t bits = static_cast<uint32_t>(h) << 16;
+    std::memcpy(out + c, &bits, 4);
+  }
+}
+
+// sum (a - b)^2 and sum b^2 of one row, in eight float lanes (vectorizes) finished in double.
+void square_sums(const float* a, const float* b, size_t n, double* e2, double* n2) {
+  float de[8] = {}, dn[8] = {};
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    for (size_t k = 0; k < 8; ++k) {
+      const float d = a[i + k] - b[i + k];
+      de[k] += d * d;
+      dn[k] += b[i + k] * b[i + k];
+    }
+  }
+  double se = 0.0, sn = 0.0;
+  for (size_t k = 0; k < 8; ++k) {
+    se += de[k];
+    sn += dn[k];
+  }
+  for (; i < n; ++i) {
+    const double d = static_cast<double>(a[i]) - b[i];
+    se += d * d;
+    sn += static_cast<double>(b[i]) * b[i];
+  }
+  *e2 = se;
+  *n2 = sn;
+}
+
+// Re-encodes `src` (any dtype) into new storage. Rows are processed in slabs so progress can be reported between
+// them; per-row error terms are summed in row order so the result does not depend on the thread count.
+Encoded encode_matrix(const Matrix& src, const Encoding& enc, WeightStore& store, ThreadPool& pool,
+                      Progress& progress) {
+  Encoded out;
+  Matrix& dst = out.matrix;
+  dst.dtype = enc.dtype;
+  dst.rows = src.rows;
+  dst.cols = src.cols;
+  dst.group = is_grouped(enc.dtype) ? enc.group : 0;
+  uint8_t* buf = store.allocate(std::max<size_t>(dst.bytes(), 1));
+  dst.data = buf;
+  const size_t cols = static_cast<size_t>(src.cols);
+  const size_t row_bytes = dst.row_bytes();
+  const bool transform = !enc.col_scale.empty() || !enc.row_div.empty();
+  const float* importance = enc.importance.empty() ? nullptr : enc.importance.data();
+  std::vector<double> err(static_cast<size_t>(src.rows)), norm(static_cast<size_t>(src.rows));
+  const int64_t slab = std::max<int64_t>(1, (int64_t{1} << 22) / std::max<int64_t>(1, src.cols));
+  for (int64_t r0 = 0; r0 < src.rows; r0 += slab) {
+    const int64_t n = std::min(slab, src.rows - r0);
+    pool.parallel_for(n, 1, [&](int64_t b, int64_t e) {
+      std::vector<float> w(cols), ws(transform ? cols : 0), dq(cols);
+      for (int64_t i = b; i < e; ++i) {
+        const int64_t r = r0 + i;
+        expand_row(src, r, w.data());
+        const float* x = w.data();
+        const float rd = enc.row_div.empty() ? 1.0f : enc.row_div[static_cast<size_t>(r)];
+        if (transform) {
+          for (size_t c = 0; c < cols; ++c) ws[c] = (enc.col_scale.empty() ? w[c] : w[c] * enc.col_scale[c]) / rd;
+          x = ws.data();
+        }
+        uint8_t* row = buf + static_cast<size_t>(r) * row_bytes;
+        encode_row(x, src.cols, enc.dtype, dst.group, importance, row);
+        decode_row(row, src.cols, enc.dtype, dst.group, dq.data());
+        // The error is measured on the effective weights in the original basis, so it is comparable between
+        // plain and activation-aware quantization.
+        if (transform)
+          for (size_t c = 0; c < cols; ++c) dq[c] = dq[c] * rd / (enc.col_scale.empty() ? 1.0f : enc.col_scale[c]);
+        double e2 = 0.0, n2 = 0.0;
+        square_sums(dq.data(), w.data(), cols, &e2, &n2);
+        err[static_cast<size_t>(r)] = e2;
+        norm[static_cast<size_t>(r)] = n2;
+      }
+    });
+    progress.add(static_cast<size_t>(n) * cols);
+  }
+  double e2 = 0.0, n2 = 0.0;
+  for (size_t r = 0; r < err.size(); ++r) {
+    e2 += err[r];
+    n2 += norm[r];
+  }
+  out.relative_error = n2 > 0.0 ? std::sqrt(e2 / n2) : (e2 > 0.0 ? 1.0 : 0.0);
+  return out;
+}
+
+std::vector<Target> list_targets(ModelData& model) {
+  std::vector<Target> t;
+  ModelWeights& w = model.weights;
+  t.push_back({"tok_embeddings", -1, -1, &w.tok_embeddings, {}});
+  for (size_t l = 0; l < w.layers.size(); ++l)
+    for (int p = 0; p < kNumProj; ++p)
+      t.push_back(
+          {"layers." + std::to_string(l) + "." + kProjNames[p], static_cast<int>(l), p, &proj(w.layers[l], p), {}});
+  t.push_back({"lm_head", -1, -1, &w.lm_head, {}});
+  return t;
+}
+
+void resolve_specs(std::vector<Target>& targets, const CompressOptions& options) {
+  std::vector<bool> used(options.rules.size(), false);
+  for (Target& t : targets) {
+    t.spec = options.default_spec;
+    for (size_t i = 0; i < options.rules.size(); ++i) {
+      if (glob_match(options.rules[i].pattern, t.name)) {
+        t.spec = options.rules[i].spec;
+        used[i] = true;
+      }
+    }
+  }
+  for (size_t i = 0; i < options.rules.size(); ++i) {
+    if (used[i]) continue;
+    const int layers = (static_cast<int>(targets.size()) - 2) / kNumProj;
+    throw Error("quantization rule '" + options.rules[i].pattern + "=" + options.rules[i].spec.to_string() +
+                "' matches no weight (names are tok_embeddings, lm_head and layers.<0.." + std::to_string(layers - 1) +
+                ">.<wq|wk|wv|wo|w_gate|w_up|w_down>)");
+  }
+}
+
+// The kv_dim version of a q_dim kAttnOut scale (equal within each GQA group): the row scale folded into wv.
+std::vector<float> kv_scale_of(const std::vector<float>& q_scale, const ModelConfig& c) {
+  const int g = c.n_heads / c.n_kv_heads;
+  std::vector<float> kv(static_cast<size_t>(c.kv_dim()));
+  for (int kvh = 0; kvh < c.n_kv_heads; ++kvh)
+    for (int d = 0; d < c.head_dim; ++d)
+      kv[static_cast<size_t>(kvh * c.head_dim + d)] = q_scale[static_cast<size_t>(kvh * g * c.head_dim + d)];
+  return kv;
+}
+
+void validate_plan(const ModelData& model, const std::vector<AwqLayerPlan>& plan) {
+  const ModelConfig& c = model.config;
+  TESSERA_CHECK_MSG(plan.size() == model.weights.layers.size(), "AWQ plan has the wrong number of layers");
+  const int widths[kNumLinearInputs] = {c.dim, c.q_dim(), c.dim, c.hidden_dim};
+  const int g = c.n_heads / c.n_kv_heads;
+  for (const AwqLayerPlan& p : plan) {
+    for (int i = 0; i < kNumLinearInputs; ++i) {
+      const auto& s = p.scale[static_cast<size_t>(i)];
+      if (s.empty()) continue;
+      TESSERA_CHECK_MSG(s.size() == static_cast<size_t>(widths[i]), "AWQ scale of the wrong width");
+      for (float v : s) TESSERA_CHECK_MSG(std::isfinite(v) && v > 0.0f, "AWQ scales must be positive");
+    }
+    const auto& so = p.scale[idx(LinearInput::kAttnOut)];
+    if (!so.empty())
+      for (int h = 0; h < c.n_heads; ++h)
+        for (int d = 0; d < c.head_dim; ++d)
+          TESSERA_CHECK_MSG(
+              so[static_cast<size_t>(h * c.head_dim + d)] == so[static_cast<size_t>((h / g) * g * c.head_dim + d)],
+              "kAttnOut scales must be equal within a GQA group");
+  }
+}
+
+// Searches the plan: calibration forward, then per layer and per input group a grid search of alpha.
+std::vector<AwqLayerPlan> search_plan(const ModelData& model, const std::vector<Target>& targets,
+                                      const std::vector<int>& tokens, ThreadPool& pool, Progress& progress,
+                                      size_t phase_units, std::vector<LayerStats>* stats_out) {
+  const ModelConfig& c = model.config;
+  const size_t base = progress.done();
+  std::vector<LayerStats> stats = collect_activation_stats(
+      model, tokens, pool, CalibrationOptions{},
+      [&](size_t done, size_t total) { progress.set(base + (total ? phase_units * done / total : phase_units)); });
+  const size_t n_layers = model.weights.layers.size();
+  std::vector<AwqLayerPlan> plan(n_layers);
+  for (size_t l = 0; l < n_layers; ++l) {
+    for (int i = 0; i < kNumLinearInputs; ++i) {
+      const auto which = static_cast<LinearInput>(i);
+      std::vector<AwqMember> members;
+      bool any_four_bit = false;
+      for (const Target& t : targets) {
+        if (t.layer != static_cast<int>(l) || input_of(t.proj) != which) continue;
+        members.push_back({t.matrix, t.spec});
+        any_four_bit = any_four_bit || is_four_bit(t.spec);
+      }
+      if (!any_four_bit) continue;
+      const InputStats& st = stats[l].at(which);
+      const std::vector<float> mag = which == LinearInput::kAttnOut
+                                         ? channel_magnitudes(st, c.n_heads / c.n_kv_heads, c.head_dim)
+                                         : channel_magnitudes(st);
+      AwqSearchResult r = search_scales(members, st, mag, pool);
+      plan[l].alpha[static_cast<size_t>(i)] = r.alpha;
+      if (r.alpha > 0.0f) plan[l].scale[static_cast<size_t>(i)] = std::move(r.scale);
+    }
+    progress.set(base + phase_units + phase_units * (l + 1) / n_layers);
+  }
+  *stats_out = std::move(stats);
+  return plan;
+}
+
+CompressReport run_pipeline(ModelData& model, const CompressOptions& options, const std::vector<AwqLayerPlan>* given) {
+  const auto t0 = Clock::now();
+  const ModelConfig& c = model.config;
+  std::vector<Target> targets = list_targets(model);
+  resolve_specs(targets, options);
+  const int threads = options.threads > 0 ? options.threads : ThreadPool::default_threads();
+  ThreadPool pool(threads);
+
+  const bool search = given == nullptr && options.activation_aware;
+  if (search) {
+    if (std::none_of(targets.begin(), targets.end(), [](const Target& t) { return is_four_bit(t.spec); }))
+      throw Error(
+          "activation-aware quantization (--calib) applies to int4/nf4 weights, but no weight is int4 or nf4: add "
+          "--quant int4:g128 (or a rule selecting int4/nf4)");
+    if (options.calibration_tokens.size() < 2)
+      throw Error("activation-aware quantization needs a calibration text of at least 2 tokens");
+  }
+
+  // Tied embeddings: lm_head is the same storage as tok_embeddings.
+  const Matrix original_embeddings = model.weights.tok_embeddings;
+  const bool tied = model.weights.lm_head.data != nullptr && model.weights.lm_head.data == original_embeddings.data;
+
+  size_t quant_units = 0;
+  for (const Target& t : targets) quant_units += static_cast<size_t>(t.matrix->rows * t.matrix->cols);
+  const size_t phase = quant_units;  // calibration and search each count as much as quantization
+  Progress progress(options.progress, quant_units + (search ? 2 * phase : 0));
+  progress.set(0);
+
+  std::vector<AwqLayerPlan> searched;
+  std::vector<LayerStats> stats;
+  if (search) searched = search_plan(model, targets, options.calibration_tokens, pool, progress, phase, &stats);
+  const std::vector<AwqLayerPlan>* plan = given ? given : (search ? &searched : nullptr);
+  if (plan) validate_plan(model, *plan);
+
+  // Fold 1/s into the ops that produce the scaled inputs. Row divisors of wv and w_up, and importance per input.
+  std::vector<std::vector<float>> wv_rows(plan ? plan->size() : 0);
+  std::vector<std::array<std::vector<float>, kNumLinearInputs>> importance(stats.size());
+  if (plan) {
+    for (size_t l = 0; l < plan->size(); ++l) {
+      LayerWeights& lw = model.weights.layers[l];
+      const AwqLayerPlan& p = (*plan)[l];
+      if (const auto& s = p.scale[idx(LinearInput::kAttnIn)]; !s.empty())
+        for (size_t i = 0; i < s.size(); ++i) lw.attn_norm[i] /= s[i];
+      if (const auto& s = p.scale[idx(LinearInput::kFfnIn)]; !s.empty())
+        for (size_t i = 0; i < s.size(); ++i) lw.ffn_norm[i] /= s[i];
+      if (const auto& s = p.scale[idx(LinearInput::kAttnOut)]; !s.empty()) {
+        wv_rows[l] = kv_scale_of(s, c);
+        if (!lw.bv.empty())
+          for (size_t i = 0; i < wv_rows[l].size(); ++i) lw.bv[i] /= wv_rows[l][i];
+      }
+    }
+    for (size_t l = 0; l < stats.size(); ++l) {
+      for (int i = 0; i < kNumLinearInputs; ++i) {
+        const InputStats& st = stats[l].inputs[static_cast<size_t>(i)];
+        const auto& s = (*plan)[l].scale[static_cast<size_t>(i)];
+        if ((*plan)[l].alpha[static_cast<size_t>(i)] < 0.0f) continue;  // not searched: plain RTN
+        auto& imp = importance[l][static_cast<size_t>(i)];
+        imp = st.mean_sq;
+        if (!s.empty())
+          for (size_t k = 0; k < imp.size(); ++k) imp[k] /= s[k] * s[k];
+      }
+    }
+  }
+
+  CompressReport report;
+  Matrix new_embeddings = original_embeddings;
+  std::string embeddings_scheme;
+  double embeddings_error = 0.0;
+  for (Target& t : targets) {
+    const bool is_lm_head = t.name == "lm_head";
+    Matrix& m = *t.matrix;
+    TensorReport tr;
+    tr.name = t.name;
+    const Matrix src = is_lm_head && tied ? original_embeddings : m;
+    tr.bytes_before = is_lm_head && tied ? 0 : src.bytes();
+
+    Encoding enc;
+    if (t.layer >= 0 && plan) {
+      const AwqLayerPlan& p = (*plan)[static_cast<size_t>(t.layer)];
+      const LinearInput which = input_of(t.proj);
+      enc.col_scale = p.scale[idx(which)];
+      if (t.proj == kWv) enc.row_div = wv_rows[static_cast<size_t>(t.layer)];
+      if (t.proj == kWUp) enc.row_div = p.scale[idx(LinearInput::kFfnMid)];
+      if (!importance.empty()) enc.importance = importance[static_cast<size_t>(t.layer)][idx(which)];
+      tr.awq_alpha = p.alpha[idx(which)];
+    }
+    const bool transform = !enc.col_scale.empty() || !enc.row_div.empty();
+    if (t.spec.keep()) {
+      enc.dtype = transform ? DType::F32 : src.dtype;
+      enc.group = transform ? 0 : src.group;
+    } else {
+      enc.dtype = *t.spec.dtype;
+      enc.group = is_grouped(enc.dtype) ? t.spec.group : 0;
+    }
+    const bool unchanged = !transform && enc.dtype == src.dtype && (!is_grouped(enc.dtype) || enc.group == src.group);
+    tr.scheme = scheme_of(enc.dtype, enc.group);
+
+    if (is_lm_head && tied && tr.scheme == embeddings_scheme) {
+      // Same scheme as the embedding table: keep sharing its (possibly new) storage.
+      m = new_embeddings;
+      tr.bytes_after = 0;
+      tr.relative_error = embeddings_error;
+    } else if (unchanged) {
+      m = src;
+      // A tied lm_head that keeps the original table while tok_embeddings moved on now owns that storage.
+      tr.bytes_after = is_lm_head && m.data == new_embeddings.data ? 0 : src.bytes();
+      progress.add(static_cast<size_t>(src.rows * src.cols));
+    } else {
+      Encoded e = encode_matrix(src, enc, *model.store, pool, progress);
+      m = e.matrix;
+      tr.bytes_after = m.bytes();
+      tr.relative_error = e.relative_error;
+    }
+    if (t.name == "tok_embeddings") {
+      new_embeddings = m;
+      embeddings_scheme = tr.scheme;
+      embeddings_error = tr.relative_error;
+    }
+    report.bytes_before += tr.bytes_before;
+    report.bytes_after += tr.bytes_after;
+    report.tensors.push_back(std::move(tr));
+  }
+  progress.finish();
+  report.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  return report;
+}
+
+// JSON with duplicate keys rejected (nlohmann alone keeps the last one silently).
+nlohmann::json parse_rules_json(const std::string& text, const std::string& path) {
+  std::vector<std::unordered_set<std::string>> open;
+  std::string duplicate;
+  auto cb = [&](int, nlohmann::json::parse_event_t ev, nlohmann::json& parsed) {
+    using E = nlohmann::json::parse_event_t;
+    if (ev == E::object_start) {
+      open.emplace_back();
+    } else if (ev == E::object_end) {
+      if (!open.empty()) open.pop_back();
+    } else if (ev == E::key && !open.empty() && duplicate.empty()) {
+      if (!open.back().insert(parsed.get<std::string>()).second) duplicate = parsed.get<std::string>();
+    }
+    return true;
+  };
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(text, cb);
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(path + ": unreadable JSON: " + e.what());
+  }
+  if (!duplicate.empty()) throw Error(path + ": duplicate key \"" + duplicate + "\"");
+  return j;
+}
+
+}  // namespace
+
+QuantRule QuantRule::parse(const std::string& text) {
+  const size_t eq = text.rfind('=');
+  if (eq == std::string::npos || eq == 0 || eq + 1 == text.size())
+    throw Error("bad quantization rule '" + text +
+                "': expected PATTERN=SCHEME, e.g. 'layers.0.*=bf16' or 'lm_head=int8'");
+  QuantRule rule;
+  rule.pattern = text.substr(0, eq);
+  try {
+    rule.spec = QuantSpec::parse(text.substr(eq + 1));
+  } catch (const Error& e) {
+    throw Error("bad quantization rule '" + text + "': " + e.what());
+  }
+  return rule;
+}
+
+CompressOptions load_rules_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error(path + ": cannot read the quantization rules file");
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  const nlohmann::json j = parse_rules_json(ss.str(), path);
+  const std::string form =
+      " (expected {\"default\": \"int4:g128\", \"rules\": [{\"pattern\": \"lm_head\", "
+      "\"scheme\": \"int8\"}, ...]})";
+  if (!j.is_object()) throw Error(path + ": the rules file must be a JSON object" + form);
+  CompressOptions options;
+  for (const auto& [key, value] : j.items()) {
+    if (key == "default") {
+      if (!value.is_string()) throw Error(path + ": \"default\" must be a scheme string" + form);
+      try {
+        options.default_spec = QuantSpec::parse(value.get<std::string>());
+      } catch (const Error& e) {
+        throw Error(path + ": \"default\": " + e.what());
+      }
+    } else if (key == "rules") {
+      if (!value.is_array()) throw Error(path + ": \"rules\" must be an array" + form);
+      for (size_t i = 0; i < value.size(); ++i) {
+        const auto& r = value[i];
+        const std::string where = path + ": rules[" + std::to_string(i) + "]";
+        if (!r.is_object()) throw Error(where + " must be an object {\"pattern\": ..., \"scheme\": ...}");
+        for (const auto& [k, v] : r.items())
+          if (k != "pattern" && k != "scheme") throw Error(where + ": unknown key \"" + k + "\" (pattern, scheme)");
+        const auto p = r.find("pattern"), s = r.find("scheme");
+        if (p == r.end() || !p->is_string() || p->get<std::string>().empty())
+          throw Error(where + ": \"pattern\" must be a non-empty string");
+        if (s == r.end() || !s->is_string()) throw Error(where + ": \"scheme\" must be a string such as \"int8\"");
+        QuantRule rule;
+        rule.pattern = p->get<std::string>();
+        try {
+          rule.spec = QuantSpec::parse(s->get<std::string>());
+        } catch (const Error& e) {
+          throw Error(where + ": " + e.what());
+        }
+        options.rules.push_back(std::move(rule));
+      }
+    } else {
+      throw Error(path + ": unknown key \"" + key + "\"" + form);
+    }
+  }
+  return options;
+}
+
+CompressReport compress_model(ModelData& model, const CompressOptions& options) {
+  return run_pipeline(model, options, nullptr);
+}
+
+CompressReport compress_model_with_plan(ModelData& model, const CompressOptions& options,
+                                        const std::vector<AwqLayerPlan>& plan) {
+  return run_pipeline(model, options, &plan);
+}
+
+void write_report_json(const CompressReport& report, const std::string& path) {
+  nlohmann::ordered_json j;
+  j["seconds"] = report.seconds;
+  j["bytes_before"] = report.bytes_before;
+  j["bytes_after"] = report.bytes_after;
+  j["tensors"] = nlohmann::ordered_json::array();
+  for (const TensorReport& t : report.tensors) {
+    nlohmann::ordered_json e;
+    e["name"] = t.name;
+    e["scheme"] = t.scheme;
+    e["bytes_before"] = t.bytes_before;
+    e["bytes_after"] = t.bytes_after;
+    e["relative_error"] = t.relative_error;
+    if (t.awq_alpha >= 0.0) e["awq_alpha"] = t.awq_alpha;
+    j["tensors"].push_back(std::move(e));
+  }
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  if (!out) throw Error(path + ": cannot write the quantization report");
+  out << j.dump(2) << "\n";
+  out.close();
+  if (!out) throw Error(path + ": error writing the quantization report");
+}
+
+}  // namespace tessera::quant
