@@ -23,9 +23,9 @@ struct QuantRule {
 };
 
 struct CompressOptions {
-  QuantSpec default_spec;         // keep() = leave weights as loaded unless a rule says otherwise
-  std::vector<QuantRule> rules;   // from --quant-rule, in order
-  bool activation_aware = false;  // AWQ-style scale search for int4/NF4 weights; needs calibration_tokens
+  QuantSpec default_spec;               // keep() = leave weights as loaded unless a rule says otherwise
+  std::vector<QuantRule> rules;         // from --quant-rule, in order
+  bool activation_aware = false;        // AWQ-style scale search for int4/NF4 weights; needs calibration_tokens
   std::vector<int> calibration_tokens;  // tokenized calibration text (BOS first)
   int threads = 0;                      // 0 = all cores
   std::function<void(size_t done, size_t total)> progress;  // called from the calling thread; may be null

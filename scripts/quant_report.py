@@ -1,0 +1,150 @@
+#!/usr/bin/env python3
+"""Quality and size of every load-time quantization scheme, from `tessera eval --json` runs.
+
+  scripts/quant_report.py [--tessera build/bin/tessera] [--models DIR] [--text FILE] [--calib FILE]
+                          [--threads N] [--max-tokens N] [--update docs/quantization.md] [--json OUT]
+
+For stories260K (default) on the evaluation text, with --reference = the same checkpoint uncompressed, each row is
+one `tessera eval` run: weight bytes (linear layers + embeddings as stored), perplexity, mean KL(P_f32 || P_q) per
+token and top-1 agreement. Prints a Markdown table; --update replaces the block between
+<!-- quant-report:begin --> and <!-- quant-report:end --> in the given file (the table plus the command, machine,
+date and commit it came from). A scheme the binary cannot run yet (no --quant, unknown scheme, ...) gets a row
+saying so instead of numbers. Standard library only.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import shlex
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# (label, extra flags). {calib} is replaced by the calibration text.
+SCHEMES = [
+    ("f32 (as stored, baseline)", []),
+    ("bf16", ["--quant", "bf16"]),
+    ("f16", ["--quant", "f16"]),
+    ("int8", ["--quant", "int8"]),
+    ("int8, --act-quant int8", ["--quant", "int8", "--act-quant", "int8"]),
+    ("int4:g32", ["--quant", "int4:g32"]),
+    ("int4:g64", ["--quant", "int4:g64"]),
+    ("int4:g128", ["--quant", "int4:g128"]),
+    ("int4:g32:asym", ["--quant", "int4:g32:asym"]),
+    ("int4:g64:asym", ["--quant", "int4:g64:asym"]),
+    ("int4:g128:asym", ["--quant", "int4:g128:asym"]),
+    ("nf4:g32", ["--quant", "nf4:g32"]),
+    ("nf4:g64", ["--quant", "nf4:g64"]),
+    ("nf4:g128", ["--quant", "nf4:g128"]),
+    ("int4:g32, activation-aware", ["--quant", "int4:g32", "--calib", "{calib}"]),
+    ("int4:g128, activation-aware", ["--quant", "int4:g128", "--calib", "{calib}"]),
+    ("int4:g32 + lm_head=int8 (mixed)", ["--quant", "int4:g32", "--quant-rule", "lm_head=int8"]),
+]
+
+BEGIN, END = "<!-- quant-report:begin -->", "<!-- quant-report:end -->"
+
+
+def machine():
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            m = re.search(r"^model name\s*:\s*(.+)$", f.read(), re.M)
+            if m:
+                cpu = m.group(1).strip()
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}"
+
+
+def git_commit():
+    try:
+        out = subprocess.run(["git", "-C", ROOT, "describe", "--always", "--dirty"], capture_output=True, text=True)
+        return out.stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def rel(path):
+    return os.path.relpath(path, ROOT) if os.path.abspath(path).startswith(ROOT + os.sep) else path
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tessera", default=os.path.join(ROOT, "build", "bin", "tessera"))
+    ap.add_argument("--models", default=os.environ.get("TESSERA_MODELS", os.path.join(ROOT, "..", "shared", "models")))
+    ap.add_argument("--model", help="checkpoint (default: MODELS/stories260K/stories260K.bin)")
+    ap.add_argument("--tokenizer", help="tokenizer (default: MODELS/stories260K/tok512.model)")
+    ap.add_argument("--text", default=os.path.join(ROOT, "docs", "data", "stories260K-t1-eval.txt"))
+    ap.add_argument("--calib", default=os.path.join(ROOT, "docs", "data", "stories260K-t1-calib.txt"))
+    ap.add_argument("--ctx", type=int, default=256)
+    ap.add_argument("--threads", type=int, default=0, help="0 = all cores")
+    ap.add_argument("--max-tokens", type=int, default=0)
+    ap.add_argument("--update", help="Markdown file whose report block is replaced")
+    ap.add_argument("--json", help="also write the raw eval results here")
+    args = ap.parse_args()
+
+    model = args.model or os.path.join(args.models, "stories260K", "stories260K.bin")
+    tokenizer = args.tokenizer or os.path.join(args.models, "stories260K", "tok512.model")
+    base = [args.tessera, "eval", "--model", model, "--tokenizer", tokenizer, "--text", args.text,
+            "--reference", model, "--ctx", str(args.ctx), "--json"]
+    if args.threads:
+        base += ["--threads", str(args.threads)]
+    if args.max_tokens:
+        base += ["--max-tokens", str(args.max_tokens)]
+
+    rows, raw = [], []
+    for label, flags in SCHEMES:
+        flags = [f.replace("{calib}", args.calib) for f in flags]
+        p = subprocess.run(base + flags, capture_output=True, text=True)
+        if p.returncode != 0:
+            reason = (p.stderr.strip().splitlines() or ["exit %d" % p.returncode])[0]
+            print(f"[report] {label}: not available: {reason}", file=sys.stderr)
+            rows.append(f"| {label} | – | – | – | – | not available: {reason[:80]} |")
+            raw.append({"scheme": label, "flags": flags, "error": reason})
+            continue
+        r = json.loads(p.stdout)
+        r["scheme"], r["flags"] = label, flags
+        raw.append(r)
+        print(f"[report] {label}: ppl {r['perplexity']:.5f}, KL {r['kl_divergence']:.4e}, "
+              f"top-1 {r['top1_agreement']:.4f}, {int(r['weight_bytes'])} B", file=sys.stderr)
+        rows.append(f"| {label} | {int(r['weight_bytes']):,} | {r['perplexity']:.4f} | {r['kl_divergence']:.2e} | "
+                    f"{100 * r['top1_agreement']:.2f} % | {r['weights']} |")
+
+    ok = [r for r in raw if "error" not in r]
+    tokens = ok[0]["tokens"] if ok else "?"
+    cmd = " ".join(shlex.quote(rel(a)) for a in ["scripts/quant_report.py", *sys.argv[1:]])
+    lines = [
+        f"Text: `{rel(args.text)}`, {tokens} tokens scored (windows of {args.ctx}, stride {args.ctx // 2}); "
+        f"reference: the same checkpoint as stored (f32). KL = mean KL(P_f32 ‖ P_scheme) per token, nats.",
+        "",
+        "| scheme | weight bytes | perplexity | KL | top-1 agreement | weights as stored |",
+        "| --- | ---: | ---: | ---: | ---: | --- |",
+        *rows,
+        "",
+        f"Generated by `{cmd}` on {machine()}, {datetime.date.today().isoformat()}, commit {git_commit()}"
+        + (f", {ok[0]['backend']}" if ok else "") + ".",
+    ]
+    table = "\n".join(lines)
+    print(table)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(raw, f, indent=2)
+    if args.update:
+        with open(args.update, encoding="utf-8") as f:
+            doc = f.read()
+        if BEGIN not in doc or END not in doc:
+            print(f"error: {args.update} has no {BEGIN} ... {END} block", file=sys.stderr)
+            return 1
+        head, rest = doc.split(BEGIN, 1)
+        _, tail = rest.split(END, 1)
+        with open(args.update, "w", encoding="utf-8") as f:
+            f.write(head + BEGIN + "\n" + table + "\n" + END + tail)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
