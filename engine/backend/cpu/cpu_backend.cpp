@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <new>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "engine/backend/cpu/kernels.h"
@@ -277,6 +278,47 @@ void reserve_panels(std::vector<SlotScratch>& slots, int n_slots, int64_t kp) {
   }
 }
 
+// Uses int8 activation blocks for this weight? (See the table above CpuBackend::matmul.)
+bool uses_int8_activations(const Matrix& w, int n, ActQuant mode) {
+  return w.dtype == DType::Q8 ? mode == ActQuant::kInt8 : is_grouped(w.dtype) && n == 1;
+}
+
+// Decode (n == 1): picks the row-dot functors for w's type and activation handling and calls
+// drive(std::integral_constant<int, R>{}, dotR, dot1), where dotR computes R rows per call and dot1 one row.
+// Shared by matmul and matmul_silu_mul so both pick kernels the same way.
+template <typename Drive>
+void dispatch_gemv(ThreadPool& pool, const cpu::Kernels& k, ActScratch& act, const float* x, const Matrix& w,
+                   bool int8_act, const Drive& drive) {
+  const int dt = static_cast<int>(w.dtype);
+  if (!int8_act) {
+    const auto dot4 = k.dot4[dt];
+    const auto dot1 = k.dot1[dt];
+    drive(
+        std::integral_constant<int, 4>{},
+        [&](const void* const* rows, const void* const* next, float* out) { dot4(x, rows, next, w.cols, out); },
+        [&](const void* row) { return dot1(x, row, w.cols); });
+    return;
+  }
+  quantize_rows(pool, k, x, 1, w.cols, false, act);
+  const quant::BlockQ8Act* xq = act.q.data();
+  const auto qdot1 = [&, f = k.qdot1[dt]](const void* row) { return f(xq, row, w.cols, w.group); };
+  if (const auto qdot8 = k.qdot8[dt]; qdot8 != nullptr) {
+    drive(
+        std::integral_constant<int, 8>{},
+        [&](const void* const* rows, const void* const* next, float* out) {
+          qdot8(xq, rows, next, w.cols, w.group, out);
+        },
+        qdot1);
+  } else {
+    drive(
+        std::integral_constant<int, 4>{},
+        [&, qdot4 = k.qdot4[dt]](const void* const* rows, const void* const* next, float* out) {
+          qdot4(xq, rows, next, w.cols, w.group, out);
+        },
+        qdot1);
+  }
+}
+
 }  // namespace
 
 // How each weight type is computed (matmul and matmul_silu_mul alike):
@@ -297,38 +339,12 @@ void CpuBackend::matmul(const float* x, int n, const Matrix& w, const float* bia
     return;
   }
   const cpu::Kernels& k = *impl_->k;
-  const int dt = static_cast<int>(w.dtype);
-  const bool int8_act = w.dtype == DType::Q8 ? act_quant_ == ActQuant::kInt8 : is_grouped(w.dtype) && n == 1;
+  const bool int8_act = uses_int8_activations(w, n, act_quant_);
   if (is_grouped(w.dtype)) TESSERA_CHECK_MSG(w.group == 32 || w.group == 64 || w.group == 128, "bad quant group");
-  if (n == 1 && int8_act) {
-    ActScratch& act = impl_->act;
-    quantize_rows(pool_, k, x, 1, w.cols, false, act);
-    const quant::BlockQ8Act* xq = act.q.data();
-    const auto qdot1 = [&, qdot1 = k.qdot1[dt]](const void* row) { return qdot1(xq, row, w.cols, w.group); };
-    if (const auto qdot8 = k.qdot8[dt]; qdot8 != nullptr) {
-      gemv<8>(
-          pool_, w, bias, y,
-          [&](const void* const* rows, const void* const* next, float* out) {
-            qdot8(xq, rows, next, w.cols, w.group, out);
-          },
-          qdot1);
-    } else {
-      gemv<4>(
-          pool_, w, bias, y,
-          [&, qdot4 = k.qdot4[dt]](const void* const* rows, const void* const* next, float* out) {
-            qdot4(xq, rows, next, w.cols, w.group, out);
-          },
-          qdot1);
-    }
-    return;
-  }
   if (n == 1) {
-    const auto dot4 = k.dot4[dt];
-    const auto dot1 = k.dot1[dt];
-    gemv<4>(
-        pool_, w, bias, y,
-        [&](const void* const* rows, const void* const* next, float* out) { dot4(x, rows, next, w.cols, out); },
-        [&](const void* row) { return dot1(x, row, w.cols); });
+    dispatch_gemv(pool_, k, impl_->act, x, w, int8_act, [&](auto rows, const auto& dotR, const auto& dot1) {
+      gemv<decltype(rows)::value>(pool_, w, bias, y, dotR, dot1);
+    });
     return;
   }
   const int64_t tiles = (w.rows + kGemmNR - 1) / kGemmNR;
@@ -462,40 +478,14 @@ void CpuBackend::matmul_silu_mul(const float* x, int n, const Matrix& gate, cons
     return;
   }
   const cpu::Kernels& k = *impl_->k;
-  const int dt = static_cast<int>(gate.dtype);
-  const bool int8_act = gate.dtype == DType::Q8 ? act_quant_ == ActQuant::kInt8 : is_grouped(gate.dtype) && n == 1;
+  const bool int8_act = uses_int8_activations(gate, n, act_quant_);
   if (is_grouped(gate.dtype)) {
     TESSERA_CHECK_MSG(gate.group == 32 || gate.group == 64 || gate.group == 128, "bad quant group");
   }
-  if (n == 1 && int8_act) {
-    ActScratch& act = impl_->act;
-    quantize_rows(pool_, k, x, 1, gate.cols, false, act);
-    const quant::BlockQ8Act* xq = act.q.data();
-    const auto qdot1 = [&, qdot1 = k.qdot1[dt]](const void* row) { return qdot1(xq, row, gate.cols, gate.group); };
-    if (const auto qdot8 = k.qdot8[dt]; qdot8 != nullptr) {
-      gemv_silu_mul<8>(
-          pool_, gate, up, out,
-          [&](const void* const* rows, const void* const* next, float* o) {
-            qdot8(xq, rows, next, gate.cols, gate.group, o);
-          },
-          qdot1);
-    } else {
-      gemv_silu_mul<4>(
-          pool_, gate, up, out,
-          [&, qdot4 = k.qdot4[dt]](const void* const* rows, const void* const* next, float* o) {
-            qdot4(xq, rows, next, gate.cols, gate.group, o);
-          },
-          qdot1);
-    }
-    return;
-  }
   if (n == 1) {
-    const auto dot4 = k.dot4[dt];
-    const auto dot1 = k.dot1[dt];
-    gemv_silu_mul<4>(
-        pool_, gate, up, out,
-        [&](const void* const* rows, const void* const* next, float* o) { dot4(x, rows, next, gate.cols, o); },
-        [&](const void* row) { return dot1(x, row, gate.cols); });
+    dispatch_gemv(pool_, k, impl_->act, x, gate, int8_act, [&](auto rows, const auto& dotR, const auto& dot1) {
+      gemv_silu_mul<decltype(rows)::value>(pool_, gate, up, out, dotR, dot1);
+    });
     return;
   }
   const int64_t tiles = (gate.rows + kGemmNR / 2 - 1) / (kGemmNR / 2);
