@@ -3,6 +3,7 @@
 #include <sched.h>
 
 #include <algorithm>
+#include <utility>
 
 namespace tessera {
 
@@ -27,19 +28,25 @@ int ThreadPool::default_threads() {
   return std::max(1u, std::thread::hardware_concurrency());
 }
 
-void ThreadPool::do_chunk(const Job& job, int index) const {
+void ThreadPool::do_chunk(const Job& job, int index) {
   // Even split in units of `grain`, so every chunk but the last is a multiple of it.
   const int64_t units = (job.n + job.grain - 1) / job.grain;
   const int64_t begin_unit = units * index / n_threads_;
   const int64_t end_unit = units * (index + 1) / n_threads_;
   const int64_t begin = begin_unit * job.grain;
   const int64_t end = std::min(job.n, end_unit * job.grain);
-  if (begin < end) job.call(job.ctx, begin, end);
+  if (begin >= end) return;
+  try {
+    job.call(job.ctx, begin, end);
+  } catch (...) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!error_) error_ = std::current_exception();
+  }
 }
 
 void ThreadPool::run(const Job& job) {
   if (n_threads_ == 1) {
-    job.call(job.ctx, 0, job.n);
+    job.call(job.ctx, 0, job.n);  // on the calling thread: exceptions propagate as usual
     return;
   }
   {
@@ -53,6 +60,7 @@ void ThreadPool::run(const Job& job) {
   std::unique_lock<std::mutex> lock(mu_);
   done_cv_.wait(lock, [this] { return pending_ == 0; });
   job_ = nullptr;
+  if (error_) std::rethrow_exception(std::exchange(error_, nullptr));
 }
 
 void ThreadPool::worker_loop(int index) {

@@ -4,6 +4,7 @@
 
 #include <condition_variable>
 #include <cstdint>
+#include <exception>
 #include <mutex>
 #include <thread>
 #include <type_traits>
@@ -22,7 +23,8 @@ class ThreadPool {
   int size() const { return n_threads_; }
 
   // Calls fn(begin, end) over disjoint chunks covering [0, n), chunk boundaries multiples of `grain`.
-  // Work is split evenly, one chunk per thread; returns when every chunk is done.
+  // Work is split evenly, one chunk per thread; returns when every chunk is done. If a chunk throws, the first
+  // exception is rethrown here on the calling thread after all chunks have finished (none escapes a worker).
   template <typename Fn>
   void parallel_for(int64_t n, int64_t grain, Fn&& fn) {
     if (n <= 0) return;
@@ -47,7 +49,7 @@ class ThreadPool {
   }
 
   void run(const Job& job);
-  void do_chunk(const Job& job, int index) const;
+  void do_chunk(const Job& job, int index);
   void worker_loop(int index);
 
   int n_threads_;
@@ -59,6 +61,7 @@ class ThreadPool {
   uint64_t generation_ = 0;
   int pending_ = 0;
   bool stop_ = false;
+  std::exception_ptr error_;  // first exception thrown by a chunk of the current job
 };
 
 }  // namespace tessera

@@ -85,6 +85,27 @@ TEST(ThreadPool, CallerTakesPartAndWorkersRun) {
   EXPECT_EQ(caller, 1);
 }
 
+// An exception in a worker's chunk reaches the caller (after every chunk finished), never std::terminate.
+TEST(ThreadPool, ExceptionsReachTheCaller) {
+  ThreadPool pool(3);
+  for (int throwing_chunk = 0; throwing_chunk < 3; ++throwing_chunk) {
+    std::atomic<int> finished{0};
+    EXPECT_THROW(pool.parallel_for(3, 1,
+                                   [&](int64_t b, int64_t) {
+                                     if (b == throwing_chunk) throw std::runtime_error("chunk failed");
+                                     finished.fetch_add(1);
+                                   }),
+                 std::runtime_error);
+    EXPECT_EQ(finished.load(), 2);
+  }
+  // The pool is still usable afterwards.
+  std::atomic<int64_t> sum{0};
+  pool.parallel_for(100, 1, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) sum.fetch_add(i);
+  });
+  EXPECT_EQ(sum.load(), 4950);
+}
+
 TEST(ThreadPool, DefaultThreadsPositive) {
   EXPECT_GE(ThreadPool::default_threads(), 1);
 }
