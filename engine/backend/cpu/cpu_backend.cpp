@@ -160,6 +160,19 @@ GemmSplit plan_gemm(int threads, int64_t tiles, int n) {
   return {static_cast<int>(std::min<int64_t>(threads, row_groups)), false};
 }
 
+// The activation rows [n_begin, n_end) and weight tiles [t_begin, t_end) that slot t of the plan computes.
+struct GemmPart {
+  int64_t n_begin, n_end, t_begin, t_end;
+};
+GemmPart gemm_part_of(const GemmSplit& plan, int t, int64_t tiles, int n) {
+  if (plan.by_tiles) {
+    const Range r = split(tiles, t, plan.n_slots);
+    return {0, n, r.begin, r.end};
+  }
+  const Range g = split((n + kGemmMR - 1) / kGemmMR, t, plan.n_slots);
+  return {g.begin * kGemmMR, std::min<int64_t>(n, g.end * kGemmMR), 0, tiles};
+}
+
 // Prefill: y[n][rows] = x[n][K] w^T (+ bias). For each 16-row tile of w and k block, the weights are converted to
 // an fp32 panel once and reused by every x row of the n block (6 rows per micro-kernel call).
 void gemm_part(const cpu::Kernels& k, SlotScratch& s, const float* x, int64_t n_begin, int64_t n_end,
@@ -355,16 +368,7 @@ void CpuBackend::matmul(const float* x, int n, const Matrix& w, const float* bia
   }
   for_each_slot(pool_, plan.n_slots, [&](int t) {
     SlotScratch& s = impl_->slots[static_cast<size_t>(t)];
-    int64_t n_begin = 0, n_end = n, t_begin = 0, t_end = tiles;
-    if (plan.by_tiles) {
-      const Range r = split(tiles, t, plan.n_slots);
-      t_begin = r.begin;
-      t_end = r.end;
-    } else {
-      const Range g = split((n + kGemmMR - 1) / kGemmMR, t, plan.n_slots);
-      n_begin = g.begin * kGemmMR;
-      n_end = std::min<int64_t>(n, g.end * kGemmMR);
-    }
+    const auto [n_begin, n_end, t_begin, t_end] = gemm_part_of(plan, t, tiles, n);
     if (int8_act) {
       gemm_i8_part(k, s, impl_->act, n_begin, n_end, t_begin, t_end, w, bias, y);
     } else {
@@ -496,16 +500,7 @@ void CpuBackend::matmul_silu_mul(const float* x, int n, const Matrix& gate, cons
   }
   for_each_slot(pool_, plan.n_slots, [&](int t) {
     SlotScratch& s = impl_->slots[static_cast<size_t>(t)];
-    int64_t n_begin = 0, n_end = n, t_begin = 0, t_end = tiles;
-    if (plan.by_tiles) {
-      const Range r = split(tiles, t, plan.n_slots);
-      t_begin = r.begin;
-      t_end = r.end;
-    } else {
-      const Range g = split((n + kGemmMR - 1) / kGemmMR, t, plan.n_slots);
-      n_begin = g.begin * kGemmMR;
-      n_end = std::min<int64_t>(n, g.end * kGemmMR);
-    }
+    const auto [n_begin, n_end, t_begin, t_end] = gemm_part_of(plan, t, tiles, n);
     if (int8_act) {
       gemm_i8_silu_mul_part(k, s, impl_->act, n_begin, n_end, t_begin, t_end, gate, up, out);
     } else {
