@@ -189,7 +189,9 @@ void q4_quantize_row(const float* x, int64_t cols, int group, const float* impor
   }
 }
 
-void q4_dequantize_row(const void* row, int64_t cols, int group, float* out) {
+// Expands a row of blocks that hold one fp16 scale d and G/2 nibble bytes (Q4 and NF4): out = d * level(q).
+template <typename Level>
+void dequantize_scaled_nibbles(const void* row, int64_t cols, int group, float* out, Level level) {
   TESSERA_CHECK(valid_group(group));
   const auto* p = static_cast<const uint8_t*>(row);
   const size_t block_bytes = 2 + static_cast<size_t>(group) / 2;
@@ -198,8 +200,12 @@ void q4_dequantize_row(const void* row, int64_t cols, int group, float* out) {
     std::memcpy(&dh, p, 2);
     const float d = f16_to_f32(dh);
     const int n = static_cast<int>(std::min<int64_t>(group, cols - b0));
-    for (int j = 0; j < n; ++j) out[b0 + j] = d * static_cast<float>(nibble(p + 2, group, j) - 8);
+    for (int j = 0; j < n; ++j) out[b0 + j] = d * level(nibble(p + 2, group, j));
   }
+}
+
+void q4_dequantize_row(const void* row, int64_t cols, int group, float* out) {
+  dequantize_scaled_nibbles(row, cols, group, out, [](int q) { return static_cast<float>(q - 8); });
 }
 
 // Q4A with fixed (fp16-rounded) d and m.
@@ -351,16 +357,7 @@ void nf4_quantize_row(const float* x, int64_t cols, int group, const float* impo
 }
 
 void nf4_dequantize_row(const void* row, int64_t cols, int group, float* out) {
-  TESSERA_CHECK(valid_group(group));
-  const auto* p = static_cast<const uint8_t*>(row);
-  const size_t block_bytes = 2 + static_cast<size_t>(group) / 2;
-  for (int64_t b0 = 0; b0 < cols; b0 += group, p += block_bytes) {
-    uint16_t dh;
-    std::memcpy(&dh, p, 2);
-    const float d = f16_to_f32(dh);
-    const int n = static_cast<int>(std::min<int64_t>(group, cols - b0));
-    for (int j = 0; j < n; ++j) out[b0 + j] = d * kNf4Levels[nibble(p + 2, group, j)];
-  }
+  dequantize_scaled_nibbles(row, cols, group, out, [](int q) { return kNf4Levels[q]; });
 }
 
 const QuantTraits kTraits[] = {
