@@ -50,7 +50,8 @@ int run_generate(const GenerateOptions& o) {
   request.stop_at_eos = !o.ignore_eos;
   request.echo = !o.no_echo;
 
-  Generator generator(model, loaded.tokenizer.get());
+  ModelRunner runner(model);
+  Generator generator(runner, loaded.tokenizer.get());
   std::function<void(std::string_view)> on_text = [](std::string_view text) {
     std::fwrite(text.data(), 1, text.size(), stdout);
     std::fflush(stdout);

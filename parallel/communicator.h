@@ -81,6 +81,11 @@ class Communicator {
   // `bytes` bytes.
   virtual void send(const void* data, size_t bytes, int dst, int tag) = 0;
   virtual void recv(void* data, size_t bytes, int src, int tag) = 0;
+  // A send that returns at once, for a receiver that may itself be blocked sending to this rank (the last
+  // pipeline stage returning logits to rank 0 while rank 0 feeds the next step in). The buffer must stay
+  // untouched until wait_send(id) returns; every started send must be waited for. Ids are never reused.
+  virtual uint64_t start_send(const void* data, size_t bytes, int dst, int tag) = 0;
+  virtual void wait_send(uint64_t id) = 0;
 
   // --- control plane ----------------------------------------------------------------------------------------
   // data[0..bytes) on every rank <- root's.

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <map>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -164,6 +165,9 @@ struct MpiCommunicator::Impl {
   // Reused across calls so the data plane allocates nothing after warm-up.
   std::vector<MPI_Request> requests;
   std::vector<MPI_Status> statuses;
+  // start_send's requests by id, until wait_send.
+  std::map<uint64_t, std::vector<MPI_Request>> started;
+  uint64_t next_send_id = 1;
 
   ~Impl() {
     int finalized = 0;
@@ -291,6 +295,32 @@ void MpiCommunicator::send(const void* data, size_t bytes, int dst, int tag) {
   const auto* p = static_cast<const unsigned char*>(data);
   impl_->chunked(bytes, "send",
                  [&](size_t off, int n, MPI_Request* r) { return MPI_Isend(p + off, n, MPI_BYTE, dst, tag, comm, r); });
+}
+
+uint64_t MpiCommunicator::start_send(const void* data, size_t bytes, int dst, int tag) {
+  impl_->check_peer(dst, tag, "start_send");
+  const auto* p = static_cast<const unsigned char*>(data);
+  std::vector<MPI_Request> requests;
+  size_t offset = 0;
+  do {
+    const size_t n = std::min(kChunk, bytes - offset);
+    requests.push_back(MPI_REQUEST_NULL);
+    impl_->check(MPI_Isend(p + offset, static_cast<int>(n), MPI_BYTE, dst, tag, impl_->comm, &requests.back()),
+                 "start_send");
+    offset += n;
+  } while (offset < bytes);
+  const uint64_t id = impl_->next_send_id++;
+  impl_->started.emplace(id, std::move(requests));
+  return id;
+}
+
+void MpiCommunicator::wait_send(uint64_t id) {
+  auto it = impl_->started.find(id);
+  TESSERA_CHECK_MSG(it != impl_->started.end(), impl_->op("wait_send") + ": unknown send id " + std::to_string(id));
+  std::vector<MPI_Status> statuses(it->second.size());
+  wait_requests(it->second.data(), static_cast<int>(it->second.size()), statuses.data(), impl_->timeout_s,
+                "send (started earlier)", impl_->name);
+  impl_->started.erase(it);
 }
 
 void MpiCommunicator::recv(void* data, size_t bytes, int src, int tag) {

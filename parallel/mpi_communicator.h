@@ -80,6 +80,9 @@ class MpiCommunicator final : public Communicator {
   void all_gather_bytes(const void* in, size_t bytes_per_rank, void* out) override;
   void send(const void* data, size_t bytes, int dst, int tag) override;
   void recv(void* data, size_t bytes, int src, int tag) override;
+  // Chunked like send; the wait is timed from wait_send's call.
+  uint64_t start_send(const void* data, size_t bytes, int dst, int tag) override;
+  void wait_send(uint64_t id) override;
   void broadcast(void* data, size_t bytes, int root) override;
   // The generic all-gather version, with failures reported as "argmax_all".
   ArgmaxCandidate argmax_all(ArgmaxCandidate local) override;

@@ -19,6 +19,8 @@ class SingleProcessCommunicator final : public Communicator {
   // No other rank exists: calling these is a programmer error (TESSERA_CHECK).
   void send(const void* data, size_t bytes, int dst, int tag) override;
   void recv(void* data, size_t bytes, int src, int tag) override;
+  uint64_t start_send(const void* data, size_t bytes, int dst, int tag) override;
+  void wait_send(uint64_t id) override;
   void broadcast(void* data, size_t bytes, int root) override;
   ArgmaxCandidate argmax_all(ArgmaxCandidate local) override { return reduce_argmax(&local, 1); }
   void barrier() override {}

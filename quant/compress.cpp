@@ -237,16 +237,22 @@ Encoded encode_matrix(const Matrix& src, const Encoding& enc, WeightStore& store
 std::vector<Target> list_targets(ModelData& model) {
   std::vector<Target> t;
   ModelWeights& w = model.weights;
-  t.push_back({"tok_embeddings", -1, -1, &w.tok_embeddings, {}});
+  // Names use the whole model's layer numbers, so rules mean the same on every pipeline stage.
+  const int first_layer = model.layout().layer_begin;
+  if (!w.tok_embeddings.empty()) t.push_back({"tok_embeddings", -1, -1, &w.tok_embeddings, {}});
   for (size_t l = 0; l < w.layers.size(); ++l)
     for (int p = 0; p < kNumProj; ++p)
-      t.push_back(
-          {"layers." + std::to_string(l) + "." + kProjNames[p], static_cast<int>(l), p, &proj(w.layers[l], p), {}});
-  t.push_back({"lm_head", -1, -1, &w.lm_head, {}});
+      t.push_back({"layers." + std::to_string(first_layer + static_cast<int>(l)) + "." + kProjNames[p],
+                   static_cast<int>(l),
+                   p,
+                   &proj(w.layers[l], p),
+                   {}});
+  if (!w.lm_head.empty()) t.push_back({"lm_head", -1, -1, &w.lm_head, {}});
   return t;
 }
 
-void resolve_specs(std::vector<Target>& targets, const CompressOptions& options) {
+// check_unused: a rule that matches nothing is a typo, unless this is one pipeline stage of a larger model.
+void resolve_specs(std::vector<Target>& targets, const CompressOptions& options, bool check_unused) {
   std::vector<bool> used(options.rules.size(), false);
   for (Target& t : targets) {
     t.spec = options.default_spec;
@@ -257,7 +263,7 @@ void resolve_specs(std::vector<Target>& targets, const CompressOptions& options)
       }
     }
   }
-  for (size_t i = 0; i < options.rules.size(); ++i) {
+  for (size_t i = 0; i < options.rules.size() && check_unused; ++i) {
     if (used[i]) continue;
     const int layers = (static_cast<int>(targets.size()) - 2) / kNumProj;
     throw Error("quantization rule '" + options.rules[i].pattern + "=" + options.rules[i].spec.to_string() +
@@ -338,7 +344,7 @@ CompressReport run_pipeline(ModelData& model, const CompressOptions& options, co
   const auto t0 = Clock::now();
   const ModelConfig& c = model.config;
   std::vector<Target> targets = list_targets(model);
-  resolve_specs(targets, options);
+  resolve_specs(targets, options, /*check_unused=*/model.layout().pp_size == 1);
   const int threads = options.threads > 0 ? options.threads : ThreadPool::default_threads();
   ThreadPool pool(threads);
 

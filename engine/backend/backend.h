@@ -30,10 +30,15 @@ struct AttentionShape {
 };
 
 // One layer of one sequence's KV cache: row p holds position p, each row kv_dim = n_kv_heads*head_dim floats.
+// The model reaches rows only through k_row/v_row and the attention op, so the storage behind them can change.
 struct KvLayer {
   float* k = nullptr;
   float* v = nullptr;
   int capacity = 0;  // rows
+  int stride = 0;    // floats from one row to the next (kv_dim)
+
+  float* k_row(int pos) const { return k + static_cast<size_t>(pos) * static_cast<size_t>(stride); }
+  float* v_row(int pos) const { return v + static_cast<size_t>(pos) * static_cast<size_t>(stride); }
 };
 
 class Backend {

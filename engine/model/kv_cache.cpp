@@ -4,14 +4,22 @@
 
 namespace tessera {
 
-KvCache::KvCache(const ModelConfig& config, int capacity) : capacity_(capacity) {
+KvCache::KvCache(const ModelConfig& config, int capacity)
+    : KvCache(std::vector<int>(static_cast<size_t>(config.n_layers), config.kv_dim()), capacity) {}
+
+KvCache::KvCache(const std::vector<int>& layer_kv_dims, int capacity) : capacity_(capacity) {
   TESSERA_CHECK(capacity > 0);
-  const size_t per_layer = static_cast<size_t>(capacity) * static_cast<size_t>(config.kv_dim());
-  storage_.assign(per_layer * 2 * static_cast<size_t>(config.n_layers), 0.0f);
-  layers_.resize(static_cast<size_t>(config.n_layers));
-  for (int l = 0; l < config.n_layers; ++l) {
-    float* base = storage_.data() + per_layer * 2 * static_cast<size_t>(l);
-    layers_[static_cast<size_t>(l)] = KvLayer{base, base + per_layer, capacity};
+  size_t total = 0;
+  for (int d : layer_kv_dims) {
+    TESSERA_CHECK(d > 0);
+    total += 2 * static_cast<size_t>(capacity) * static_cast<size_t>(d);
+  }
+  storage_.assign(total, 0.0f);
+  float* base = storage_.data();
+  for (int d : layer_kv_dims) {
+    const size_t per_layer = static_cast<size_t>(capacity) * static_cast<size_t>(d);
+    layers_.push_back(KvLayer{base, base + per_layer, capacity, d});
+    base += 2 * per_layer;
   }
 }
 

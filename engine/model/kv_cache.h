@@ -11,7 +11,11 @@ namespace tessera {
 
 class KvCache {
  public:
+  // Every layer of the whole model.
   KvCache(const ModelConfig& config, int capacity);
+  // One layer per entry of layer_kv_dims, each with rows of that many floats (a shard: its layers, its kv heads;
+  // see LlamaModel::make_cache).
+  KvCache(const std::vector<int>& layer_kv_dims, int capacity);
 
   int capacity() const { return capacity_; }
   int n_layers() const { return static_cast<int>(layers_.size()); }

@@ -1,6 +1,7 @@
 #include "engine/model/llama_model.h"
 
 #include <algorithm>
+#include <cstring>
 #include <string>
 
 #include "engine/core/check.h"
@@ -8,92 +9,245 @@
 namespace tessera {
 
 namespace {
-size_t sz(int v) {
+size_t sz(int64_t v) {
   return static_cast<size_t>(v);
+}
+
+struct LayerDims {
+  int heads, kv_heads, hidden;
+};
+
+LayerDims dims_of(const LayerWeights& lw, const ModelConfig& c) {
+  return {static_cast<int>(lw.wq.rows / c.head_dim), static_cast<int>(lw.wk.rows / c.head_dim),
+          static_cast<int>(lw.w_gate.rows)};
 }
 }  // namespace
 
-LlamaModel::LlamaModel(const ModelData& model, Backend& backend, int max_batch_tokens)
+LlamaModel::LlamaModel(const ModelData& model, Backend& backend, int max_batch_tokens, Communicator* tp)
     : model_(model),
+      shard_(model.layout()),
       backend_(backend),
+      tp_(tp),
       max_batch_tokens_(std::max(1, max_batch_tokens)),
       rope_(model.config, model.config.max_seq_len) {
   const ModelConfig& c = model.config;
+  TESSERA_CHECK_MSG(static_cast<int>(model.weights.layers.size()) == shard_.n_layers(),
+                    "the weights hold a different number of layers than their shard");
+  if (shard_.tp_size > 1)
+    TESSERA_CHECK_MSG(tp_ != nullptr && tp_->size() == shard_.tp_size && tp_->rank() == shard_.tp_rank,
+                      "a tensor-parallel shard needs its tensor-parallel communicator");
+  int q_dim = 0, kv_dim = 0, hidden = 0;
+  for (const LayerWeights& lw : model.weights.layers) {
+    const LayerDims d = dims_of(lw, c);
+    TESSERA_CHECK(d.heads > 0 && d.kv_heads > 0 && d.heads % d.kv_heads == 0 && d.hidden > 0);
+    q_dim = std::max(q_dim, d.heads * c.head_dim);
+    kv_dim = std::max(kv_dim, d.kv_heads * c.head_dim);
+    hidden = std::max(hidden, d.hidden);
+  }
   const size_t rows = sz(max_batch_tokens_);
   x_.resize(rows * sz(c.dim));
   xb_.resize(rows * sz(c.dim));
-  q_.resize(rows * sz(c.q_dim()));
-  att_.resize(rows * sz(c.q_dim()));
+  q_.resize(rows * sz(q_dim));
+  k_.resize(rows * sz(kv_dim));
+  v_.resize(rows * sz(kv_dim));
+  att_.resize(rows * sz(q_dim));
   proj_.resize(rows * sz(c.dim));
-  hidden_.resize(rows * sz(c.hidden_dim));
+  hidden_.resize(rows * sz(hidden));
   positions_.resize(rows);
 }
 
+KvCache LlamaModel::make_cache(int capacity) const {
+  std::vector<int> dims;
+  for (const LayerWeights& lw : model_.weights.layers) dims.push_back(static_cast<int>(lw.wk.rows));
+  return KvCache(dims, capacity);
+}
+
+int LlamaModel::batch_rows(std::span<const SequenceChunk> chunks) const {
+  int64_t rows = 0;
+  for (const SequenceChunk& ch : chunks) {
+    TESSERA_CHECK(ch.n_tokens > 0 && ch.cache != nullptr);
+    rows += ch.n_tokens;
+  }
+  if (rows > max_batch_tokens_)
+    throw Error("a batch of " + std::to_string(rows) + " tokens exceeds the model's batch limit of " +
+                std::to_string(max_batch_tokens_) + " tokens");
+  return static_cast<int>(rows);
+}
+
+void LlamaModel::check_positions(std::span<const SequenceChunk> chunks) const {
+  const ModelConfig& c = model_.config;
+  for (const SequenceChunk& ch : chunks) {
+    TESSERA_CHECK_MSG(ch.cache->n_layers() == shard_.n_layers(), "KV cache made for another shard");
+    const int end = ch.pos0 + ch.n_tokens;
+    if (ch.pos0 < 0 || end > ch.cache->capacity() || end > c.max_seq_len)
+      throw Error("sequence of " + std::to_string(end) + " tokens exceeds the context (" +
+                  std::to_string(std::min(ch.cache->capacity(), c.max_seq_len)) + " tokens)");
+  }
+}
+
 void LlamaModel::forward(std::span<const int> tokens, int pos0, KvCache& cache, LogitsMode mode, float* logits) {
+  TESSERA_CHECK_MSG(shard_.pp_size == 1, "forward() needs every layer; pipeline stages use embed/run_layers/head");
   const ModelConfig& c = model_.config;
   const int n = static_cast<int>(tokens.size());
   if (n == 0) throw Error("forward: no tokens");
   if (pos0 < 0 || pos0 + n > cache.capacity() || pos0 + n > c.max_seq_len)
     throw Error("sequence of " + std::to_string(pos0 + n) + " tokens exceeds the context (" +
                 std::to_string(std::min(cache.capacity(), c.max_seq_len)) + " tokens)");
+  for (int done = 0; done < n; done += max_batch_tokens_) {
+    const int chunk = std::min(max_batch_tokens_, n - done);
+    const SequenceChunk ch{&cache, pos0 + done, chunk, true};
+    embed(tokens.subspan(sz(done), sz(chunk)));
+    run_layers({&ch, 1});
+    if (mode == LogitsMode::kAll) {
+      head({&ch, 1}, /*all_rows=*/true, logits + sz(done) * sz(c.vocab_size));
+    } else if (done + chunk == n) {
+      head({&ch, 1}, /*all_rows=*/false, logits);
+    }
+  }
+}
+
+void LlamaModel::forward_batch(std::span<const int> tokens, std::span<const SequenceChunk> chunks, float* logits) {
+  TESSERA_CHECK_MSG(shard_.pp_size == 1, "forward_batch() needs every layer");
+  TESSERA_CHECK(static_cast<int64_t>(tokens.size()) == batch_rows(chunks));
+  embed(tokens);
+  run_layers(chunks);
+  head(chunks, /*all_rows=*/false, logits);
+}
+
+void LlamaModel::embed(std::span<const int> tokens) {
+  TESSERA_CHECK(shard_.first_stage());
+  const ModelConfig& c = model_.config;
+  const int n = static_cast<int>(tokens.size());
+  if (n > max_batch_tokens_)
+    throw Error("a batch of " + std::to_string(n) + " tokens exceeds the model's batch limit of " +
+                std::to_string(max_batch_tokens_) + " tokens");
   for (int t : tokens)
     if (t < 0 || t >= c.vocab_size)
       throw Error("token id " + std::to_string(t) + " is outside the vocabulary (" + std::to_string(c.vocab_size) +
                   ")");
-  for (int done = 0; done < n; done += max_batch_tokens_) {
-    const int chunk = std::min(max_batch_tokens_, n - done);
-    const bool last_chunk = done + chunk == n;
-    float* out = mode == LogitsMode::kAll ? logits + sz(done) * sz(c.vocab_size) : logits;
-    forward_chunk(tokens.data() + done, chunk, pos0 + done, cache, mode == LogitsMode::kAll || last_chunk, mode, out);
+  const Matrix& table = model_.weights.tok_embeddings;
+  if (shard_.vocab.size() == c.vocab_size) {
+    backend_.embedding(table, tokens.data(), n, x_.data());
+    return;
   }
+  // Vocab-parallel: each rank fills the rows of the tokens it holds, zeros elsewhere, and the sum has them all.
+  for (int i = 0; i < n; ++i) {
+    float* row = x_.data() + sz(i) * sz(c.dim);
+    const int t = tokens[sz(i)];
+    if (t >= shard_.vocab.begin && t < shard_.vocab.end) {
+      const int local = t - static_cast<int>(shard_.vocab.begin);
+      backend_.embedding(table, &local, 1, row);
+    } else {
+      std::fill(row, row + c.dim, 0.0f);
+    }
+  }
+  tp_->all_reduce_sum(x_.data(), sz(n) * sz(c.dim));
 }
 
-void LlamaModel::forward_chunk(const int* tokens, int n, int pos0, KvCache& cache, bool want_logits, LogitsMode mode,
-                               float* logits) {
+void LlamaModel::run_layers(std::span<const SequenceChunk> chunks) {
   const ModelConfig& c = model_.config;
-  const ModelWeights& w = model_.weights;
   Backend& be = backend_;
+  const int n = batch_rows(chunks);
+  check_positions(chunks);
   const size_t dim = sz(c.dim);
-  const size_t kv_dim = sz(c.kv_dim());
-  const AttentionShape shape{c.n_heads, c.n_kv_heads, c.head_dim};
-  for (int i = 0; i < n; ++i) positions_[sz(i)] = pos0 + i;
-
+  {
+    int row = 0;
+    for (const SequenceChunk& ch : chunks)
+      for (int i = 0; i < ch.n_tokens; ++i) positions_[sz(row++)] = ch.pos0 + i;
+  }
+  const bool split = shard_.tp_size > 1;
   float* x = x_.data();
   float* xb = xb_.data();
-  be.embedding(w.tok_embeddings, tokens, n, x);
-  for (int l = 0; l < c.n_layers; ++l) {
-    const LayerWeights& lw = w.layers[sz(l)];
-    const KvLayer kv = cache.layer(l);
-    // Keys and values are projected straight into their cache rows; RoPE then rotates q and k in place.
-    float* k_rows = kv.k + sz(pos0) * kv_dim;
-    float* v_rows = kv.v + sz(pos0) * kv_dim;
+  for (int li = 0; li < shard_.n_layers(); ++li) {
+    const int l = shard_.layer_begin + li;  // index in the whole model, for observers
+    const LayerWeights& lw = model_.weights.layers[sz(li)];
+    const LayerDims d = dims_of(lw, c);
+    const int q_dim = d.heads * c.head_dim, kv_dim = d.kv_heads * c.head_dim;
+    const AttentionShape shape{d.heads, d.kv_heads, c.head_dim};
+
     be.rmsnorm(x, lw.attn_norm.data(), n, c.dim, c.rms_eps, xb);
     if (observer_) observer_->observe(l, LinearInput::kAttnIn, xb, n, c.dim);
     be.matmul(xb, n, lw.wq, lw.bq.empty() ? nullptr : lw.bq.data(), q_.data());
-    be.matmul(xb, n, lw.wk, lw.bk.empty() ? nullptr : lw.bk.data(), k_rows);
-    be.matmul(xb, n, lw.wv, lw.bv.empty() ? nullptr : lw.bv.data(), v_rows);
-    be.rope(q_.data(), n, c.n_heads, positions_.data(), rope_.table());
-    be.rope(k_rows, n, c.n_kv_heads, positions_.data(), rope_.table());
-    be.attention(q_.data(), n, pos0, kv, shape, att_.data());
-    if (observer_) observer_->observe(l, LinearInput::kAttnOut, att_.data(), n, c.q_dim());
+    be.matmul(xb, n, lw.wk, lw.bk.empty() ? nullptr : lw.bk.data(), k_.data());
+    be.matmul(xb, n, lw.wv, lw.bv.empty() ? nullptr : lw.bv.data(), v_.data());
+    be.rope(q_.data(), n, d.heads, positions_.data(), rope_.table());
+    be.rope(k_.data(), n, d.kv_heads, positions_.data(), rope_.table());
+    int row = 0;
+    for (const SequenceChunk& ch : chunks) {
+      const KvLayer kv = ch.cache->layer(li);
+      for (int i = 0; i < ch.n_tokens; ++i) {
+        const size_t src = sz(row + i) * sz(kv_dim);
+        std::memcpy(kv.k_row(ch.pos0 + i), k_.data() + src, sz(kv_dim) * sizeof(float));
+        std::memcpy(kv.v_row(ch.pos0 + i), v_.data() + src, sz(kv_dim) * sizeof(float));
+      }
+      const size_t off = sz(row) * sz(q_dim);
+      be.attention(q_.data() + off, ch.n_tokens, ch.pos0, kv, shape, att_.data() + off);
+      row += ch.n_tokens;
+    }
+    if (observer_) observer_->observe(l, LinearInput::kAttnOut, att_.data(), n, q_dim);
     be.matmul(att_.data(), n, lw.wo, nullptr, proj_.data());
+    if (split) tp_->all_reduce_sum(proj_.data(), sz(n) * dim);
     be.add(x, proj_.data(), sz(n) * dim);
 
     be.rmsnorm(x, lw.ffn_norm.data(), n, c.dim, c.rms_eps, xb);
     if (observer_) observer_->observe(l, LinearInput::kFfnIn, xb, n, c.dim);
     be.matmul_silu_mul(xb, n, lw.w_gate, lw.w_up, hidden_.data());
-    if (observer_) observer_->observe(l, LinearInput::kFfnMid, hidden_.data(), n, c.hidden_dim);
+    if (observer_) observer_->observe(l, LinearInput::kFfnMid, hidden_.data(), n, d.hidden);
     be.matmul(hidden_.data(), n, lw.w_down, nullptr, proj_.data());
+    if (split) tp_->all_reduce_sum(proj_.data(), sz(n) * dim);
     be.add(x, proj_.data(), sz(n) * dim);
   }
-  if (!want_logits) return;
-  if (mode == LogitsMode::kAll) {
-    be.rmsnorm(x, w.final_norm.data(), n, c.dim, c.rms_eps, xb);
-    be.matmul(xb, n, w.lm_head, nullptr, logits);
-  } else {
-    const float* last = x + sz(n - 1) * dim;
-    be.rmsnorm(last, w.final_norm.data(), 1, c.dim, c.rms_eps, xb);
-    be.matmul(xb, 1, w.lm_head, nullptr, logits);
+}
+
+void LlamaModel::head(std::span<const SequenceChunk> chunks, bool all_rows, float* logits) {
+  TESSERA_CHECK(shard_.last_stage());
+  const ModelConfig& c = model_.config;
+  const ModelWeights& w = model_.weights;
+  const int n = batch_rows(chunks);
+  const size_t dim = sz(c.dim);
+  if (all_rows) {
+    backend_.rmsnorm(x_.data(), w.final_norm.data(), n, c.dim, c.rms_eps, xb_.data());
+    logits_of(xb_.data(), n, logits);
+    return;
+  }
+  int row = 0, rows = 0;
+  for (const SequenceChunk& ch : chunks) {
+    row += ch.n_tokens;
+    if (!ch.logits) continue;
+    backend_.rmsnorm(x_.data() + sz(row - 1) * dim, w.final_norm.data(), 1, c.dim, c.rms_eps,
+                     xb_.data() + sz(rows) * dim);
+    ++rows;
+  }
+  if (rows > 0) logits_of(xb_.data(), rows, logits);
+}
+
+void LlamaModel::logits_of(const float* xb, int rows, float* out) {
+  const ModelConfig& c = model_.config;
+  const Matrix& lm_head = model_.weights.lm_head;
+  if (shard_.vocab.size() == c.vocab_size) {
+    backend_.matmul(xb, rows, lm_head, nullptr, out);
+    return;
+  }
+  // Vocab-parallel: every rank computes its rows of the vocabulary, padded to the same width, and the all-gather
+  // lays them out rank after rank; the copy puts each row back in vocabulary order.
+  const size_t padded = sz(shard_.vocab_padded), local = sz(shard_.vocab.size()), tp = sz(shard_.tp_size);
+  const size_t need = sz(rows) * padded;
+  if (local_logits_.size() < need) local_logits_.resize(need);
+  if (gathered_logits_.size() < need * tp) gathered_logits_.resize(need * tp);
+  backend_.matmul(xb, rows, lm_head, nullptr, local_logits_.data());
+  if (local < padded) {
+    // matmul wrote [rows][local]; spread the rows out to the padded width, back to front.
+    for (int i = rows - 1; i >= 0; --i) {
+      std::memmove(local_logits_.data() + sz(i) * padded, local_logits_.data() + sz(i) * local, local * sizeof(float));
+      std::fill(local_logits_.data() + sz(i) * padded + local, local_logits_.data() + sz(i + 1) * padded, 0.0f);
+    }
+  }
+  tp_->all_gather(local_logits_.data(), need, gathered_logits_.data());
+  const size_t vocab = sz(c.vocab_size);
+  for (size_t r = 0; r < tp; ++r) {
+    const size_t begin = r * padded, width = std::min(vocab, begin + padded) - std::min(vocab, begin);
+    for (size_t i = 0; i < sz(rows); ++i)
+      std::memcpy(out + i * vocab + begin, gathered_logits_.data() + r * need + i * padded, width * sizeof(float));
   }
 }
 

@@ -1,4 +1,11 @@
 // The Llama-family decoder (Llama 1/2/3, Mistral, Qwen2), written once against the Backend op interface.
+//
+// The model runs whatever shard of the weights it is given (ModelData::layout(), engine/model/shard.h): its
+// layers, its heads, FFN channels and vocabulary rows. Layer dimensions come from the weight shapes. With tensor
+// parallelism every rank of a stage makes the same calls in the same order and the model performs the
+// collectives itself: an all-reduce after wo and after w_down, one after the vocab-parallel embedding, and an
+// all-gather of the vocab-parallel logits. Pipeline stages are chained by the caller (engine/runtime/
+// model_runner.h) through the stage calls embed / run_layers / head.
 #pragma once
 
 #include <span>
@@ -8,6 +15,7 @@
 #include "engine/model/kv_cache.h"
 #include "engine/model/rope.h"
 #include "engine/model/weights.h"
+#include "parallel/communicator.h"
 
 namespace tessera {
 
@@ -29,37 +37,78 @@ class ActivationObserver {
  public:
   virtual ~ActivationObserver() = default;
   // Called on the forward thread with n rows of `cols` values each (host memory), valid only during the call.
+  // `layer` is the layer's index in the whole model.
   virtual void observe(int layer, LinearInput which, const float* x, int n, int cols) = 0;
+};
+
+// One sequence's part of a batch: n_tokens consecutive rows at positions pos0.., its keys and values go to
+// `cache`; `logits` asks for the logits of its last row.
+struct SequenceChunk {
+  KvCache* cache = nullptr;
+  int pos0 = 0;
+  int n_tokens = 0;
+  bool logits = true;
 };
 
 class LlamaModel {
  public:
-  // max_batch_tokens bounds the rows processed in one pass; longer inputs are split into chunks of that size.
-  // All scratch buffers are allocated here, none in forward().
-  LlamaModel(const ModelData& model, Backend& backend, int max_batch_tokens = 256);
+  // max_batch_tokens bounds the rows processed in one pass; longer single-sequence inputs are split into chunks
+  // of that size. All scratch buffers are allocated here, none in forward(). `tp` is the tensor-parallel group
+  // of this rank's stage (not owned; needed when the shard's tp_size > 1, its size must match).
+  LlamaModel(const ModelData& model, Backend& backend, int max_batch_tokens = 256, Communicator* tp = nullptr);
 
   const ModelConfig& config() const { return model_.config; }
+  const ModelShard& shard() const { return shard_; }
   Backend& backend() { return backend_; }
+  int max_batch_tokens() const { return max_batch_tokens_; }
+
+  // A KV cache for this shard's layers and kv heads.
+  KvCache make_cache(int capacity) const;
 
   // Runs `tokens` at positions pos0.. (prefill when tokens.size() > 1, decode when 1), appending their keys and
-  // values to `cache`, and writes logits to `logits` (host memory, sized per `mode`).
-  // Throws tessera::Error if the positions exceed the cache or a token id is outside the vocabulary.
+  // values to `cache`, and writes logits to `logits` (host memory, sized per `mode`). Needs the whole pipeline
+  // on this rank (pp_size 1). Throws tessera::Error if the positions exceed the cache or a token id is outside
+  // the vocabulary.
   void forward(std::span<const int> tokens, int pos0, KvCache& cache, LogitsMode mode, float* logits);
+
+  // Several sequences as one batch (at most max_batch_tokens rows in all): matmuls over every row together,
+  // attention per sequence. tokens: each chunk's tokens, chunk after chunk. logits: one [vocab] row per chunk
+  // with `logits` set, in order. Needs pp_size 1.
+  void forward_batch(std::span<const int> tokens, std::span<const SequenceChunk> chunks, float* logits);
+
+  // --- pipeline stage calls (what forward_batch is made of) ------------------------------------------------
+  // The activations between stages: [max_batch_tokens][dim]; a stage reads and writes its first `rows` rows.
+  float* hidden() { return x_.data(); }
+  // First stage: hidden <- embeddings of the tokens (checked against the vocabulary).
+  void embed(std::span<const int> tokens);
+  // Runs hidden through this shard's layers. Checks each chunk's positions against its cache.
+  void run_layers(std::span<const SequenceChunk> chunks);
+  // Last stage: final norm and lm_head. all_rows: logits of every row ([rows][vocab]); otherwise one row per
+  // chunk with `logits` set. Every tensor-parallel rank gets the full vocabulary.
+  void head(std::span<const SequenceChunk> chunks, bool all_rows, float* logits);
+
+  // Rows in a batch of chunks; throws when it exceeds max_batch_tokens.
+  int batch_rows(std::span<const SequenceChunk> chunks) const;
 
   // Calibration hook; null (the default) turns it off. Not owned.
   void set_observer(ActivationObserver* observer) { observer_ = observer; }
 
  private:
-  void forward_chunk(const int* tokens, int n, int pos0, KvCache& cache, bool want_logits, LogitsMode mode,
-                     float* logits);
+  void check_positions(std::span<const SequenceChunk> chunks) const;
+  // Logits of `rows` rows of normalized activations (xb_) into out ([rows][vocab]).
+  void logits_of(const float* xb, int rows, float* out);
 
   const ModelData& model_;
+  ModelShard shard_;
   Backend& backend_;
+  Communicator* tp_;
   int max_batch_tokens_;
   RopeCache rope_;
   // Scratch, [max_batch_tokens][...]
-  std::vector<float> x_, xb_, q_, att_, proj_, hidden_;
+  std::vector<float> x_, xb_, q_, k_, v_, att_, proj_, hidden_;
   std::vector<int> positions_;
+  std::vector<float> local_logits_, gathered_logits_;  // vocab-parallel lm_head (tp > 1), grown on first use
+  std::vector<int> local_token_;                       // vocab-parallel embedding
   ActivationObserver* observer_ = nullptr;
 };
 

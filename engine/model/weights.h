@@ -9,6 +9,7 @@
 #include "engine/core/mapped_file.h"
 #include "engine/core/tensor.h"
 #include "engine/model/model_config.h"
+#include "engine/model/shard.h"
 
 namespace tessera {
 
@@ -66,6 +67,14 @@ struct ModelData {
   ModelWeights weights;
   std::unique_ptr<WeightStore> store = std::make_unique<WeightStore>();
   std::string source;  // path or preset name, for messages
+  // The part of the model these weights are (loaders/shard_weights.h); layer_end == 0 means the whole model.
+  // weights.layers holds the shard's layers only, config keeps the whole model's numbers.
+  ModelShard shard;
+  // Bytes of checkpoint weights this rank's shard was built from (0 when not sharded): what it read.
+  size_t shard_bytes_read = 0;
+
+  // The shard, or the whole model when the weights were not sharded.
+  ModelShard layout() const { return shard.layer_end > 0 ? shard : whole_model_shard(config); }
 
   // Bytes of the linear-layer and embedding weights as stored (what decode reads per token, lm_head included).
   size_t weight_bytes() const;

@@ -1,5 +1,6 @@
 #include "engine/runtime/generator.h"
 
+#include <algorithm>
 #include <chrono>
 #include <memory>
 #include <optional>
@@ -23,13 +24,13 @@ std::string_view finish_reason_name(FinishReason r) {
   return "?";
 }
 
-Generator::Generator(LlamaModel& model, const Tokenizer* tokenizer)
-    : model_(model), tokenizer_(tokenizer), logits_(static_cast<size_t>(model.config().vocab_size)) {}
+Generator::Generator(ModelRunner& runner, const Tokenizer* tokenizer)
+    : runner_(runner), tokenizer_(tokenizer), logits_(static_cast<size_t>(runner.config().vocab_size)) {}
 
 GenerationResult Generator::generate(const GenerationRequest& request,
                                      const std::function<void(std::string_view)>& on_text) {
   using Clock = std::chrono::steady_clock;
-  const ModelConfig& config = model_.config();
+  const ModelConfig& config = runner_.config();
   if (request.prompt.empty()) throw Error("the prompt has no tokens (start from BOS for an empty prompt)");
   if (request.max_new_tokens < 0) throw Error("max_new_tokens must be >= 0");
   if (!request.stop.empty() && tokenizer_ == nullptr) throw Error("stop strings need a tokenizer");
@@ -41,7 +42,8 @@ GenerationResult Generator::generate(const GenerationRequest& request,
 
   Sampler sampler(request.sampling, config.vocab_size);
   const int capacity = std::min(context, prompt_len + request.max_new_tokens);
-  KvCache cache(config, std::max(1, capacity));
+  constexpr int kSlot = 0;
+  runner_.open_slot(kSlot, std::max(1, capacity));
 
   std::optional<TextStream> stream;
   if (tokenizer_ != nullptr) {
@@ -69,8 +71,15 @@ GenerationResult Generator::generate(const GenerationRequest& request,
       result.finish = FinishReason::kContext;
       break;
     }
-    model_.forward(input, pos, cache, LogitsMode::kLast, logits_.data());
-    pos += static_cast<int>(input.size());
+    // The prompt goes in passes of at most max_batch_tokens; only the last one's logits are needed.
+    const int batch = runner_.max_batch_tokens();
+    for (size_t done = 0; done < input.size(); done += static_cast<size_t>(batch)) {
+      const int n = static_cast<int>(std::min(input.size() - done, static_cast<size_t>(batch)));
+      const bool last = done + static_cast<size_t>(n) == input.size();
+      const StepChunk chunk{kSlot, pos, n, last ? 1 : 0};
+      runner_.step({&chunk, 1}, input.subspan(done, static_cast<size_t>(n)), logits_.data());
+      pos += n;
+    }
     const int token = sampler.sample(logits_.data(), history);
     if (step == 0) t_first = Clock::now();
     result.tokens.push_back(token);
@@ -96,6 +105,7 @@ GenerationResult Generator::generate(const GenerationRequest& request,
   const auto t_end = Clock::now();
   result.prefill_seconds = std::chrono::duration<double>(t_first - t0).count();
   result.decode_seconds = std::chrono::duration<double>(t_end - t_first).count();
+  runner_.close_slot(kSlot);
   return result;
 }
 

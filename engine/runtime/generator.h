@@ -1,4 +1,4 @@
-// Single-sequence generation loop: prefill the prompt in one batched pass, then decode token by token,
+// Single-sequence generation loop: prefill the prompt in batched passes, then decode token by token,
 // sampling, streaming text and stopping on EOS, a stop string or the token limit.
 #pragma once
 
@@ -7,7 +7,7 @@
 #include <string_view>
 #include <vector>
 
-#include "engine/model/llama_model.h"
+#include "engine/runtime/model_runner.h"
 #include "engine/runtime/tokenizer.h"
 #include "engine/sampling/sampler.h"
 
@@ -37,14 +37,15 @@ struct GenerationResult {
 class Generator {
  public:
   // tokenizer may be null (dummy weights): then no text is produced and stop strings are refused.
-  Generator(LlamaModel& model, const Tokenizer* tokenizer);
+  // Uses the runner's sequence slot 0 (leader side of a parallel job, or a single process).
+  Generator(ModelRunner& runner, const Tokenizer* tokenizer);
 
   // on_text receives text as it becomes final. Throws tessera::Error for invalid requests.
   GenerationResult generate(const GenerationRequest& request,
                             const std::function<void(std::string_view)>& on_text = nullptr);
 
  private:
-  LlamaModel& model_;
+  ModelRunner& runner_;
   const Tokenizer* tokenizer_;
   std::vector<float> logits_;
 };

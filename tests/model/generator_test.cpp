@@ -21,11 +21,12 @@ struct Fixture {
   ModelData data = testing::tiny_model(testing::tiny_config(), DType::F32, 5);
   ReferenceBackend backend;
   LlamaModel model{data, backend};
+  ModelRunner runner{model};
 };
 
 TEST(Generator, GreedyIsArgmaxOfTheModel) {
   Fixture f;
-  Generator gen(f.model, nullptr);
+  Generator gen(f.runner, nullptr);
   GenerationRequest req;
   req.prompt = {1, 7, 9};
   req.max_new_tokens = 6;
@@ -47,7 +48,7 @@ TEST(Generator, GreedyIsArgmaxOfTheModel) {
 
 TEST(Generator, SeedMakesSamplingReproducible) {
   Fixture f;
-  Generator gen(f.model, nullptr);
+  Generator gen(f.runner, nullptr);
   GenerationRequest req;
   req.prompt = {1};
   req.max_new_tokens = 12;
@@ -59,7 +60,7 @@ TEST(Generator, SeedMakesSamplingReproducible) {
 
 TEST(Generator, StopsAtContextEnd) {
   Fixture f;
-  Generator gen(f.model, nullptr);
+  Generator gen(f.runner, nullptr);
   GenerationRequest req;
   req.prompt = std::vector<int>(60, 5);
   req.max_new_tokens = 100;
@@ -73,7 +74,7 @@ TEST(Generator, StopsAtContextEnd) {
 TEST(Generator, StopStringsAndText) {
   Fixture f;
   const auto tok = word_tokenizer();
-  Generator gen(f.model, &tok);
+  Generator gen(f.runner, &tok);
   GenerationRequest req;
   req.prompt = {1, 7};
   req.max_new_tokens = 8;
@@ -93,7 +94,7 @@ TEST(Generator, StopStringsAndText) {
 
 TEST(Generator, RejectsBadRequests) {
   Fixture f;
-  Generator gen(f.model, nullptr);
+  Generator gen(f.runner, nullptr);
   GenerationRequest req;
   EXPECT_THROW(gen.generate(req), Error);  // empty prompt
   req.prompt = {1};

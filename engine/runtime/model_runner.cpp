@@ -1,0 +1,262 @@
+#include "engine/runtime/model_runner.h"
+
+#include <algorithm>
+#include <cstring>
+#include <string>
+#include <utility>
+
+#include "engine/core/check.h"
+
+namespace tessera {
+
+namespace {
+
+enum Op : int32_t { kStep = 1, kOpen = 2, kClose = 3, kStop = 4 };
+// Point-to-point tags. Plans go over the control groups, the rest over the data groups.
+constexpr int kPlanTag = 1, kChunksTag = 2, kHiddenTag = 3, kLogitsTag = 4;
+constexpr int kMaxSlots = 1 << 20;
+
+size_t sz(int64_t v) {
+  return static_cast<size_t>(v);
+}
+
+}  // namespace
+
+ModelRunner::ModelRunner(LlamaModel& model, const ParallelGroups* groups, int max_in_flight)
+    : model_(model), shard_(model.shard()) {
+  TESSERA_CHECK(max_in_flight >= 1);
+  if (groups != nullptr) {
+    groups_ = *groups;
+    TESSERA_CHECK(groups_->world != nullptr);
+    leader_ = groups_->world->rank() == 0;
+    TESSERA_CHECK_MSG(groups_->world->size() == shard_.tp_size * shard_.pp_size &&
+                          groups_->world->rank() == shard_.pp_stage * shard_.tp_size + shard_.tp_rank,
+                      "world ranks must be laid out stage-major (rank = pp_stage * tp + tp_rank)");
+    if (shard_.tp_size > 1)
+      TESSERA_CHECK(groups_->tp && groups_->tp_control && groups_->tp->size() == shard_.tp_size &&
+                    groups_->tp_control->size() == shard_.tp_size);
+    if (shard_.pp_size > 1)
+      TESSERA_CHECK(groups_->pp && groups_->pp_control && groups_->pp->size() == shard_.pp_size &&
+                    groups_->pp->rank() == shard_.pp_stage && groups_->pp_control->rank() == shard_.pp_stage);
+  } else {
+    TESSERA_CHECK_MSG(shard_.whole(), "a sharded model needs its parallel groups");
+  }
+  max_in_flight_ = shard_.pp_size > 1 ? max_in_flight : 1;
+  // The last stage keeps one logits buffer per step that may be in flight: the leader has received the logits
+  // of step j - max_in_flight before it starts step j, so reusing that buffer never waits on the leader.
+  if (shard_.last_stage()) {
+    logits_ring_.resize(sz(max_in_flight_));
+    ring_send_.assign(sz(max_in_flight_), 0);
+  }
+}
+
+ModelRunner::~ModelRunner() {
+  if (!leader_ || stopped_ || !groups_) return;
+  try {
+    stop_workers();
+  } catch (...) {
+    // A failure here ends the job through the communicator; nothing else can be done in a destructor.
+  }
+}
+
+int ModelRunner::slot_capacity(int slot) const {
+  if (slot < 0 || sz(slot) >= slots_.size() || !slots_[sz(slot)]) return 0;
+  return slots_[sz(slot)]->capacity();
+}
+
+void ModelRunner::open_slot(int slot, int capacity) {
+  TESSERA_CHECK(leader_ && !stopped_);
+  if (slot < 0 || slot >= kMaxSlots) throw Error("sequence slot " + std::to_string(slot) + " is out of range");
+  if (capacity < 1 || capacity > config().max_seq_len)
+    throw Error("a sequence of " + std::to_string(capacity) + " positions does not fit the model's context of " +
+                std::to_string(config().max_seq_len));
+  const Plan plan{kOpen, 0, 0, 0, slot, capacity};
+  send_plan(plan);
+  apply_slot_op(plan);
+  forward_plan(plan);
+}
+
+void ModelRunner::close_slot(int slot) {
+  TESSERA_CHECK(leader_ && !stopped_);
+  if (slot_capacity(slot) == 0) return;
+  const Plan plan{kClose, 0, 0, 0, slot, 0};
+  send_plan(plan);
+  apply_slot_op(plan);
+  forward_plan(plan);
+}
+
+void ModelRunner::validate(std::span<const StepChunk> chunks, std::span<const int> tokens) const {
+  const ModelConfig& c = config();
+  if (chunks.empty()) throw Error("a step needs at least one sequence");
+  int64_t rows = 0;
+  for (const StepChunk& ch : chunks) {
+    const int capacity = slot_capacity(ch.slot);
+    if (capacity == 0) throw Error("sequence slot " + std::to_string(ch.slot) + " is not open");
+    if (ch.n_tokens < 1) throw Error("a sequence in a step has no tokens");
+    const int64_t end = static_cast<int64_t>(ch.pos0) + ch.n_tokens;
+    if (ch.pos0 < 0 || end > capacity || end > c.max_seq_len)
+      throw Error("sequence of " + std::to_string(end) + " tokens exceeds the context (" +
+                  std::to_string(std::min(capacity, c.max_seq_len)) + " tokens)");
+    rows += ch.n_tokens;
+  }
+  if (rows != static_cast<int64_t>(tokens.size())) throw Error("a step's token count does not match its sequences");
+  if (rows > max_batch_tokens())
+    throw Error("a batch of " + std::to_string(rows) + " tokens exceeds the model's batch limit of " +
+                std::to_string(max_batch_tokens()) + " tokens");
+  for (int t : tokens)
+    if (t < 0 || t >= c.vocab_size)
+      throw Error("token id " + std::to_string(t) + " is outside the vocabulary (" + std::to_string(c.vocab_size) +
+                  ")");
+}
+
+void ModelRunner::begin_step(std::span<const StepChunk> chunks, std::span<const int> tokens, bool all_rows) {
+  TESSERA_CHECK(leader_ && !stopped_);
+  validate(chunks, tokens);
+  TESSERA_CHECK_MSG(in_flight() < max_in_flight_, "too many steps in flight; finish one first");
+  chunks_.assign(chunks.begin(), chunks.end());
+  tokens_.assign(tokens.begin(), tokens.end());
+  const Plan plan{kStep, static_cast<int32_t>(chunks.size()), static_cast<int32_t>(tokens.size()), all_rows ? 1 : 0, 0,
+                  0};
+  send_plan(plan);
+  execute_step(plan);
+  pending_.push_back(logit_rows(plan));
+}
+
+void ModelRunner::finish_step(float* logits) {
+  TESSERA_CHECK(leader_ && !pending_.empty());
+  const int rows = pending_.front();
+  pending_.pop_front();
+  const size_t floats = sz(rows) * sz(config().vocab_size);
+  if (floats == 0) return;
+  if (shard_.pp_size == 1) {
+    std::memcpy(logits, logits_ring_[0].data(), floats * sizeof(float));
+  } else {
+    const int last = (shard_.pp_size - 1) * shard_.tp_size;  // the last stage's first tensor-parallel rank
+    groups_->world->recv(logits, floats * sizeof(float), last, kLogitsTag);
+  }
+}
+
+void ModelRunner::stop_workers() {
+  if (!leader_ || stopped_) return;
+  if (groups_) {
+    std::vector<float> drain;
+    while (!pending_.empty()) {
+      drain.resize(sz(std::max(1, pending_.front())) * sz(config().vocab_size));
+      finish_step(drain.data());
+    }
+    const Plan plan{kStop, 0, 0, 0, 0, 0};
+    send_plan(plan);
+    forward_plan(plan);
+  }
+  stopped_ = true;
+}
+
+void ModelRunner::serve() {
+  TESSERA_CHECK_MSG(!leader_ && groups_, "serve() is for the worker ranks of a parallel job");
+  for (;;) {
+    const Plan plan = receive_plan();
+    switch (plan.op) {
+      case kStep:
+        execute_step(plan);
+        break;
+      case kOpen:
+      case kClose:
+        apply_slot_op(plan);
+        forward_plan(plan);
+        break;
+      case kStop:
+        forward_plan(plan);
+        for (uint64_t& id : ring_send_)
+          if (id != 0) groups_->world->wait_send(std::exchange(id, 0));
+        return;
+      default:
+        TESSERA_CHECK_MSG(false, "unknown plan operation " + std::to_string(plan.op));
+    }
+  }
+}
+
+int ModelRunner::logit_rows(const Plan& plan) const {
+  if (plan.all_rows) return plan.n_rows;
+  return static_cast<int>(std::count_if(chunks_.begin(), chunks_.end(), [](const StepChunk& c) { return c.logits; }));
+}
+
+void ModelRunner::send_plan(const Plan& plan) {
+  if (!groups_ || shard_.tp_size == 1) return;
+  Plan copy = plan;
+  groups_->tp_control->broadcast(&copy, sizeof(copy), 0);
+  if (plan.op != kStep) return;
+  groups_->tp->broadcast(chunks_.data(), sz(plan.n_chunks) * sizeof(StepChunk), 0);
+  groups_->tp->broadcast(tokens_.data(), sz(plan.n_rows) * sizeof(int), 0);
+}
+
+ModelRunner::Plan ModelRunner::receive_plan() {
+  Plan plan;
+  if (shard_.first_stage()) {
+    groups_->tp_control->broadcast(&plan, sizeof(plan), 0);
+  } else {
+    groups_->pp_control->recv(&plan, sizeof(plan), shard_.pp_stage - 1, kPlanTag);
+  }
+  if (plan.op != kStep) return plan;
+  TESSERA_CHECK(plan.n_chunks > 0 && plan.n_rows > 0 && plan.n_rows <= max_batch_tokens());
+  chunks_.resize(sz(plan.n_chunks));
+  if (shard_.first_stage()) {
+    tokens_.resize(sz(plan.n_rows));
+    groups_->tp->broadcast(chunks_.data(), sz(plan.n_chunks) * sizeof(StepChunk), 0);
+    groups_->tp->broadcast(tokens_.data(), sz(plan.n_rows) * sizeof(int), 0);
+  } else {
+    groups_->pp->recv(chunks_.data(), sz(plan.n_chunks) * sizeof(StepChunk), shard_.pp_stage - 1, kChunksTag);
+  }
+  return plan;
+}
+
+void ModelRunner::forward_plan(const Plan& plan) {
+  if (!groups_ || shard_.last_stage()) return;
+  groups_->pp_control->send(&plan, sizeof(plan), shard_.pp_stage + 1, kPlanTag);
+}
+
+void ModelRunner::apply_slot_op(const Plan& plan) {
+  TESSERA_CHECK(plan.slot >= 0 && plan.slot < kMaxSlots);
+  if (plan.op == kOpen) {
+    if (sz(plan.slot) >= slots_.size()) slots_.resize(sz(plan.slot) + 1);
+    slots_[sz(plan.slot)].reset();  // free the old cache before allocating the new one
+    slots_[sz(plan.slot)].emplace(model_.make_cache(plan.capacity));
+  } else if (sz(plan.slot) < slots_.size()) {
+    slots_[sz(plan.slot)].reset();
+  }
+}
+
+void ModelRunner::execute_step(const Plan& plan) {
+  const ModelConfig& c = config();
+  seq_chunks_.clear();
+  for (const StepChunk& ch : chunks_) {
+    TESSERA_CHECK_MSG(slot_capacity(ch.slot) > 0, "plan names a closed slot " + std::to_string(ch.slot));
+    seq_chunks_.push_back({&*slots_[sz(ch.slot)], ch.pos0, ch.n_tokens, ch.logits != 0});
+  }
+  const size_t hidden_bytes = sz(plan.n_rows) * sz(c.dim) * sizeof(float);
+  if (shard_.first_stage()) {
+    model_.embed({tokens_.data(), sz(plan.n_rows)});
+  } else {
+    groups_->pp->recv(model_.hidden(), hidden_bytes, shard_.pp_stage - 1, kHiddenTag);
+  }
+  model_.run_layers(seq_chunks_);
+  if (!shard_.last_stage()) {
+    const int next = shard_.pp_stage + 1;
+    groups_->pp_control->send(&plan, sizeof(plan), next, kPlanTag);
+    groups_->pp->send(chunks_.data(), chunks_.size() * sizeof(StepChunk), next, kChunksTag);
+    groups_->pp->send(model_.hidden(), hidden_bytes, next, kHiddenTag);
+    return;
+  }
+  const int rows = logit_rows(plan);
+  if (rows == 0) return;
+  const size_t k = ring_next_;
+  ring_next_ = (ring_next_ + 1) % logits_ring_.size();
+  if (ring_send_[k] != 0) groups_->world->wait_send(std::exchange(ring_send_[k], 0));
+  std::vector<float>& out = logits_ring_[k];
+  const size_t floats = sz(rows) * sz(c.vocab_size);
+  if (out.size() < floats) out.resize(floats);
+  model_.head(seq_chunks_, plan.all_rows != 0, out.data());
+  if (!leader_ && shard_.tp_rank == 0)
+    ring_send_[k] = groups_->world->start_send(out.data(), floats * sizeof(float), 0, kLogitsTag);
+}
+
+}  // namespace tessera
