@@ -6,6 +6,7 @@
 
 #include "cli/commands.h"
 #include "cli/options.h"
+#include "cli/parallel_job.h"
 #include "engine/backend/cpu/cpu_backend.h"
 #include "engine/core/check.h"
 #include "engine/model/llama_model.h"
@@ -17,6 +18,7 @@ namespace {
 
 struct GenerateOptions {
   ModelOptions model;
+  ParallelOptions parallel;
   std::string prompt;
   std::vector<int> prompt_ids;
   int n_tokens = 256;
@@ -27,13 +29,29 @@ struct GenerateOptions {
   bool no_echo = false;
 };
 
+int generate_on_this_rank(const GenerateOptions& o, ParallelJob& job);
+
 int run_generate(const GenerateOptions& o) {
   if (!o.prompt.empty() && !o.prompt_ids.empty()) throw Error("give either --prompt or --prompt-ids, not both");
-  LoadedModel loaded = load(o.model, /*need_tokenizer=*/!o.prompt.empty() || !o.stop.empty());
+  ParallelJob job(o.parallel);
+  return job.run([&] { return generate_on_this_rank(o, job); });
+}
+
+int generate_on_this_rank(const GenerateOptions& o, ParallelJob& job) {
+  job.check_consistent("the options", options_fingerprint(o.model, job.options()));
+  const ShardRequest shard = job.shard_request();
+  const bool leader = job.leader();
+  LoadedModel loaded = load(o.model, /*need_tokenizer=*/leader && (!o.prompt.empty() || !o.stop.empty()), &shard);
+  job.check_consistent("the model " + loaded.data.source, config_fingerprint(loaded.data.config));
   const ModelConfig& config = loaded.data.config;
   CpuBackend backend(o.model.threads);
   backend.set_activation_quant(loaded.act_quant);
-  LlamaModel model(loaded.data, backend);
+  LlamaModel model(loaded.data, backend, 256, job.tp_data());
+  ModelRunner runner(model, job.groups());
+  if (!leader) {
+    runner.serve();
+    return 0;
+  }
 
   GenerationRequest request;
   if (!o.prompt_ids.empty()) {
@@ -50,13 +68,13 @@ int run_generate(const GenerateOptions& o) {
   request.stop_at_eos = !o.ignore_eos;
   request.echo = !o.no_echo;
 
-  ModelRunner runner(model);
   Generator generator(runner, loaded.tokenizer.get());
   std::function<void(std::string_view)> on_text = [](std::string_view text) {
     std::fwrite(text.data(), 1, text.size(), stdout);
     std::fflush(stdout);
   };
   const GenerationResult r = generator.generate(request, on_text);
+  runner.stop_workers();
   if (!loaded.tokenizer) {
     // Without a tokenizer (random weights) the ids are the output.
     for (size_t i = 0; i < r.tokens.size(); ++i) std::printf("%s%d", i ? " " : "", r.tokens[i]);
@@ -64,11 +82,15 @@ int run_generate(const GenerateOptions& o) {
   }
   const int n = static_cast<int>(r.tokens.size());
   std::fprintf(stderr,
-               "\n[tessera] %s on %s | load %.2f s | prompt %d tokens, %.1f tokens/s | generated %d tokens, "
+               "\n[tessera] %s on %s%s | load %.2f s | prompt %d tokens, %.1f tokens/s | generated %d tokens, "
                "%.1f tokens/s | finish: %s\n",
-               loaded.data.source.c_str(), backend.name().c_str(), loaded.load_seconds, r.prompt_tokens,
-               r.prefill_seconds > 0 ? r.prompt_tokens / r.prefill_seconds : 0.0, n,
-               n > 1 && r.decode_seconds > 0 ? (n - 1) / r.decode_seconds : 0.0,
+               loaded.data.source.c_str(), backend.name().c_str(),
+               job.parallel() ? (" | " + std::to_string(job.world_size()) + " ranks (tp " +
+                                 std::to_string(job.options().tp) + " x pp " + std::to_string(job.options().pp) + ")")
+                                    .c_str()
+                              : "",
+               loaded.load_seconds, r.prompt_tokens, r.prefill_seconds > 0 ? r.prompt_tokens / r.prefill_seconds : 0.0,
+               n, n > 1 && r.decode_seconds > 0 ? (n - 1) / r.decode_seconds : 0.0,
                std::string(finish_reason_name(r.finish)).c_str());
   return 0;
 }
@@ -79,6 +101,7 @@ Command add_generate_command(CLI::App& app) {
   auto o = std::make_shared<GenerateOptions>();
   CLI::App* sub = app.add_subcommand("generate", "Generate text from a prompt, streamed to stdout");
   o->model.add_to(*sub);
+  o->parallel.add_to(*sub);
   sub->add_option("-p,--prompt", o->prompt, "Prompt text (empty: start from BOS alone)");
   sub->add_option("--prompt-ids", o->prompt_ids, "Prompt as token ids (BOS included), e.g. for --dummy-weights")
       ->delimiter(',');

@@ -1,6 +1,8 @@
 #include "cli/options.h"
 
+#include <algorithm>
 #include <chrono>
+#include <optional>
 #include <cstdio>
 #include <fstream>
 #include <map>
@@ -9,6 +11,7 @@
 #include "cli/progress.h"
 #include "engine/core/check.h"
 #include "loaders/dummy_model.h"
+#include "loaders/shard_weights.h"
 #include "loaders/model_loader.h"
 #include "loaders/tokenizer.h"
 
@@ -152,17 +155,45 @@ DType parse_dtype(const std::string& name) {
   throw Error("unknown dtype '" + name + "' (use f32, f16 or bf16)");
 }
 
-LoadedModel load(const ModelOptions& options, bool need_tokenizer) {
+namespace {
+
+// The largest quantization group any rule may use: tensor-parallel column splits must fall on its multiples.
+int largest_group(const quant::CompressOptions& compress) {
+  int group = std::max(1, compress.default_spec.group);
+  for (const auto& rule : compress.rules) group = std::max(group, rule.spec.group);
+  return group;
+}
+
+}  // namespace
+
+LoadedModel load(const ModelOptions& options, bool need_tokenizer, const ShardRequest* shard) {
   options.validate();
   // Rules files are read before the model too: a typo should not cost a long load.
   quant::CompressOptions compress;
   if (options.wants_compression()) compress = options.compress_options();
   LoadedModel out;
   const auto t0 = std::chrono::steady_clock::now();
+  const bool sharded = shard != nullptr && (shard->tp_size > 1 || shard->pp_size > 1);
+  if (sharded && !options.calib.empty())
+    throw Error(
+        "activation-aware quantization (--calib) is not supported with --tp/--pp yet; use a "
+        "round-to-nearest scheme (e.g. --quant int4:g32) or run on one rank");
+  std::optional<ModelShard> plan;
   if (options.dummy_weights) {
+    if (sharded) {
+      ShardRequest request = *shard;
+      request.column_align = largest_group(compress);
+      plan = plan_shard(dummy_preset_config(options.preset), request);  // refuse a bad split before generating
+    }
     out.data = make_dummy_model(options.preset, parse_dtype(options.dtype), options.dummy_seed);
   } else {
-    out.data = load_model(options.model);
+    out.data = load_model(options.model);  // maps the files; no weight byte is read yet
+  }
+  if (sharded) {
+    ShardRequest request = *shard;
+    request.column_align = largest_group(compress);
+    if (!plan) plan = plan_shard(out.data.config, request);
+    shard_weights(out.data, *plan);
   }
   std::string tok_path = options.tokenizer;
   if (tok_path.empty() && !options.dummy_weights) tok_path = find_tokenizer_for(options.model);

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "engine/backend/cpu/cpu_backend.h"
+#include "engine/model/shard.h"
 #include "engine/model/weights.h"
 #include "engine/runtime/tokenizer.h"
 #include "quant/compress.h"
@@ -59,7 +60,10 @@ struct LoadedModel {
 // Loads the model and tokenizer, then compresses the weights as the options ask (progress bar on stderr when it
 // is a terminal, one summary line on stderr). need_tokenizer: fail when no tokenizer is found (--calib needs one
 // too).
-LoadedModel load(const ModelOptions& options, bool need_tokenizer);
+// shard: this rank's part of a tensor/pipeline-parallel job (null or 1 x 1: the whole model). The split is
+// planned from the config before any weight is read and checked against the compression's group sizes; only
+// the shard's slices are then read and compressed.
+LoadedModel load(const ModelOptions& options, bool need_tokenizer, const ShardRequest* shard = nullptr);
 
 // Parses "f32" | "f16" | "bf16".
 DType parse_dtype(const std::string& name);

@@ -1,0 +1,168 @@
+#include "cli/parallel_job.h"
+
+#include <cstdio>
+#include <cstdlib>
+#include <limits>
+
+#include "engine/core/check.h"
+#include "parallel/consistency.h"
+#include "parallel/timed_communicator.h"
+#ifdef TESSERA_HAVE_MPI
+#include "parallel/mpi_communicator.h"
+#endif
+
+namespace tessera::cli {
+
+namespace {
+
+// Ranks in the job as the launcher announced it (Open MPI, PMIx, PMI), or 0 outside a launcher.
+int launcher_world_size() {
+  for (const char* var : {"OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "PMI_SIZE"}) {
+    if (const char* v = std::getenv(var)) return std::atoi(v);
+  }
+  return 0;
+}
+
+#ifdef TESSERA_HAVE_MPI
+const MpiRuntime* g_runtime = nullptr;  // for abort_if_parallel from main's error path
+#endif
+
+}  // namespace
+
+void ParallelOptions::add_to(CLI::App& app) {
+  app.add_option("--tp", tp, "Tensor-parallel ranks per pipeline stage (run under mpirun with tp x pp ranks)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--pp", pp, "Pipeline stages (contiguous layer ranges)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--pp-layers", pp_layers, "Layers per pipeline stage, e.g. 12,10 (default: even split)")
+      ->delimiter(',');
+  app.add_option("--comm-timeout", comm_timeout,
+                 "Seconds a collective or transfer may take before every rank exits with an error")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+}
+
+#ifdef TESSERA_HAVE_MPI
+struct ParallelJob::Mpi {
+  MpiRuntime runtime;
+  MpiCommunicator world;
+  MpiCommunicator control;
+  std::unique_ptr<MpiCommunicator> tp, tp_control, pp, pp_control;
+  std::unique_ptr<TimedCommunicator> world_timed, tp_timed, pp_timed;
+
+  explicit Mpi(double timeout)
+      : runtime(nullptr, nullptr, timeout),
+        world(runtime, timeout, "world"),
+        control(runtime, std::numeric_limits<double>::infinity(), "control") {}
+};
+#else
+struct ParallelJob::Mpi {};
+#endif
+
+ParallelJob::ParallelJob(const ParallelOptions& options) : options_(options) {
+  const int wanted = options.tp * options.pp;
+  const int launched = launcher_world_size();
+  if (wanted == 1 && launched <= 1) return;  // a single process: no MPI at all
+#ifndef TESSERA_HAVE_MPI
+  throw Error("--tp/--pp need the MPI build of tessera (configure with -DTESSERA_ENABLE_MPI=ON)");
+#else
+  mpi_ = std::make_unique<Mpi>(options.comm_timeout);
+  world_rank_ = mpi_->runtime.world_rank();
+  world_size_ = mpi_->runtime.world_size();
+  // Every rank sees the same mismatch and exits normally; only after this may errors abort the job.
+  if (world_size_ != wanted)
+    throw Error("--tp " + std::to_string(options.tp) + " x --pp " + std::to_string(options.pp) + " = " +
+                std::to_string(wanted) + " ranks, but the job has " + std::to_string(world_size_) +
+                " (start it with mpirun -np " + std::to_string(wanted) + ")");
+  if (world_size_ == 1) return;
+  g_runtime = &mpi_->runtime;
+  const int tp = options.tp, stage = world_rank_ / tp, tp_rank = world_rank_ % tp;
+  Mpi& m = *mpi_;
+  m.tp = m.world.split(stage, tp_rank, "tp");
+  m.tp_control = m.control.split(stage, tp_rank, "tp");
+  m.pp = m.world.split(tp_rank, stage, "pp");
+  m.pp_control = m.control.split(tp_rank, stage, "pp");
+  m.world_timed = std::make_unique<TimedCommunicator>(m.world);
+  m.tp_timed = std::make_unique<TimedCommunicator>(*m.tp);
+  m.pp_timed = std::make_unique<TimedCommunicator>(*m.pp);
+  groups_.world = m.world_timed.get();
+  groups_.tp = m.tp_timed.get();
+  groups_.tp_control = m.tp_control.get();
+  groups_.pp = m.pp_timed.get();
+  groups_.pp_control = m.pp_control.get();
+#endif
+}
+
+ParallelJob::~ParallelJob() {
+#ifdef TESSERA_HAVE_MPI
+  if (mpi_) g_runtime = nullptr;
+#endif
+}
+
+ShardRequest ParallelJob::shard_request() const {
+  ShardRequest r;
+  r.tp_size = options_.tp;
+  r.pp_size = options_.pp;
+  r.tp_rank = world_rank_ % options_.tp;
+  r.pp_stage = world_rank_ / options_.tp;
+  r.pp_layers = options_.pp_layers;
+  return r;
+}
+
+void ParallelJob::check_consistent(const std::string& what, uint64_t fingerprint) const {
+#ifdef TESSERA_HAVE_MPI
+  if (parallel()) tessera::check_consistent(mpi_->world, what, fingerprint);
+#endif
+}
+
+double ParallelJob::comm_seconds() const {
+#ifdef TESSERA_HAVE_MPI
+  if (parallel()) return mpi_->world_timed->seconds() + mpi_->tp_timed->seconds() + mpi_->pp_timed->seconds();
+#endif
+  return 0.0;
+}
+
+void ParallelJob::reset_comm_seconds() {
+#ifdef TESSERA_HAVE_MPI
+  if (!parallel()) return;
+  mpi_->world_timed->reset();
+  mpi_->tp_timed->reset();
+  mpi_->pp_timed->reset();
+#endif
+}
+
+uint64_t options_fingerprint(const ModelOptions& m, const ParallelOptions& p) {
+  Fingerprint f;
+  f.add(m.dummy_weights ? "dummy:" + m.preset + ":" + m.dtype + ":" + std::to_string(m.dummy_seed) : m.model);
+  f.add(m.quant).add(m.quant_rules_file).add(m.act_quant).add(static_cast<uint64_t>(m.quant_rules.size()));
+  for (const std::string& r : m.quant_rules) f.add(r);
+  f.add(static_cast<uint64_t>(p.tp)).add(static_cast<uint64_t>(p.pp));
+  for (int n : p.pp_layers) f.add(static_cast<uint64_t>(n));
+  return f.value();
+}
+
+uint64_t config_fingerprint(const ModelConfig& c) {
+  Fingerprint f;
+  f.add(c.arch);
+  for (int v : {c.dim, c.hidden_dim, c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim, c.vocab_size, c.max_seq_len,
+                c.bos_id, c.eos_id, static_cast<int>(c.rope_style), c.tied_embeddings ? 1 : 0, c.qkv_bias ? 1 : 0})
+    f.add(static_cast<uint64_t>(static_cast<int64_t>(v)));
+  f.add_bytes(&c.rms_eps, sizeof(c.rms_eps)).add_bytes(&c.rope_theta, sizeof(c.rope_theta));
+  return f.value();
+}
+
+void ParallelJob::fail(const std::exception& e) const {
+  if (!parallel()) return;
+  std::fprintf(stderr, "error: rank %d: %s\n", world_rank_, e.what());
+  abort_if_parallel(1);
+}
+
+void ParallelJob::abort_if_parallel(int status) {
+#ifdef TESSERA_HAVE_MPI
+  if (g_runtime != nullptr && g_runtime->world_size() > 1) g_runtime->abort(status);
+#endif
+}
+
+}  // namespace tessera::cli
