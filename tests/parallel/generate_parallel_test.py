@@ -1,0 +1,46 @@
+#!/usr/bin/env python3
+"""`mpirun -np N tessera generate --tp T --pp P` prints exactly what one process prints (stories260K, greedy),
+for every layout of 2 and 4 ranks, plain and int4:g32; and a bad layout is refused with a clear error.
+
+    generate_parallel_test.py TESSERA_BIN MODELS_DIR MPIEXEC
+"""
+import os
+import subprocess
+import sys
+
+
+def main():
+    tessera, models, mpiexec = sys.argv[1], sys.argv[2], sys.argv[3]
+    models = os.environ.get("TESSERA_MODELS") or models
+    model = os.path.join(models, "stories260K", "stories260K.bin")
+    if not os.path.exists(model):
+        print(f"SKIP: {model} not found (set TESSERA_MODELS)")
+        return 77
+    tok = os.path.join(models, "stories260K", "tok512.model")
+    mpi = [mpiexec, "--oversubscribe", "--allow-run-as-root"]
+    failures = 0
+    for quant in ([], ["--quant", "int4:g32"]):
+        gen = [tessera, "generate", "--model", model, "--tokenizer", tok, "-p", "Once upon a time", "-n", "100",
+               "--temperature", "0", "--threads", "1"] + quant
+        want = subprocess.run(gen, capture_output=True, text=True, check=True).stdout
+        for tp, pp in [(2, 1), (1, 2), (2, 2), (1, 4)]:
+            r = subprocess.run(mpi + ["-np", str(tp * pp)] + gen + ["--tp", str(tp), "--pp", str(pp)],
+                               capture_output=True, text=True, timeout=240)
+            same = r.returncode == 0 and r.stdout == want
+            print(f"tp {tp} x pp {pp} {' '.join(quant)}: {'same' if same else 'DIFFERENT'} (exit {r.returncode})")
+            if not same:
+                failures += 1
+                print(r.stdout + r.stderr[-2000:])
+    r = subprocess.run(mpi + ["-np", "3", tessera, "generate", "--model", model, "-p", "x", "--tp", "3"],
+                       capture_output=True, text=True, timeout=120)
+    refused = r.returncode != 0 and "--tp 3 does not divide the model's 8 attention heads" in r.stderr
+    print(f"--tp 3 refused: {refused}")
+    r = subprocess.run(mpi + ["-np", "3", tessera, "generate", "--model", model, "-p", "x", "--tp", "2"],
+                       capture_output=True, text=True, timeout=120)
+    refused2 = r.returncode != 0 and "= 2 ranks, but the job has 3" in r.stderr
+    print(f"--tp 2 on 3 ranks refused: {refused2}")
+    return 0 if failures == 0 and refused and refused2 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
