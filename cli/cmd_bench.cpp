@@ -3,12 +3,14 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "cli/bench_parallel.h"
 #include "cli/commands.h"
 #include "cli/machine_probe.h"
 #include "cli/options.h"
@@ -35,6 +37,8 @@ struct BenchOptions {
   int repeats = 1;
   bool json_output = false;
   bool skip_probe = false;
+  ParallelOptions parallel;
+  int sequences = 0;  // > 0, --tp/--pp or mpirun: the leader/worker runtime benchmark (bench_parallel.h)
 };
 
 double seconds_since(Clock::time_point t0) {
@@ -149,6 +153,26 @@ void print_human(const json& report) {
 }
 
 int run_bench(BenchOptions o) {
+  if (o.sequences > 0 || o.parallel.tp * o.parallel.pp > 1 || std::getenv("OMPI_COMM_WORLD_SIZE") != nullptr) {
+    if (o.presets.size() + (o.model.model.empty() ? 0 : 1) > 1)
+      throw Error("the parallel benchmark (--tp/--pp/--sequences) measures one model: give one --preset or --model");
+    ParallelBenchOptions p;
+    p.model = o.model;
+    if (!o.presets.empty()) {
+      p.model.dummy_weights = true;
+      p.model.preset = o.presets.front();
+    } else if (o.model.model.empty()) {
+      p.model.dummy_weights = true;
+      p.model.preset = "llama-110m";
+    }
+    p.parallel = o.parallel;
+    p.threads = o.threads.front();
+    p.prompt_len = o.prompt_lens.front();
+    p.gen_tokens = o.gen_tokens;
+    p.sequences = std::max(1, o.sequences);
+    p.json_output = o.json_output;
+    return run_parallel_bench(p);
+  }
   if (o.presets.empty() && o.model.model.empty()) o.presets = {"llama-110m"};
   if (o.repeats < 1 || o.gen_tokens < 1) throw Error("--repeats and --gen must be >= 1");
   std::sort(o.threads.begin(), o.threads.end());
@@ -233,6 +257,11 @@ Command add_bench_command(CLI::App& app) {
   sub->add_option("--repeats", o->repeats, "Prefill repetitions (best is kept)")->capture_default_str();
   o->model.add_quant_options(*sub);
   sub->add_flag("--json", o->json_output, "Print one JSON object instead of a table");
+  o->parallel.add_to(*sub);
+  sub->add_option("--sequences", o->sequences,
+                  "Benchmark the leader/worker runtime (also under mpirun) with this many sequences in flight; "
+                  "uses the first --threads and --prompt-lens values")
+      ->check(CLI::PositiveNumber);
   sub->add_flag("--skip-probe", o->skip_probe, "Do not measure bandwidth and FMA peak (faster; no efficiencies)");
   return [o] { return run_bench(*o); };
 }
