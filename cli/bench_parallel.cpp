@@ -126,7 +126,7 @@ int run_parallel_bench(const ParallelBenchOptions& o) {
   return job.run([&] {
     job.check_consistent("the options", options_fingerprint(o.model, job.options()));
     const ShardRequest shard = job.shard_request();
-    const LoadedModel loaded = load(o.model, /*need_tokenizer=*/false, &shard);
+    const LoadedModel loaded = load(o.model, /*need_tokenizer=*/false, &shard, job.tp_data());
     job.check_consistent("the model " + loaded.data.source, config_fingerprint(loaded.data.config));
     if (o.prompt_len + o.gen_tokens + 1 > loaded.data.config.max_seq_len)
       throw Error("--prompt-lens + --gen exceed the model's context of " +

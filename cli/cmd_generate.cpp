@@ -41,7 +41,8 @@ int generate_on_this_rank(const GenerateOptions& o, ParallelJob& job) {
   job.check_consistent("the options", options_fingerprint(o.model, job.options()));
   const ShardRequest shard = job.shard_request();
   const bool leader = job.leader();
-  LoadedModel loaded = load(o.model, /*need_tokenizer=*/leader && (!o.prompt.empty() || !o.stop.empty()), &shard);
+  LoadedModel loaded =
+      load(o.model, /*need_tokenizer=*/leader && (!o.prompt.empty() || !o.stop.empty()), &shard, job.tp_data());
   job.check_consistent("the model " + loaded.data.source, config_fingerprint(loaded.data.config));
   const ModelConfig& config = loaded.data.config;
   CpuBackend backend(o.model.threads);

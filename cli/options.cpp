@@ -2,17 +2,17 @@
 
 #include <algorithm>
 #include <chrono>
-#include <optional>
 #include <cstdio>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <sstream>
 
 #include "cli/progress.h"
 #include "engine/core/check.h"
 #include "loaders/dummy_model.h"
-#include "loaders/shard_weights.h"
 #include "loaders/model_loader.h"
+#include "loaders/shard_weights.h"
 #include "loaders/tokenizer.h"
 
 namespace tessera::cli {
@@ -166,7 +166,7 @@ int largest_group(const quant::CompressOptions& compress) {
 
 }  // namespace
 
-LoadedModel load(const ModelOptions& options, bool need_tokenizer, const ShardRequest* shard) {
+LoadedModel load(const ModelOptions& options, bool need_tokenizer, const ShardRequest* shard, Communicator* tp_group) {
   options.validate();
   // Rules files are read before the model too: a typo should not cost a long load.
   quant::CompressOptions compress;
@@ -194,6 +194,12 @@ LoadedModel load(const ModelOptions& options, bool need_tokenizer, const ShardRe
     request.column_align = largest_group(compress);
     if (!plan) plan = plan_shard(out.data.config, request);
     shard_weights(out.data, *plan);
+    if (plan->tp_size > 1) {
+      TESSERA_CHECK(tp_group != nullptr && tp_group->size() == plan->tp_size);
+      compress.share_row_absmax = [tp_group](std::vector<float>& amax) {
+        all_reduce_max(*tp_group, amax.data(), amax.size());
+      };
+    }
   }
   std::string tok_path = options.tokenizer;
   if (tok_path.empty() && !options.dummy_weights) tok_path = find_tokenizer_for(options.model);

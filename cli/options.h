@@ -12,6 +12,7 @@
 #include "engine/model/shard.h"
 #include "engine/model/weights.h"
 #include "engine/runtime/tokenizer.h"
+#include "parallel/communicator.h"
 #include "quant/compress.h"
 
 namespace tessera::cli {
@@ -63,7 +64,10 @@ struct LoadedModel {
 // shard: this rank's part of a tensor/pipeline-parallel job (null or 1 x 1: the whole model). The split is
 // planned from the config before any weight is read and checked against the compression's group sizes; only
 // the shard's slices are then read and compressed.
-LoadedModel load(const ModelOptions& options, bool need_tokenizer, const ShardRequest* shard = nullptr);
+// tp_group: the shard's tensor-parallel group (needed when shard->tp_size > 1 and int8 is used: the ranks agree
+// on each split row's scale).
+LoadedModel load(const ModelOptions& options, bool need_tokenizer, const ShardRequest* shard = nullptr,
+                 Communicator* tp_group = nullptr);
 
 // Parses "f32" | "f16" | "bf16".
 DType parse_dtype(const std::string& name);

@@ -1,10 +1,19 @@
 #include "parallel/communicator.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <vector>
 
 namespace tessera {
+
+void all_reduce_max(Communicator& comm, float* data, size_t count) {
+  const size_t ranks = static_cast<size_t>(comm.size());
+  std::vector<float> all(count * ranks);
+  comm.all_gather(data, count, all.data());
+  for (size_t r = 0; r < ranks; ++r)
+    for (size_t i = 0; i < count; ++i) data[i] = std::max(data[i], all[r * count + i]);
+}
 
 ArgmaxCandidate better_candidate(const ArgmaxCandidate& a, const ArgmaxCandidate& b) {
   if (a.index < 0) return b.index < 0 ? ArgmaxCandidate{} : b;

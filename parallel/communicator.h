@@ -54,6 +54,10 @@ ArgmaxCandidate better_candidate(const ArgmaxCandidate& a, const ArgmaxCandidate
 // Folds `count` candidates with better_candidate; {0, -1} when count is 0 or none is real.
 ArgmaxCandidate reduce_argmax(const ArgmaxCandidate* candidates, size_t count);
 
+class Communicator;
+// data[i] <- the maximum of data[i] over all ranks, through all_gather (rare, small: e.g. quantization scales).
+void all_reduce_max(Communicator& comm, float* data, size_t count);
+
 // Tags for send/recv: 0..kMaxTag (the smallest upper bound MPI guarantees).
 inline constexpr int kMaxTag = 32767;
 

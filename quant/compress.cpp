@@ -114,6 +114,7 @@ struct Encoding {
   std::span<const float> col_scale;   // empty = ones
   std::span<const float> row_div;     // empty = ones
   std::span<const float> importance;  // empty = none
+  std::span<const float> row_amax;    // Q8 only: each row's max |w| over the whole (sharded) row; empty = own
 };
 
 struct Encoded {
@@ -179,6 +180,21 @@ void square_sums(const float* a, const float* b, size_t n, double* e2, double* n
   *n2 = sn;
 }
 
+// Max |w| of every row (any dtype).
+std::vector<float> row_absmax(const Matrix& src, ThreadPool& pool) {
+  std::vector<float> amax(static_cast<size_t>(src.rows));
+  pool.parallel_for(src.rows, 1, [&](int64_t b, int64_t e) {
+    std::vector<float> w(static_cast<size_t>(src.cols));
+    for (int64_t r = b; r < e; ++r) {
+      expand_row(src, r, w.data());
+      float m = 0.0f;
+      for (float v : w) m = std::max(m, std::fabs(v));
+      amax[static_cast<size_t>(r)] = m;
+    }
+  });
+  return amax;
+}
+
 // Re-encodes `src` (any dtype) into new storage. Rows are processed in slabs so progress can be reported between
 // them; per-row error terms are summed in row order so the result does not depend on the thread count.
 Encoded encode_matrix(const Matrix& src, const Encoding& enc, WeightStore& store, ThreadPool& pool,
@@ -211,7 +227,11 @@ Encoded encode_matrix(const Matrix& src, const Encoding& enc, WeightStore& store
           x = ws.data();
         }
         uint8_t* row = buf + static_cast<size_t>(r) * row_bytes;
-        encode_row(x, src.cols, enc.dtype, dst.group, importance, row);
+        if (!enc.row_amax.empty() && importance == nullptr) {
+          quantize_q8_row_with_amax(x, src.cols, enc.row_amax[static_cast<size_t>(r)], row);
+        } else {
+          encode_row(x, src.cols, enc.dtype, dst.group, importance, row);
+        }
         decode_row(row, src.cols, enc.dtype, dst.group, dq.data());
         // The error is measured on the effective weights in the original basis, so it is comparable between
         // plain and activation-aware quantization.
@@ -448,6 +468,13 @@ CompressReport run_pipeline(ModelData& model, const CompressOptions& options, co
       tr.bytes_after = is_lm_head && m.data == new_embeddings.data ? 0 : src.bytes();
       progress.add(static_cast<size_t>(src.rows * src.cols));
     } else {
+      std::vector<float> row_amax;
+      const bool column_slice = (t.proj == kWo || t.proj == kWDown) && model.layout().tp_size > 1;
+      if (options.share_row_absmax && column_slice && enc.dtype == DType::Q8 && !transform) {
+        row_amax = row_absmax(src, pool);
+        options.share_row_absmax(row_amax);
+        enc.row_amax = row_amax;
+      }
       Encoded e = encode_matrix(src, enc, *model.store, pool, progress);
       m = e.matrix;
       tr.bytes_after = m.bytes();

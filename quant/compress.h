@@ -28,6 +28,11 @@ struct CompressOptions {
   bool activation_aware = false;        // AWQ-style scale search for int4/NF4 weights; needs calibration_tokens
   std::vector<int> calibration_tokens;  // tokenized calibration text (BOS first)
   int threads = 0;                      // 0 = all cores
+  // Tensor parallelism: for an int8 matrix that is a column slice of the whole (wo, w_down of a shard with
+  // tp > 1), called on the calling thread, in the same order on every rank, with the slice's max |w| per row;
+  // it must replace each value by the maximum over the tensor-parallel ranks (an all-gather), so every row's
+  // scale is the one a single process would choose. Null: scales from the slice alone.
+  std::function<void(std::vector<float>& row_absmax)> share_row_absmax;
   std::function<void(size_t done, size_t total)> progress;  // called from the calling thread; may be null
 };
 

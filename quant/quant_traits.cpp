@@ -84,6 +84,15 @@ double q8_encode(const float* x, int64_t n, float scale, const float* w, int8_t*
   return err;
 }
 
+void write_q8_row(const float* x, int64_t cols, float scale, void* row) {
+  auto* out = static_cast<uint8_t*>(row);
+  std::memcpy(out, &scale, sizeof scale);
+  auto* q = reinterpret_cast<int8_t*>(out + 4);
+  q8_encode(x, cols, scale, nullptr, q);
+  const auto padded = static_cast<int64_t>(dtype_row_bytes(DType::Q8, cols, 0)) - 4;
+  for (int64_t i = cols; i < padded; ++i) q[i] = 0;
+}
+
 void q8_quantize_row(const float* x, int64_t cols, int /*group*/, const float* importance, void* row) {
   float amax = 0.0f;
   for (int64_t i = 0; i < cols; ++i) amax = std::max(amax, std::fabs(x[i]));
@@ -99,12 +108,7 @@ void q8_quantize_row(const float* x, int64_t cols, int /*group*/, const float* i
       }
     }
   }
-  auto* out = static_cast<uint8_t*>(row);
-  std::memcpy(out, &scale, sizeof scale);
-  auto* q = reinterpret_cast<int8_t*>(out + 4);
-  q8_encode(x, cols, scale, nullptr, q);
-  const auto padded = static_cast<int64_t>(dtype_row_bytes(DType::Q8, cols, 0)) - 4;
-  for (int64_t i = cols; i < padded; ++i) q[i] = 0;
+  write_q8_row(x, cols, scale, row);
 }
 
 void q8_dequantize_row(const void* row, int64_t cols, int /*group*/, float* out) {
@@ -391,6 +395,10 @@ void dequantize_matrix_row(const Matrix& w, int64_t r, float* out) {
     default:
       quant_traits(w.dtype).dequantize_row(row, w.cols, w.group, out);
   }
+}
+
+void quantize_q8_row_with_amax(const float* x, int64_t cols, float amax, void* row) {
+  write_q8_row(x, cols, amax / 127.0f, row);
 }
 
 void quantize_activations(const float* x, int64_t n, BlockQ8Act* out) {

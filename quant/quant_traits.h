@@ -28,6 +28,10 @@ const QuantTraits& quant_traits(DType t);
 // Expands row r of any matrix (plain or quantized) to fp32.
 void dequantize_matrix_row(const Matrix& w, int64_t r, float* out);
 
+// Q8 with a given row maximum |x| (>= the row's own): scale = amax / 127. Tensor-parallel shards holding part of
+// a row use the maximum over the whole row, so they store exactly what one process stores.
+void quantize_q8_row_with_amax(const float* x, int64_t cols, float amax, void* row);
+
 // Quantizes a vector of activations into ceil(n / 32) BlockQ8Act blocks (last block zero-padded).
 void quantize_activations(const float* x, int64_t n, struct BlockQ8Act* out);
 

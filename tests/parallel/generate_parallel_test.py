@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """`mpirun -np N tessera generate --tp T --pp P` prints exactly what one process prints (stories260K, greedy),
-for every layout of 2 and 4 ranks, plain and int4:g32; and a bad layout is refused with a clear error.
+for every layout of 2 and 4 ranks, plain, int4:g32 and int8; and a bad layout is refused with a clear error.
 
     generate_parallel_test.py TESSERA_BIN MODELS_DIR MPIEXEC
 """
@@ -19,7 +19,7 @@ def main():
     tok = os.path.join(models, "stories260K", "tok512.model")
     mpi = [mpiexec, "--oversubscribe", "--allow-run-as-root"]
     failures = 0
-    for quant in ([], ["--quant", "int4:g32"]):
+    for quant in ([], ["--quant", "int4:g32"], ["--quant", "int8"]):
         gen = [tessera, "generate", "--model", model, "--tokenizer", tok, "-p", "Once upon a time", "-n", "100",
                "--temperature", "0", "--threads", "1"] + quant
         want = subprocess.run(gen, capture_output=True, text=True, check=True).stdout

@@ -73,11 +73,15 @@ struct Case {
   int new_tokens = 24;
 };
 
-void quantize(ModelData& m, const std::string& scheme) {
+// As the CLI does: int8 scales of split rows agreed over the tensor-parallel group.
+void quantize(ModelData& m, const std::string& scheme, Communicator* tp = nullptr) {
   if (scheme.empty()) return;
   quant::CompressOptions o;
   o.default_spec = quant::QuantSpec::parse(scheme);
   o.threads = 1;
+  if (tp != nullptr && tp->size() > 1) {
+    o.share_row_absmax = [tp](std::vector<float>& amax) { all_reduce_max(*tp, amax.data(), amax.size()); };
+  }
   quant::compress_model(m, o);
 }
 
@@ -114,7 +118,7 @@ void run_case(const Case& c, int tp, int pp) {
 
   ModelData shard = c.make();
   shard_weights(shard, plan_shard(shard.config, layout.request(group_of(c.quant))));
-  quantize(shard, c.quant);
+  quantize(shard, c.quant, layout.tp_data.get());
   LlamaModel model(shard, backend, 64, layout.tp_data.get());
   ModelRunner runner(model, &layout.groups, 2);
   if (!leader) {
@@ -177,16 +181,9 @@ TEST(ShardedModel, Bf16Weights) {
 }
 
 // Splits fall on multiples of 32, so every shard quantizes the same groups as one process.
-// int8 is exact only without tensor parallelism: its one scale per row spans the whole row, and a row-parallel
-// shard (wo, w_down) sees half of it (known gap: the shards would have to agree on each row's maximum).
-bool exact_layout(const std::string& scheme, int tp) {
-  return scheme != "int8" || tp == 1;
-}
-
 TEST(ShardedModel, Int8AndInt4QuantizedPerShard) {
   for (const char* scheme : {"int8", "int4:g32", "int4:g32:asym", "nf4:g32"}) {
     for (auto [tp, pp] : layouts()) {
-      if (!exact_layout(scheme, tp)) continue;
       run_case({[] { return testing::tiny_model(config(128, 4, 2, 32, 256, 4, false, false), DType::F32, 14); }, scheme,
                 kPrompt},
                tp, pp);
@@ -202,7 +199,6 @@ TEST(ShardedModel, Stories260K) {
     for (auto [tp, pp] : layouts()) {
       // stories260K has 8 heads of 8 dims: with 4 ranks wo splits at column 16, finer than a group of 32.
       if (std::string(scheme) == "int4:g32" && tp > 2) continue;
-      if (!exact_layout(scheme, tp)) continue;
       run_case({[&] { return load_model(path); }, scheme, prompt, 40}, tp, pp);
     }
   }
