@@ -89,6 +89,16 @@ int group_of(const std::string& scheme) {
   return scheme.empty() ? 1 : std::max(1, quant::QuantSpec::parse(scheme).group);
 }
 
+std::vector<int> greedy(ModelRunner& runner, const Case& c) {
+  Generator gen(runner, nullptr);
+  GenerationRequest req;
+  req.prompt = c.prompt;
+  req.max_new_tokens = c.new_tokens;
+  req.stop_at_eos = false;
+  req.sampling.temperature = 0.0f;
+  return gen.generate(req).tokens;
+}
+
 // Runs the case on one layout; returns false (on every rank) when the split is refused for this model.
 void run_case(const Case& c, int tp, int pp) {
   SCOPED_TRACE("tp " + std::to_string(tp) + " x pp " + std::to_string(pp) + (c.quant.empty() ? "" : " " + c.quant));
@@ -107,13 +117,7 @@ void run_case(const Case& c, int tp, int pp) {
     want_logits.resize(c.prompt.size() * static_cast<size_t>(full.config.vocab_size));
     model.forward(c.prompt, 0, cache, LogitsMode::kAll, want_logits.data());
     ModelRunner runner(model);
-    Generator gen(runner, nullptr);
-    GenerationRequest req;
-    req.prompt = c.prompt;
-    req.max_new_tokens = c.new_tokens;
-    req.stop_at_eos = false;
-    req.sampling.temperature = 0.0f;  // greedy
-    want_tokens = gen.generate(req).tokens;
+    want_tokens = greedy(runner, c);
   }
 
   ModelData shard = c.make();
@@ -136,13 +140,7 @@ void run_case(const Case& c, int tp, int pp) {
   EXPECT_LT(worst, 1e-4) << "largest logit difference over " << c.prompt.size() << " positions x " << vocab;
   runner.close_slot(3);
 
-  Generator gen(runner, nullptr);
-  GenerationRequest req;
-  req.prompt = c.prompt;
-  req.max_new_tokens = c.new_tokens;
-  req.stop_at_eos = false;
-  req.sampling.temperature = 0.0f;  // greedy
-  EXPECT_EQ(gen.generate(req).tokens, want_tokens);
+  EXPECT_EQ(greedy(runner, c), want_tokens);
   runner.stop_workers();
 }
 
