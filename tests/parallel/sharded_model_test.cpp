@@ -99,7 +99,7 @@ std::vector<int> greedy(ModelRunner& runner, const Case& c) {
   return gen.generate(req).tokens;
 }
 
-// Runs the case on one layout; returns false (on every rank) when the split is refused for this model.
+// Runs the case on one layout: rank 0 compares, the other ranks serve its steps.
 void run_case(const Case& c, int tp, int pp) {
   SCOPED_TRACE("tp " + std::to_string(tp) + " x pp " + std::to_string(pp) + (c.quant.empty() ? "" : " " + c.quant));
   Layout layout(tp, pp);
