@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Installs everything Tessera's build and tests need on Debian 12, non-interactively; safe to run again.
-#   - Debian packages: compiler, CMake, SentencePiece, nlohmann/json, CLI11, GoogleTest, Open MPI
-#   - a Python virtual environment in .venv with the test-side tools (numpy, safetensors, sentencepiece)
+#   - Debian packages: compiler, CMake, SentencePiece, nlohmann/json, CLI11, GoogleTest, Open MPI, Boost
+#     (Beast/Asio headers for the HTTP server), curl (server tests)
+#   - a Python virtual environment in .venv with the test-side tools (numpy, safetensors, sentencepiece,
+#     requests and openai for the server tests)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(build-essential cmake pkg-config git
           libsentencepiece-dev nlohmann-json3-dev libcli11-dev libgtest-dev libgmock-dev
           libopenmpi-dev openmpi-bin
+          libboost-dev curl
           python3 python3-venv clang-format)
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi

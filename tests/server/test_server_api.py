@@ -1,0 +1,242 @@
+"""End-to-end tests of `tessera serve` on stories260K: every endpoint with requests, the openai package and curl,
+streaming parsed chunk by chunk, bad input, and 64 concurrent clients whose greedy outputs must equal single runs.
+
+usage: test_server_api.py TESSERA MODELS_DIR {api|concurrency}
+"""
+import json
+import os
+import subprocess
+import sys
+import threading
+
+import requests
+
+sys.path.insert(0, os.path.dirname(__file__))
+from serve_fixture import Server, models_dir, skip  # noqa: E402
+
+TESSERA, MODELS, GROUP = sys.argv[1], models_dir(sys.argv[2]), sys.argv[3]
+MODEL = os.path.join(MODELS, "stories260K", "stories260K.bin")
+TOKENIZER = os.path.join(MODELS, "stories260K", "tok512.model")
+if not os.path.exists(MODEL) or not os.path.exists(TOKENIZER):
+    skip("stories260K not found in " + MODELS + " (set TESSERA_MODELS)")
+
+failures = []
+
+
+def check(cond, what):
+    if not cond:
+        failures.append(what)
+        print("FAIL: " + what)
+
+
+def sse_events(resp):
+    """The data: payloads of an SSE response, one per event, as they arrive."""
+    for line in resp.iter_lines(decode_unicode=True):
+        if line and line.startswith("data:"):
+            yield line[5:].strip()
+
+
+def complete(url, prompt, max_tokens, **extra):
+    body = {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0}
+    body.update(extra)
+    r = requests.post(url + "/v1/completions", json=body, timeout=120)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def api_tests(srv):
+    url = srv.url
+    # /health, /v1/models, /metrics
+    check(requests.get(url + "/health").json() == {"status": "ok"}, "health ok")
+    models = requests.get(url + "/v1/models").json()
+    check(models["object"] == "list" and models["data"][0]["id"] == "stories260K", "v1/models lists the model")
+    metrics = requests.get(url + "/metrics")
+    check(metrics.status_code == 200 and "tessera_kv_blocks_free" in metrics.text, "metrics text")
+
+    # Completions: greedy text equals the published llama2.c output's start (tests/cli golden file).
+    golden = open(os.path.join(MODELS, "stories260K", "greedy-200.txt")).read()
+    out = complete(url, "Once upon a time", 40)
+    choice = out["choices"][0]
+    check(out["object"] == "text_completion", "completion object")
+    check(("Once upon a time" + choice["text"]) in golden or golden.startswith(("Once upon a time" + choice["text"])[:100]),
+          "greedy completion matches llama2.c's text: %r" % choice["text"])
+    check(choice["finish_reason"] == "length", "finish_reason length")
+    check(out["usage"]["completion_tokens"] == 40 and out["usage"]["prompt_tokens"] == 5, "usage %r" % out["usage"])
+    # Token-array prompt gives the same text; echo prepends the prompt.
+    ids = [1, 403, 407, 261, 378]  # <s> Once upon a time (tok512)
+    out_ids = complete(url, ids, 40)
+    check(out_ids["choices"][0]["text"] == choice["text"], "token-array prompt equals text prompt")
+    echo = complete(url, "Once upon a time", 5, echo=True)
+    check(echo["choices"][0]["text"].startswith("Once upon a time"), "echo")
+    # Stop string: cut before it, finish_reason stop.
+    stop = complete(url, "Once upon a time", 40, stop=["little"])
+    check(stop["choices"][0]["finish_reason"] == "stop" and "little" not in stop["choices"][0]["text"], "stop string")
+    check(choice["text"].startswith(stop["choices"][0]["text"]), "stop text is a prefix")
+    # logprobs: the greedy token is the top alternative.
+    lp = complete(url, "Once upon a time", 4, logprobs=2)["choices"][0]["logprobs"]
+    check(len(lp["token_logprobs"]) == 4 and all(x <= 0 for x in lp["token_logprobs"]), "logprobs values")
+    check(all(max(t.values()) == v for t, v in zip(lp["top_logprobs"], lp["token_logprobs"])), "greedy = top logprob")
+    # Seeded sampling is reproducible; n returns n choices.
+    a = complete(url, "Once upon a time", 20, temperature=1.0, seed=7, n=2)
+    b = complete(url, "Once upon a time", 20, temperature=1.0, seed=7, n=2)
+    check(len(a["choices"]) == 2 and [c["text"] for c in a["choices"]] == [c["text"] for c in b["choices"]], "seed + n")
+    # Penalties are accepted and change a greedy continuation somewhere in 40 tokens.
+    pen = complete(url, "Once upon a time", 40, frequency_penalty=2.0, presence_penalty=2.0)
+    check(pen["choices"][0]["text"] != choice["text"], "penalties change the output")
+
+    # Streaming, parsed chunk by chunk: the deltas add up to the non-streamed text; usage chunk; [DONE] last.
+    r = requests.post(url + "/v1/completions", json={"prompt": "Once upon a time", "max_tokens": 40, "temperature": 0,
+                                                     "stream": True, "stream_options": {"include_usage": True}},
+                      stream=True)
+    check(r.headers["Content-Type"].startswith("text/event-stream"), "SSE content type")
+    events = list(sse_events(r))
+    check(events[-1] == "[DONE]", "stream ends with [DONE]")
+    chunks = [json.loads(e) for e in events[:-1]]
+    text = "".join(c["choices"][0]["text"] for c in chunks if c["choices"])
+    check(text == choice["text"], "streamed text equals the whole response: %r" % text)
+    check(len([c for c in chunks if c["choices"]]) > 5, "stream has many chunks")
+    check(chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 40, "usage chunk")
+    finals = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]]
+    check(finals[-1] == "length" and all(f is None for f in finals[:-1]), "finish_reason only on the last chunk")
+
+    # Chat (raw template for this base model) through the openai package, whole and streamed.
+    import openai
+    client = openai.OpenAI(base_url=url + "/v1", api_key="unused")
+    chat = client.chat.completions.create(model="stories260K", messages=[{"role": "user", "content": "Once upon a time"}],
+                                          max_tokens=30, temperature=0)
+    check(chat.choices[0].message.role == "assistant" and chat.choices[0].message.content == choice["text"][:len(chat.choices[0].message.content)],
+          "chat through openai: %r" % chat.choices[0].message.content)
+    check(chat.usage.completion_tokens == 30, "chat usage")
+    stream = client.chat.completions.create(model="stories260K", messages=[{"role": "user", "content": "Once upon a time"}],
+                                            max_tokens=30, temperature=0, stream=True)
+    streamed = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    check(streamed == chat.choices[0].message.content, "openai chat stream equals whole")
+    comp = client.completions.create(model="stories260K", prompt="Once upon a time", max_tokens=40, temperature=0)
+    check(comp.choices[0].text == choice["text"], "openai completions")
+    chat_lp = client.chat.completions.create(model="stories260K", messages=[{"role": "user", "content": "Hi"}],
+                                             max_tokens=3, temperature=0, logprobs=True, top_logprobs=2)
+    check(len(chat_lp.choices[0].logprobs.content) == 3, "chat logprobs")
+
+    # TGI endpoints.
+    g = requests.post(url + "/generate", json={"inputs": "Once upon a time",
+                                               "parameters": {"max_new_tokens": 40, "details": True}}).json()
+    check(g["generated_text"] == choice["text"], "TGI /generate greedy text")
+    check(g["details"]["finish_reason"] == "length" and g["details"]["generated_tokens"] == 40, "TGI details")
+    r = requests.post(url + "/generate_stream", json={"inputs": "Once upon a time", "parameters": {"max_new_tokens": 40}},
+                      stream=True)
+    evs = [json.loads(e) for e in sse_events(r)]
+    check(len(evs) == 40 and "".join(e["token"]["text"] for e in evs) == choice["text"], "TGI stream tokens")
+    check(evs[-1]["generated_text"] == choice["text"] and evs[-1]["details"]["finish_reason"] == "length", "TGI last")
+
+    # curl: a streamed completion and the health check.
+    out = subprocess.run(["curl", "-sN", url + "/v1/completions", "-H", "Content-Type: application/json", "-d",
+                          json.dumps({"prompt": "Once upon a time", "max_tokens": 8, "temperature": 0, "stream": True})],
+                         capture_output=True, text=True, timeout=60).stdout
+    check(out.strip().endswith("data: [DONE]") and out.count("data: ") >= 3, "curl stream: %r" % out[-200:])
+    code = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", url + "/health"],
+                          capture_output=True, text=True, timeout=60).stdout
+    check(code == "200", "curl health")
+
+    # Bad input: each class gets the right status and an OpenAI-style error body.
+    def status_of(path, data=None, body=None, method="POST"):
+        r = requests.request(method, url + path, data=data, json=body, timeout=60)
+        if r.status_code >= 400 and r.headers.get("Content-Type", "").startswith("application/json"):
+            check("message" in r.json().get("error", {}), "error body on %s %r" % (path, (data or body)))
+        return r.status_code
+
+    check(status_of("/v1/completions", data="{not json") == 400, "malformed JSON")
+    check(status_of("/v1/completions", data="[1, 2]") == 400, "non-object body")
+    check(status_of("/v1/completions", body={"prompt": "x", "temperature": "hot"}) == 400, "wrong type")
+    check(status_of("/v1/completions", body={"prompt": "x", "max_tokens": "5"}) == 400, "wrong type max_tokens")
+    check(status_of("/v1/completions", body={"prompt": "x", "top_p": 2}) == 400, "out of range top_p")
+    check(status_of("/v1/completions", body={"prompt": "x", "n": 0}) == 400, "out of range n")
+    check(status_of("/v1/completions", body={"prompt": "x", "max_tokens": -1}) == 400, "negative max_tokens")
+    check(status_of("/v1/completions", body={"prompt": ""}) == 400, "empty prompt")
+    check(status_of("/v1/completions", body={"prompt": []}) == 400, "empty token prompt")
+    check(status_of("/v1/completions", body={}) == 400, "missing prompt")
+    check(status_of("/v1/completions", body={"prompt": [1, 99999]}) == 400, "token outside the vocabulary")
+    check(status_of("/v1/completions", body={"prompt": "Once upon a time " * 200}) == 400, "prompt beyond context")
+    check(status_of("/v1/completions", body={"prompt": "x", "max_tokens": 100000}) == 400, "max_tokens beyond context")
+    check(status_of("/v1/chat/completions", body={"messages": []}) == 400, "empty messages")
+    check(status_of("/v1/chat/completions", body={"messages": [{"content": "x"}]}) == 400, "message without role")
+    check(status_of("/generate", body={"inputs": 5}) == 400, "TGI wrong type")
+    check(status_of("/v1/completions", data="x" * 5000) == 413, "body over --max-body-bytes")
+    check(status_of("/v1/nope", body={}) == 404, "unknown route")
+    check(status_of("/v1/completions", method="GET") == 405, "wrong method")
+    check(requests.get(url + "/health").status_code == 200, "server alive after bad input")
+    check(srv.metric('tessera_requests_total{status="400"}') >= 15, "400s counted in /metrics")
+
+
+def concurrency_tests(srv):
+    url = srv.url
+    prompts = ["Once upon a time", "Lily had a", "The sun was", "Tom and his dog", "One day, a little bird",
+               "There was a big", "Sam wanted to", "The cat"]
+    lengths = [24, 40, 17, 33]
+    # Single-request runs first (nothing else in flight).
+    expected = {}
+    for p in prompts:
+        for n in lengths:
+            expected[(p, n)] = complete(url, p, n)["choices"][0]["text"]
+    results, errors = [], []
+    lock = threading.Lock()
+
+    def client(i):
+        try:
+            s = requests.Session()
+            for j in range(3):
+                p = prompts[(i + j) % len(prompts)]
+                n = lengths[(i * 3 + j) % len(lengths)]
+                stream = (i + j) % 2 == 0
+                body = {"prompt": p, "max_tokens": n, "temperature": 0, "stream": stream}
+                r = s.post(url + "/v1/completions", json=body, stream=stream, timeout=300)
+                if r.status_code != 200:
+                    raise RuntimeError("status %d: %s" % (r.status_code, r.text))
+                if stream:
+                    evs = list(sse_events(r))
+                    assert evs[-1] == "[DONE]"
+                    text = "".join(json.loads(e)["choices"][0]["text"] for e in evs[:-1])
+                else:
+                    text = r.json()["choices"][0]["text"]
+                with lock:
+                    results.append((p, n, text))
+        except Exception as e:  # noqa: BLE001
+            with lock:
+                errors.append("client %d: %r" % (i, e))
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(64)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    check(not errors, "all clients succeeded: %s" % errors[:3])
+    check(len(results) == 64 * 3, "all 192 requests completed (%d)" % len(results))
+    mismatches = [(p, n) for p, n, text in results if text != expected[(p, n)]]
+    check(not mismatches, "greedy outputs under load equal single runs; %d differ, e.g. %r" %
+          (len(mismatches), mismatches[:3]))
+    check(srv.metric("tessera_kv_blocks_used") == 0, "no KV blocks held after the load")
+    check(srv.metric("tessera_num_requests_running") == 0, "nothing running after the load")
+    print("preemptions during the load: %d" % srv.metric("tessera_preemptions_total"))
+
+
+args = ["--model", MODEL, "--tokenizer", TOKENIZER, "--served-model-name", "stories260K"]
+if GROUP == "api":
+    args += ["--max-body-bytes", "4096"]
+else:
+    args += ["--max-num-seqs", "32", "--max-step-tokens", "64", "--kv-memory", "1MiB"]  # ~800 token rows: the load preempts
+srv = Server(TESSERA, args)
+try:
+    srv.wait_ready()
+    if GROUP == "api":
+        api_tests(srv)
+    else:
+        concurrency_tests(srv)
+    rc = srv.stop()
+    check(rc == 0, "server exits 0 on SIGTERM (got %s)" % rc)
+finally:
+    if srv.proc.poll() is None:
+        srv.proc.kill()
+if failures:
+    print("server log:\n" + srv.log_text()[-3000:])
+    print("%d passed, %d failed" % (0, len(failures)))
+    sys.exit(1)
+print("all checks passed")
