@@ -12,12 +12,13 @@
 
 #include "cli/commands.h"
 #include "cli/options.h"
+#include "cli/parallel_job.h"
 #include "engine/backend/cpu/cpu_backend.h"
 #include "engine/core/check.h"
 #include "engine/model/llama_model.h"
 #include "engine/serving/engine.h"
 #include "engine/serving/id_tokenizer.h"
-#include "engine/serving/llama_step_model.h"
+#include "engine/serving/runner_step_model.h"
 #include "server/api_server.h"
 #include "server/chat_template.h"
 #include "server/http_server.h"
@@ -28,6 +29,7 @@ namespace {
 
 struct ServeOptions {
   ModelOptions model;
+  ParallelOptions parallel;
   std::string host = "127.0.0.1";
   int port = 8000;
   std::string port_file;
@@ -66,6 +68,8 @@ size_t parse_bytes(const std::string& s) {
   return static_cast<size_t>(v * scale);
 }
 
+int serve_on_this_rank(const ServeOptions& o, ParallelJob& job, sigset_t signals, size_t kv_bytes);
+
 int run_serve(ServeOptions o) {
   // Signals are taken by sigwait on this thread only: block them before any thread (HTTP, engine, pool) starts.
   sigset_t signals;
@@ -89,6 +93,25 @@ int run_serve(ServeOptions o) {
   if (o.served_model_name.empty())
     o.served_model_name = o.model.dummy_weights ? "dummy:" + o.model.preset : o.model.model;
   const size_t kv_bytes = parse_bytes(o.kv_memory);
+  ParallelJob job(o.parallel);
+  return job.run([&] { return serve_on_this_rank(o, job, signals, kv_bytes); });
+}
+
+// Workers of a parallel job load their shard and execute rank 0's steps; rank 0 (or the only process) serves.
+// Workers leave SIGINT/SIGTERM blocked: rank 0 drains and then stops them.
+int serve_on_this_rank(const ServeOptions& o, ParallelJob& job, sigset_t signals, size_t kv_bytes) {
+  job.check_consistent("the options", options_fingerprint(o.model, job.options()));
+  const ShardRequest shard = job.shard_request();
+  if (!job.leader()) {
+    LoadedModel loaded = load(o.model, /*need_tokenizer=*/false, &shard, job.tp_data());
+    job.check_consistent("the model " + loaded.data.source, config_fingerprint(loaded.data.config));
+    CpuBackend backend(o.model.threads);
+    backend.set_activation_quant(loaded.act_quant);
+    LlamaModel model(loaded.data, backend, o.max_step_tokens, job.tp_data());
+    ModelRunner runner(model, job.groups());
+    runner.serve();
+    return 0;
+  }
 
   serving::ServingMetrics metrics;
   server::ApiServer api({o.api_key, o.served_model_name}, metrics);
@@ -105,12 +128,14 @@ int run_serve(ServeOptions o) {
     std::ofstream(o.port_file) << http.port() << "\n";
   }
 
-  LoadedModel loaded = load(o.model, /*need_tokenizer=*/false);
+  LoadedModel loaded = load(o.model, /*need_tokenizer=*/false, &shard, job.tp_data());
+  job.check_consistent("the model " + loaded.data.source, config_fingerprint(loaded.data.config));
   const ModelConfig& config = loaded.data.config;
   CpuBackend backend(o.model.threads);
   backend.set_activation_quant(loaded.act_quant);
-  LlamaModel model(loaded.data, backend, o.max_step_tokens);
-  serving::LlamaStepModel step_model(model);
+  LlamaModel model(loaded.data, backend, o.max_step_tokens, job.tp_data());
+  ModelRunner runner(model, job.groups());
+  serving::RunnerStepModel step_model(runner);
   std::unique_ptr<Tokenizer> id_tokenizer;
   const Tokenizer* tokenizer = loaded.tokenizer.get();
   if (tokenizer == nullptr) {
@@ -147,6 +172,7 @@ int run_serve(ServeOptions o) {
   api.set_draining();
   http.stop();  // waits for the handlers, which wait for their requests
   engine.shutdown();
+  runner.stop_workers();
   std::fprintf(stderr, "[tessera] stopped\n");
   return 0;
 }
@@ -158,6 +184,7 @@ Command add_serve_command(CLI::App& app) {
   CLI::App* sub = app.add_subcommand(
       "serve", "HTTP server with OpenAI- and TGI-compatible endpoints (random-weight llama-110m without --model)");
   o->model.add_to(*sub);
+  o->parallel.add_to(*sub);
   sub->add_option("--host", o->host, "Address to bind (0.0.0.0 for every interface)")->capture_default_str();
   sub->add_option("--port", o->port, "Port (0: any free port)")->check(CLI::Range(0, 65535))->capture_default_str();
   sub->add_option("--port-file", o->port_file, "Write the bound port to this file once listening");

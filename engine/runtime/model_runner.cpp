@@ -11,7 +11,7 @@ namespace tessera {
 
 namespace {
 
-enum Op : int32_t { kStep = 1, kOpen = 2, kClose = 3, kStop = 4 };
+enum Op : int32_t { kStep = 1, kOpen = 2, kClose = 3, kStop = 4, kGrow = 5 };
 // Point-to-point tags. Plans go over the control groups, the rest over the data groups.
 constexpr int kPlanTag = 1, kChunksTag = 2, kHiddenTag = 3, kLogitsTag = 4;
 constexpr int kMaxSlots = 1 << 20;
@@ -80,6 +80,20 @@ void ModelRunner::close_slot(int slot) {
   TESSERA_CHECK(leader_ && !stopped_);
   if (slot_capacity(slot) == 0) return;
   const Plan plan{kClose, 0, 0, 0, slot, 0};
+  send_plan(plan);
+  apply_slot_op(plan);
+  forward_plan(plan);
+}
+
+void ModelRunner::grow_slot(int slot, int capacity, int keep) {
+  TESSERA_CHECK(leader_ && !stopped_);
+  const int old_capacity = slot_capacity(slot);
+  TESSERA_CHECK_MSG(old_capacity > 0, "grow_slot: slot " + std::to_string(slot) + " is not open");
+  TESSERA_CHECK(keep >= 0 && keep <= old_capacity && keep <= capacity);
+  if (capacity > config().max_seq_len)
+    throw Error("a sequence of " + std::to_string(capacity) + " positions does not fit the model's context of " +
+                std::to_string(config().max_seq_len));
+  const Plan plan{kGrow, 0, keep, 0, slot, capacity};  // n_rows carries `keep`
   send_plan(plan);
   apply_slot_op(plan);
   forward_plan(plan);
@@ -161,6 +175,7 @@ void ModelRunner::serve() {
         break;
       case kOpen:
       case kClose:
+      case kGrow:
         apply_slot_op(plan);
         forward_plan(plan);
         break;
@@ -220,6 +235,21 @@ void ModelRunner::apply_slot_op(const Plan& plan) {
     if (sz(plan.slot) >= slots_.size()) slots_.resize(sz(plan.slot) + 1);
     slots_[sz(plan.slot)].reset();  // free the old cache before allocating the new one
     slots_[sz(plan.slot)].emplace(model_.make_cache(plan.capacity));
+  } else if (plan.op == kGrow) {
+    std::optional<KvCache>& slot = slots_.at(sz(plan.slot));
+    TESSERA_CHECK(slot.has_value());
+    KvCache grown = model_.make_cache(plan.capacity);
+    const int keep = plan.n_rows;
+    for (int l = 0; l < grown.n_layers(); ++l) {
+      const KvLayer from = slot->layer(l), to = grown.layer(l);
+      const size_t row_bytes = sz(from.stride) * sizeof(float);
+      for (int p = 0; p < keep; ++p) {
+        std::memcpy(to.k_row(p), from.k_row(p), row_bytes);
+        std::memcpy(to.v_row(p), from.v_row(p), row_bytes);
+      }
+    }
+    slot.reset();
+    slot.emplace(std::move(grown));
   } else if (sz(plan.slot) < slots_.size()) {
     slots_[sz(plan.slot)].reset();
   }

@@ -65,6 +65,8 @@ class ModelRunner {
   // A KV cache of `capacity` positions for sequence slot `slot` on every rank (replacing an open one).
   void open_slot(int slot, int capacity);
   void close_slot(int slot);
+  // Gives an open slot room for `capacity` positions, keeping the keys and values of its first `keep` positions.
+  void grow_slot(int slot, int capacity, int keep);
   // Starts a step; tokens: every chunk's tokens, chunk after chunk. Throws tessera::Error (before anything is
   // sent) for a closed slot, positions beyond the slot or the context, a token outside the vocabulary, or more
   // rows than max_batch_tokens.

@@ -1,5 +1,5 @@
 // What the serving engine needs from a model: run one scheduled step (several sequences' chunks together) and
-// forget a sequence's cache. The engine thread is the only caller. LlamaStepModel adapts LlamaModel; tests use
+// forget a sequence's cache. The engine thread is the only caller. RunnerStepModel adapts ModelRunner; tests use
 // deterministic fakes so scheduling is tested without weights.
 #pragma once
 

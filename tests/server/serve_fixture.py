@@ -19,12 +19,14 @@ def skip(message):
 
 
 class Server:
-    def __init__(self, tessera, args, api_key=None):
+    def __init__(self, tessera, args, api_key=None, launcher=(), threads=2):
         self.tmp = tempfile.TemporaryDirectory()
         self.port_file = os.path.join(self.tmp.name, "port")
         self.log_path = os.path.join(self.tmp.name, "serve.log")
         self.log = open(self.log_path, "w")
-        cmd = [tessera, "serve", "--port", "0", "--port-file", self.port_file, "--threads", "2"] + args
+        # launcher: e.g. ["mpiexec", "-np", "2"] to serve from rank 0 of a parallel job.
+        cmd = list(launcher) + [tessera, "serve", "--port", "0", "--port-file", self.port_file,
+                                "--threads", str(threads)] + args
         if api_key:
             cmd += ["--api-key", api_key]
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)

@@ -1,0 +1,69 @@
+#!/usr/bin/env python3
+"""`tessera serve` as rank 0 of a tensor / pipeline parallel job (mpiexec): concurrent greedy requests get exactly
+the completions a single-process server gives, and SIGTERM to mpiexec drains rank 0, which then stops the other
+ranks; the whole job ends. (Open MPI's mpiexec itself exits 1 after forwarding a SIGTERM, whatever the ranks do.)
+
+    test_server_parallel.py TESSERA_BIN MODELS_DIR MPIEXEC
+"""
+import concurrent.futures
+import os
+import sys
+
+import requests
+
+from serve_fixture import Server, models_dir, skip
+
+PROMPTS = ["Once upon a time", "The little dog", "Lily and Ben went to the park", "One day, a bird",
+           "Tom had a red ball", "The sun was hot", "Mom said", "A big fish"]
+
+
+def completions(srv):
+    def one(prompt):
+        r = requests.post(srv.url + "/v1/completions", timeout=300,
+                          json={"prompt": prompt, "max_tokens": 40, "temperature": 0})
+        r.raise_for_status()
+        return r.json()["choices"][0]["text"]
+    with concurrent.futures.ThreadPoolExecutor(len(PROMPTS)) as pool:
+        return list(pool.map(one, PROMPTS))
+
+
+def main():
+    tessera, mpiexec = sys.argv[1], sys.argv[3]
+    root = models_dir(sys.argv[2])
+    model = os.path.join(root, "stories260K", "stories260K.bin")
+    if not os.path.exists(model):
+        skip(model + " not found (set TESSERA_MODELS)")
+    args = ["--model", model, "--tokenizer", os.path.join(root, "stories260K", "tok512.model")]
+    single = Server(tessera, args, threads=1)
+    try:
+        single.wait_ready()
+        want = completions(single)
+    finally:
+        single.stop()
+    failures = 0
+    mpi = [mpiexec, "--oversubscribe", "--allow-run-as-root"]
+    for tp, pp in [(2, 1), (1, 2), (2, 2)]:
+        srv = Server(tessera, args + ["--tp", str(tp), "--pp", str(pp)], launcher=mpi + ["-np", str(tp * pp)],
+                     threads=1)
+        try:
+            srv.wait_ready()
+            got = completions(srv)
+        finally:
+            status = srv.stop()
+        same = got == want
+        print(f"tp {tp} x pp {pp}: completions {'equal' if same else 'DIFFER'}; mpiexec exit {status} after SIGTERM")
+        if not same:
+            for w, g in zip(want, got):
+                if w != g:
+                    print(f"  want {w!r}\n  got  {g!r}")
+        stopped = "[tessera] stopped" in srv.log_text()
+        if not stopped:
+            print("rank 0 did not drain and stop cleanly")
+        if not same or not stopped:
+            failures += 1
+            print(srv.log_text()[-2000:])
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
