@@ -111,6 +111,21 @@ void ModelOptions::add_quant_options(CLI::App& app) {
                  "time so the dot products run in int8; needs int8 weights)")
       ->check(CLI::IsMember({"none", "int8"}))
       ->capture_default_str();
+  app.add_option("--prune", prune,
+                 "Prune the weights at load, before quantizing them: METHOD:SPARSITY with METHOD magnitude | "
+                 "magnitude-global | wanda | sparsegpt (wanda and sparsegpt need --calib) | structured | "
+                 "structured-ffn | structured-attn and SPARSITY a fraction or percentage (0.5, 50%), or METHOD:N:M "
+                 "(e.g. wanda:2:4; 2:4 with int8/int4 is stored compressed). See docs/pruning.md")
+      ->option_text("METHOD:SPARSITY");
+  app.add_option("--prune-rule", prune_rules,
+                 "Pruning spec for the weights whose name matches a glob, as 'PATTERN=SPEC' (e.g. 'layers.0.*=none', "
+                 "'*.w_down=wanda:0.3', 'layers.*.ffn=structured:0.3'). Repeatable; the last matching rule wins. "
+                 "Structured specs apply to layers.<L>.ffn and layers.<L>.attn")
+      ->option_text("PATTERN=SPEC");
+  app.add_option("--prune-multiple", prune_multiple,
+                 "Structured pruning keeps FFN channels and KV groups in multiples of this (tensor parallelism)")
+      ->check(CLI::Range(1, 4096))
+      ->capture_default_str();
 }
 
 void ModelOptions::validate() const {
@@ -130,13 +145,21 @@ void ModelOptions::validate() const {
     }
   }
   for (const std::string& r : quant_rules) quant::QuantRule::parse(r);
+  if (!prune.empty()) {
+    try {
+      quant::PruneSpec::parse(prune);
+    } catch (const Error& e) {
+      throw Error(std::string("--prune: ") + e.what());
+    }
+  }
+  for (const std::string& r : prune_rules) quant::PruneRule::parse(r);
   if (act_quant != "none" && act_quant != "int8")
     throw Error("--act-quant must be none or int8, got '" + act_quant + "'");
 }
 
 bool ModelOptions::wants_compression() const {
   return (!quant.empty() && quant != "keep") || !quant_rules.empty() || !quant_rules_file.empty() || !calib.empty() ||
-         !quant_report.empty();
+         !quant_report.empty() || !prune.empty() || !prune_rules.empty();
 }
 
 quant::CompressOptions ModelOptions::compress_options() const {
@@ -144,6 +167,9 @@ quant::CompressOptions ModelOptions::compress_options() const {
   if (!quant_rules_file.empty()) o = quant::load_rules_file(quant_rules_file);
   if (!quant.empty()) o.default_spec = quant::QuantSpec::parse(quant);
   for (const std::string& r : quant_rules) o.rules.push_back(quant::QuantRule::parse(r));
+  if (!prune.empty()) o.prune.default_spec = quant::PruneSpec::parse(prune);
+  for (const std::string& r : prune_rules) o.prune.rules.push_back(quant::PruneRule::parse(r));
+  o.prune.multiple = prune_multiple;
   o.threads = threads;
   return o;
 }
@@ -240,10 +266,21 @@ LoadedModel load(const ModelOptions& options, bool need_tokenizer, const ShardRe
         stderr, "[tessera] weights of %s: %s -> %s (%s)%s in %.2f s\n", out.data.source.c_str(),
         human_bytes(report.bytes_before).c_str(), human_bytes(report.bytes_after).c_str(),
         scheme_summary(report).c_str(),
-        compress.activation_aware
+        std::any_of(report.tensors.begin(), report.tensors.end(), [](const auto& t) { return t.awq_alpha >= 0.0; })
             ? (", activation-aware on " + std::to_string(compress.calibration_tokens.size()) + " tokens").c_str()
             : "",
         report.seconds);
+    if (report.prune_seconds > 0.0) {
+      size_t pruned = 0;
+      for (const auto& t : report.tensors) pruned += t.pruning ? 1 : 0;
+      const std::string calib = report.prune_calibration_passes > 0
+                                    ? ", " + std::to_string(report.prune_calibration_passes) +
+                                          " calibration passes over " +
+                                          std::to_string(compress.calibration_tokens.size()) + " tokens"
+                                    : "";
+      std::fprintf(stderr, "[tessera] pruned %zu weights (%s) in %.2f s%s\n", pruned,
+                   options.prune.empty() ? "rules" : options.prune.c_str(), report.prune_seconds, calib.c_str());
+    }
     if (!options.quant_report.empty()) quant::write_report_json(report, options.quant_report);
     out.compression = std::move(report);
   }

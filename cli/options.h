@@ -34,10 +34,14 @@ struct ModelOptions {
   int calib_tokens = 1024;               // calibration tokens used at most
   std::string quant_report;              // JSON report path
   std::string act_quant = "none";        // none | int8
+  std::string prune;                     // default pruning spec (quant/prune.h); empty = none
+  std::vector<std::string> prune_rules;  // "PATTERN=SPEC", later ones win
+  int prune_multiple = 2;                // kept FFN channels / KV groups divisible by this
 
   // Registers --model/--tokenizer/--dummy-weights/--preset/--dtype/--threads and the compression options.
   void add_to(CLI::App& app, bool with_tokenizer = true);
-  // Registers only --quant/--quant-rule/--quant-rules/--calib/--calib-tokens/--quant-report/--act-quant.
+  // Registers only --quant/--quant-rule/--quant-rules/--calib/--calib-tokens/--quant-report/--act-quant and
+  // --prune/--prune-rule/--prune-multiple.
   void add_quant_options(CLI::App& app);
   // Throws tessera::Error when the combination makes no sense (no model and no preset, both, a bad scheme, ...).
   void validate() const;

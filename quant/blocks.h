@@ -66,6 +66,35 @@ inline constexpr float kNf4Levels[16] = {
     1.0f,
 };
 
+// ---- 2:4 sparse blocks (DType::S24Q8, DType::S24Q4) ----
+// A block covers 64 inputs = 16 groups of 4; each group keeps 2 values (the pruned two are zero). Kept slot
+// p = 16 L + 8 H + 2 j + e (L, H in {0, 1}, j < 4, e in {0, 1}) holds the e-th kept value (in input order) of
+// group g = 8 H + 4 L + j, so a 256-bit load of the 32 slots puts in each 128-bit lane L and half H the kept
+// values of the 16 consecutive inputs [16 (2 H + L), +16): one byte shuffle per lane gathers their activations.
+// Group g's two positions (0..3) form a nibble i_lo | i_hi << 2 (i_lo < i_hi); idx[k] holds the nibble of group
+// kSparse24LoGroup[k] in its low half and of kSparse24HiGroup[k] in its high half (the groups lane 0 and lane 1
+// read). quant/sparse_formats.h has the encoder and decoder.
+inline constexpr int kSparse24Block = 64;  // inputs per block
+inline constexpr int kSparse24Kept = 32;   // kept values per block
+inline constexpr int kSparse24LoGroup[8] = {0, 1, 2, 3, 8, 9, 10, 11};
+inline constexpr int kSparse24HiGroup[8] = {4, 5, 6, 7, 12, 13, 14, 15};
+
+// S24Q8 row: a Q8RowHeader (fp32 scale, w = scale * q) followed by ceil(cols / 64) of these.
+struct BlockS24Q8 {
+  int8_t q[kSparse24Kept];  // kept values in slot order, [-127, 127]
+  uint8_t idx[8];           // 2-bit positions, see above
+};
+static_assert(sizeof(BlockS24Q8) == 40);
+
+// S24Q4 row: ceil(cols / 64) of these. w = d * (q - 8); slot p < 16 is the low nibble of qs[p], slot p + 16 its
+// high nibble.
+struct BlockS24Q4 {
+  uint16_t d;  // fp16
+  uint8_t qs[kSparse24Kept / 2];
+  uint8_t idx[8];
+};
+static_assert(sizeof(BlockS24Q4) == 26);
+
 // Activations quantized per token for int8 dot products (dynamic activation quantization, and the int4/NF4
 // GEMV path): blocks of 32 values with one fp32 scale, x ~= scale * q. `sum` (= scale * sum(q)) lets asymmetric
 // weights apply their offset m without touching the values again.

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <string_view>
@@ -368,7 +369,18 @@ CompressReport run_pipeline(ModelData& model, const CompressOptions& options, co
   const int threads = options.threads > 0 ? options.threads : ThreadPool::default_threads();
   ThreadPool pool(threads);
 
-  const bool search = given == nullptr && options.activation_aware;
+  // Pruning comes first: the quantizer (and the activation-aware search) sees the survivors.
+  PruneReport pruned;
+  const bool prune = given == nullptr && options.prune.active();
+  if (prune) pruned = prune_model(model, options.prune, options.calibration_tokens, pool, options.progress);
+  std::map<std::string, const PruneTensorReport*> pruned_by_name;
+  for (const PruneTensorReport& p : pruned.tensors) pruned_by_name[p.name] = &p;
+
+  bool search = given == nullptr && options.activation_aware;
+  // A calibration text given for pruning alone does not ask for activation-aware quantization.
+  if (search && prune &&
+      std::none_of(targets.begin(), targets.end(), [](const Target& t) { return is_four_bit(t.spec); }))
+    search = false;
   if (search) {
     if (std::none_of(targets.begin(), targets.end(), [](const Target& t) { return is_four_bit(t.spec); }))
       throw Error(
@@ -424,7 +436,19 @@ CompressReport run_pipeline(ModelData& model, const CompressOptions& options, co
     }
   }
 
+  // 2:4-pruned tensors with an int8 / symmetric int4 scheme are stored compressed (kept values + 2-bit positions).
+  for (Target& t : targets) {
+    const auto it = pruned_by_name.find(t.name);
+    if (it == pruned_by_name.end() || !it->second->two_of_four || !t.spec.dtype) continue;
+    if (*t.spec.dtype == DType::Q8 || *t.spec.dtype == DType::Q4) {
+      t.spec.dtype = *t.spec.dtype == DType::Q8 ? DType::S24Q8 : DType::S24Q4;
+      t.spec.group = 0;
+    }
+  }
+
   CompressReport report;
+  report.prune_seconds = pruned.seconds;
+  report.prune_calibration_passes = pruned.calibration_passes;
   Matrix new_embeddings = original_embeddings;
   std::string embeddings_scheme;
   double embeddings_error = 0.0;
@@ -435,6 +459,10 @@ CompressReport run_pipeline(ModelData& model, const CompressOptions& options, co
     tr.name = t.name;
     const Matrix src = is_lm_head && tied ? original_embeddings : m;
     tr.bytes_before = is_lm_head && tied ? 0 : src.bytes();
+    if (const auto it = pruned_by_name.find(t.name); it != pruned_by_name.end()) {
+      tr.pruning = *it->second;
+      tr.bytes_before = it->second->bytes_before;
+    }
 
     Encoding enc;
     if (t.layer >= 0 && plan) {
@@ -597,6 +625,10 @@ void write_report_json(const CompressReport& report, const std::string& path) {
   j["seconds"] = report.seconds;
   j["bytes_before"] = report.bytes_before;
   j["bytes_after"] = report.bytes_after;
+  if (report.prune_seconds > 0.0) {
+    j["prune_seconds"] = report.prune_seconds;
+    j["prune_calibration_passes"] = report.prune_calibration_passes;
+  }
   j["tensors"] = nlohmann::ordered_json::array();
   for (const TensorReport& t : report.tensors) {
     nlohmann::ordered_json e;
@@ -606,6 +638,19 @@ void write_report_json(const CompressReport& report, const std::string& path) {
     e["bytes_after"] = t.bytes_after;
     e["relative_error"] = t.relative_error;
     if (t.awq_alpha >= 0.0) e["awq_alpha"] = t.awq_alpha;
+    if (t.pruning) {
+      const PruneTensorReport& p = *t.pruning;
+      nlohmann::ordered_json pj;
+      pj["spec"] = p.spec;
+      pj["shape_before"] = {p.rows_before, p.cols_before};
+      pj["shape_after"] = {p.rows_after, p.cols_after};
+      pj["zeros_before"] = p.zeros_before;
+      pj["zeros_after"] = p.zeros_after;
+      pj["relative_change"] = p.relative_change;
+      if (!p.removed_rows.empty()) pj["removed_rows"] = p.removed_rows;
+      if (!p.removed_cols.empty()) pj["removed_cols"] = p.removed_cols;
+      e["pruning"] = std::move(pj);
+    }
     j["tensors"].push_back(std::move(e));
   }
   std::ofstream out(path, std::ios::binary | std::ios::trunc);

@@ -7,10 +7,12 @@
 #pragma once
 
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "engine/model/weights.h"
+#include "quant/prune.h"
 #include "quant/quant_spec.h"
 
 namespace tessera::quant {
@@ -27,6 +29,7 @@ struct CompressOptions {
   std::vector<QuantRule> rules;         // from --quant-rule, in order
   bool activation_aware = false;        // AWQ-style scale search for int4/NF4 weights; needs calibration_tokens
   std::vector<int> calibration_tokens;  // tokenized calibration text (BOS first)
+  PruneOptions prune;                   // load-time pruning, run first (quant/prune.h); uses calibration_tokens
   int threads = 0;                      // 0 = all cores
   // Tensor parallelism: for an int8 matrix that is a column slice of the whole (wo, w_down of a shard with
   // tp > 1), called on the calling thread, in the same order on every rank, with the slice's max |w| per row;
@@ -41,13 +44,16 @@ struct TensorReport {
   std::string scheme;  // "int4:g128", "bf16", ...
   size_t bytes_before = 0;
   size_t bytes_after = 0;
-  double relative_error = 0.0;  // ||W - dequant(Q(W))||_F / ||W||_F (0 for kept tensors)
-  double awq_alpha = -1.0;      // chosen activation-aware exponent (-1 = not activation-aware)
+  double relative_error = 0.0;               // ||W - dequant(Q(W))||_F / ||W||_F (0 for kept tensors)
+  double awq_alpha = -1.0;                   // chosen activation-aware exponent (-1 = not activation-aware)
+  std::optional<PruneTensorReport> pruning;  // what pruning removed (bytes_before is then the unpruned size)
 };
 
 struct CompressReport {
   std::vector<TensorReport> tensors;
   double seconds = 0.0;
+  double prune_seconds = 0.0;  // part of seconds
+  int prune_calibration_passes = 0;
   size_t bytes_before = 0;
   size_t bytes_after = 0;
 };
@@ -55,8 +61,9 @@ struct CompressReport {
 // Reads rules from a JSON file: {"default": "int4:g128", "rules": [{"pattern": "lm_head", "scheme": "int8"}, ...]}.
 CompressOptions load_rules_file(const std::string& path);
 
-// Quantizes `model` in place (new storage goes into model.store). Throws tessera::Error for impossible requests
-// (e.g. activation-aware without calibration tokens).
+// Prunes (options.prune) and quantizes `model` in place (new storage goes into model.store). A tensor pruned to 2:4
+// whose scheme is int8 or symmetric int4 is stored in the compressed 2:4 type (int8-2:4, int4-2:4). Throws
+// tessera::Error for impossible requests (e.g. activation-aware without calibration tokens).
 CompressReport compress_model(ModelData& model, const CompressOptions& options);
 
 // Writes the report as JSON (per tensor: name, scheme, bytes, relative_error).

@@ -9,8 +9,8 @@ namespace tessera::quant {
 namespace {
 
 constexpr const char* kAcceptedForms =
-    "accepted forms: int8 | int4[:g32|:g64|:g128][:sym|:asym] | nf4[:g32|:g64|:g128] | bf16 | f16 | f32 | keep "
-    "(groups default to g128, int4 to sym)";
+    "accepted forms: int8 | int4[:g32|:g64|:g128][:sym|:asym] | nf4[:g32|:g64|:g128] | bf16 | f16 | f32 | keep | "
+    "int8-2:4 | int4-2:4 (2:4 sparse storage) (groups default to g128, int4 to sym)";
 
 [[noreturn]] void bad_spec(const std::string& text, const std::string& why) {
   throw Error("bad quantization scheme '" + text + "': " + why + "; " + kAcceptedForms);
@@ -31,6 +31,11 @@ std::vector<std::string> split(const std::string& s, char sep) {
 }  // namespace
 
 QuantSpec QuantSpec::parse(const std::string& text) {
+  if (text == "int8-2:4" || text == "int4-2:4") {  // 2:4 sparse storage (see quant/sparse_formats.h)
+    QuantSpec spec;
+    spec.dtype = text == "int8-2:4" ? DType::S24Q8 : DType::S24Q4;
+    return spec;
+  }
   const std::vector<std::string> parts = split(text, ':');
   const std::string& base = parts[0];
   QuantSpec spec;
@@ -84,6 +89,10 @@ std::string QuantSpec::to_string() const {
       return "int4" + g + ":asym";
     case DType::NF4:
       return "nf4" + g;
+    case DType::S24Q8:
+      return "int8-2:4";
+    case DType::S24Q4:
+      return "int4-2:4";
   }
   return "?";
 }

@@ -31,6 +31,7 @@
 
 #include "engine/core/check.h"
 #include "quant/blocks.h"
+#include "quant/sparse_formats.h"
 
 namespace tessera::quant {
 namespace {
@@ -369,6 +370,8 @@ const QuantTraits kTraits[] = {
     {DType::Q4, "int4", true, q4_quantize_row, q4_dequantize_row},
     {DType::Q4A, "int4-asym", true, q4a_quantize_row, q4a_dequantize_row},
     {DType::NF4, "nf4", true, nf4_quantize_row, nf4_dequantize_row},
+    {DType::S24Q8, "int8-2:4", false, s24q8_quantize_row, s24q8_dequantize_row},
+    {DType::S24Q4, "int4-2:4", false, s24q4_quantize_row, s24q4_dequantize_row},
 };
 
 }  // namespace

@@ -14,12 +14,21 @@ namespace tessera {
 //   Q4:  int4 in groups of `group` inputs, symmetric: w = d * (q - 8).
 //   Q4A: int4 in groups, asymmetric: w = d * q + m.
 //   NF4: 4-bit NormalFloat in groups: w = d * kNf4Levels[q] (d = group absmax).
+//   S24Q8: 2:4 sparse int8 (two of every four inputs kept): a row is one fp32 scale, then blocks of 64 inputs,
+//          each 32 kept int8 values and their 2-bit positions (quant/sparse_formats.h).
+//   S24Q4: 2:4 sparse int4, symmetric: blocks of 64 inputs, each an fp16 scale, 32 kept 4-bit values and their
+//          2-bit positions (w = d * (q - 8)).
 // The block layouts are defined in quant/blocks.h; the functions that work on them in quant/quant_traits.h.
-enum class DType : uint8_t { F32, F16, BF16, Q8, Q4, Q4A, NF4 };
-inline constexpr int kNumDTypes = 7;
+enum class DType : uint8_t { F32, F16, BF16, Q8, Q4, Q4A, NF4, S24Q8, S24Q4 };
+inline constexpr int kNumDTypes = 9;
 
 constexpr bool is_quantized(DType t) {
-  return t == DType::Q8 || t == DType::Q4 || t == DType::Q4A || t == DType::NF4;
+  return t == DType::Q8 || t == DType::Q4 || t == DType::Q4A || t == DType::NF4 || t == DType::S24Q8 ||
+         t == DType::S24Q4;
+}
+// 2:4 sparse storage (kept values + 2-bit indices, 64 inputs per block; no group parameter).
+constexpr bool is_sparse24(DType t) {
+  return t == DType::S24Q8 || t == DType::S24Q4;
 }
 constexpr bool is_grouped(DType t) {
   return t == DType::Q4 || t == DType::Q4A || t == DType::NF4;
@@ -38,6 +47,8 @@ constexpr size_t dtype_size(DType t) {
     case DType::Q4:
     case DType::Q4A:
     case DType::NF4:
+    case DType::S24Q8:
+    case DType::S24Q4:
       return 0;
   }
   return 0;
@@ -63,6 +74,10 @@ constexpr size_t dtype_row_bytes(DType t, int64_t cols, int group) {
       return blocks * (2 + half);
     case DType::Q4A:
       return blocks * (4 + half);
+    case DType::S24Q8:  // fp32 scale, then per 64 inputs: 32 int8 values + 8 index bytes
+      return 4 + (n + 63) / 64 * 40;
+    case DType::S24Q4:  // per 64 inputs: fp16 scale + 16 bytes of nibbles + 8 index bytes
+      return (n + 63) / 64 * 26;
   }
   return 0;
 }
@@ -83,6 +98,10 @@ constexpr std::string_view dtype_name(DType t) {
       return "int4-asym";
     case DType::NF4:
       return "nf4";
+    case DType::S24Q8:
+      return "int8-2:4";
+    case DType::S24Q4:
+      return "int4-2:4";
   }
   return "?";
 }

@@ -293,6 +293,7 @@ void reserve_panels(std::vector<SlotScratch>& slots, int n_slots, int64_t kp) {
 
 // Uses int8 activation blocks for this weight? (See the table above CpuBackend::matmul.)
 bool uses_int8_activations(const Matrix& w, int n, ActQuant mode) {
+  if (is_sparse24(w.dtype)) return n == 1;  // 2:4 decode: integer dots over the kept values only
   return w.dtype == DType::Q8 ? mode == ActQuant::kInt8 : is_grouped(w.dtype) && n == 1;
 }
 
@@ -341,6 +342,8 @@ void dispatch_gemv(ThreadPool& pool, const cpu::Kernels& k, ActScratch& act, con
 //     use integer dot products (GEMM: int16 panels, the integer micro-kernel), then the Q8 row scale.
 //   Q4/Q4A/NF4: decode (n == 1) quantizes the activation vector to BlockQ8Act blocks and uses integer dots (needed
 //     to stream at memory speed); prefill dequantizes panels for the fp32 GEMM (compute-bound anyway).
+//   S24Q8/S24Q4 (2:4 sparse): as Q4 (int8 activation blocks at decode, dequantized panels at prefill); the decode
+//     kernels read only the kept values and their 2-bit positions.
 void CpuBackend::matmul(const float* x, int n, const Matrix& w, const float* bias, float* y) {
   TESSERA_CHECK(n >= 0 && w.rows >= 0 && w.cols >= 0);
   if (n == 0 || w.rows == 0) return;

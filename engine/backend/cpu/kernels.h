@@ -156,4 +156,9 @@ const Kernels& avx2_kernels();
 void add_quant_portable_kernels(Kernels& k);
 void add_quant_avx2_kernels(Kernels& k);
 
+// The 2:4 sparse entries (qdot4, qdot1, dequant and pack for S24Q8/S24Q4): kernels_sparse_portable.cpp, and
+// kernels_sparse_avx2.cpp (AVX2 flags; its decode kernels replace the portable ones, the rest are shared).
+void add_sparse_portable_kernels(Kernels& k);
+void add_sparse_avx2_kernels(Kernels& k);
+
 }  // namespace tessera::cpu

@@ -580,6 +580,7 @@ Kernels make() {
   k.dequant[kBF16] = dequant<LoadBF16>;
   k.max_value = max_value;
   add_quant_avx2_kernels(k);
+  add_sparse_avx2_kernels(k);
   return k;
 }
 

@@ -257,6 +257,7 @@ Kernels make() {
   k.dequant[kBF16] = dequant<LoadBF16>;
   k.max_value = max_value;
   add_quant_portable_kernels(k);
+  add_sparse_portable_kernels(k);
   return k;
 }
 

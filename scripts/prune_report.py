@@ -1,0 +1,190 @@
+#!/usr/bin/env python3
+"""Quality and size of the load-time pruning methods (alone and with quantization), from `tessera eval --json` runs.
+
+  scripts/prune_report.py [--tessera build/bin/tessera] [--models DIR] [--text FILE] [--calib FILE]
+                          [--threads N] [--max-tokens N] [--update docs/pruning.md] [--json OUT]
+
+The protocol of scripts/quant_report.py: stories260K (default) on the evaluation text, --reference = the same
+checkpoint unpruned; each row is one `tessera eval` run with --quant-report, from which the measured sparsity of the
+projections (fraction of exact zeros over all layer weights, or of removed weights for structured pruning) is read.
+Wanda and SparseGPT calibrate on --calib (a text disjoint from the evaluation text). Prints a Markdown table;
+--update replaces the block between <!-- prune-report:begin --> and <!-- prune-report:end --> in the given file.
+A configuration the binary cannot run gets a row saying so. Standard library only.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import shlex
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+C = "{calib}"
+
+
+def calibrated(method):
+    return ["--calib", C] if method in ("wanda", "sparsegpt") else []
+
+
+# (label, extra flags)
+RUNS = [("dense f32 (as stored, baseline)", [])]
+for s in ("0.1", "0.3", "0.5", "0.7"):
+    for m in ("magnitude", "wanda", "sparsegpt"):
+        RUNS.append((f"{m} {int(float(s) * 100)}%", ["--prune", f"{m}:{s}", *calibrated(m)]))
+RUNS.append(("magnitude-global 50%", ["--prune", "magnitude-global:0.5"]))
+for nm in ("2:4", "4:8"):
+    for m in ("magnitude", "wanda", "sparsegpt"):
+        RUNS.append((f"{m} {nm}", ["--prune", f"{m}:{nm}", *calibrated(m)]))
+for s in ("0.1", "0.2", "0.3", "0.4", "0.5"):
+    RUNS.append((f"structured-ffn {int(float(s) * 100)}%", ["--prune", f"structured-ffn:{s}"]))
+    RUNS.append((f"structured-ffn {int(float(s) * 100)}%, calibrated", ["--prune", f"structured-ffn:{s}", "--calib", C]))
+RUNS.append(("structured 50% (FFN + KV groups), calibrated", ["--prune", "structured:0.5", "--calib", C]))
+RUNS += [
+    ("int8 (no pruning)", ["--quant", "int8"]),
+    ("magnitude 2:4 + int8 (int8-2:4)", ["--prune", "magnitude:2:4", "--quant", "int8"]),
+    ("wanda 2:4 + int8 (int8-2:4)", ["--prune", "wanda:2:4", "--calib", C, "--quant", "int8"]),
+    ("sparsegpt 2:4 + int8 (int8-2:4)", ["--prune", "sparsegpt:2:4", "--calib", C, "--quant", "int8"]),
+    ("int4:g32 (no pruning)", ["--quant", "int4:g32"]),
+    ("wanda 50% + int4:g32", ["--prune", "wanda:0.5", "--calib", C, "--quant", "int4:g32"]),
+    ("sparsegpt 50% + int4:g32", ["--prune", "sparsegpt:0.5", "--calib", C, "--quant", "int4:g32"]),
+    ("sparsegpt 2:4 + int4 (int4-2:4)", ["--prune", "sparsegpt:2:4", "--calib", C, "--quant", "int4:g64"]),
+    ("structured-ffn 30% + int4:g32", ["--prune", "structured-ffn:0.3", "--quant", "int4:g32"]),
+]
+
+BEGIN, END = "<!-- prune-report:begin -->", "<!-- prune-report:end -->"
+
+
+def machine():
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            m = re.search(r"^model name\s*:\s*(.+)$", f.read(), re.M)
+            if m:
+                cpu = m.group(1).strip()
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}"
+
+
+def git_commit():
+    try:
+        out = subprocess.run(["git", "-C", ROOT, "describe", "--always", "--dirty"], capture_output=True, text=True)
+        return out.stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def rel(path):
+    return os.path.relpath(path, ROOT) if os.path.abspath(path).startswith(ROOT + os.sep) else path
+
+
+def sparsity_of(report):
+    """Removed fraction of the layer projections: zeros after pruning (structured: weights removed) over weights
+    before, from the --quant-report JSON."""
+    removed = total = 0.0
+    for t in report.get("tensors", []):
+        if not t["name"].startswith("layers."):
+            continue
+        p = t.get("pruning")
+        if p is None:
+            continue
+        before = p["shape_before"][0] * p["shape_before"][1]
+        after = p["shape_after"][0] * p["shape_after"][1]
+        removed += before - after * (1.0 - p["zeros_after"])
+        total += before
+    return removed / total if total else 0.0
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tessera", default=os.path.join(ROOT, "build", "bin", "tessera"))
+    ap.add_argument("--models", default=os.environ.get("TESSERA_MODELS", os.path.join(ROOT, "..", "shared", "models")))
+    ap.add_argument("--model", help="checkpoint (default: MODELS/stories260K/stories260K.bin)")
+    ap.add_argument("--tokenizer", help="tokenizer (default: MODELS/stories260K/tok512.model)")
+    ap.add_argument("--text", default=os.path.join(ROOT, "docs", "data", "stories260K-t1-eval.txt"))
+    ap.add_argument("--calib", default=os.path.join(ROOT, "docs", "data", "stories260K-t1-calib.txt"))
+    ap.add_argument("--ctx", type=int, default=256)
+    ap.add_argument("--threads", type=int, default=0, help="0 = all cores")
+    ap.add_argument("--max-tokens", type=int, default=0)
+    ap.add_argument("--update", help="Markdown file whose report block is replaced")
+    ap.add_argument("--json", help="also write the raw eval results here")
+    args = ap.parse_args()
+
+    model = args.model or os.path.join(args.models, "stories260K", "stories260K.bin")
+    tokenizer = args.tokenizer or os.path.join(args.models, "stories260K", "tok512.model")
+    base = [args.tessera, "eval", "--model", model, "--tokenizer", tokenizer, "--text", args.text,
+            "--reference", model, "--ctx", str(args.ctx), "--json"]
+    if args.threads:
+        base += ["--threads", str(args.threads)]
+    if args.max_tokens:
+        base += ["--max-tokens", str(args.max_tokens)]
+
+    rows, raw = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, flags in RUNS:
+            flags = [f.replace(C, args.calib) for f in flags]
+            report_path = os.path.join(tmp, "report.json")
+            extra = ["--quant-report", report_path] if "--prune" in flags else []
+            p = subprocess.run(base + flags + extra, capture_output=True, text=True)
+            if p.returncode != 0:
+                reason = (p.stderr.strip().splitlines() or ["exit %d" % p.returncode])[-1]
+                print(f"[report] {label}: not available: {reason}", file=sys.stderr)
+                rows.append(f"| {label} | – | – | – | – | – | not available: {reason[:80]} |")
+                raw.append({"run": label, "flags": flags, "error": reason})
+                continue
+            r = json.loads(p.stdout)
+            r["run"], r["flags"] = label, flags
+            if extra:
+                with open(report_path) as f:
+                    r["pruned_fraction"] = sparsity_of(json.load(f))
+            else:
+                r["pruned_fraction"] = 0.0
+            raw.append(r)
+            print(f"[report] {label}: ppl {r['perplexity']:.5f}, KL {r['kl_divergence']:.4e}, "
+                  f"top-1 {r['top1_agreement']:.4f}, {int(r['weight_bytes'])} B", file=sys.stderr)
+            rows.append(f"| {label} | {100 * r['pruned_fraction']:.1f} % | {int(r['weight_bytes']):,} | "
+                        f"{r['perplexity']:.4f} | {r['kl_divergence']:.3f} | {100 * r['top1_agreement']:.2f} % | "
+                        f"{r['weights']} |")
+
+    ok = [r for r in raw if "error" not in r]
+    tokens = ok[0]["tokens"] if ok else "?"
+    cmd = " ".join(shlex.quote(rel(a)) for a in ["scripts/prune_report.py", *sys.argv[1:]])
+    lines = [
+        f"Text: `{rel(args.text)}`, {tokens} tokens scored (windows of {args.ctx}, stride {args.ctx // 2}); "
+        f"reference: the same checkpoint as stored (f32, unpruned); calibration text for wanda, sparsegpt and "
+        f"calibrated structured pruning: `{rel(args.calib)}`. KL = mean KL(P_dense ‖ P_pruned) per token, nats. "
+        f"Pruned = fraction of the layers' projection weights removed (measured from the report).",
+        "",
+        "| run | pruned | weight bytes | perplexity | KL | top-1 agreement | weights as stored |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
+        *rows,
+        "",
+        f"Generated by `{cmd}` on {machine()}, {datetime.date.today().isoformat()}, commit {git_commit()}"
+        + (f", {ok[0]['backend']}" if ok else "") + ".",
+    ]
+    table = "\n".join(lines)
+    print(table)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(raw, f, indent=2)
+    if args.update:
+        with open(args.update, encoding="utf-8") as f:
+            doc = f.read()
+        if BEGIN not in doc or END not in doc:
+            print(f"error: {args.update} has no {BEGIN} ... {END} block", file=sys.stderr)
+            return 1
+        head, rest = doc.split(BEGIN, 1)
+        _, tail = rest.split(END, 1)
+        with open(args.update, "w", encoding="utf-8") as f:
+            f.write(head + BEGIN + "\n" + table + "\n" + END + tail)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
