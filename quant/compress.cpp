@@ -17,6 +17,7 @@
 #include "engine/core/thread_pool.h"
 #include "quant/awq.h"
 #include "quant/quant_traits.h"
+#include "quant/rule_text.h"
 
 namespace tessera::quant {
 namespace {
@@ -66,27 +67,6 @@ LinearInput input_of(int p) {
 
 size_t idx(LinearInput which) {
   return static_cast<size_t>(which);
-}
-
-// Glob over the whole name: '*' any run (also empty), '?' one character.
-bool glob_match(std::string_view pat, std::string_view s) {
-  size_t p = 0, i = 0, star = std::string_view::npos, mark = 0;
-  while (i < s.size()) {
-    if (p < pat.size() && (pat[p] == '?' || pat[p] == s[i])) {
-      ++p;
-      ++i;
-    } else if (p < pat.size() && pat[p] == '*') {
-      star = p++;
-      mark = i;
-    } else if (star != std::string_view::npos) {
-      p = star + 1;
-      i = ++mark;
-    } else {
-      return false;
-    }
-  }
-  while (p < pat.size() && pat[p] == '*') ++p;
-  return p == pat.size();
 }
 
 bool is_four_bit(const QuantSpec& s) {

@@ -15,6 +15,7 @@
 #include "quant/awq.h"
 #include "quant/prune_internal.h"
 #include "quant/quant_traits.h"
+#include "quant/rule_text.h"
 
 namespace tessera::quant {
 namespace {
@@ -34,18 +35,6 @@ constexpr const char* kForms =
   throw Error("bad pruning spec '" + text + "': " + why + "; " + kForms);
 }
 
-std::vector<std::string> split(const std::string& s, char sep) {
-  std::vector<std::string> parts;
-  size_t start = 0;
-  while (true) {
-    const size_t pos = s.find(sep, start);
-    parts.push_back(s.substr(start, pos == std::string::npos ? std::string::npos : pos - start));
-    if (pos == std::string::npos) break;
-    start = pos + 1;
-  }
-  return parts;
-}
-
 const std::map<std::string, PruneMethod>& method_names() {
   static const std::map<std::string, PruneMethod> names = {{"magnitude", PruneMethod::kMagnitude},
                                                            {"magnitude-global", PruneMethod::kMagnitudeGlobal},
@@ -62,27 +51,6 @@ bool parse_int(const std::string& s, int* out) {
     return false;
   *out = std::stoi(s);
   return true;
-}
-
-// Glob over the whole name: '*' any run (also empty), '?' one character (as quantization rules).
-bool glob_match(std::string_view pat, std::string_view s) {
-  size_t p = 0, i = 0, star = std::string_view::npos, mark = 0;
-  while (i < s.size()) {
-    if (p < pat.size() && (pat[p] == '?' || pat[p] == s[i])) {
-      ++p;
-      ++i;
-    } else if (p < pat.size() && pat[p] == '*') {
-      star = p++;
-      mark = i;
-    } else if (star != std::string_view::npos) {
-      p = star + 1;
-      i = ++mark;
-    } else {
-      return false;
-    }
-  }
-  while (p < pat.size() && pat[p] == '*') ++p;
-  return p == pat.size();
 }
 
 constexpr int kNumProj = 7;

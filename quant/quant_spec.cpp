@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "engine/core/check.h"
+#include "quant/rule_text.h"
 
 namespace tessera::quant {
 namespace {
@@ -14,18 +15,6 @@ constexpr const char* kAcceptedForms =
 
 [[noreturn]] void bad_spec(const std::string& text, const std::string& why) {
   throw Error("bad quantization scheme '" + text + "': " + why + "; " + kAcceptedForms);
-}
-
-std::vector<std::string> split(const std::string& s, char sep) {
-  std::vector<std::string> parts;
-  size_t start = 0;
-  while (true) {
-    const size_t pos = s.find(sep, start);
-    parts.push_back(s.substr(start, pos == std::string::npos ? std::string::npos : pos - start));
-    if (pos == std::string::npos) break;
-    start = pos + 1;
-  }
-  return parts;
 }
 
 }  // namespace
