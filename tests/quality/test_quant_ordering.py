@@ -12,56 +12,26 @@ KL(P_f32 || P_quantized) per token:
     text) has KL <= round-to-nearest int4:g128;
   * sanity: every quantized run scores the same tokens, has KL > 0, and stores fewer weight bytes than f32;
     --quant f32 reproduces the uncompressed model (KL 0).
-Exits 77 (skip) when the binary has no --quant/--calib options yet or stories260K is missing; 1 on any failure.
+Exits 77 (skip) when stories260K is missing; 1 on any failure.
 """
 
-import argparse
-import json
 import os
-import subprocess
 import sys
 
-ap = argparse.ArgumentParser()
-ap.add_argument("tessera")
-ap.add_argument("models")
-ap.add_argument("source")
-ap.add_argument("--max-tokens", type=int, default=0, help="evaluate only the first N tokens (0 = all)")
-args = ap.parse_args()
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from stories_eval import StoriesEval, parse_args  # noqa: E402
 
-MODELS = os.environ.get("TESSERA_MODELS", args.models)
-MODEL = os.path.join(MODELS, "stories260K", "stories260K.bin")
-TOKENIZER = os.path.join(MODELS, "stories260K", "tok512.model")
-TEXT = os.path.join(args.source, "docs", "data", "stories260K-t1-eval.txt")
-CALIB = os.path.join(args.source, "docs", "data", "stories260K-t1-calib.txt")
-
-failures = []
-
-
-def check(name, cond, detail=""):
-    print(("ok   " if cond else "FAIL ") + name + ("" if cond else f"\n     {detail}"), flush=True)
-    if not cond:
-        failures.append(name)
-    return cond
-
-
-def evaluate(*quant):
-    cmd = [args.tessera, "eval", "--model", MODEL, "--tokenizer", TOKENIZER, "--text", TEXT, "--reference", MODEL,
-           "--json", *quant]
-    if args.max_tokens:
-        cmd += ["--max-tokens", str(args.max_tokens)]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    if p.returncode != 0:
-        raise RuntimeError(f"$ {' '.join(cmd)}\nexit {p.returncode}\n{p.stderr}")
-    return json.loads(p.stdout)
+args = parse_args()
+EV = StoriesEval(args)
+MODEL, MODELS, CALIB = EV.model, EV.models, EV.calib
+failures = EV.failures
+check = EV.check
+evaluate = EV.evaluate
 
 
 def main():
     if not os.path.exists(MODEL):
         print(f"SKIP: stories260K not found in {MODELS}")
-        return 77
-    h = subprocess.run([args.tessera, "eval", "--help"], capture_output=True, text=True)
-    if "--quant" not in h.stdout or "--calib" not in h.stdout:
-        print("SKIP: this tessera binary has no --quant/--calib options on `tessera eval` yet")
         return 77
 
     runs = {}
