@@ -16,14 +16,12 @@ import argparse
 import datetime
 import json
 import os
-import platform
-import re
 import shlex
 import subprocess
 import sys
 import tempfile
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from report_util import ROOT, git_commit, machine, rel  # noqa: E402 (this folder is on sys.path)
 
 C = "{calib}"
 
@@ -58,30 +56,6 @@ RUNS += [
 ]
 
 BEGIN, END = "<!-- prune-report:begin -->", "<!-- prune-report:end -->"
-
-
-def machine():
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            m = re.search(r"^model name\s*:\s*(.+)$", f.read(), re.M)
-            if m:
-                cpu = m.group(1).strip()
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}"
-
-
-def git_commit():
-    try:
-        out = subprocess.run(["git", "-C", ROOT, "describe", "--always", "--dirty"], capture_output=True, text=True)
-        return out.stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
-
-
-def rel(path):
-    return os.path.relpath(path, ROOT) if os.path.abspath(path).startswith(ROOT + os.sep) else path
 
 
 def sparsity_of(report):
