@@ -200,6 +200,10 @@ LoadedModel load(const ModelOptions& options, bool need_tokenizer, const ShardRe
   LoadedModel out;
   const auto t0 = std::chrono::steady_clock::now();
   const bool sharded = shard != nullptr && (shard->tp_size > 1 || shard->pp_size > 1);
+  if (sharded && (!options.prune.empty() || !options.prune_rules.empty()))
+    throw Error(
+        "pruning (--prune) is not supported with --tp/--pp yet (the ranks would each prune a different "
+        "part of a row); run it on one rank");
   if (sharded && !options.calib.empty())
     throw Error(
         "activation-aware quantization (--calib) is not supported with --tp/--pp yet; use a "
