@@ -215,15 +215,18 @@ LoadedModel load(const ModelOptions& options, bool need_tokenizer, const ShardRe
       request.column_align = largest_group(compress);
       plan = plan_shard(dummy_preset_config(options.preset), request);  // refuse a bad split before generating
     }
-    out.data = make_dummy_model(options.preset, parse_dtype(options.dtype), options.dummy_seed);
+    out.data =
+        make_dummy_model(options.preset, parse_dtype(options.dtype), options.dummy_seed, plan ? &*plan : nullptr);
   } else {
     out.data = load_model(options.model);  // maps the files; no weight byte is read yet
   }
   if (sharded) {
     ShardRequest request = *shard;
     request.column_align = largest_group(compress);
-    if (!plan) plan = plan_shard(out.data.config, request);
-    shard_weights(out.data, *plan);
+    if (!plan) {
+      plan = plan_shard(out.data.config, request);
+      shard_weights(out.data, *plan);  // dummy weights were generated as the shard already
+    }
     if (plan->tp_size > 1) {
       TESSERA_CHECK(tp_group != nullptr && tp_group->size() == plan->tp_size);
       compress.share_row_absmax = [tp_group](std::vector<float>& amax) {

@@ -1,6 +1,7 @@
 #include "loaders/dummy_model.h"
 
 #include <cmath>
+#include <optional>
 
 #include "engine/core/check.h"
 #include "engine/core/thread_pool.h"
@@ -37,29 +38,33 @@ class DummyFiller {
   DummyFiller(ModelData& model, DType dtype, uint64_t seed)
       : model_(model), dtype_(dtype), seed_(seed), pool_(ThreadPool::default_threads()) {}
 
-  Matrix matrix(uint64_t tensor_id, int64_t rows, int64_t cols) {
+  // The [rows][cols] tensor, or only the part `split` keeps of it (same values as cutting the whole one).
+  Matrix matrix(uint64_t tensor_id, int64_t rows, int64_t cols, std::optional<WeightSplit> split = std::nullopt) {
+    IndexRange r{0, rows}, c{0, cols};
+    if (split) (split->by_rows ? r : c) = split->range;
     Matrix m;
     m.dtype = dtype_;
-    m.rows = rows;
-    m.cols = cols;
+    m.rows = r.size();
+    m.cols = c.size();
     uint8_t* buf = model_.store->allocate(m.bytes());
     m.data = buf;
     const uint64_t key = splitmix64(seed_ ^ splitmix64(tensor_id));
     // Uniform in +-1/sqrt(fan_in): keeps each projection's output variance near its input's.
     const float scale = 1.0f / std::sqrt(static_cast<float>(cols));
-    pool_.parallel_for(rows, 1, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        uint8_t* row = buf + static_cast<size_t>(r) * m.row_bytes();
-        const uint64_t first = static_cast<uint64_t>(r) * static_cast<uint64_t>((cols + 1) / 2);
+    const uint64_t pairs_per_row = static_cast<uint64_t>((cols + 1) / 2);
+    pool_.parallel_for(m.rows, 1, [&](int64_t r0, int64_t r1) {
+      for (int64_t i = r0; i < r1; ++i) {
+        uint8_t* row = buf + static_cast<size_t>(i) * m.row_bytes();
+        const uint64_t first = static_cast<uint64_t>(r.begin + i) * pairs_per_row;
         switch (dtype_) {
           case DType::F32:
-            fill_row(reinterpret_cast<float*>(row), cols, key, first, scale, [](float v) { return v; });
+            fill_row(reinterpret_cast<float*>(row), c, key, first, scale, [](float v) { return v; });
             break;
           case DType::F16:
-            fill_row(reinterpret_cast<uint16_t*>(row), cols, key, first, scale, f32_to_f16);
+            fill_row(reinterpret_cast<uint16_t*>(row), c, key, first, scale, f32_to_f16);
             break;
           case DType::BF16:
-            fill_row(reinterpret_cast<uint16_t*>(row), cols, key, first, scale, f32_to_bf16);
+            fill_row(reinterpret_cast<uint16_t*>(row), c, key, first, scale, f32_to_bf16);
             break;
           default:
             TESSERA_CHECK_MSG(false, "plain weight dtype expected");
@@ -70,16 +75,21 @@ class DummyFiller {
   }
 
  private:
-  // Elements 2j and 2j+1 of row r come from the two 32-bit halves of hash(key, r, j); 24 bits of each half map
-  // to [-1, 1).
+  // Elements 2j and 2j+1 of a row come from the two 32-bit halves of hash(key, first_pair + j); 24 bits of each
+  // half map to [-1, 1). Writes the row's columns cols.begin..cols.end-1 (any start, even or odd).
   template <typename T, typename Convert>
-  static void fill_row(T* out, int64_t cols, uint64_t key, uint64_t first_pair, float scale, Convert convert) {
+  static void fill_row(T* out, IndexRange cols, uint64_t key, uint64_t first_pair, float scale, Convert convert) {
     const float unit = 2.0f / 16777216.0f;
-    for (int64_t c = 0; c < cols; c += 2) {
-      const uint64_t pair = first_pair + static_cast<uint64_t>(c / 2);
+    for (int64_t col = cols.begin; col < cols.end;) {
+      const uint64_t pair = first_pair + static_cast<uint64_t>(col / 2);
       const uint64_t h = splitmix64(key + pair * 0x9e3779b97f4a7c15ull);
-      out[c] = convert((static_cast<float>((h >> 8) & 0xffffff) * unit - 1.0f) * scale);
-      if (c + 1 < cols) out[c + 1] = convert((static_cast<float>(h >> 40) * unit - 1.0f) * scale);
+      if (col % 2 == 0) {
+        out[col - cols.begin] = convert((static_cast<float>((h >> 8) & 0xffffff) * unit - 1.0f) * scale);
+        ++col;
+        if (col >= cols.end) break;
+      }
+      out[col - cols.begin] = convert((static_cast<float>(h >> 40) * unit - 1.0f) * scale);
+      ++col;
     }
   }
 
@@ -124,34 +134,39 @@ ModelConfig dummy_preset_config(const std::string& preset) {
   throw Error("unknown dummy model preset '" + preset + "' (available: " + names + ")");
 }
 
-ModelData make_dummy_model(const std::string& preset, DType dtype, uint64_t seed) {
+ModelData make_dummy_model(const std::string& preset, DType dtype, uint64_t seed, const ModelShard* shard) {
   if (is_quantized(dtype))
     throw Error("dummy weights are generated as f32, f16 or bf16; quantize them at load with --quant");
   ModelData model;
   model.config = dummy_preset_config(preset);
   model.source = "dummy:" + preset;
   const ModelConfig& c = model.config;
+  const ModelShard s = shard != nullptr ? *shard : whole_model_shard(c);
   DummyFiller fill(model, dtype, seed);
   // Stable tensor ids (not creation order) so the weights of a tensor never depend on the others.
   auto id = [](int layer, int slot) { return 16u + static_cast<uint64_t>(layer) * 16u + static_cast<uint64_t>(slot); };
+  auto split = [&](ShardedWeight w) { return std::optional<WeightSplit>(split_of(s, c, w)); };
 
   ModelWeights& w = model.weights;
-  w.tok_embeddings = fill.matrix(0, c.vocab_size, c.dim);
-  w.layers.resize(static_cast<size_t>(c.n_layers));
-  for (int i = 0; i < c.n_layers; ++i) {
-    LayerWeights& l = w.layers[static_cast<size_t>(i)];
+  if (s.first_stage()) w.tok_embeddings = fill.matrix(0, c.vocab_size, c.dim, split(ShardedWeight::kEmbeddings));
+  for (int i = s.layer_begin; i < s.layer_end; ++i) {
+    LayerWeights l;
     l.attn_norm.assign(static_cast<size_t>(c.dim), 1.0f);
     l.ffn_norm.assign(static_cast<size_t>(c.dim), 1.0f);
-    l.wq = fill.matrix(id(i, 0), c.q_dim(), c.dim);
-    l.wk = fill.matrix(id(i, 1), c.kv_dim(), c.dim);
-    l.wv = fill.matrix(id(i, 2), c.kv_dim(), c.dim);
-    l.wo = fill.matrix(id(i, 3), c.dim, c.q_dim());
-    l.w_gate = fill.matrix(id(i, 4), c.hidden_dim, c.dim);
-    l.w_up = fill.matrix(id(i, 5), c.hidden_dim, c.dim);
-    l.w_down = fill.matrix(id(i, 6), c.dim, c.hidden_dim);
+    l.wq = fill.matrix(id(i, 0), c.q_dim(), c.dim, split(ShardedWeight::kWq));
+    l.wk = fill.matrix(id(i, 1), c.kv_dim(), c.dim, split(ShardedWeight::kWk));
+    l.wv = fill.matrix(id(i, 2), c.kv_dim(), c.dim, split(ShardedWeight::kWv));
+    l.wo = fill.matrix(id(i, 3), c.dim, c.q_dim(), split(ShardedWeight::kWo));
+    l.w_gate = fill.matrix(id(i, 4), c.hidden_dim, c.dim, split(ShardedWeight::kWGate));
+    l.w_up = fill.matrix(id(i, 5), c.hidden_dim, c.dim, split(ShardedWeight::kWUp));
+    l.w_down = fill.matrix(id(i, 6), c.dim, c.hidden_dim, split(ShardedWeight::kWDown));
+    w.layers.push_back(std::move(l));
   }
-  w.final_norm.assign(static_cast<size_t>(c.dim), 1.0f);
-  w.lm_head = fill.matrix(1, c.vocab_size, c.dim);
+  if (s.last_stage()) {
+    w.final_norm.assign(static_cast<size_t>(c.dim), 1.0f);
+    w.lm_head = fill.matrix(1, c.vocab_size, c.dim, split(ShardedWeight::kLmHead));
+  }
+  if (shard != nullptr) model.shard = *shard;
   return model;
 }
 

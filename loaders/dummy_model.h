@@ -18,7 +18,10 @@ std::vector<std::string> dummy_preset_names();
 ModelConfig dummy_preset_config(const std::string& preset);
 
 // Builds the preset with weights of `dtype` drawn uniformly at a scale that keeps activations finite.
-// Generation is multithreaded and deterministic for a given seed.
-ModelData make_dummy_model(const std::string& preset, DType dtype, uint64_t seed = 0);
+// Generation is multithreaded and deterministic for a given seed. With `shard`, only that rank's part is
+// generated (the same values as cutting the whole model with shard_weights), so a large preset split over
+// many ranks never exists whole on any of them.
+ModelData make_dummy_model(const std::string& preset, DType dtype, uint64_t seed = 0,
+                           const ModelShard* shard = nullptr);
 
 }  // namespace tessera

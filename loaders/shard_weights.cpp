@@ -50,6 +50,10 @@ class Slicer {
     return out;
   }
 
+  Matrix apply(const Matrix& m, WeightSplit split, const std::string& what) {
+    return split.by_rows ? rows(m, split.range) : cols(m, split.range, what.c_str());
+  }
+
   std::vector<float> part(const std::vector<float>& v, IndexRange r) {
     if (v.empty()) return v;
     TESSERA_CHECK(r.begin >= 0 && static_cast<size_t>(r.end) <= v.size());
@@ -69,10 +73,6 @@ class Slicer {
   size_t bytes_ = 0;
 };
 
-IndexRange scaled(IndexRange r, int64_t by) {
-  return {r.begin * by, r.end * by};
-}
-
 }  // namespace
 
 void shard_weights(ModelData& model, const ModelShard& s) {
@@ -83,29 +83,30 @@ void shard_weights(ModelData& model, const ModelShard& s) {
   Slicer slice(model);
   const ModelWeights& in = model.weights;
   ModelWeights out;
-  const IndexRange q_rows = scaled(s.heads, c.head_dim), kv_rows = scaled(s.kv_heads, c.head_dim);
-  if (s.first_stage()) out.tok_embeddings = slice.rows(in.tok_embeddings, s.vocab);
+  auto split = [&](ShardedWeight w) { return split_of(s, c, w); };
+  if (s.first_stage()) out.tok_embeddings = slice.apply(in.tok_embeddings, split(ShardedWeight::kEmbeddings), "");
   if (s.last_stage()) {
     out.final_norm = slice.whole(in.final_norm);
     const bool tied = in.lm_head.data == in.tok_embeddings.data;
-    out.lm_head = tied && s.first_stage() ? out.tok_embeddings : slice.rows(in.lm_head, s.vocab);
+    out.lm_head = tied && s.first_stage() ? out.tok_embeddings
+                                          : slice.apply(in.lm_head, split(ShardedWeight::kLmHead), "lm_head");
   }
   for (int l = s.layer_begin; l < s.layer_end; ++l) {
     const LayerWeights& a = in.layers[static_cast<size_t>(l)];
     const std::string name = "layer " + std::to_string(l);
     LayerWeights b;
     b.attn_norm = slice.whole(a.attn_norm);
-    b.wq = slice.rows(a.wq, q_rows);
-    b.wk = slice.rows(a.wk, kv_rows);
-    b.wv = slice.rows(a.wv, kv_rows);
-    b.bq = slice.part(a.bq, q_rows);
-    b.bk = slice.part(a.bk, kv_rows);
-    b.bv = slice.part(a.bv, kv_rows);
-    b.wo = slice.cols(a.wo, q_rows, (name + " wo").c_str());
+    b.wq = slice.apply(a.wq, split(ShardedWeight::kWq), name + " wq");
+    b.wk = slice.apply(a.wk, split(ShardedWeight::kWk), name + " wk");
+    b.wv = slice.apply(a.wv, split(ShardedWeight::kWv), name + " wv");
+    b.bq = slice.part(a.bq, split(ShardedWeight::kWq).range);
+    b.bk = slice.part(a.bk, split(ShardedWeight::kWk).range);
+    b.bv = slice.part(a.bv, split(ShardedWeight::kWv).range);
+    b.wo = slice.apply(a.wo, split(ShardedWeight::kWo), name + " wo");
     b.ffn_norm = slice.whole(a.ffn_norm);
-    b.w_gate = slice.rows(a.w_gate, s.hidden);
-    b.w_up = slice.rows(a.w_up, s.hidden);
-    b.w_down = slice.cols(a.w_down, s.hidden, (name + " w_down").c_str());
+    b.w_gate = slice.apply(a.w_gate, split(ShardedWeight::kWGate), name + " w_gate");
+    b.w_up = slice.apply(a.w_up, split(ShardedWeight::kWUp), name + " w_up");
+    b.w_down = slice.apply(a.w_down, split(ShardedWeight::kWDown), name + " w_down");
     out.layers.push_back(std::move(b));
   }
   model.weights = std::move(out);

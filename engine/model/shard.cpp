@@ -37,6 +37,30 @@ std::string ModelShard::describe() const {
          str(layer_begin) + "-" + str(layer_end - 1);
 }
 
+WeightSplit split_of(const ModelShard& s, const ModelConfig& c, ShardedWeight w) {
+  const IndexRange q{s.heads.begin * c.head_dim, s.heads.end * c.head_dim};
+  const IndexRange kv{s.kv_heads.begin * c.head_dim, s.kv_heads.end * c.head_dim};
+  switch (w) {
+    case ShardedWeight::kEmbeddings:
+    case ShardedWeight::kLmHead:
+      return {true, s.vocab};
+    case ShardedWeight::kWq:
+      return {true, q};
+    case ShardedWeight::kWk:
+    case ShardedWeight::kWv:
+      return {true, kv};
+    case ShardedWeight::kWo:
+      return {false, q};
+    case ShardedWeight::kWGate:
+    case ShardedWeight::kWUp:
+      return {true, s.hidden};
+    case ShardedWeight::kWDown:
+      return {false, s.hidden};
+  }
+  TESSERA_CHECK(false);
+  return {};
+}
+
 ModelShard whole_model_shard(const ModelConfig& c) {
   ModelShard s;
   s.layer_end = c.n_layers;

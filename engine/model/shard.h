@@ -39,6 +39,15 @@ struct ModelShard {
   std::string describe() const;  // "tp 1/2, pp 0/1, layers 0-4"
 };
 
+// The weights a shard cuts, and how: column-parallel ones keep a row range, row-parallel ones a column range.
+enum class ShardedWeight { kEmbeddings, kWq, kWk, kWv, kWo, kWGate, kWUp, kWDown, kLmHead };
+struct WeightSplit {
+  bool by_rows = true;  // false: by columns
+  IndexRange range;     // rows or columns kept
+};
+// The one place that knows which weight is split which way (also the q/k/v bias ranges: by_rows of wq/wk/wv).
+WeightSplit split_of(const ModelShard& shard, const ModelConfig& config, ShardedWeight weight);
+
 // The whole model as one shard.
 ModelShard whole_model_shard(const ModelConfig& config);
 

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "loaders/shard_weights.h"
 #include "tests/loaders/test_util.h"
 
 namespace tessera {
@@ -92,6 +93,41 @@ TEST(LoaderDummy, DtypesAgree) {
   ASSERT_EQ(b.dtype, DType::F16);
   for (size_t i = 0; i < 5000; ++i)
     ASSERT_EQ(f32_to_f16(load_as_f32(a.data, a.dtype, i)), static_cast<const uint16_t*>(b.data)[i]);
+}
+
+// A shard generated directly holds exactly the bytes of the whole model cut by shard_weights: the layouts include
+// tp 3 (FFN split at odd columns) and two pipeline stages.
+TEST(LoaderDummy, ShardGeneratedDirectlyEqualsTheCutWholeModel) {
+  const ModelConfig c = dummy_preset_config("llama-110m");
+  for (int stage = 0; stage < 2; ++stage) {
+    for (int r = 0; r < 3; ++r) {
+      ShardRequest q;
+      q.tp_size = 3;
+      q.tp_rank = r;
+      q.pp_size = 2;
+      q.pp_stage = stage;
+      const ModelShard shard = plan_shard(c, q);
+      ModelData cut = make_dummy_model("llama-110m", DType::BF16, 9);
+      shard_weights(cut, shard);
+      const ModelData direct = make_dummy_model("llama-110m", DType::BF16, 9, &shard);
+      SCOPED_TRACE(shard.describe());
+      auto same = [](const Matrix& a, const Matrix& b) {
+        return a.rows == b.rows && a.cols == b.cols && a.dtype == b.dtype && a.empty() == b.empty() &&
+               (a.empty() || std::memcmp(a.data, b.data, a.bytes()) == 0);
+      };
+      EXPECT_TRUE(same(direct.weights.tok_embeddings, cut.weights.tok_embeddings));
+      EXPECT_TRUE(same(direct.weights.lm_head, cut.weights.lm_head));
+      EXPECT_EQ(direct.weights.final_norm, cut.weights.final_norm);
+      ASSERT_EQ(direct.weights.layers.size(), cut.weights.layers.size());
+      for (size_t l = 0; l < cut.weights.layers.size(); ++l) {
+        const LayerWeights &a = direct.weights.layers[l], &b = cut.weights.layers[l];
+        for (auto m : {&LayerWeights::wq, &LayerWeights::wk, &LayerWeights::wv, &LayerWeights::wo,
+                       &LayerWeights::w_gate, &LayerWeights::w_up, &LayerWeights::w_down})
+          EXPECT_TRUE(same(a.*m, b.*m)) << "layer " << l;
+      }
+      EXPECT_EQ(direct.shard.describe(), shard.describe());
+    }
+  }
 }
 
 }  // namespace
