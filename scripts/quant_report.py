@@ -12,14 +12,12 @@ date and commit it came from). A scheme the binary cannot run yet (no --quant, u
 saying so instead of numbers. Standard library only.
 """
 
-import argparse
 import json
-import os
 import shlex
 import subprocess
 import sys
 
-from report_util import ROOT, generated_line, publish, rel  # noqa: E402 (this folder is on sys.path)
+from report_util import eval_command, generated_line, parse_report_args, publish, rel  # noqa: E402 (this folder is on sys.path)
 
 # (label, extra flags). {calib} is replaced by the calibration text.
 SCHEMES = [
@@ -46,28 +44,8 @@ BEGIN, END = "<!-- quant-report:begin -->", "<!-- quant-report:end -->"
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tessera", default=os.path.join(ROOT, "build", "bin", "tessera"))
-    ap.add_argument("--models", default=os.environ.get("TESSERA_MODELS", os.path.join(ROOT, "..", "shared", "models")))
-    ap.add_argument("--model", help="checkpoint (default: MODELS/stories260K/stories260K.bin)")
-    ap.add_argument("--tokenizer", help="tokenizer (default: MODELS/stories260K/tok512.model)")
-    ap.add_argument("--text", default=os.path.join(ROOT, "docs", "data", "stories260K-t1-eval.txt"))
-    ap.add_argument("--calib", default=os.path.join(ROOT, "docs", "data", "stories260K-t1-calib.txt"))
-    ap.add_argument("--ctx", type=int, default=256)
-    ap.add_argument("--threads", type=int, default=0, help="0 = all cores")
-    ap.add_argument("--max-tokens", type=int, default=0)
-    ap.add_argument("--update", help="Markdown file whose report block is replaced")
-    ap.add_argument("--json", help="also write the raw eval results here")
-    args = ap.parse_args()
-
-    model = args.model or os.path.join(args.models, "stories260K", "stories260K.bin")
-    tokenizer = args.tokenizer or os.path.join(args.models, "stories260K", "tok512.model")
-    base = [args.tessera, "eval", "--model", model, "--tokenizer", tokenizer, "--text", args.text,
-            "--reference", model, "--ctx", str(args.ctx), "--json"]
-    if args.threads:
-        base += ["--threads", str(args.threads)]
-    if args.max_tokens:
-        base += ["--max-tokens", str(args.max_tokens)]
+    args = parse_report_args(__doc__)
+    base, _ = eval_command(args)
 
     rows, raw = [], []
     for label, flags in SCHEMES:

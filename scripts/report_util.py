@@ -1,5 +1,6 @@
 """Shared by the report scripts (quant_report.py, prune_report.py): the machine, the commit and paths relative
 to the repository that they record, and how a finished table is published."""
+import argparse
 import datetime
 import json
 import os
@@ -60,3 +61,34 @@ def publish(table, raw, json_path, update_path, begin, end):
         with open(update_path, "w", encoding="utf-8") as f:
             f.write(head + begin + "\n" + table + "\n" + end + tail)
     return 0
+
+
+def parse_report_args(description):
+    """The command line both reports take: which binary, model, texts, window and where to publish."""
+    ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tessera", default=os.path.join(ROOT, "build", "bin", "tessera"))
+    ap.add_argument("--models", default=os.environ.get("TESSERA_MODELS", os.path.join(ROOT, "..", "shared", "models")))
+    ap.add_argument("--model", help="checkpoint (default: MODELS/stories260K/stories260K.bin)")
+    ap.add_argument("--tokenizer", help="tokenizer (default: MODELS/stories260K/tok512.model)")
+    ap.add_argument("--text", default=os.path.join(ROOT, "docs", "data", "stories260K-t1-eval.txt"))
+    ap.add_argument("--calib", default=os.path.join(ROOT, "docs", "data", "stories260K-t1-calib.txt"))
+    ap.add_argument("--ctx", type=int, default=256)
+    ap.add_argument("--threads", type=int, default=0, help="0 = all cores")
+    ap.add_argument("--max-tokens", type=int, default=0)
+    ap.add_argument("--update", help="Markdown file whose report block is replaced")
+    ap.add_argument("--json", help="also write the raw eval results here")
+    return ap.parse_args()
+
+
+def eval_command(args):
+    """`tessera eval --json` of the model against itself uncompressed, without the compression flags; and the
+    model path."""
+    model = args.model or os.path.join(args.models, "stories260K", "stories260K.bin")
+    tokenizer = args.tokenizer or os.path.join(args.models, "stories260K", "tok512.model")
+    base = [args.tessera, "eval", "--model", model, "--tokenizer", tokenizer, "--text", args.text,
+            "--reference", model, "--ctx", str(args.ctx), "--json"]
+    if args.threads:
+        base += ["--threads", str(args.threads)]
+    if args.max_tokens:
+        base += ["--max-tokens", str(args.max_tokens)]
+    return base, model
