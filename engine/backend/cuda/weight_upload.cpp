@@ -1,0 +1,194 @@
+#include "engine/backend/cuda/weight_upload.h"
+
+#include <cstring>
+#include <string>
+
+#include "engine/backend/cuda/cuda_check.h"
+#include "quant/blocks.h"
+#include "quant/sparse_formats.h"
+
+namespace tessera::cuda {
+
+namespace {
+
+uint16_t read_u16(const uint8_t* p) {
+  uint16_t v;
+  std::memcpy(&v, p, 2);
+  return v;
+}
+float read_f32(const uint8_t* p) {
+  float v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+
+// Sets 4-bit code q of input c in a planar row of codes.
+void put_nibble(uint8_t* row, int group, int64_t c, uint8_t q) {
+  int64_t byte;
+  int high;
+  nibble_position(group, c, &byte, &high);
+  row[byte] = high ? static_cast<uint8_t>((row[byte] & 0x0f) | (q << 4)) : static_cast<uint8_t>((row[byte] & 0xf0) | q);
+}
+
+void repack_q8(const Matrix& h, const DeviceLayout& l, uint8_t* out) {
+  auto* scales = reinterpret_cast<float*>(out + l.scales_offset());
+  for (int64_t r = 0; r < h.rows; ++r) {
+    const auto* src = static_cast<const uint8_t*>(h.row(r));
+    scales[r] = read_f32(src);
+    std::memcpy(out + r * l.code_row_bytes(), src + 4, static_cast<size_t>(h.cols));
+  }
+}
+
+void repack_grouped(const Matrix& h, const DeviceLayout& l, uint8_t* out) {
+  const int G = h.group;
+  const size_t head = h.dtype == DType::Q4A ? 4 : 2, block = head + static_cast<size_t>(G) / 2;
+  auto* d = reinterpret_cast<uint16_t*>(out + l.scales_offset());
+  auto* m = reinterpret_cast<uint16_t*>(out + l.mins_offset());
+  for (int64_t r = 0; r < h.rows; ++r) {
+    const auto* src = static_cast<const uint8_t*>(h.row(r));
+    for (int64_t g = 0; g < l.groups(); ++g) {
+      const uint8_t* b = src + static_cast<size_t>(g) * block;
+      d[r * l.groups() + g] = read_u16(b);
+      if (h.dtype == DType::Q4A) m[r * l.groups() + g] = read_u16(b + 2);
+      std::memcpy(out + r * l.code_row_bytes() + g * (G / 2), b + head, static_cast<size_t>(G) / 2);
+    }
+  }
+}
+
+// S24Q8 -> Q8: the same scale, kept values at their positions, zeros elsewhere.
+void expand_s24q8(const Matrix& h, const DeviceLayout& l, uint8_t* out) {
+  auto* scales = reinterpret_cast<float*>(out + l.scales_offset());
+  uint8_t pos[quant::kSparse24Kept];
+  for (int64_t r = 0; r < h.rows; ++r) {
+    const auto* src = static_cast<const uint8_t*>(h.row(r));
+    scales[r] = read_f32(src);
+    auto* q = reinterpret_cast<int8_t*>(out + r * l.code_row_bytes());
+    for (int64_t b0 = 0; b0 < h.cols; b0 += quant::kSparse24Block) {
+      quant::BlockS24Q8 blk;
+      std::memcpy(&blk, src + 4 + (b0 / quant::kSparse24Block) * sizeof blk, sizeof blk);
+      quant::sparse24_positions(blk.idx, pos);
+      for (int s = 0; s < quant::kSparse24Kept; ++s) {
+        if (b0 + pos[s] < h.cols) q[b0 + pos[s]] = blk.q[s];
+      }
+    }
+  }
+}
+
+// S24Q4 -> Q4 in groups of 64: each block's scale, kept codes at their positions, code 8 (zero) elsewhere.
+void expand_s24q4(const Matrix& h, const DeviceLayout& l, uint8_t* out) {
+  auto* d = reinterpret_cast<uint16_t*>(out + l.scales_offset());
+  uint8_t pos[quant::kSparse24Kept];
+  for (int64_t r = 0; r < h.rows; ++r) {
+    const auto* src = static_cast<const uint8_t*>(h.row(r));
+    uint8_t* codes = out + r * l.code_row_bytes();
+    std::memset(codes, 0x88, static_cast<size_t>(l.code_row_bytes()));
+    for (int64_t g = 0; g < l.groups(); ++g) {
+      quant::BlockS24Q4 blk;
+      std::memcpy(&blk, src + g * sizeof blk, sizeof blk);
+      d[r * l.groups() + g] = blk.d;
+      quant::sparse24_positions(blk.idx, pos);
+      for (int s = 0; s < quant::kSparse24Kept; ++s) {
+        const uint8_t q = s < 16 ? blk.qs[s] & 0x0f : blk.qs[s - 16] >> 4;
+        const int64_t c = g * quant::kSparse24Block + pos[s];
+        if (c < h.cols) put_nibble(codes, 64, c, q);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+RepackedMatrix repack_for_device(const Matrix& h) {
+  RepackedMatrix out;
+  DeviceLayout& l = out.layout;
+  l.rows = h.rows;
+  l.cols = h.cols;
+  switch (h.dtype) {
+    case DType::S24Q8:
+      l.dtype = DType::Q8;
+      break;
+    case DType::S24Q4:
+      l.dtype = DType::Q4;
+      l.group = quant::kSparse24Block;
+      break;
+    default:
+      l.dtype = h.dtype;
+      l.group = is_grouped(h.dtype) ? h.group : 0;
+  }
+  if (is_grouped(l.dtype) && l.group != 32 && l.group != 64 && l.group != 128) {
+    throw Error("cannot upload a " + std::string(dtype_name(h.dtype)) + " matrix with group " +
+                std::to_string(l.group) + " (32, 64 or 128)");
+  }
+  out.bytes.assign(static_cast<size_t>(l.total_bytes()), 0);
+  if (h.rows == 0 || h.cols == 0) return out;
+  switch (h.dtype) {
+    case DType::F32:
+    case DType::F16:
+    case DType::BF16:
+      std::memcpy(out.bytes.data(), h.data, out.bytes.size());
+      break;
+    case DType::Q8:
+      repack_q8(h, l, out.bytes.data());
+      break;
+    case DType::Q4:
+    case DType::Q4A:
+    case DType::NF4:
+      repack_grouped(h, l, out.bytes.data());
+      break;
+    case DType::S24Q8:
+      expand_s24q8(h, l, out.bytes.data());
+      break;
+    case DType::S24Q4:
+      expand_s24q4(h, l, out.bytes.data());
+      break;
+  }
+  return out;
+}
+
+float device_layout_element(const DeviceLayout& l, const uint8_t* bytes, int64_t r, int64_t c) {
+  const uint8_t* row = bytes + r * l.code_row_bytes();
+  switch (l.dtype) {
+    case DType::F32:
+      return read_f32(row + 4 * c);
+    case DType::F16:
+      return f16_to_f32(read_u16(row + 2 * c));
+    case DType::BF16:
+      return bf16_to_f32(read_u16(row + 2 * c));
+    case DType::Q8:
+      return read_f32(bytes + l.scales_offset() + 4 * r) * static_cast<float>(static_cast<int8_t>(row[c]));
+    default: {
+      int64_t byte;
+      int high;
+      nibble_position(l.group, c, &byte, &high);
+      const int q = high ? row[byte] >> 4 : row[byte] & 0x0f;
+      const int64_t gi = r * l.groups() + c / l.group;
+      const float d = f16_to_f32(read_u16(bytes + l.scales_offset() + 2 * gi));
+      if (l.dtype == DType::Q4) return d * static_cast<float>(q - 8);
+      if (l.dtype == DType::NF4) return d * quant::kNf4Levels[q];
+      return d * static_cast<float>(q) + f16_to_f32(read_u16(bytes + l.mins_offset() + 2 * gi));
+    }
+  }
+}
+
+Matrix DeviceWeightStore::upload_matrix(const Matrix& host) {
+  RepackedMatrix rp = repack_for_device(host);
+  DeviceBuffer buf(rp.bytes.size());
+  if (!rp.bytes.empty()) {
+    TESSERA_CUDA_CHECK(cudaMemcpy(buf.data(), rp.bytes.data(), rp.bytes.size(), cudaMemcpyHostToDevice));
+  }
+  Matrix m{rp.layout.dtype, rp.layout.rows, rp.layout.cols, buf.data(), rp.layout.group};
+  bytes_ += rp.bytes.size();
+  buffers_.push_back(std::move(buf));
+  return m;
+}
+
+const float* DeviceWeightStore::upload_floats(const float* host, size_t count) {
+  DeviceBuffer buf(count * sizeof(float));
+  if (count > 0) TESSERA_CUDA_CHECK(cudaMemcpy(buf.data(), host, count * sizeof(float), cudaMemcpyHostToDevice));
+  const auto* p = buf.as<const float>();
+  bytes_ += count * sizeof(float);
+  buffers_.push_back(std::move(buf));
+  return p;
+}
+
+}  // namespace tessera::cuda

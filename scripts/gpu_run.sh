@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# One-shot GPU verification of the CUDA backend, for the lent GPU machine (no package registry there).
+#
+#   prepare here:   scripts/gpu_fetch_debs.sh            (downloads .debs into .gpu-debs/, gitignored)
+#   on the GPU:     scripts/gpu_run.sh [--no-bench] [--no-sanitizer] [--arch 90]
+#                   (through the device tool: command "bash scripts/gpu_run.sh", carry [".gpu-debs"])
+#
+# It unpacks .gpu-debs/*.deb into a private prefix (dpkg -x; nothing is installed system-wide), configures with
+# CUDA and MPI on, builds the CUDA targets, then runs: the host-side layout test, the CUDA op harness, the op
+# harness under compute-sanitizer (memcheck, then racecheck on attention and reductions), the NCCL test and the
+# kernel benchmark. Logs go to $OUT (or ./gpu-out): at most 8 files, which is what the device tool brings back.
+# Every step runs even if an earlier test step fails; the last lines printed are the summary table.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+out=${OUT:-$root/gpu-out}
+mkdir -p "$out"
+bench=1 sanitizer=1 arch=${TESSERA_CUDA_ARCH:-}
+while (($#)); do
+  case $1 in
+    --no-bench) bench=0 ;;
+    --no-sanitizer) sanitizer=0 ;;
+    --arch) arch=$2; shift ;;
+    *) echo "usage: $0 [--no-bench] [--no-sanitizer] [--arch SM]" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+summary=$out/summary.txt
+: >"$summary"
+note() { echo "$*" | tee -a "$summary"; }
+# step NAME LOG CMD...: runs CMD with output appended to LOG, records its status and wall time.
+step() {
+  local name=$1 log=$2
+  shift 2
+  local t0=$SECONDS
+  echo "=== $name: $*" >>"$log"
+  "$@" >>"$log" 2>&1
+  local rc=$?
+  note "$(printf '%-28s rc=%-3s %4ss  (%s)' "$name" "$rc" $((SECONDS - t0)) "$(basename "$log")")"
+  return $rc
+}
+
+# ---- environment ----
+env_log=$out/build.log
+{
+  date -u
+  cat /etc/os-release 2>/dev/null | head -2
+  nvidia-smi --query-gpu=name,memory.total,driver_version,compute_cap --format=csv 2>&1
+  command -v nvcc && nvcc --version | tail -2
+  command -v g++ c++ gcc cmake ninja pkg-config 2>&1
+  g++ --version 2>&1 | head -1
+  cmake --version | head -1
+  nproc
+} >"$env_log" 2>&1
+if [[ -z $arch ]]; then
+  arch=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d '. ')
+  [[ -n $arch ]] || arch="80;90"
+fi
+cuda_home=${CUDA_HOME:-/usr/local/cuda}
+[[ -x $cuda_home/bin/nvcc ]] || cuda_home=$(dirname "$(dirname "$(command -v nvcc)")")
+export PATH=$cuda_home/bin:$PATH
+
+# ---- dependencies from the carried .debs ----
+prefix=${TESSERA_DEPS_PREFIX:-/tmp/tessera-deps}
+ml=$prefix/usr/lib/x86_64-linux-gnu
+cmake_deps=()
+if compgen -G ".gpu-debs/*.deb" >/dev/null; then
+  rm -rf "$prefix" && mkdir -p "$prefix/bin"
+  for f in .gpu-debs/*.deb; do dpkg -x "$f" "$prefix" || note "dpkg -x failed on $f"; done
+  # Our libraries first for the programs built here; base libraries (glibc, libstdc++) stay the machine's own.
+  export LD_LIBRARY_PATH=$ml:$ml/openmpi/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+  # Open MPI and PMIx look for their plugins and helpers under their install prefix: point them at ours.
+  export OPAL_PREFIX=$prefix/usr PMIX_INSTALL_PREFIX=$prefix/usr
+  export PKG_CONFIG_LIBDIR=$ml/pkgconfig:$prefix/usr/share/pkgconfig PKG_CONFIG_SYSROOT_DIR=$prefix
+  if ! command -v pkg-config >/dev/null; then
+    printf '#!/bin/sh\nexec %s "$@"\n' "$prefix/usr/bin/pkgconf" >"$prefix/bin/pkg-config"
+    chmod +x "$prefix/bin/pkg-config"
+    export PATH=$prefix/bin:$PATH
+  fi
+  cmake_deps=(-DCMAKE_PREFIX_PATH="$prefix/usr" -DMPI_CXX_COMPILER="$prefix/usr/bin/mpicxx.openmpi"
+              -DMPIEXEC_EXECUTABLE="$prefix/usr/bin/mpiexec.openmpi")
+  echo "deps: $(ls .gpu-debs/*.deb | wc -l) .debs unpacked into $prefix" >>"$env_log"
+else
+  echo "deps: no .gpu-debs/ carried; using the machine's own packages" >>"$env_log"
+fi
+
+# ---- configure and build ----
+gen=()
+command -v ninja >/dev/null && gen=(-G Ninja)
+build=$root/build-gpu
+step configure "$env_log" cmake -S . -B "$build" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release -DTESSERA_ENABLE_CUDA=ON \
+  -DTESSERA_ENABLE_MPI=ON -DCMAKE_CUDA_ARCHITECTURES="$arch" -DCMAKE_CUDA_COMPILER="$cuda_home/bin/nvcc" \
+  -DTESSERA_PYTHON="$(command -v python3)" "${cmake_deps[@]}" || { cat "$summary"; exit 1; }
+targets=(cuda_layout_test cuda_ops_test cuda_kernel_bench)
+grep -q '^TESSERA_NCCL_LIBRARY:.*nccl' "$build/CMakeCache.txt" 2>/dev/null && targets+=(test_nccl_collectives)
+step build "$env_log" cmake --build "$build" -j"$(nproc)" --target "${targets[@]}" || { cat "$summary"; exit 1; }
+
+# ---- tests ----
+tests_log=$out/tests.log
+bin=$build/bin
+step layout_test "$tests_log" "$bin/cuda_layout_test"
+step ops_test "$tests_log" "$bin/cuda_ops_test" --gtest_output=xml:"$out/cuda_ops_test.xml"
+# A second run draws fresh random inputs: an error that moves between runs points at a race.
+step ops_test_again "$tests_log" "$bin/cuda_ops_test" --gtest_brief=1
+if ((sanitizer)) && command -v compute-sanitizer >/dev/null; then
+  san_log=$out/sanitizer.log
+  step memcheck "$san_log" compute-sanitizer --tool memcheck --error-exitcode 9 "$bin/cuda_ops_test" \
+    --gtest_brief=1 --gtest_filter='-*MatmulEveryFormat*'
+  step racecheck "$san_log" compute-sanitizer --tool racecheck --error-exitcode 9 "$bin/cuda_ops_test" \
+    --gtest_brief=1 --gtest_filter='*Attention*:*Rmsnorm*:*Argmax*:*SiluMul*'
+fi
+if [[ -x $bin/test_nccl_collectives ]]; then
+  nccl_log=$out/nccl.log
+  step nccl_np2 "$nccl_log" "$prefix/usr/bin/mpiexec.openmpi" -n 2 --oversubscribe --allow-run-as-root \
+    -x LD_LIBRARY_PATH -x OPAL_PREFIX -x PMIX_INSTALL_PREFIX "$bin/test_nccl_collectives"
+fi
+
+# ---- benchmark ----
+if ((bench)); then
+  step bench "$out/bench.log" "$bin/cuda_kernel_bench"
+fi
+
+echo
+echo "---- summary ($(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1), sm $arch) ----"
+cat "$summary"
+[[ -f $out/bench.log ]] && { echo; grep -v '^===' "$out/bench.log" | tail -45; }
+echo "skipped tests: $(grep -c '^\[  SKIPPED \] .*(' "$tests_log")"
+grep -E '^\[  FAILED  \] .*\(' "$tests_log" | sort -u | head -30
+exit 0
