@@ -14,5 +14,6 @@ Command add_bench_command(CLI::App& app);
 Command add_eval_command(CLI::App& app);
 Command add_quantize_command(CLI::App& app);
 Command add_serve_command(CLI::App& app);
+Command add_plan_command(CLI::App& app);
 
 }  // namespace tessera::cli

@@ -17,6 +17,7 @@ int main(int argc, char** argv) {
   commands["eval"] = tessera::cli::add_eval_command(app);
   commands["quantize"] = tessera::cli::add_quantize_command(app);
   commands["serve"] = tessera::cli::add_serve_command(app);
+  commands["plan"] = tessera::cli::add_plan_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -181,17 +181,6 @@ DType parse_dtype(const std::string& name) {
   throw Error("unknown dtype '" + name + "' (use f32, f16 or bf16)");
 }
 
-namespace {
-
-// The largest quantization group any rule may use: tensor-parallel column splits must fall on its multiples.
-int largest_group(const quant::CompressOptions& compress) {
-  int group = std::max(1, compress.default_spec.group);
-  for (const auto& rule : compress.rules) group = std::max(group, rule.spec.group);
-  return group;
-}
-
-}  // namespace
-
 LoadedModel load(const ModelOptions& options, bool need_tokenizer, const ShardRequest* shard, Communicator* tp_group) {
   options.validate();
   // Rules files are read before the model too: a typo should not cost a long load.
@@ -212,7 +201,7 @@ LoadedModel load(const ModelOptions& options, bool need_tokenizer, const ShardRe
   if (options.dummy_weights) {
     if (sharded) {
       ShardRequest request = *shard;
-      request.column_align = largest_group(compress);
+      request.column_align = quant::largest_group(compress);
       plan = plan_shard(dummy_preset_config(options.preset), request);  // refuse a bad split before generating
     }
     out.data =
@@ -222,7 +211,7 @@ LoadedModel load(const ModelOptions& options, bool need_tokenizer, const ShardRe
   }
   if (sharded) {
     ShardRequest request = *shard;
-    request.column_align = largest_group(compress);
+    request.column_align = quant::largest_group(compress);
     if (!plan) {
       plan = plan_shard(out.data.config, request);
       shard_weights(out.data, *plan);  // dummy weights were generated as the shard already

@@ -254,23 +254,10 @@ std::vector<Target> list_targets(ModelData& model) {
 
 // check_unused: a rule that matches nothing is a typo, unless this is one pipeline stage of a larger model.
 void resolve_specs(std::vector<Target>& targets, const CompressOptions& options, bool check_unused) {
-  std::vector<bool> used(options.rules.size(), false);
-  for (Target& t : targets) {
-    t.spec = options.default_spec;
-    for (size_t i = 0; i < options.rules.size(); ++i) {
-      if (glob_match(options.rules[i].pattern, t.name)) {
-        t.spec = options.rules[i].spec;
-        used[i] = true;
-      }
-    }
-  }
-  for (size_t i = 0; i < options.rules.size() && check_unused; ++i) {
-    if (used[i]) continue;
-    const int layers = (static_cast<int>(targets.size()) - 2) / kNumProj;
-    throw Error("quantization rule '" + options.rules[i].pattern + "=" + options.rules[i].spec.to_string() +
-                "' matches no weight (names are tok_embeddings, lm_head and layers.<0.." + std::to_string(layers - 1) +
-                ">.<wq|wk|wv|wo|w_gate|w_up|w_down>)");
-  }
+  std::vector<std::string> names;
+  for (const Target& t : targets) names.push_back(t.name);
+  const std::vector<QuantSpec> specs = resolve_quant_specs(options, names, check_unused);
+  for (size_t i = 0; i < targets.size(); ++i) targets[i].spec = specs[i];
 }
 
 // The kv_dim version of a q_dim kAttnOut scale (equal within each GQA group): the row scale folded into wv.
@@ -528,6 +515,34 @@ nlohmann::json parse_rules_json(const std::string& text, const std::string& path
 }
 
 }  // namespace
+
+std::vector<QuantSpec> resolve_quant_specs(const CompressOptions& options, const std::vector<std::string>& names,
+                                           bool check_unused) {
+  std::vector<QuantSpec> specs(names.size(), options.default_spec);
+  std::vector<bool> used(options.rules.size(), false);
+  for (size_t n = 0; n < names.size(); ++n) {
+    for (size_t i = 0; i < options.rules.size(); ++i) {
+      if (glob_match(options.rules[i].pattern, names[n])) {
+        specs[n] = options.rules[i].spec;
+        used[i] = true;
+      }
+    }
+  }
+  for (size_t i = 0; i < options.rules.size() && check_unused; ++i) {
+    if (used[i]) continue;
+    const int layers = (static_cast<int>(names.size()) - 2) / kNumProj;
+    throw Error("quantization rule '" + options.rules[i].pattern + "=" + options.rules[i].spec.to_string() +
+                "' matches no weight (names are tok_embeddings, lm_head and layers.<0.." + std::to_string(layers - 1) +
+                ">.<wq|wk|wv|wo|w_gate|w_up|w_down>)");
+  }
+  return specs;
+}
+
+int largest_group(const CompressOptions& options) {
+  int group = std::max(1, options.default_spec.group);
+  for (const auto& rule : options.rules) group = std::max(group, rule.spec.group);
+  return group;
+}
 
 QuantRule QuantRule::parse(const std::string& text) {
   const size_t eq = text.rfind('=');

@@ -58,6 +58,16 @@ struct CompressReport {
   size_t bytes_after = 0;
 };
 
+// The scheme of each named weight (canonical names, in the pipeline's order: tok_embeddings, layers.<L>.<slot>...,
+// lm_head): the default, replaced by the last rule whose glob matches. check_unused: a rule that matches no name is
+// a typo and throws tessera::Error. compress_model resolves its weights with this; `tessera plan` does too.
+std::vector<QuantSpec> resolve_quant_specs(const CompressOptions& options, const std::vector<std::string>& names,
+                                           bool check_unused);
+
+// The largest quantization group of the default and the rules (1 when none is grouped): tensor-parallel column
+// splits must fall on its multiples (ShardRequest::column_align).
+int largest_group(const CompressOptions& options);
+
 // Reads rules from a JSON file: {"default": "int4:g128", "rules": [{"pattern": "lm_head", "scheme": "int8"}, ...]}.
 CompressOptions load_rules_file(const std::string& path);
 
