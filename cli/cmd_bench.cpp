@@ -1,16 +1,21 @@
 // tessera bench: load time, prefill and decode throughput, peak RSS, and efficiency against the machine's
 // measured memory bandwidth (decode) and FMA peak (prefill). Benchmarks live here, never in timed unit tests.
+// With --batch/--tp/--pp lists/--csv (or under mpirun) it measures the leader/worker runtime instead, as a sweep
+// over parallel layouts and batch sizes (bench_sweep.h, bench_parallel.h).
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <set>
 #include <string>
 #include <vector>
 
 #include "cli/bench_parallel.h"
+#include "cli/bench_sweep.h"
 #include "cli/commands.h"
 #include "cli/machine_probe.h"
 #include "cli/options.h"
@@ -19,7 +24,6 @@
 #include "engine/core/cpu_features.h"
 #include "engine/model/llama_model.h"
 #include "loaders/dummy_model.h"
-#include "quant/quant_spec.h"
 
 namespace tessera::cli {
 
@@ -33,12 +37,20 @@ struct BenchOptions {
   std::vector<std::string> presets;
   std::vector<int> threads{1, 2};
   std::vector<int> prompt_lens{128, 512};
-  int gen_tokens = 32;
+  std::vector<int> gen_lens{32};
   int repeats = 1;
-  bool json_output = false;
+  std::string json_path;  // with --json: "" (or "-") prints to stdout
   bool skip_probe = false;
-  ParallelOptions parallel;
-  int sequences = 0;  // > 0, --tp/--pp or mpirun: the leader/worker runtime benchmark (bench_parallel.h)
+  // The leader/worker runtime and sweeps (bench_parallel.h, bench_sweep.h).
+  ParallelOptions parallel;  // --pp-layers, --comm-timeout; tp and pp come from the lists below
+  std::vector<int> tps{1};
+  std::vector<int> pps{1};
+  std::vector<int> batches;
+  int sequences = 0;  // the runtime with this many sequences, one per step (what --sequences meant before --batch)
+  int micro_batches = 0;
+  std::string csv_path;
+  std::string mpiexec = "mpiexec";
+  std::string mpi_args;
 };
 
 double seconds_since(Clock::time_point t0) {
@@ -98,20 +110,20 @@ json bench_one(const LoadedModel& loaded, int threads, const BenchOptions& o, do
   r["prefill"] = prefill;
 
   // Decode at batch 1 after a short prompt: every step reads all weights once.
-  const int warm = 16;
-  KvCache cache(c, warm + o.gen_tokens + 1);
+  const int warm = 16, gen_tokens = o.gen_lens.front();
+  KvCache cache(c, warm + gen_tokens + 1);
   const std::vector<int> prompt = random_tokens(warm, c.vocab_size, 7);
   model.forward(prompt, 0, cache, LogitsMode::kLast, logits.data());
   int token = backend.argmax(logits.data(), c.vocab_size);
   const auto t0 = Clock::now();
-  for (int i = 0; i < o.gen_tokens; ++i) {
+  for (int i = 0; i < gen_tokens; ++i) {
     model.forward(std::span<const int>(&token, 1), warm + i, cache, LogitsMode::kLast, logits.data());
     token = backend.argmax(logits.data(), c.vocab_size);
   }
   const double s = seconds_since(t0);
-  const double tps = o.gen_tokens / s;
+  const double tps = gen_tokens / s;
   const double bytes_per_token = static_cast<double>(m.weight_bytes());
-  json d{{"tokens", o.gen_tokens},
+  json d{{"tokens", gen_tokens},
          {"tokens_per_s", tps},
          {"ms_per_token", 1e3 / tps},
          {"weight_bytes_per_token", bytes_per_token},
@@ -152,29 +164,78 @@ void print_human(const json& report) {
       "bytes per token / read bandwidth at the same thread count\n");
 }
 
-int run_bench(BenchOptions o) {
-  if (o.sequences > 0 || o.parallel.tp * o.parallel.pp > 1 || std::getenv("OMPI_COMM_WORLD_SIZE") != nullptr) {
-    if (o.presets.size() + (o.model.model.empty() ? 0 : 1) > 1)
-      throw Error("the parallel benchmark (--tp/--pp/--sequences) measures one model: give one --preset or --model");
-    ParallelBenchOptions p;
-    p.model = o.model;
-    if (!o.presets.empty()) {
-      p.model.dummy_weights = true;
-      p.model.preset = o.presets.front();
-    } else if (o.model.model.empty()) {
-      p.model.dummy_weights = true;
-      p.model.preset = "llama-110m";
+bool given(const CLI::App& app, const char* name) {
+  return app.get_option(name)->count() > 0;
+}
+
+// The options a sweep repeats in each layout's MPI job: everything given except the layout and the outputs.
+std::vector<std::string> forwarded_args(const CLI::App& app) {
+  static const std::set<std::string> skip{"--tp", "--pp", "--csv", "--json", "--mpiexec", "--mpi-args", "--help"};
+  std::vector<std::string> args;
+  for (const CLI::Option* opt : app.get_options()) {
+    const std::string name = opt->get_name();
+    if (opt->count() == 0 || skip.count(name) != 0) continue;
+    if (opt->get_type_size() == 0) {  // a flag
+      if (opt->as<bool>()) args.push_back(name);
+      continue;
     }
-    p.parallel = o.parallel;
-    p.threads = o.threads.front();
-    p.prompt_len = o.prompt_lens.front();
-    p.gen_tokens = o.gen_tokens;
-    p.sequences = std::max(1, o.sequences);
-    p.json_output = o.json_output;
-    return run_parallel_bench(p);
+    for (const std::string& value : opt->results())
+      args.push_back(name + "=" + value);  // "=": values may start with '-'
   }
+  return args;
+}
+
+// The leader/worker runtime: --batch/--sequences/--csv, several or parallel layouts, or under mpirun.
+bool wants_runtime(const BenchOptions& o, const CLI::App& app) {
+  if (o.sequences > 0 || !o.batches.empty() || !o.csv_path.empty() || o.tps.size() > 1 || o.pps.size() > 1) return true;
+  return o.tps.front() * o.pps.front() > 1 || under_launcher() || given(app, "--micro-batches");
+}
+
+int run_runtime_bench(const BenchOptions& o, const CLI::App& app) {
+  if (o.presets.size() + (o.model.model.empty() ? 0 : 1) > 1)
+    throw Error(
+        "the runtime benchmark (--tp/--pp/--batch/--sequences) measures one model: give one --preset or --model");
+  if (o.sequences > 0 && !o.batches.empty()) throw Error("give --batch or --sequences, not both");
+  SweepOptions s;
+  ParallelBenchOptions& p = s.bench;
+  p.model = o.model;
+  if (!o.presets.empty()) {
+    p.model.dummy_weights = true;
+    p.model.preset = o.presets.front();
+  } else if (o.model.model.empty()) {
+    p.model.dummy_weights = true;
+    p.model.preset = "llama-110m";
+  }
+  p.parallel = o.parallel;
+  // Defaults of the runtime: one thread per rank (ranks are the parallelism), one 128-token prompt.
+  p.threads = given(app, "--threads") ? o.threads : std::vector<int>{1};
+  p.prompt_lens = given(app, "--prompt-lens") ? o.prompt_lens : std::vector<int>{128};
+  p.gen_lens = o.gen_lens;
+  if (o.sequences > 0) {  // S sequences, one per step: several steps in flight through a pipeline
+    p.batches = {o.sequences};
+    p.micro_batches = o.sequences;
+  } else {
+    p.batches = o.batches.empty() ? std::vector<int>{1} : o.batches;
+    p.micro_batches = o.micro_batches;
+  }
+  s.tps = o.tps;
+  s.pps = o.pps;
+  s.csv_path = o.csv_path;
+  s.json_stdout = given(app, "--json") && (o.json_path.empty() || o.json_path == "-");
+  if (!s.json_stdout) s.json_path = o.json_path;
+  s.mpiexec = o.mpiexec;
+  s.mpi_args = o.mpi_args;
+  s.forwarded_args = forwarded_args(app);
+  return run_bench_sweep(s);
+}
+
+int run_bench(BenchOptions o, const CLI::App& app) {
+  if (wants_runtime(o, app)) return run_runtime_bench(o, app);
+  if (o.gen_lens.size() != 1)
+    throw Error("several --gen-len values need the runtime benchmark: add --batch (e.g. --batch 1)");
+  const bool json_stdout = given(app, "--json") && (o.json_path.empty() || o.json_path == "-");
   if (o.presets.empty() && o.model.model.empty()) o.presets = {"llama-110m"};
-  if (o.repeats < 1 || o.gen_tokens < 1) throw Error("--repeats and --gen must be >= 1");
+  if (o.repeats < 1 || o.gen_lens.front() < 1) throw Error("--repeats and --gen must be >= 1");
   std::sort(o.threads.begin(), o.threads.end());
   json report;
   report["cpu_features"] = cpu_features().describe();
@@ -205,12 +266,8 @@ int run_bench(BenchOptions o) {
   report["models"] = json::array();
   for (const auto& target : targets) {
     const LoadedModel loaded = load(target, /*need_tokenizer=*/false);
-    const Matrix& wq = loaded.data.weights.layers.at(0).wq;
-    quant::QuantSpec stored;  // what the first projection is stored as, after any load-time compression
-    stored.dtype = wq.dtype;
-    stored.group = wq.group;
     json entry{{"model", loaded.data.source},
-               {"dtype", target.dummy_weights && !loaded.compression ? target.dtype : stored.to_string()},
+               {"dtype", stored_weight_format(loaded, target)},
                {"weight_bytes", static_cast<double>(loaded.data.weight_bytes())},
                {"load_seconds", loaded.load_seconds}};
     if (loaded.compression) {
@@ -223,11 +280,14 @@ int run_bench(BenchOptions o) {
     for (int t : o.threads) {
       const double b = bw.contains(std::to_string(t)) ? bw[std::to_string(t)].get<double>() : 0.0;
       entry["runs"].push_back(bench_one(loaded, t, o, b, fma));
-      if (!o.json_output) std::fprintf(stderr, "[bench] %s, %d threads done\n", loaded.data.source.c_str(), t);
+      if (!json_stdout) std::fprintf(stderr, "[bench] %s, %d threads done\n", loaded.data.source.c_str(), t);
     }
     report["models"].push_back(entry);
   }
-  if (o.json_output) {
+  if (given(app, "--json") && !json_stdout) {
+    std::ofstream out(o.json_path);
+    if (!out || !(out << report.dump(2) << '\n') || !out.flush()) throw Error("cannot write " + o.json_path);
+  } else if (json_stdout) {
     std::printf("%s\n", report.dump(2).c_str());
   } else {
     print_human(report);
@@ -247,23 +307,60 @@ Command add_bench_command(CLI::App& app) {
   sub->add_option("--dtype", o->model.dtype, "Weight type of the dummy presets")
       ->check(CLI::IsMember({"f32", "f16", "bf16"}))
       ->capture_default_str();
-  sub->add_option("-t,--threads", o->threads, "Thread counts to measure, e.g. 1,2")
+  sub->add_option("-t,--threads", o->threads,
+                  "Thread counts to measure, e.g. 1,2 (per rank with the runtime benchmark, default 1 there)")
       ->delimiter(',')
       ->check(CLI::PositiveNumber);
-  sub->add_option("--prompt-lens", o->prompt_lens, "Prompt lengths for prefill, e.g. 128,512")
+  sub->add_option("--prompt-lens,--prompt-len", o->prompt_lens,
+                  "Prompt lengths for prefill, e.g. 128,512 (default 128 with the runtime benchmark)")
       ->delimiter(',')
       ->check(CLI::PositiveNumber);
-  sub->add_option("--gen", o->gen_tokens, "Decode steps to time")->capture_default_str();
+  sub->add_option("--gen,--gen-len", o->gen_lens, "Decode steps to time per sequence (a list with --batch)")
+      ->delimiter(',')
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
   sub->add_option("--repeats", o->repeats, "Prefill repetitions (best is kept)")->capture_default_str();
   o->model.add_quant_options(*sub);
-  sub->add_flag("--json", o->json_output, "Print one JSON object instead of a table");
+  sub->add_option("--json", o->json_path,
+                  "Report as JSON: to FILE, or to stdout without one (the runtime benchmark: one object per "
+                  "combination)")
+      ->type_name("[FILE]")
+      ->expected(0, 1);
+  // --tp and --pp are lists here (a sweep over layouts); ParallelOptions registers them as single numbers.
   o->parallel.add_to(*sub);
-  sub->add_option("--sequences", o->sequences,
-                  "Benchmark the leader/worker runtime (also under mpirun) with this many sequences in flight; "
-                  "uses the first --threads and --prompt-lens values")
+  sub->remove_option(sub->get_option("--tp"));
+  sub->remove_option(sub->get_option("--pp"));
+  sub->add_option("--tp", o->tps,
+                  "Tensor-parallel ranks per stage; a list sweeps layouts, e.g. 1,2 (each layout of several ranks "
+                  "runs as its own mpiexec job; under mpirun: the job's layout)")
+      ->delimiter(',')
       ->check(CLI::PositiveNumber);
+  sub->add_option("--pp", o->pps, "Pipeline stages; a list sweeps layouts, e.g. 1,2")
+      ->delimiter(',')
+      ->check(CLI::PositiveNumber);
+  sub->add_option("--batch", o->batches,
+                  "Sequences decoded together in one step, e.g. 1,2,4,8: measures the leader/worker runtime for "
+                  "every tp x pp x batch x prompt length x generation length")
+      ->delimiter(',')
+      ->check(CLI::PositiveNumber);
+  sub->add_option("--micro-batches", o->micro_batches,
+                  "Decode steps in flight through a pipeline, each with part of the batch (default: min(pp, batch))")
+      ->check(CLI::PositiveNumber);
+  sub->add_option("--sequences", o->sequences,
+                  "Benchmark the leader/worker runtime with this many sequences in flight, one per step (with a "
+                  "pipeline, on different stages at once)")
+      ->check(CLI::PositiveNumber);
+  sub->add_option("--csv", o->csv_path, "Write the runtime benchmark's results as CSV, one row per combination")
+      ->type_name("FILE");
+  sub->add_option("--mpiexec", o->mpiexec, "MPI launcher for the sweep's parallel layouts")
+      ->type_name("PATH")
+      ->capture_default_str();
+  sub->add_option("--mpi-args", o->mpi_args,
+                  "Extra launcher arguments for the sweep's jobs, split at spaces, e.g. \"--hostfile hosts\" (then "
+                  "no --oversubscribe is added)")
+      ->type_name("ARGS");
   sub->add_flag("--skip-probe", o->skip_probe, "Do not measure bandwidth and FMA peak (faster; no efficiencies)");
-  return [o] { return run_bench(*o); };
+  return [o, sub] { return run_bench(*o, *sub); };
 }
 
 }  // namespace tessera::cli

@@ -3,7 +3,7 @@
 #   - Debian packages: compiler, CMake, SentencePiece, nlohmann/json, CLI11, GoogleTest, Open MPI, Boost
 #     (Beast/Asio headers for the HTTP server), curl (server tests)
 #   - a Python virtual environment in .venv with the test-side tools (numpy, safetensors, sentencepiece,
-#     requests and openai for the server tests)
+#     requests and openai for the server tests, matplotlib for scripts/plot_bench.py)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,5 +30,5 @@ if [ ! -x .venv/bin/python ]; then
   echo "[install-deps] creating .venv"
   python3 -m venv .venv
 fi
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -r scripts/reference/requirements.txt
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -r scripts/reference/requirements.txt matplotlib
 echo "[install-deps] done"
