@@ -5,6 +5,8 @@
 #include <cstring>
 #include <vector>
 
+#include "engine/core/check.h"
+
 namespace tessera {
 
 void all_reduce_max(Communicator& comm, float* data, size_t count) {
@@ -47,6 +49,20 @@ ArgmaxCandidate Communicator::argmax_all(ArgmaxCandidate local) {
     std::memcpy(&candidates[r].index, all.data() + kRecord * r + 8, sizeof(int64_t));
   }
   return reduce_argmax(candidates.data(), candidates.size());
+}
+
+void Communicator::send_message(const std::string&, int, int) {
+  TESSERA_CHECK_MSG(false, name() + " does not carry messages (send_message)");
+}
+
+bool Communicator::try_recv_message(int, int*, std::string*) {
+  TESSERA_CHECK_MSG(false, name() + " does not carry messages (try_recv_message)");
+  return false;
+}
+
+std::string Communicator::recv_message(int, int) {
+  TESSERA_CHECK_MSG(false, name() + " does not carry messages (recv_message)");
+  return {};
 }
 
 }  // namespace tessera

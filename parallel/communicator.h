@@ -101,6 +101,15 @@ class Communicator {
   virtual ArgmaxCandidate argmax_all(ArgmaxCandidate local);
   // Returns once every rank has entered it.
   virtual void barrier() = 0;
+
+  // Messages of any length, for loosely coupled ranks that do not run in lockstep (data-parallel replicas
+  // asking a coordinator for work). Not every communicator carries them: the default implementations are a
+  // programmer error (TESSERA_CHECK); MpiCommunicator implements them.
+  virtual void send_message(const std::string& message, int dst, int tag);
+  // A message with `tag` from any rank, if one has arrived (never waits): true and *src, *message set.
+  virtual bool try_recv_message(int tag, int* src, std::string* message);
+  // Waits (within the communicator's timeout) for the next message with `tag` from `src`.
+  virtual std::string recv_message(int src, int tag);
 };
 
 }  // namespace tessera

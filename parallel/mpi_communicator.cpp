@@ -113,7 +113,7 @@ void wait_requests(MPI_Request* requests, int n, MPI_Status* statuses, double ti
 // ---------------------------------------------------------------------------------------------------------------
 // MpiRuntime
 
-MpiRuntime::MpiRuntime(int* argc, char*** argv, double shutdown_timeout_seconds)
+MpiRuntime::MpiRuntime(int* argc, char*** argv, double shutdown_timeout_seconds, bool concurrent_threads)
     : shutdown_timeout_s_(shutdown_timeout_seconds) {
   validate_timeout(shutdown_timeout_seconds, "the MPI shutdown timeout");
   int initialized = 0, finalized = 0;
@@ -121,12 +121,15 @@ MpiRuntime::MpiRuntime(int* argc, char*** argv, double shutdown_timeout_seconds)
   MPI_Finalized(&finalized);
   if (finalized) throw Error("MPI was already finalised in this process and cannot be started again");
   if (initialized) throw Error("MPI is already initialised in this process (create one MpiRuntime per process)");
+  const int wanted = concurrent_threads ? MPI_THREAD_MULTIPLE : MPI_THREAD_SERIALIZED;
+  const char* wanted_name = concurrent_threads ? "MPI_THREAD_MULTIPLE" : "MPI_THREAD_SERIALIZED";
   int provided = MPI_THREAD_SINGLE;
-  const int rc = MPI_Init_thread(argc, argv, MPI_THREAD_SERIALIZED, &provided);
+  const int rc = MPI_Init_thread(argc, argv, wanted, &provided);
   if (rc != MPI_SUCCESS) throw Error("MPI_Init_thread failed: " + mpi_error_text(rc));
-  if (provided < MPI_THREAD_SERIALIZED) {
+  if (provided < wanted) {
     MPI_Finalize();
-    throw Error("this MPI library does not provide MPI_THREAD_SERIALIZED (got level " + std::to_string(provided) + ")");
+    throw Error(std::string("this MPI library does not provide ") + wanted_name + " (got level " +
+                std::to_string(provided) + ")");
   }
   MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
   MPI_Comm_set_errhandler(MPI_COMM_SELF, MPI_ERRORS_RETURN);
@@ -353,6 +356,60 @@ void MpiCommunicator::broadcast(void* data, size_t bytes, int root) {
 
 void MpiCommunicator::barrier() {
   impl_->fence("barrier");
+}
+
+void MpiCommunicator::send_message(const std::string& message, int dst, int tag) {
+  TESSERA_CHECK_MSG(message.size() <= static_cast<size_t>(INT_MAX), impl_->op("send_message") + ": over 2 GiB");
+  impl_->check_peer(dst, tag, "send_message");
+  impl_->requests.assign(1, MPI_REQUEST_NULL);
+  impl_->check(MPI_Isend(message.data(), static_cast<int>(message.size()), MPI_BYTE, dst, tag, impl_->comm,
+                         impl_->requests.data()),
+               "send_message");
+  impl_->wait("send_message");
+}
+
+// Matched probes (MPI_Improbe + MPI_Imrecv) so that another thread's receive can never take the probed message.
+bool MpiCommunicator::try_recv_message(int tag, int* src, std::string* message) {
+  TESSERA_CHECK_MSG(tag >= 0 && tag <= kMaxTag, impl_->op("try_recv_message") + ": tag out of range");
+  int flag = 0;
+  MPI_Message handle = MPI_MESSAGE_NULL;
+  MPI_Status status;
+  impl_->check(MPI_Improbe(MPI_ANY_SOURCE, tag, impl_->comm, &flag, &handle, &status), "try_recv_message");
+  if (!flag) return false;
+  int bytes = 0;
+  MPI_Get_count(&status, MPI_BYTE, &bytes);
+  message->resize(static_cast<size_t>(bytes));
+  impl_->requests.assign(1, MPI_REQUEST_NULL);
+  impl_->check(MPI_Imrecv(message->data(), bytes, MPI_BYTE, &handle, impl_->requests.data()), "try_recv_message");
+  impl_->wait("try_recv_message");
+  *src = status.MPI_SOURCE;
+  return true;
+}
+
+std::string MpiCommunicator::recv_message(int src, int tag) {
+  impl_->check_peer(src, tag, "recv_message");
+  using Clock = std::chrono::steady_clock;
+  const auto start = Clock::now();
+  const double timeout_s = impl_->timeout_s;
+  for (;;) {
+    int flag = 0;
+    MPI_Message handle = MPI_MESSAGE_NULL;
+    MPI_Status status;
+    impl_->check(MPI_Improbe(src, tag, impl_->comm, &flag, &handle, &status), "recv_message");
+    if (flag) {
+      int bytes = 0;
+      MPI_Get_count(&status, MPI_BYTE, &bytes);
+      std::string message(static_cast<size_t>(bytes), '\0');
+      impl_->requests.assign(1, MPI_REQUEST_NULL);
+      impl_->check(MPI_Imrecv(message.data(), bytes, MPI_BYTE, &handle, impl_->requests.data()), "recv_message");
+      impl_->wait("recv_message");
+      return message;
+    }
+    const double waited = std::chrono::duration<double>(Clock::now() - start).count();
+    if (timeout_s < kUnbounded && waited > timeout_s)
+      die(impl_->op("recv_message"), "timed out after " + seconds_text(timeout_s) + " s");
+    std::this_thread::sleep_for(std::chrono::microseconds(waited < 0.005 ? 20 : 200));
+  }
 }
 
 }  // namespace tessera

@@ -33,12 +33,14 @@ namespace tessera {
 
 // Owns MPI for the process: MPI_Init_thread in the constructor, MPI_Finalize in the destructor. One per process,
 // created before and destroyed after every MpiCommunicator (MPI cannot be initialised twice). Requests
-// MPI_THREAD_SERIALIZED: any one thread at a time may call MPI (e.g. an engine thread other than main).
+// MPI_THREAD_SERIALIZED: any one thread at a time may call MPI (e.g. an engine thread other than main), or with
+// `concurrent_threads` MPI_THREAD_MULTIPLE: several threads at once, each on its own communicators (a batch
+// replica's engine thread drives its model while the main thread talks to the coordinator).
 class MpiRuntime {
  public:
-  // Throws tessera::Error if MPI is already initialised or finalised, or lacks MPI_THREAD_SERIALIZED.
+  // Throws tessera::Error if MPI is already initialised or finalised, or lacks the thread level asked for.
   // `shutdown_timeout_seconds` bounds the barrier that ~MpiRuntime passes before MPI_Finalize.
-  MpiRuntime(int* argc, char*** argv, double shutdown_timeout_seconds = 60.0);
+  MpiRuntime(int* argc, char*** argv, double shutdown_timeout_seconds = 60.0, bool concurrent_threads = false);
   ~MpiRuntime();
   MpiRuntime(const MpiRuntime&) = delete;
   MpiRuntime& operator=(const MpiRuntime&) = delete;
@@ -87,6 +89,10 @@ class MpiCommunicator final : public Communicator {
   // The generic all-gather version, with failures reported as "argmax_all".
   ArgmaxCandidate argmax_all(ArgmaxCandidate local) override;
   void barrier() override;
+  // Messages of any length; the waits (send, recv_message) are bounded by the timeout like every operation.
+  void send_message(const std::string& message, int dst, int tag) override;
+  bool try_recv_message(int tag, int* src, std::string* message) override;
+  std::string recv_message(int src, int tag) override;
 
  private:
   struct Impl;  // the MPI handle and its bookkeeping (mpi_communicator.cpp)

@@ -50,6 +50,19 @@ class TimedCommunicator final : public Communicator {
   void barrier() override {
     timed([&] { inner_.barrier(); });
   }
+  void send_message(const std::string& message, int dst, int tag) override {
+    timed([&] { inner_.send_message(message, dst, tag); });
+  }
+  bool try_recv_message(int tag, int* src, std::string* message) override {
+    bool got = false;
+    timed([&] { got = inner_.try_recv_message(tag, src, message); });
+    return got;
+  }
+  std::string recv_message(int src, int tag) override {
+    std::string message;
+    timed([&] { message = inner_.recv_message(src, tag); });
+    return message;
+  }
 
  private:
   template <typename F>
