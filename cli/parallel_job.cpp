@@ -44,16 +44,24 @@ void ParallelOptions::add_to(CLI::App& app) {
       ->capture_default_str();
 }
 
+void ParallelOptions::add_dp_to(CLI::App& app) {
+  app.add_option("--dp", dp,
+                 "Data-parallel replicas, each of tp x pp ranks (0: as many as the job holds, i.e. ranks / (tp x pp))")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+}
+
 #ifdef TESSERA_HAVE_MPI
 struct ParallelJob::Mpi {
   MpiRuntime runtime;
   MpiCommunicator world;
   MpiCommunicator control;
+  std::unique_ptr<MpiCommunicator> replica, replica_control, coordination;  // with --dp > 1
   std::unique_ptr<MpiCommunicator> tp, tp_control, pp, pp_control;
   std::unique_ptr<TimedCommunicator> world_timed, tp_timed, pp_timed;
 
-  explicit Mpi(double timeout)
-      : runtime(nullptr, nullptr, timeout),
+  Mpi(double timeout, bool concurrent_threads)
+      : runtime(nullptr, nullptr, timeout, concurrent_threads),
         world(runtime, timeout, "world"),
         control(runtime, std::numeric_limits<double>::infinity(), "control") {}
 };
@@ -62,29 +70,47 @@ struct ParallelJob::Mpi {};
 #endif
 
 ParallelJob::ParallelJob(const ParallelOptions& options) : options_(options) {
-  const int wanted = options.tp * options.pp;
+  const int model_ranks = options.model_ranks();
   const int launched = launcher_world_size();
+  if (options_.dp == 0) options_.dp = launched > model_ranks ? launched / model_ranks : 1;
+  const int wanted = options_.dp * model_ranks;
   if (wanted == 1 && launched <= 1) return;  // a single process: no MPI at all
 #ifndef TESSERA_HAVE_MPI
-  throw Error("--tp/--pp need the MPI build of tessera (configure with -DTESSERA_ENABLE_MPI=ON)");
+  throw Error("--tp/--pp/--dp need the MPI build of tessera (configure with -DTESSERA_ENABLE_MPI=ON)");
 #else
-  mpi_ = std::make_unique<Mpi>(options.comm_timeout);
+  // Replicas of several ranks use MPI from two threads at once (engine thread: the model; main: coordination).
+  mpi_ = std::make_unique<Mpi>(options.comm_timeout, options_.dp > 1 && model_ranks > 1);
   world_rank_ = mpi_->runtime.world_rank();
   world_size_ = mpi_->runtime.world_size();
   // Every rank sees the same mismatch and exits normally; only after this may errors abort the job.
-  if (world_size_ != wanted)
-    throw Error("--tp " + std::to_string(options.tp) + " x --pp " + std::to_string(options.pp) + " = " +
-                std::to_string(wanted) + " ranks, but the job has " + std::to_string(world_size_) +
-                " (start it with mpirun -np " + std::to_string(wanted) + ")");
+  if (world_size_ != wanted) {
+    const std::string layout = (options_.dp > 1 ? "--dp " + std::to_string(options_.dp) + " x " : std::string()) +
+                               "--tp " + std::to_string(options.tp) + " x --pp " + std::to_string(options.pp);
+    const std::string hint = options.dp == 0 ? " (the job size must be a multiple of tp x pp)" : "";
+    throw Error(layout + " = " + std::to_string(wanted) + " ranks, but the job has " + std::to_string(world_size_) +
+                " (start it with mpirun -np " + std::to_string(wanted) + ")" + hint);
+  }
   if (world_size_ == 1) return;
   g_runtime = &mpi_->runtime;
-  const int tp = options.tp, stage = world_rank_ / tp, tp_rank = world_rank_ % tp;
   Mpi& m = *mpi_;
-  m.tp = m.world.split(stage, tp_rank, "tp");
-  m.tp_control = m.control.split(stage, tp_rank, "tp");
-  m.pp = m.world.split(tp_rank, stage, "pp");
-  m.pp_control = m.control.split(tp_rank, stage, "pp");
-  m.world_timed = std::make_unique<TimedCommunicator>(m.world);
+  // A replica's ranks form a job of their own; one replica is the whole world.
+  MpiCommunicator* data = &m.world;
+  MpiCommunicator* control = &m.control;
+  const int replica = world_rank_ / model_ranks, local = world_rank_ % model_ranks;
+  if (options_.dp > 1) {
+    m.replica = m.world.split(replica, local, "r" + std::to_string(replica));
+    m.replica_control = m.control.split(replica, local, "r" + std::to_string(replica));
+    m.coordination = std::make_unique<MpiCommunicator>(m.runtime, std::numeric_limits<double>::infinity(), "batch");
+    coordination_ = m.coordination.get();
+    data = m.replica.get();
+    control = m.replica_control.get();
+  }
+  const int tp = options.tp, stage = local / tp, tp_rank = local % tp;
+  m.tp = data->split(stage, tp_rank, "tp");
+  m.tp_control = control->split(stage, tp_rank, "tp");
+  m.pp = data->split(tp_rank, stage, "pp");
+  m.pp_control = control->split(tp_rank, stage, "pp");
+  m.world_timed = std::make_unique<TimedCommunicator>(*data);
   m.tp_timed = std::make_unique<TimedCommunicator>(*m.tp);
   m.pp_timed = std::make_unique<TimedCommunicator>(*m.pp);
   groups_.world = m.world_timed.get();
@@ -105,8 +131,9 @@ ShardRequest ParallelJob::shard_request() const {
   ShardRequest r;
   r.tp_size = options_.tp;
   r.pp_size = options_.pp;
-  r.tp_rank = world_rank_ % options_.tp;
-  r.pp_stage = world_rank_ / options_.tp;
+  const int local = world_rank_ % options_.model_ranks();
+  r.tp_rank = local % options_.tp;
+  r.pp_stage = local / options_.tp;
   r.pp_layers = options_.pp_layers;
   return r;
 }

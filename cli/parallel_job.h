@@ -26,30 +26,50 @@ struct ParallelOptions {
   std::vector<int> pp_layers;
   double comm_timeout = 300.0;  // seconds per collective / transfer
   int in_flight = 0;            // pipeline micro-batches in flight (0: pp)
+  int dp = 1;                   // data-parallel replicas of tp x pp ranks each (0: the job size / (tp x pp))
 
   void add_to(CLI::App& app);
+  // --dp, for the subcommands that run replicas (batch).
+  void add_dp_to(CLI::App& app);
+  int model_ranks() const { return tp * pp; }
 };
 
 // One per process for the lifetime of a subcommand. Without --tp/--pp and outside mpirun it is a single
 // process and starts no MPI.
+//
+// With data parallelism (--dp) the job holds dp replicas of the model, each tp x pp consecutive ranks
+// (replica r = world ranks r*tp*pp ...); inside a replica everything is as in a job of its own: its first rank
+// leads it, and groups() / tp_data() are the replica's communicators.
 class ParallelJob {
  public:
-  // Starts MPI when needed and checks tp x pp against the number of ranks (on every rank, before loading).
+  // Starts MPI when needed and checks dp x tp x pp against the number of ranks (on every rank, before loading).
+  // options.dp == 0 is resolved from the job size (options() then holds the number).
   explicit ParallelJob(const ParallelOptions& options);
   ~ParallelJob();
   ParallelJob(const ParallelJob&) = delete;
   ParallelJob& operator=(const ParallelJob&) = delete;
 
   bool parallel() const { return world_size_ > 1; }
+  // Rank 0 of the whole job (with --dp: the coordinator, also replica 0's leader).
   bool leader() const { return world_rank_ == 0; }
+  // The first rank of this rank's replica: it drives the replica's ModelRunner.
+  bool replica_leader() const { return world_rank_ % options_.model_ranks() == 0; }
+  int replica() const { return world_rank_ / options_.model_ranks(); }
+  int replicas() const { return options_.dp; }
+  // World rank of replica r's leader.
+  int replica_leader_rank(int r) const { return r * options_.model_ranks(); }
+  // Messages between the replica leaders and rank 0 (world ranks), without a deadline while idle; null when
+  // there is one replica.
+  Communicator* coordination() const { return coordination_; }
   int world_rank() const { return world_rank_; }
   int world_size() const { return world_size_; }
   const ParallelOptions& options() const { return options_; }
   // What this rank loads (load() turns it into a ModelShard once the model's config is known).
   ShardRequest shard_request() const;
-  // The communicators for ModelRunner; null for a single process. The tp group is `tp_data()` for the model.
-  const ParallelGroups* groups() const { return parallel() ? &groups_ : nullptr; }
-  Communicator* tp_data() const { return groups_.tp; }
+  // The communicators for ModelRunner; null when the model (replica) is one process. The tp group is
+  // `tp_data()` for the model.
+  const ParallelGroups* groups() const { return options_.model_ranks() > 1 ? &groups_ : nullptr; }
+  Communicator* tp_data() const { return options_.model_ranks() > 1 ? groups_.tp : nullptr; }
   // Every rank must agree on the model and options: compares fingerprints, throws on a mismatch.
   void check_consistent(const std::string& what, uint64_t fingerprint) const;
   // Seconds spent inside data-plane communication since the last reset (timed wrappers), for bench.
@@ -80,6 +100,7 @@ class ParallelJob {
   int world_size_ = 1;
   std::unique_ptr<Mpi> mpi_;
   ParallelGroups groups_;
+  Communicator* coordination_ = nullptr;
 };
 
 // What every rank of a job must agree on before loading (model path or preset, dtype, compression, parallel
