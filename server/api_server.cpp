@@ -5,6 +5,7 @@
 
 #include "engine/core/check.h"
 #include "server/api_error.h"
+#include "server/openai_response.h"
 #include "server/prometheus.h"
 
 namespace tessera::server {
@@ -42,85 +43,6 @@ std::string tgi_finish(FinishKind f) {
     default:
       return "length";
   }
-}
-
-// What one choice (one submitted sequence) produced so far.
-struct Choice {
-  std::string text;
-  std::vector<serving::TokenOutput> tokens;
-  bool finished = false;
-  FinishKind finish = FinishKind::kLength;
-  std::string error;
-  int prompt_tokens = 0;
-  int completion_tokens = 0;
-};
-
-// Appends a chunk to a choice; returns the new text.
-std::string absorb(Choice& c, StreamChunk& chunk) {
-  std::string delta;
-  for (auto& t : chunk.tokens) {
-    delta += t.text;
-    c.tokens.push_back(std::move(t));
-  }
-  delta += chunk.tail;
-  c.text += delta;
-  c.prompt_tokens = chunk.prompt_tokens;
-  c.completion_tokens = chunk.completion_tokens;
-  if (chunk.finished) {
-    c.finished = true;
-    c.finish = chunk.finish;
-    c.error = chunk.error;
-  }
-  return delta;
-}
-
-std::string piece(const Tokenizer& tok, int id) {
-  return tok.decode({id});
-}
-
-json completion_logprobs(const Tokenizer& tok, const std::vector<serving::TokenOutput>& tokens, size_t text_offset) {
-  json out{{"tokens", json::array()},
-           {"token_logprobs", json::array()},
-           {"top_logprobs", json::array()},
-           {"text_offset", json::array()}};
-  for (const auto& t : tokens) {
-    const std::string s = piece(tok, t.token);
-    out["tokens"].push_back(s);
-    out["token_logprobs"].push_back(t.logprob);
-    json top = json::object();
-    for (const auto& alt : t.top) top[piece(tok, alt.token)] = alt.logprob;
-    out["top_logprobs"].push_back(top);
-    out["text_offset"].push_back(text_offset);
-    text_offset += s.size();
-  }
-  return out;
-}
-
-json bytes_of(const std::string& s) {
-  json b = json::array();
-  for (unsigned char c : s) b.push_back(static_cast<int>(c));
-  return b;
-}
-
-json chat_logprobs(const Tokenizer& tok, const std::vector<serving::TokenOutput>& tokens) {
-  json content = json::array();
-  for (const auto& t : tokens) {
-    const std::string s = piece(tok, t.token);
-    json top = json::array();
-    for (const auto& alt : t.top) {
-      const std::string a = piece(tok, alt.token);
-      top.push_back({{"token", a}, {"logprob", alt.logprob}, {"bytes", bytes_of(a)}});
-    }
-    content.push_back({{"token", s}, {"logprob", t.logprob}, {"bytes", bytes_of(s)}, {"top_logprobs", top}});
-  }
-  return {{"content", content}};
-}
-
-json usage_of(const std::vector<Choice>& choices) {
-  int completion = 0;
-  for (const Choice& c : choices) completion += c.completion_tokens;
-  const int prompt = choices.empty() ? 0 : choices[0].prompt_tokens;
-  return {{"prompt_tokens", prompt}, {"completion_tokens", completion}, {"total_tokens", prompt + completion}};
 }
 
 }  // namespace
@@ -285,26 +207,13 @@ void ApiServer::respond_whole(const ParsedRequest& p, Streams& streams, HttpResp
     send_json(responder, 200, out);
     return;
   }
-  json out_choices = json::array();
-  for (size_t i = 0; i < choices.size(); ++i) {
-    const Choice& c = choices[i];
-    json choice{{"index", i}, {"finish_reason", std::string(serving::finish_reason_name(c.finish))}};
-    if (p.kind == ApiKind::kChat) {
-      choice["message"] = {{"role", "assistant"}, {"content", c.text}};
-      choice["logprobs"] = p.want_logprobs ? chat_logprobs(*tokenizer_, c.tokens) : json(nullptr);
-    } else {
-      choice["text"] = prefix + c.text;
-      choice["logprobs"] = p.want_logprobs ? completion_logprobs(*tokenizer_, c.tokens, prefix.size()) : json(nullptr);
-    }
-    out_choices.push_back(choice);
-  }
   const bool chat = p.kind == ApiKind::kChat;
   send_json(responder, 200,
             {{"id", (chat ? "chatcmpl-" : "cmpl-") + id},
              {"object", chat ? "chat.completion" : "text_completion"},
              {"created", created},
              {"model", options_.model_name},
-             {"choices", out_choices},
+             {"choices", openai_choices(p, choices, *tokenizer_)},
              {"usage", usage_of(choices)}});
 }
 

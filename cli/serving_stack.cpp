@@ -1,0 +1,142 @@
+#include "cli/serving_stack.h"
+
+#include <cstdio>
+
+#include "engine/backend/cpu/cpu_backend.h"
+#include "engine/core/check.h"
+#include "engine/model/llama_model.h"
+#include "engine/runtime/model_runner.h"
+#include "engine/serving/id_tokenizer.h"
+#include "engine/serving/runner_step_model.h"
+
+namespace tessera::cli {
+
+void EngineOptions::add_to(CLI::App& app, bool with_queue) {
+  app.add_option("--max-num-seqs", max_num_seqs, "Sequences running at once")
+      ->check(CLI::Range(1, 4096))
+      ->capture_default_str();
+  if (with_queue) {
+    app.add_option("--max-queue", max_queue, "Requests waiting for admission; more get 429")
+        ->check(CLI::Range(0, 1 << 20))
+        ->capture_default_str();
+  }
+  app.add_option("--max-step-tokens", max_step_tokens,
+                 "Tokens per engine step (decodes plus prefill chunks); longer prompts are prefilled in chunks")
+      ->check(CLI::Range(1, 8192))
+      ->capture_default_str();
+  app.add_option("--block-size", block_size, "Token rows per KV-cache block")
+      ->check(CLI::Range(1, 1024))
+      ->capture_default_str();
+  app.add_option("--kv-memory", kv_memory, "Memory for the KV cache, e.g. 512MiB or 4GiB")->capture_default_str();
+}
+
+size_t parse_bytes(const std::string& s, const std::string& option) {
+  size_t pos = 0;
+  double v = 0;
+  try {
+    v = std::stod(s, &pos);
+  } catch (const std::exception&) {
+    throw Error(option + ": '" + s + "' is not a size (e.g. 512MiB, 2GiB)");
+  }
+  const std::string unit = s.substr(pos);
+  double scale = 1;
+  if (unit == "KiB" || unit == "K") {
+    scale = 1024.0;
+  } else if (unit == "MiB" || unit == "M") {
+    scale = 1024.0 * 1024.0;
+  } else if (unit == "GiB" || unit == "G") {
+    scale = 1024.0 * 1024.0 * 1024.0;
+  } else if (!unit.empty() && unit != "B") {
+    throw Error(option + ": unknown unit '" + unit + "' (use B, KiB, MiB or GiB)");
+  }
+  if (!(v > 0)) throw Error(option + " must be positive");
+  return static_cast<size_t>(v * scale);
+}
+
+struct ServingStack::Parts {
+  LoadedModel loaded;
+  CpuBackend backend;
+  LlamaModel model;
+  ModelRunner runner;
+  serving::RunnerStepModel step_model;
+
+  Parts(LoadedModel l, int threads, int max_step_tokens, ParallelJob& job)
+      : loaded(std::move(l)),
+        backend(threads),
+        model(loaded.data, backend, max_step_tokens, job.tp_data()),
+        runner(model, job.groups()),
+        step_model(runner) {
+    backend.set_activation_quant(loaded.act_quant);  // read at run time only
+  }
+};
+
+ServingStack::ServingStack(const ModelOptions& mo, const EngineOptions& eo, ParallelJob& job,
+                           serving::ServingMetrics& metrics) {
+  TESSERA_CHECK(job.replica_leader());
+  const ShardRequest shard = job.shard_request();
+  LoadedModel loaded = load(mo, /*need_tokenizer=*/false, &shard, job.tp_data());
+  job.check_consistent("the model " + loaded.data.source, config_fingerprint(loaded.data.config));
+  parts_ = std::make_unique<Parts>(std::move(loaded), mo.threads, eo.max_step_tokens, job);
+  const ModelConfig& c = config();
+  tokenizer_ = parts_->loaded.tokenizer.get();
+  if (tokenizer_ == nullptr) {
+    id_tokenizer_ = std::make_unique<serving::IdTokenizer>(c.vocab_size, c.bos_id, c.eos_id);
+    tokenizer_ = id_tokenizer_.get();
+  }
+
+  // KV pool: keys and values of every layer, fp32.
+  const size_t kv_bytes = parse_bytes(eo.kv_memory, "--kv-memory");
+  const size_t row_bytes = 2 * static_cast<size_t>(c.n_layers) * static_cast<size_t>(c.kv_dim()) * 4;
+  const size_t block_bytes = row_bytes * static_cast<size_t>(eo.block_size);
+  serving::EngineConfig ec;
+  ec.max_num_seqs = eo.max_num_seqs;
+  ec.max_queue = eo.max_queue;
+  ec.max_step_tokens = eo.max_step_tokens;
+  ec.block_size = eo.block_size;
+  ec.num_blocks = static_cast<int>(kv_bytes / block_bytes);
+  if (ec.num_blocks < 1)
+    throw Error("--kv-memory " + eo.kv_memory + " holds less than one block of " + std::to_string(eo.block_size) +
+                " tokens (" + std::to_string(block_bytes) + " bytes)");
+  engine_ = std::make_unique<serving::ServingEngine>(parts_->step_model, *tokenizer_, c.eos_id, ec, metrics);
+}
+
+ServingStack::~ServingStack() {
+  shutdown();
+}
+
+const ModelConfig& ServingStack::config() const {
+  return parts_->loaded.data.config;
+}
+
+std::string ServingStack::describe() const {
+  const ModelConfig& c = config();
+  const serving::EngineConfig& ec = engine_->config();
+  const int kv_tokens = ec.num_blocks * ec.block_size;
+  char buf[512];
+  std::snprintf(
+      buf, sizeof(buf),
+      "%s ready on %s: context %d, KV pool %d blocks x %d tokens = %d tokens (%.1f full-context sequences), max %d "
+      "running / %d queued",
+      parts_->loaded.data.source.c_str(), parts_->backend.name().c_str(), c.max_seq_len, ec.num_blocks, ec.block_size,
+      kv_tokens, static_cast<double>(kv_tokens) / c.max_seq_len, ec.max_num_seqs, ec.max_queue);
+  return buf;
+}
+
+void ServingStack::shutdown() {
+  if (engine_) engine_->shutdown();
+  if (parts_) parts_->runner.stop_workers();
+}
+
+void run_replica_worker(const ModelOptions& mo, const EngineOptions& eo, ParallelJob& job) {
+  TESSERA_CHECK(!job.replica_leader());
+  const ShardRequest shard = job.shard_request();
+  LoadedModel loaded = load(mo, /*need_tokenizer=*/false, &shard, job.tp_data());
+  job.check_consistent("the model " + loaded.data.source, config_fingerprint(loaded.data.config));
+  CpuBackend backend(mo.threads);
+  backend.set_activation_quant(loaded.act_quant);
+  LlamaModel model(loaded.data, backend, eo.max_step_tokens, job.tp_data());
+  ModelRunner runner(model, job.groups());
+  runner.serve();
+}
+
+}  // namespace tessera::cli
