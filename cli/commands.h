@@ -15,5 +15,6 @@ Command add_eval_command(CLI::App& app);
 Command add_quantize_command(CLI::App& app);
 Command add_serve_command(CLI::App& app);
 Command add_plan_command(CLI::App& app);
+Command add_batch_command(CLI::App& app);
 
 }  // namespace tessera::cli

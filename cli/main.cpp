@@ -18,6 +18,7 @@ int main(int argc, char** argv) {
   commands["quantize"] = tessera::cli::add_quantize_command(app);
   commands["serve"] = tessera::cli::add_serve_command(app);
   commands["plan"] = tessera::cli::add_plan_command(app);
+  commands["batch"] = tessera::cli::add_batch_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
