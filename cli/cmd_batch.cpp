@@ -14,6 +14,7 @@
 
 #include "cli/batch_files.h"
 #include "cli/batch_work.h"
+#include "cli/byte_size.h"
 #include "cli/commands.h"
 #include "cli/options.h"
 #include "cli/parallel_job.h"
@@ -174,7 +175,7 @@ int run_batch(BatchOptions o) {
   o.model.validate();
   if (o.input.empty() || o.output.empty()) throw Error("--input and --output are required");
   if (o.input == o.output) throw Error("--output must not be the --input file");
-  parse_bytes(o.engine.kv_memory, "--kv-memory");
+  parse_byte_size(o.engine.kv_memory, "--kv-memory");
   o.engine.max_queue = 1 << 20;  // the window bounds what is queued
   ParallelJob job(o.parallel);
   return job.run([&] { return batch_on_this_rank(o, job); });

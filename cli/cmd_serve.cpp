@@ -10,6 +10,7 @@
 #include <optional>
 #include <string>
 
+#include "cli/byte_size.h"
 #include "cli/commands.h"
 #include "cli/options.h"
 #include "cli/parallel_job.h"
@@ -60,7 +61,7 @@ int run_serve(ServeOptions o) {
     if (const char* env = std::getenv("TESSERA_API_KEY")) o.api_key = env;
   if (o.served_model_name.empty())
     o.served_model_name = o.model.dummy_weights ? "dummy:" + o.model.preset : o.model.model;
-  parse_bytes(o.engine.kv_memory, "--kv-memory");  // a bad size is refused before anything starts
+  parse_byte_size(o.engine.kv_memory, "--kv-memory");  // a bad size is refused before anything starts
   ParallelJob job(o.parallel);
   return job.run([&] { return serve_on_this_rank(o, job, signals); });
 }

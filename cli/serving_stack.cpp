@@ -1,10 +1,13 @@
 #include "cli/serving_stack.h"
 
+#include <algorithm>
 #include <cstdio>
 
+#include "cli/byte_size.h"
 #include "engine/backend/cpu/cpu_backend.h"
 #include "engine/core/check.h"
 #include "engine/model/llama_model.h"
+#include "engine/model/memory_plan.h"
 #include "engine/runtime/model_runner.h"
 #include "engine/serving/id_tokenizer.h"
 #include "engine/serving/runner_step_model.h"
@@ -27,31 +30,27 @@ void EngineOptions::add_to(CLI::App& app, bool with_queue) {
   app.add_option("--block-size", block_size, "Token rows per KV-cache block")
       ->check(CLI::Range(1, 1024))
       ->capture_default_str();
-  app.add_option("--kv-memory", kv_memory, "Memory for the KV cache, e.g. 512MiB or 4GiB")->capture_default_str();
+  app.add_option("--kv-memory", kv_memory, "Memory for the KV cache on each rank, e.g. 512MiB or 4GiB")->capture_default_str();
 }
 
-size_t parse_bytes(const std::string& s, const std::string& option) {
-  size_t pos = 0;
-  double v = 0;
-  try {
-    v = std::stod(s, &pos);
-  } catch (const std::exception&) {
-    throw Error(option + ": '" + s + "' is not a size (e.g. 512MiB, 2GiB)");
+namespace {
+
+// KV bytes one token costs on the rank of the job that holds the most of them (pipeline stages may hold different
+// numbers of layers): the pool must fit every rank's --kv-memory.
+size_t kv_bytes_per_token_of_job(const ModelConfig& config, const ParallelJob& job) {
+  ShardRequest request = job.shard_request();
+  size_t most = 0;
+  for (int stage = 0; stage < request.pp_size; ++stage) {
+    for (int tp_rank = 0; tp_rank < request.tp_size; ++tp_rank) {
+      request.pp_stage = stage;
+      request.tp_rank = tp_rank;
+      most = std::max(most, kv_bytes_per_token(config, plan_shard(config, request)));
+    }
   }
-  const std::string unit = s.substr(pos);
-  double scale = 1;
-  if (unit == "KiB" || unit == "K") {
-    scale = 1024.0;
-  } else if (unit == "MiB" || unit == "M") {
-    scale = 1024.0 * 1024.0;
-  } else if (unit == "GiB" || unit == "G") {
-    scale = 1024.0 * 1024.0 * 1024.0;
-  } else if (!unit.empty() && unit != "B") {
-    throw Error(option + ": unknown unit '" + unit + "' (use B, KiB, MiB or GiB)");
-  }
-  if (!(v > 0)) throw Error(option + " must be positive");
-  return static_cast<size_t>(v * scale);
+  return most;
 }
+
+}  // namespace
 
 struct ServingStack::Parts {
   LoadedModel loaded;
@@ -84,10 +83,9 @@ ServingStack::ServingStack(const ModelOptions& mo, const EngineOptions& eo, Para
     tokenizer_ = id_tokenizer_.get();
   }
 
-  // KV pool: keys and values of every layer, fp32.
-  const size_t kv_bytes = parse_bytes(eo.kv_memory, "--kv-memory");
-  const size_t row_bytes = 2 * static_cast<size_t>(c.n_layers) * static_cast<size_t>(c.kv_dim()) * 4;
-  const size_t block_bytes = row_bytes * static_cast<size_t>(eo.block_size);
+  // KV pool: --kv-memory per rank over what one token costs where it costs the most.
+  const size_t kv_bytes = parse_byte_size(eo.kv_memory, "--kv-memory");
+  const size_t block_bytes = kv_bytes_per_token_of_job(c, job) * static_cast<size_t>(eo.block_size);
   serving::EngineConfig ec;
   ec.max_num_seqs = eo.max_num_seqs;
   ec.max_queue = eo.max_queue;

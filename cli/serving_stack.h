@@ -23,14 +23,11 @@ struct EngineOptions {
   int max_queue = 256;
   int max_step_tokens = 256;
   int block_size = 16;
-  std::string kv_memory = "1GiB";
+  std::string kv_memory = "1GiB";  // per rank
 
   // Registers --max-num-seqs, --max-step-tokens, --block-size, --kv-memory and, when with_queue, --max-queue.
   void add_to(CLI::App& app, bool with_queue);
 };
-
-// "512MiB", "2GiB", "1000000" -> bytes; `option` names the option in errors.
-size_t parse_bytes(const std::string& text, const std::string& option);
 
 class ServingStack {
  public:
