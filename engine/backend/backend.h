@@ -52,6 +52,22 @@ class Backend {
   // Fused MLP front half: out[i][h] = silu(x[i]·gate[h]) * (x[i]·up[h]). gate, up: [hidden][dim]; out: [n][hidden].
   virtual void matmul_silu_mul(const float* x, int n, const Matrix& gate, const Matrix& up, float* out) = 0;
 
+  // matmul and matmul_silu_mul for rows that each stand alone (one decoded token per sequence of a batch): every
+  // row's result is bit for bit what the op gives for that row alone (n == 1), so a sequence's output does not
+  // depend on the batch around it. Backends may use their few-rows kernels for any n; these defaults loop.
+  virtual void matmul_rows(const float* x, int n, const Matrix& w, const float* bias, float* y) {
+    for (int i = 0; i < n; ++i) {
+      matmul(x + static_cast<size_t>(i) * static_cast<size_t>(w.cols), 1, w, bias,
+             y + static_cast<size_t>(i) * static_cast<size_t>(w.rows));
+    }
+  }
+  virtual void matmul_silu_mul_rows(const float* x, int n, const Matrix& gate, const Matrix& up, float* out) {
+    for (int i = 0; i < n; ++i) {
+      matmul_silu_mul(x + static_cast<size_t>(i) * static_cast<size_t>(gate.cols), 1, gate, up,
+                      out + static_cast<size_t>(i) * static_cast<size_t>(gate.rows));
+    }
+  }
+
   // y[i] = x[i] * w / sqrt(mean(x[i]^2) + eps) for n rows of dim. y may alias x.
   virtual void rmsnorm(const float* x, const float* w, int n, int dim, float eps, float* y) = 0;
 

@@ -54,6 +54,7 @@ LlamaModel::LlamaModel(const ModelData& model, Backend& backend, int max_batch_t
   proj_.resize(rows * sz(c.dim));
   hidden_.resize(rows * sz(hidden));
   positions_.resize(rows);
+  row_runs_.reserve(rows);
 }
 
 KvCache LlamaModel::make_cache(int capacity) const {
@@ -155,6 +156,7 @@ void LlamaModel::run_layers(std::span<const SequenceChunk> chunks) {
     for (const SequenceChunk& ch : chunks)
       for (int i = 0; i < ch.n_tokens; ++i) positions_[sz(row++)] = ch.pos0 + i;
   }
+  plan_row_runs(chunks);
   const bool split = shard_.tp_size > 1;
   float* x = x_.data();
   float* xb = xb_.data();
@@ -167,9 +169,9 @@ void LlamaModel::run_layers(std::span<const SequenceChunk> chunks) {
 
     be.rmsnorm(x, lw.attn_norm.data(), n, c.dim, c.rms_eps, xb);
     if (observer_) observer_->observe(l, LinearInput::kAttnIn, xb, n, c.dim);
-    be.matmul(xb, n, lw.wq, lw.bq.empty() ? nullptr : lw.bq.data(), q_.data());
-    be.matmul(xb, n, lw.wk, lw.bk.empty() ? nullptr : lw.bk.data(), k_.data());
-    be.matmul(xb, n, lw.wv, lw.bv.empty() ? nullptr : lw.bv.data(), v_.data());
+    linear(xb, lw.wq, lw.bq.empty() ? nullptr : lw.bq.data(), q_.data());
+    linear(xb, lw.wk, lw.bk.empty() ? nullptr : lw.bk.data(), k_.data());
+    linear(xb, lw.wv, lw.bv.empty() ? nullptr : lw.bv.data(), v_.data());
     be.rope(q_.data(), n, d.heads, positions_.data(), rope_.table());
     be.rope(k_.data(), n, d.kv_heads, positions_.data(), rope_.table());
     int row = 0;
@@ -185,17 +187,51 @@ void LlamaModel::run_layers(std::span<const SequenceChunk> chunks) {
       row += ch.n_tokens;
     }
     if (observer_) observer_->observe(l, LinearInput::kAttnOut, att_.data(), n, q_dim);
-    be.matmul(att_.data(), n, lw.wo, nullptr, proj_.data());
+    linear(att_.data(), lw.wo, nullptr, proj_.data());
     if (split) tp_->all_reduce_sum(proj_.data(), sz(n) * dim);
     be.add(x, proj_.data(), sz(n) * dim);
 
     be.rmsnorm(x, lw.ffn_norm.data(), n, c.dim, c.rms_eps, xb);
     if (observer_) observer_->observe(l, LinearInput::kFfnIn, xb, n, c.dim);
-    be.matmul_silu_mul(xb, n, lw.w_gate, lw.w_up, hidden_.data());
+    for (const RowRun& r : row_runs_) {
+      const float* in = xb + sz(r.row0) * sz(lw.w_gate.cols);
+      float* out = hidden_.data() + sz(r.row0) * sz(lw.w_gate.rows);
+      if (r.single) {
+        be.matmul_silu_mul_rows(in, r.rows, lw.w_gate, lw.w_up, out);
+      } else {
+        be.matmul_silu_mul(in, r.rows, lw.w_gate, lw.w_up, out);
+      }
+    }
     if (observer_) observer_->observe(l, LinearInput::kFfnMid, hidden_.data(), n, d.hidden);
-    be.matmul(hidden_.data(), n, lw.w_down, nullptr, proj_.data());
+    linear(hidden_.data(), lw.w_down, nullptr, proj_.data());
     if (split) tp_->all_reduce_sum(proj_.data(), sz(n) * dim);
     be.add(x, proj_.data(), sz(n) * dim);
+  }
+}
+
+void LlamaModel::plan_row_runs(std::span<const SequenceChunk> chunks) {
+  row_runs_.clear();
+  int row = 0;
+  for (const SequenceChunk& ch : chunks) {
+    const bool single = ch.n_tokens == 1;
+    if (!row_runs_.empty() && row_runs_.back().single == single) {
+      row_runs_.back().rows += ch.n_tokens;
+    } else {
+      row_runs_.push_back({row, ch.n_tokens, single});
+    }
+    row += ch.n_tokens;
+  }
+}
+
+void LlamaModel::linear(const float* x, const Matrix& w, const float* bias, float* y) {
+  for (const RowRun& r : row_runs_) {
+    const float* in = x + sz(r.row0) * sz(w.cols);
+    float* out = y + sz(r.row0) * sz(w.rows);
+    if (r.single) {
+      backend_.matmul_rows(in, r.rows, w, bias, out);
+    } else {
+      backend_.matmul(in, r.rows, w, bias, out);
+    }
   }
 }
 
@@ -207,7 +243,7 @@ void LlamaModel::head(std::span<const SequenceChunk> chunks, bool all_rows, floa
   const size_t dim = sz(c.dim);
   if (all_rows) {
     backend_.rmsnorm(x_.data(), w.final_norm.data(), n, c.dim, c.rms_eps, xb_.data());
-    logits_of(xb_.data(), n, logits);
+    logits_of(xb_.data(), n, /*per_row=*/false, logits);
     return;
   }
   int row = 0, rows = 0;
@@ -218,14 +254,22 @@ void LlamaModel::head(std::span<const SequenceChunk> chunks, bool all_rows, floa
                      xb_.data() + sz(rows) * dim);
     ++rows;
   }
-  if (rows > 0) logits_of(xb_.data(), rows, logits);
+  // Each row is one chunk's last token: computed as it would be alone.
+  if (rows > 0) logits_of(xb_.data(), rows, /*per_row=*/true, logits);
 }
 
-void LlamaModel::logits_of(const float* xb, int rows, float* out) {
+void LlamaModel::logits_of(const float* xb, int rows, bool per_row, float* out) {
   const ModelConfig& c = model_.config;
   const Matrix& lm_head = model_.weights.lm_head;
+  const auto matmul = [&](float* y) {
+    if (per_row) {
+      backend_.matmul_rows(xb, rows, lm_head, nullptr, y);
+    } else {
+      backend_.matmul(xb, rows, lm_head, nullptr, y);
+    }
+  };
   if (shard_.vocab.size() == c.vocab_size) {
-    backend_.matmul(xb, rows, lm_head, nullptr, out);
+    matmul(out);
     return;
   }
   // Vocab-parallel: every rank computes its rows of the vocabulary, padded to the same width, and the all-gather
@@ -234,7 +278,7 @@ void LlamaModel::logits_of(const float* xb, int rows, float* out) {
   const size_t need = sz(rows) * padded;
   if (local_logits_.size() < need) local_logits_.resize(need);
   if (gathered_logits_.size() < need * tp) gathered_logits_.resize(need * tp);
-  backend_.matmul(xb, rows, lm_head, nullptr, local_logits_.data());
+  matmul(local_logits_.data());
   if (local < padded) {
     // matmul wrote [rows][local]; spread the rows out to the padded width, back to front.
     for (int i = rows - 1; i >= 0; --i) {

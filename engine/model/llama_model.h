@@ -90,13 +90,28 @@ class LlamaModel {
   // Rows in a batch of chunks; throws when it exceeds max_batch_tokens.
   int batch_rows(std::span<const SequenceChunk> chunks) const;
 
+  // Host bytes per batch row besides the activations (positions and row runs), for memory planning.
+  static size_t bookkeeping_bytes_per_row() { return sizeof(int) + sizeof(RowRun); }
+
   // Calibration hook; null (the default) turns it off. Not owned.
   void set_observer(ActivationObserver* observer) { observer_ = observer; }
 
  private:
   void check_positions(std::span<const SequenceChunk> chunks) const;
-  // Logits of `rows` rows of normalized activations (xb_) into out ([rows][vocab]).
-  void logits_of(const float* xb, int rows, float* out);
+  // Logits of `rows` rows of normalized activations (xb_) into out ([rows][vocab]); per_row: each row stands
+  // alone (Backend::matmul_rows).
+  void logits_of(const float* xb, int rows, bool per_row, float* out);
+  // Batch invariance: every chunk is computed exactly as if it ran alone. Single-token chunks (decodes) go through
+  // the per-row matmuls, longer chunks (prefill) through the blocked ones (whose rows do not depend on each other
+  // either), so a batch is cut into runs of consecutive chunks of one kind.
+  struct RowRun {
+    int row0 = 0;
+    int rows = 0;
+    bool single = false;
+  };
+  void plan_row_runs(std::span<const SequenceChunk> chunks);
+  // y = x w^T (+ bias) over the batch's rows, run by run.
+  void linear(const float* x, const Matrix& w, const float* bias, float* y);
 
   const ModelData& model_;
   ModelShard shard_;
@@ -107,6 +122,7 @@ class LlamaModel {
   // Scratch, [max_batch_tokens][...]
   std::vector<float> x_, xb_, q_, k_, v_, att_, proj_, hidden_;
   std::vector<int> positions_;
+  std::vector<RowRun> row_runs_;  // reserved for max_batch_tokens runs: planning a step allocates nothing
   std::vector<float> local_logits_, gathered_logits_;  // vocab-parallel lm_head (tp > 1), grown on first use
   std::vector<int> local_token_;                       // vocab-parallel embedding
   ActivationObserver* observer_ = nullptr;

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "engine/core/check.h"
+#include "engine/model/llama_model.h"
 
 namespace tessera {
 
@@ -122,8 +123,10 @@ WorkspaceBytes workspace_bytes(const ModelConfig& c, const ModelShard& s, const 
   WorkspaceBytes w;
   const size_t rows = sz(o.max_step_tokens);
   const size_t q = sz(s.heads.size() * c.head_dim), kv = sz(s.kv_heads.size() * c.head_dim);
-  // LlamaModel's x_, xb_, proj_ [rows][dim]; q_, att_ [rows][q]; k_, v_ [rows][kv]; hidden_ [rows][hidden].
-  w.activations = rows * (3 * sz(c.dim) + 2 * q + 2 * kv + sz(s.hidden.size())) * sizeof(float) + rows * sizeof(int);
+  // LlamaModel's x_, xb_, proj_ [rows][dim]; q_, att_ [rows][q]; k_, v_ [rows][kv]; hidden_ [rows][hidden]; and
+  // its per-row bookkeeping (positions, row runs).
+  w.activations = rows * (3 * sz(c.dim) + 2 * q + 2 * kv + sz(s.hidden.size())) * sizeof(float) +
+                  rows * LlamaModel::bookkeeping_bytes_per_row();
   // RopeCache(config, config.max_seq_len): cos and sin of head_dim / 2 frequencies per position.
   w.rope = 2 * sz(c.max_seq_len) * sz(c.head_dim / 2) * sizeof(float);
   // One logits row per sequence with logits in a step; the last stage keeps one buffer per step in flight

@@ -1,5 +1,6 @@
-// Several sequences in one batch (LlamaModel::forward_batch, ModelRunner with several slots) give the logits each
-// sequence gets when run alone: the rows share matmuls, never attention or KV rows.
+// Several sequences in one batch (LlamaModel::forward_batch, ModelRunner with several slots) give, bit for bit, the
+// logits each sequence gets when run alone: the rows share matmuls (decodes through the per-row kernels, prefill
+// chunks through the blocked ones, each row independent of the others), never attention or KV rows.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -25,29 +26,42 @@ std::vector<float> alone(const ModelData& m, Backend& be, const std::vector<int>
   return logits;
 }
 
-TEST(BatchForward, SequencesInOneBatchMatchEachAlone) {
-  const ModelData m = testing::tiny_model(testing::tiny_config(4, 2, /*qkv_bias=*/true), DType::F32, 21);
+class BatchForwardTypes : public ::testing::TestWithParam<DType> {};
+
+TEST_P(BatchForwardTypes, SequencesInOneBatchMatchEachAloneExactly) {
+  const ModelData m = testing::tiny_model(testing::tiny_config(4, 2, /*qkv_bias=*/true), GetParam(), 21);
   CpuBackend be(2);
   const size_t V = static_cast<size_t>(m.config.vocab_size);
-  // A: decode after a 6-token history; B: a fresh 5-token prefill; C: a 3-token chunk after 4 tokens.
-  const std::vector<int> a{1, 4, 8, 15, 16, 23, 42}, b{1, 9, 9, 30, 2}, c{1, 50, 51, 52, 7, 6, 5};
+  // A and D: decodes after 6- and 3-token histories; B: a fresh 5-token prefill; C: a 3-token chunk after 4
+  // tokens; E: another decode after the prefill chunks (runs of decodes and prefill chunks interleave).
+  const std::vector<int> a{1, 4, 8, 15, 16, 23, 42}, b{1, 9, 9, 30, 2}, c{1, 50, 51, 52, 7, 6, 5}, d{1, 3, 3, 60},
+      e{1, 2, 3};
   LlamaModel model(m, be, 64);
-  KvCache ca = model.make_cache(64), cb = model.make_cache(64), cc = model.make_cache(64);
+  KvCache ca = model.make_cache(64), cb = model.make_cache(64), cc = model.make_cache(64), cd = model.make_cache(64),
+          ce = model.make_cache(64);
   std::vector<float> scratch(V);
   model.forward({a.data(), 6}, 0, ca, LogitsMode::kLast, scratch.data());
   model.forward({c.data(), 4}, 0, cc, LogitsMode::kLast, scratch.data());
+  model.forward({d.data(), 3}, 0, cd, LogitsMode::kLast, scratch.data());
+  model.forward({e.data(), 2}, 0, ce, LogitsMode::kLast, scratch.data());
 
-  std::vector<int> tokens{a[6]};
+  std::vector<int> tokens{a[6], d[3]};
   tokens.insert(tokens.end(), b.begin(), b.end());
   tokens.insert(tokens.end(), c.begin() + 4, c.end());
-  const SequenceChunk chunks[] = {{&ca, 6, 1, true}, {&cb, 0, 5, true}, {&cc, 4, 3, true}};
-  std::vector<float> got(3 * V);
+  tokens.push_back(e[2]);
+  const SequenceChunk chunks[] = {
+      {&ca, 6, 1, true}, {&cd, 3, 1, true}, {&cb, 0, 5, true}, {&cc, 4, 3, true}, {&ce, 2, 1, true}};
+  std::vector<float> got(5 * V);
   model.forward_batch(tokens, chunks, got.data());
 
-  const std::vector<std::vector<float>> want{alone(m, be, a, 6), alone(m, be, b, 0), alone(m, be, c, 4)};
-  for (size_t s = 0; s < 3; ++s)
-    for (size_t i = 0; i < V; ++i) ASSERT_NEAR(got[s * V + i], want[s][i], 1e-5) << "sequence " << s << " logit " << i;
+  const std::vector<std::vector<float>> want{alone(m, be, a, 6), alone(m, be, d, 3), alone(m, be, b, 0),
+                                             alone(m, be, c, 4), alone(m, be, e, 2)};
+  for (size_t s = 0; s < want.size(); ++s)
+    for (size_t i = 0; i < V; ++i) ASSERT_EQ(got[s * V + i], want[s][i]) << "sequence " << s << " logit " << i;
 }
+
+INSTANTIATE_TEST_SUITE_P(WeightTypes, BatchForwardTypes, ::testing::Values(DType::F32, DType::BF16),
+                         [](const auto& info) { return std::string(dtype_name(info.param)); });
 
 TEST(BatchForward, RowsWithoutLogitsAreSkipped) {
   const ModelData m = testing::tiny_model(testing::tiny_config(), DType::F32, 22);

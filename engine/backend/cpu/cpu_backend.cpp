@@ -121,12 +121,14 @@ std::string CpuBackend::name() const {
 
 namespace {
 
-// Decode: one x row against every weight row. Memory-bound, so threads take contiguous row ranges (each streams
-// its own part of the matrix) and the kernel reads R rows per pass over x. dotR(rows, next, out) and dot1(row)
-// wrap the kernel of the weight type and activation form (fp32 or int8 blocks); next names the R rows of the
-// following call (prefetch only), or is null for the last call of a range.
+// Decode: x rows (one per sequence of a batch step, or a single one) against every weight row.
+// Memory-bound, so threads take contiguous row ranges (each streams its own part of the matrix) and the kernel
+// reads R weight rows per call; each group of R rows is run against every x row while it is still in L1/L2, so
+// the matrix comes from memory once per step whatever the batch. dotR(i, rows, next, out) and dot1(i, row) wrap
+// the kernel of the weight type and activation form (fp32 or int8 blocks) for x row i; next names the R rows of
+// the following group (prefetch only), or is null for the last group of a range. y is [n][w.rows].
 template <int R, typename DotR, typename Dot1>
-void gemv(ThreadPool& pool, const Matrix& w, const float* bias, float* y, const DotR& dotR, const Dot1& dot1) {
+void gemv(ThreadPool& pool, const Matrix& w, int n, const float* bias, float* y, const DotR& dotR, const Dot1& dot1) {
   const int64_t groups = (w.rows + R - 1) / R;
   const int n_slots = static_cast<int>(std::min<int64_t>(pool.size(), groups));
   for_each_slot(pool, n_slots, [&](int t) {
@@ -140,11 +142,15 @@ void gemv(ThreadPool& pool, const Matrix& w, const float* bias, float* y, const 
         rows[j] = w.row(r + j);
         next[j] = w.row(r + R + j);  // prefetch only: never read unless r + 2R <= r_end
       }
-      dotR(rows, r + 2 * R <= r_end ? next : nullptr, y + r);
+      for (int i = 0; i < n; ++i) dotR(i, rows, i == 0 && r + 2 * R <= r_end ? next : nullptr, y + i * w.rows + r);
     }
-    for (; r < r_end; ++r) y[r] = dot1(w.row(r));
+    for (; r < r_end; ++r) {
+      for (int i = 0; i < n; ++i) y[i * w.rows + r] = dot1(i, w.row(r));
+    }
     if (bias != nullptr) {
-      for (r = r_begin; r < r_end; ++r) y[r] += bias[r];
+      for (int i = 0; i < n; ++i) {
+        for (r = r_begin; r < r_end; ++r) y[i * w.rows + r] += bias[r];
+      }
     }
   });
 }
@@ -292,42 +298,48 @@ void reserve_panels(std::vector<SlotScratch>& slots, int n_slots, int64_t kp) {
 }
 
 // Uses int8 activation blocks for this weight? (See the table above CpuBackend::matmul.)
-bool uses_int8_activations(const Matrix& w, int n, ActQuant mode) {
-  if (is_sparse24(w.dtype)) return n == 1;  // 2:4 decode: integer dots over the kept values only
-  return w.dtype == DType::Q8 ? mode == ActQuant::kInt8 : is_grouped(w.dtype) && n == 1;
+// rowwise: the decode kernels (one x row, or matmul_rows); otherwise the GEMM.
+bool uses_int8_activations(const Matrix& w, bool rowwise, ActQuant mode) {
+  if (is_sparse24(w.dtype)) return rowwise;  // 2:4 decode: integer dots over the kept values only
+  return w.dtype == DType::Q8 ? mode == ActQuant::kInt8 : is_grouped(w.dtype) && rowwise;
 }
 
-// Decode (n == 1): picks the row-dot functors for w's type and activation handling and calls
-// drive(std::integral_constant<int, R>{}, dotR, dot1), where dotR computes R rows per call and dot1 one row.
-// Shared by matmul and matmul_silu_mul so both pick kernels the same way.
+// Decode (one x row, or matmul_rows): picks the row-dot functors for w's type and activation handling and calls
+// drive(std::integral_constant<int, R>{}, dotR, dot1), where dotR(i, ...) computes R rows per call for x row i
+// and dot1(i, row) one row. Shared by matmul and matmul_silu_mul so both pick kernels the same way. Every x row
+// gets exactly the arithmetic it would get alone, so a sequence's logits do not depend on the batch around it.
 template <typename Drive>
-void dispatch_gemv(ThreadPool& pool, const cpu::Kernels& k, ActScratch& act, const float* x, const Matrix& w,
+void dispatch_gemv(ThreadPool& pool, const cpu::Kernels& k, ActScratch& act, const float* x, int n, const Matrix& w,
                    bool int8_act, const Drive& drive) {
   const int dt = static_cast<int>(w.dtype);
+  const int64_t cols = w.cols;
   if (!int8_act) {
     const auto dot4 = k.dot4[dt];
     const auto dot1 = k.dot1[dt];
     drive(
         std::integral_constant<int, 4>{},
-        [&](const void* const* rows, const void* const* next, float* out) { dot4(x, rows, next, w.cols, out); },
-        [&](const void* row) { return dot1(x, row, w.cols); });
+        [&](int i, const void* const* rows, const void* const* next, float* out) {
+          dot4(x + i * cols, rows, next, cols, out);
+        },
+        [&](int i, const void* row) { return dot1(x + i * cols, row, cols); });
     return;
   }
-  quantize_rows(pool, k, x, 1, w.cols, false, act);
+  quantize_rows(pool, k, x, n, cols, false, act);
   const quant::BlockQ8Act* xq = act.q.data();
-  const auto qdot1 = [&, f = k.qdot1[dt]](const void* row) { return f(xq, row, w.cols, w.group); };
+  const int64_t blocks = act.blocks;
+  const auto qdot1 = [&, f = k.qdot1[dt]](int i, const void* row) { return f(xq + i * blocks, row, cols, w.group); };
   if (const auto qdot8 = k.qdot8[dt]; qdot8 != nullptr) {
     drive(
         std::integral_constant<int, 8>{},
-        [&](const void* const* rows, const void* const* next, float* out) {
-          qdot8(xq, rows, next, w.cols, w.group, out);
+        [&](int i, const void* const* rows, const void* const* next, float* out) {
+          qdot8(xq + i * blocks, rows, next, cols, w.group, out);
         },
         qdot1);
   } else {
     drive(
         std::integral_constant<int, 4>{},
-        [&, qdot4 = k.qdot4[dt]](const void* const* rows, const void* const* next, float* out) {
-          qdot4(xq, rows, next, w.cols, w.group, out);
+        [&, qdot4 = k.qdot4[dt]](int i, const void* const* rows, const void* const* next, float* out) {
+          qdot4(xq + i * blocks, rows, next, cols, w.group, out);
         },
         qdot1);
   }
@@ -340,11 +352,20 @@ void dispatch_gemv(ThreadPool& pool, const cpu::Kernels& k, ActScratch& act, con
 //     (dequantizes) fp32 panels for the fp32 micro-kernel.
 //   Q8 with ActQuant::kInt8: every activation row is quantized once per call to BlockQ8Act blocks; GEMV and GEMM
 //     use integer dot products (GEMM: int16 panels, the integer micro-kernel), then the Q8 row scale.
-//   Q4/Q4A/NF4: decode (n == 1) quantizes the activation vector to BlockQ8Act blocks and uses integer dots (needed
+// "Decode" is one x row, or any number through matmul_rows (each row then gets exactly what it would get alone).
+//   Q4/Q4A/NF4: decode quantizes the activation vector to BlockQ8Act blocks and uses integer dots (needed
 //     to stream at memory speed); prefill dequantizes panels for the fp32 GEMM (compute-bound anyway).
 //   S24Q8/S24Q4 (2:4 sparse): as Q4 (int8 activation blocks at decode, dequantized panels at prefill); the decode
 //     kernels read only the kept values and their 2-bit positions.
 void CpuBackend::matmul(const float* x, int n, const Matrix& w, const float* bias, float* y) {
+  matmul_impl(x, n, w, bias, y, /*rowwise=*/n == 1);
+}
+
+void CpuBackend::matmul_rows(const float* x, int n, const Matrix& w, const float* bias, float* y) {
+  matmul_impl(x, n, w, bias, y, /*rowwise=*/true);
+}
+
+void CpuBackend::matmul_impl(const float* x, int n, const Matrix& w, const float* bias, float* y, bool rowwise) {
   TESSERA_CHECK(n >= 0 && w.rows >= 0 && w.cols >= 0);
   if (n == 0 || w.rows == 0) return;
   TESSERA_CHECK(w.data != nullptr);
@@ -355,11 +376,11 @@ void CpuBackend::matmul(const float* x, int n, const Matrix& w, const float* bia
     return;
   }
   const cpu::Kernels& k = *impl_->k;
-  const bool int8_act = uses_int8_activations(w, n, act_quant_);
+  const bool int8_act = uses_int8_activations(w, rowwise, act_quant_);
   if (is_grouped(w.dtype)) TESSERA_CHECK_MSG(w.group == 32 || w.group == 64 || w.group == 128, "bad quant group");
-  if (n == 1) {
-    dispatch_gemv(pool_, k, impl_->act, x, w, int8_act, [&](auto rows, const auto& dotR, const auto& dot1) {
-      gemv<decltype(rows)::value>(pool_, w, bias, y, dotR, dot1);
+  if (rowwise) {
+    dispatch_gemv(pool_, k, impl_->act, x, n, w, int8_act, [&](auto rows, const auto& dotR, const auto& dot1) {
+      gemv<decltype(rows)::value>(pool_, w, n, bias, y, dotR, dot1);
     });
     return;
   }
@@ -385,9 +406,10 @@ void CpuBackend::matmul(const float* x, int n, const Matrix& w, const float* bia
 namespace {
 
 // Decode: each kernel call streams gate and up rows of R/2 hidden units together, so both dots of an output are
-// ready at once and silu(g) * u is applied straight away. dotR / dot1 as for gemv.
+// ready at once and silu(g) * u is applied straight away; every x row is run against a group while it is cached.
+// dotR / dot1 as for gemv; out is [n][hidden].
 template <int R, typename DotR, typename Dot1>
-void gemv_silu_mul(ThreadPool& pool, const Matrix& gate, const Matrix& up, float* out, const DotR& dotR,
+void gemv_silu_mul(ThreadPool& pool, const Matrix& gate, const Matrix& up, int n, float* out, const DotR& dotR,
                    const Dot1& dot1) {
   constexpr int kUnits = R / 2;
   const int64_t hidden = gate.rows;
@@ -406,11 +428,15 @@ void gemv_silu_mul(ThreadPool& pool, const Matrix& gate, const Matrix& up, float
         next[j] = gate.row(h + kUnits + j);  // prefetch only
         next[kUnits + j] = up.row(h + kUnits + j);
       }
-      float d[R];
-      dotR(rows, h + 2 * kUnits <= h_end ? next : nullptr, d);
-      for (int j = 0; j < kUnits; ++j) out[h + j] = silu_mul(d[j], d[kUnits + j]);
+      for (int i = 0; i < n; ++i) {
+        float d[R];
+        dotR(i, rows, i == 0 && h + 2 * kUnits <= h_end ? next : nullptr, d);
+        for (int j = 0; j < kUnits; ++j) out[i * hidden + h + j] = silu_mul(d[j], d[kUnits + j]);
+      }
     }
-    for (; h < h_end; ++h) out[h] = silu_mul(dot1(gate.row(h)), dot1(up.row(h)));
+    for (; h < h_end; ++h) {
+      for (int i = 0; i < n; ++i) out[i * hidden + h] = silu_mul(dot1(i, gate.row(h)), dot1(i, up.row(h)));
+    }
   });
 }
 
@@ -476,6 +502,15 @@ void gemm_i8_silu_mul_part(const cpu::Kernels& k, SlotScratch& s, const ActScrat
 }  // namespace
 
 void CpuBackend::matmul_silu_mul(const float* x, int n, const Matrix& gate, const Matrix& up, float* out) {
+  matmul_silu_mul_impl(x, n, gate, up, out, /*rowwise=*/n == 1);
+}
+
+void CpuBackend::matmul_silu_mul_rows(const float* x, int n, const Matrix& gate, const Matrix& up, float* out) {
+  matmul_silu_mul_impl(x, n, gate, up, out, /*rowwise=*/true);
+}
+
+void CpuBackend::matmul_silu_mul_impl(const float* x, int n, const Matrix& gate, const Matrix& up, float* out,
+                                      bool rowwise) {
   TESSERA_CHECK(gate.rows == up.rows && gate.cols == up.cols && gate.dtype == up.dtype);
   TESSERA_CHECK_MSG(gate.group == up.group, "gate and up must share the quantization group");
   TESSERA_CHECK(n >= 0);
@@ -485,13 +520,13 @@ void CpuBackend::matmul_silu_mul(const float* x, int n, const Matrix& gate, cons
     return;
   }
   const cpu::Kernels& k = *impl_->k;
-  const bool int8_act = uses_int8_activations(gate, n, act_quant_);
+  const bool int8_act = uses_int8_activations(gate, rowwise, act_quant_);
   if (is_grouped(gate.dtype)) {
     TESSERA_CHECK_MSG(gate.group == 32 || gate.group == 64 || gate.group == 128, "bad quant group");
   }
-  if (n == 1) {
-    dispatch_gemv(pool_, k, impl_->act, x, gate, int8_act, [&](auto rows, const auto& dotR, const auto& dot1) {
-      gemv_silu_mul<decltype(rows)::value>(pool_, gate, up, out, dotR, dot1);
+  if (rowwise) {
+    dispatch_gemv(pool_, k, impl_->act, x, n, gate, int8_act, [&](auto rows, const auto& dotR, const auto& dot1) {
+      gemv_silu_mul<decltype(rows)::value>(pool_, gate, up, n, out, dotR, dot1);
     });
     return;
   }

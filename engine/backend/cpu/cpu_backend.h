@@ -29,6 +29,9 @@ class CpuBackend final : public Backend {
 
   void matmul(const float* x, int n, const Matrix& w, const float* bias, float* y) override;
   void matmul_silu_mul(const float* x, int n, const Matrix& gate, const Matrix& up, float* out) override;
+  // The decode kernels for several rows: each weight row is streamed once and dotted with every x row.
+  void matmul_rows(const float* x, int n, const Matrix& w, const float* bias, float* y) override;
+  void matmul_silu_mul_rows(const float* x, int n, const Matrix& gate, const Matrix& up, float* out) override;
   void rmsnorm(const float* x, const float* w, int n, int dim, float eps, float* y) override;
   void rope(float* x, int n, int n_heads, const int* positions, const RopeTable& table) override;
   void attention(const float* q, int n, int pos0, const KvLayer& kv, const AttentionShape& shape, float* out) override;
@@ -37,6 +40,10 @@ class CpuBackend final : public Backend {
   int argmax(const float* x, int n) override;
 
  private:
+  // rowwise: the decode kernels for every row; otherwise the GEMM.
+  void matmul_impl(const float* x, int n, const Matrix& w, const float* bias, float* y, bool rowwise);
+  void matmul_silu_mul_impl(const float* x, int n, const Matrix& gate, const Matrix& up, float* out, bool rowwise);
+
   struct Impl;
   ThreadPool pool_;
   std::unique_ptr<Impl> impl_;

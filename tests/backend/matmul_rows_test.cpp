@@ -1,0 +1,121 @@
+// Backend::matmul_rows / matmul_silu_mul_rows: every row's result is bit for bit what matmul gives for that row
+// alone, for every weight type and activation mode, both kernel sets and any thread count. This is what makes a
+// sequence's output independent of the batch it is decoded in.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <memory>
+#include <random>
+#include <vector>
+
+#include "engine/backend/cpu/cpu_backend.h"
+#include "engine/backend/cpu/reference_backend.h"
+#include "engine/core/cpu_features.h"
+#include "tests/backend/test_util.h"
+
+namespace tessera {
+namespace {
+
+using test::OwnedMatrix;
+
+struct WeightCase {
+  DType dtype;
+  int group;
+  ActQuant act;
+};
+
+std::vector<WeightCase> weight_cases() {
+  std::vector<WeightCase> cases{{DType::F32, 0, ActQuant::kNone},
+                                {DType::F16, 0, ActQuant::kNone},
+                                {DType::BF16, 0, ActQuant::kNone},
+                                {DType::Q8, 0, ActQuant::kNone},
+                                {DType::Q8, 0, ActQuant::kInt8}};
+  for (DType t : {DType::Q4, DType::Q4A, DType::NF4})
+    for (int g : {32, 128}) cases.push_back({t, g, ActQuant::kNone});
+  return cases;
+}
+
+OwnedMatrix weights(std::mt19937& rng, const WeightCase& c, int64_t rows, int64_t cols) {
+  return is_quantized(c.dtype) ? test::quantized_matrix(rng, c.dtype, rows, cols, c.group)
+                               : test::random_matrix(rng, c.dtype, rows, cols);
+}
+
+std::vector<std::unique_ptr<CpuBackend>> backends() {
+  std::vector<std::unique_ptr<CpuBackend>> out;
+  for (int threads : {1, 3}) {
+    out.push_back(std::make_unique<CpuBackend>(threads, CpuKernels::kPortable));
+    if (cpu_features().has_avx2_fma()) out.push_back(std::make_unique<CpuBackend>(threads, CpuKernels::kAvx2));
+  }
+  return out;
+}
+
+bool same_bits(const float* a, const float* b, size_t n) {
+  return std::memcmp(a, b, n * sizeof(float)) == 0;
+}
+
+TEST(MatmulRows, EachRowAsIfAlone) {
+  std::mt19937 rng(31);
+  for (auto& be : backends()) {
+    for (const WeightCase& c : weight_cases()) {
+      be->set_activation_quant(c.act);
+      for (int64_t rows : {1, 17, 70}) {
+        for (int64_t cols : {7, 33, 256, 300}) {
+          const OwnedMatrix w = weights(rng, c, rows, cols);
+          const auto bias = test::random_vec(rng, static_cast<size_t>(rows));
+          for (int n : {1, 2, 5, 13}) {
+            SCOPED_TRACE(::testing::Message()
+                         << be->name() << " " << dtype_name(c.dtype) << " g" << c.group
+                         << (c.act == ActQuant::kInt8 ? " act-int8" : "") << " " << rows << "x" << cols << " n=" << n);
+            const auto x = test::random_vec(rng, static_cast<size_t>(n * cols));
+            std::vector<float> got = test::poisoned(static_cast<size_t>(n * rows)), one(static_cast<size_t>(rows));
+            be->matmul_rows(x.data(), n, w.m, bias.data(), got.data());
+            for (int i = 0; i < n; ++i) {
+              test::poison(one);
+              be->matmul(x.data() + i * cols, 1, w.m, bias.data(), one.data());
+              ASSERT_TRUE(same_bits(got.data() + i * rows, one.data(), one.size())) << "row " << i;
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(MatmulRows, FusedSiluMulEachRowAsIfAlone) {
+  std::mt19937 rng(32);
+  for (auto& be : backends()) {
+    for (const WeightCase& c : weight_cases()) {
+      be->set_activation_quant(c.act);
+      const int64_t hidden = 45, dim = 256;
+      const OwnedMatrix g = weights(rng, c, hidden, dim), u = weights(rng, c, hidden, dim);
+      for (int n : {1, 3, 9}) {
+        SCOPED_TRACE(::testing::Message() << be->name() << " " << dtype_name(c.dtype) << " n=" << n);
+        const auto x = test::random_vec(rng, static_cast<size_t>(n * dim));
+        std::vector<float> got = test::poisoned(static_cast<size_t>(n * hidden)), one(static_cast<size_t>(hidden));
+        be->matmul_silu_mul_rows(x.data(), n, g.m, u.m, got.data());
+        for (int i = 0; i < n; ++i) {
+          test::poison(one);
+          be->matmul_silu_mul(x.data() + i * dim, 1, g.m, u.m, one.data());
+          ASSERT_TRUE(same_bits(got.data() + i * hidden, one.data(), one.size())) << "row " << i;
+        }
+      }
+    }
+  }
+}
+
+// The base class's loop (what backends without few-row kernels inherit) has the same contract.
+TEST(MatmulRows, DefaultImplementationLoopsOverRows) {
+  std::mt19937 rng(33);
+  ReferenceBackend ref;
+  const OwnedMatrix w = test::random_matrix(rng, DType::BF16, 9, 40);
+  const auto x = test::random_vec(rng, 4 * 40);
+  std::vector<float> got = test::poisoned(4 * 9), one(9);
+  ref.matmul_rows(x.data(), 4, w.m, nullptr, got.data());
+  for (int i = 0; i < 4; ++i) {
+    ref.matmul(x.data() + i * 40, 1, w.m, nullptr, one.data());
+    EXPECT_TRUE(same_bits(got.data() + i * 9, one.data(), 9)) << "row " << i;
+  }
+}
+
+}  // namespace
+}  // namespace tessera
