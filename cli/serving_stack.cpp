@@ -30,7 +30,8 @@ void EngineOptions::add_to(CLI::App& app, bool with_queue) {
   app.add_option("--block-size", block_size, "Token rows per KV-cache block")
       ->check(CLI::Range(1, 1024))
       ->capture_default_str();
-  app.add_option("--kv-memory", kv_memory, "Memory for the KV cache on each rank, e.g. 512MiB or 4GiB")->capture_default_str();
+  app.add_option("--kv-memory", kv_memory, "Memory for the KV cache on each rank, e.g. 512MiB or 4GiB")
+      ->capture_default_str();
 }
 
 namespace {
