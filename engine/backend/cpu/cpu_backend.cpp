@@ -125,10 +125,12 @@ namespace {
 // Memory-bound, so threads take contiguous row ranges (each streams its own part of the matrix) and the kernel
 // reads R weight rows per call; each group of R rows is run against every x row while it is still in L1/L2, so
 // the matrix comes from memory once per step whatever the batch. dotR(i, rows, next, out) and dot1(i, row) wrap
-// the kernel of the weight type and activation form (fp32 or int8 blocks) for x row i; next names the R rows of
-// the following group (prefetch only), or is null for the last group of a range. y is [n][w.rows].
-template <int R, typename DotR, typename Dot1>
-void gemv(ThreadPool& pool, const Matrix& w, int n, const float* bias, float* y, const DotR& dotR, const Dot1& dot1) {
+// the kernel of the weight type and activation form (fp32 or int8 blocks) for x row i, dotR2(i, rows, next, out,
+// ldo) for x rows i and i + 1 (out and out + ldo); next names the R rows of the following group (prefetch only),
+// or is null for the last group of a range. y is [n][w.rows].
+template <int R, typename DotR, typename DotR2, typename Dot1>
+void gemv(ThreadPool& pool, const Matrix& w, int n, const float* bias, float* y, const DotR& dotR, const DotR2& dotR2,
+          const Dot1& dot1) {
   const int64_t groups = (w.rows + R - 1) / R;
   const int n_slots = static_cast<int>(std::min<int64_t>(pool.size(), groups));
   for_each_slot(pool, n_slots, [&](int t) {
@@ -142,7 +144,10 @@ void gemv(ThreadPool& pool, const Matrix& w, int n, const float* bias, float* y,
         rows[j] = w.row(r + j);
         next[j] = w.row(r + R + j);  // prefetch only: never read unless r + 2R <= r_end
       }
-      for (int i = 0; i < n; ++i) dotR(i, rows, i == 0 && r + 2 * R <= r_end ? next : nullptr, y + i * w.rows + r);
+      const void* const* pre = r + 2 * R <= r_end ? next : nullptr;
+      int i = 0;
+      for (; i + 2 <= n; i += 2) dotR2(i, rows, i == 0 ? pre : nullptr, y + i * w.rows + r, w.rows);
+      if (i < n) dotR(i, rows, i == 0 ? pre : nullptr, y + i * w.rows + r);
     }
     for (; r < r_end; ++r) {
       for (int i = 0; i < n; ++i) y[i * w.rows + r] = dot1(i, w.row(r));
@@ -305,9 +310,10 @@ bool uses_int8_activations(const Matrix& w, bool rowwise, ActQuant mode) {
 }
 
 // Decode (one x row, or matmul_rows): picks the row-dot functors for w's type and activation handling and calls
-// drive(std::integral_constant<int, R>{}, dotR, dot1), where dotR(i, ...) computes R rows per call for x row i
-// and dot1(i, row) one row. Shared by matmul and matmul_silu_mul so both pick kernels the same way. Every x row
-// gets exactly the arithmetic it would get alone, so a sequence's logits do not depend on the batch around it.
+// drive(std::integral_constant<int, R>{}, dotR, dotR2, dot1), where dotR(i, ...) computes R rows per call for x
+// row i, dotR2(i, ..., out, ldo) the same for x rows i and i + 1, and dot1(i, row) one row. Shared by matmul and
+// matmul_silu_mul so both pick kernels the same way. Every x row gets exactly the arithmetic it would get alone, so a
+// sequence's logits do not depend on the batch around it.
 template <typename Drive>
 void dispatch_gemv(ThreadPool& pool, const cpu::Kernels& k, ActScratch& act, const float* x, int n, const Matrix& w,
                    bool int8_act, const Drive& drive) {
@@ -315,11 +321,20 @@ void dispatch_gemv(ThreadPool& pool, const cpu::Kernels& k, ActScratch& act, con
   const int64_t cols = w.cols;
   if (!int8_act) {
     const auto dot4 = k.dot4[dt];
+    const auto dot4x2 = k.dot4x2[dt];
     const auto dot1 = k.dot1[dt];
     drive(
         std::integral_constant<int, 4>{},
         [&](int i, const void* const* rows, const void* const* next, float* out) {
           dot4(x + i * cols, rows, next, cols, out);
+        },
+        [&](int i, const void* const* rows, const void* const* next, float* out, int64_t ldo) {
+          if (dot4x2 != nullptr) {
+            dot4x2(x + i * cols, cols, rows, next, cols, out, ldo);
+          } else {
+            dot4(x + i * cols, rows, next, cols, out);
+            dot4(x + (i + 1) * cols, rows, nullptr, cols, out + ldo);
+          }
         },
         [&](int i, const void* row) { return dot1(x + i * cols, row, cols); });
     return;
@@ -328,20 +343,23 @@ void dispatch_gemv(ThreadPool& pool, const cpu::Kernels& k, ActScratch& act, con
   const quant::BlockQ8Act* xq = act.q.data();
   const int64_t blocks = act.blocks;
   const auto qdot1 = [&, f = k.qdot1[dt]](int i, const void* row) { return f(xq + i * blocks, row, cols, w.group); };
+  // Integer dots have no two-row kernel: two calls (the weight rows are in cache for the second).
+  const auto pair = [](const auto& dotR) {
+    return [&dotR](int i, const void* const* rows, const void* const* next, float* out, int64_t ldo) {
+      dotR(i, rows, next, out);
+      dotR(i + 1, rows, nullptr, out + ldo);
+    };
+  };
   if (const auto qdot8 = k.qdot8[dt]; qdot8 != nullptr) {
-    drive(
-        std::integral_constant<int, 8>{},
-        [&](int i, const void* const* rows, const void* const* next, float* out) {
-          qdot8(xq + i * blocks, rows, next, cols, w.group, out);
-        },
-        qdot1);
+    const auto dotR = [&](int i, const void* const* rows, const void* const* next, float* out) {
+      qdot8(xq + i * blocks, rows, next, cols, w.group, out);
+    };
+    drive(std::integral_constant<int, 8>{}, dotR, pair(dotR), qdot1);
   } else {
-    drive(
-        std::integral_constant<int, 4>{},
-        [&, qdot4 = k.qdot4[dt]](int i, const void* const* rows, const void* const* next, float* out) {
-          qdot4(xq + i * blocks, rows, next, cols, w.group, out);
-        },
-        qdot1);
+    const auto dotR = [&, qdot4 = k.qdot4[dt]](int i, const void* const* rows, const void* const* next, float* out) {
+      qdot4(xq + i * blocks, rows, next, cols, w.group, out);
+    };
+    drive(std::integral_constant<int, 4>{}, dotR, pair(dotR), qdot1);
   }
 }
 
@@ -379,9 +397,10 @@ void CpuBackend::matmul_impl(const float* x, int n, const Matrix& w, const float
   const bool int8_act = uses_int8_activations(w, rowwise, act_quant_);
   if (is_grouped(w.dtype)) TESSERA_CHECK_MSG(w.group == 32 || w.group == 64 || w.group == 128, "bad quant group");
   if (rowwise) {
-    dispatch_gemv(pool_, k, impl_->act, x, n, w, int8_act, [&](auto rows, const auto& dotR, const auto& dot1) {
-      gemv<decltype(rows)::value>(pool_, w, n, bias, y, dotR, dot1);
-    });
+    dispatch_gemv(pool_, k, impl_->act, x, n, w, int8_act,
+                  [&](auto rows, const auto& dotR, const auto& dotR2, const auto& dot1) {
+                    gemv<decltype(rows)::value>(pool_, w, n, bias, y, dotR, dotR2, dot1);
+                  });
     return;
   }
   const int64_t tiles = (w.rows + kGemmNR - 1) / kGemmNR;
@@ -408,9 +427,9 @@ namespace {
 // Decode: each kernel call streams gate and up rows of R/2 hidden units together, so both dots of an output are
 // ready at once and silu(g) * u is applied straight away; every x row is run against a group while it is cached.
 // dotR / dot1 as for gemv; out is [n][hidden].
-template <int R, typename DotR, typename Dot1>
+template <int R, typename DotR, typename DotR2, typename Dot1>
 void gemv_silu_mul(ThreadPool& pool, const Matrix& gate, const Matrix& up, int n, float* out, const DotR& dotR,
-                   const Dot1& dot1) {
+                   const DotR2& dotR2, const Dot1& dot1) {
   constexpr int kUnits = R / 2;
   const int64_t hidden = gate.rows;
   const int64_t groups = (hidden + kUnits - 1) / kUnits;
@@ -428,10 +447,18 @@ void gemv_silu_mul(ThreadPool& pool, const Matrix& gate, const Matrix& up, int n
         next[j] = gate.row(h + kUnits + j);  // prefetch only
         next[kUnits + j] = up.row(h + kUnits + j);
       }
-      for (int i = 0; i < n; ++i) {
-        float d[R];
-        dotR(i, rows, i == 0 && h + 2 * kUnits <= h_end ? next : nullptr, d);
-        for (int j = 0; j < kUnits; ++j) out[i * hidden + h + j] = silu_mul(d[j], d[kUnits + j]);
+      const void* const* pre = h + 2 * kUnits <= h_end ? next : nullptr;
+      float d[2][R];
+      for (int i = 0; i < n;) {
+        const int m = i + 2 <= n ? 2 : 1;
+        if (m == 2) {
+          dotR2(i, rows, i == 0 ? pre : nullptr, d[0], R);
+        } else {
+          dotR(i, rows, i == 0 ? pre : nullptr, d[0]);
+        }
+        for (int e = 0; e < m; ++e)
+          for (int j = 0; j < kUnits; ++j) out[(i + e) * hidden + h + j] = silu_mul(d[e][j], d[e][kUnits + j]);
+        i += m;
       }
     }
     for (; h < h_end; ++h) {
@@ -525,9 +552,10 @@ void CpuBackend::matmul_silu_mul_impl(const float* x, int n, const Matrix& gate,
     TESSERA_CHECK_MSG(gate.group == 32 || gate.group == 64 || gate.group == 128, "bad quant group");
   }
   if (rowwise) {
-    dispatch_gemv(pool_, k, impl_->act, x, n, gate, int8_act, [&](auto rows, const auto& dotR, const auto& dot1) {
-      gemv_silu_mul<decltype(rows)::value>(pool_, gate, up, n, out, dotR, dot1);
-    });
+    dispatch_gemv(pool_, k, impl_->act, x, n, gate, int8_act,
+                  [&](auto rows, const auto& dotR, const auto& dotR2, const auto& dot1) {
+                    gemv_silu_mul<decltype(rows)::value>(pool_, gate, up, n, out, dotR, dotR2, dot1);
+                  });
     return;
   }
   const int64_t tiles = (gate.rows + kGemmNR / 2 - 1) / (kGemmNR / 2);

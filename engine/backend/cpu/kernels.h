@@ -73,6 +73,11 @@ struct Kernels {
   void (*dot4[kNumDtypes])(const float* x, const void* const* rows, const void* const* next, int64_t cols, float* out);
   // x . row for a single row (ragged row counts).
   float (*dot1[kNumDtypes])(const float* x, const void* row, int64_t cols);
+  // dot4 for two x rows (x and x + ldx) in one pass over the weights: out[j] and out[ldo + j]. Each row's results
+  // are bit for bit dot4's for that row alone (batched decode must not change a sequence's output). Entries for
+  // F32, F16 and BF16; null otherwise (drivers then call dot4 per row).
+  void (*dot4x2[kNumDtypes])(const float* x, int64_t ldx, const void* const* rows, const void* const* next,
+                             int64_t cols, float* out, int64_t ldo);
 
   // GEMV with int8 activations: x is ceil(cols / 32) BlockQ8Act blocks (zero-padded), rows are stored rows of
   // the dtype with quantization group `group`. out[j] ~= dequant(x) . dequant(rows[j]), computed with integer

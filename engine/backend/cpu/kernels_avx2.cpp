@@ -102,10 +102,15 @@ inline __m256 exp8(__m256 x) {
 // cache line keeps more misses in flight. 512-1024 bytes measured best there.
 constexpr int64_t kGemvPrefetchBytes = 768;
 
-// Four weight rows against one x: 2 x 4 independent accumulators keep the FMA latency hidden while the loop streams
-// four rows one cache line per row per iteration; x is loaded once per step for all four rows.
-template <typename L>
-void dot4(const float* x, const void* const* rows, const void* const* next, int64_t cols, float* out) {
+// Four weight rows against M x rows (M = 1: decode of one sequence; M = 2: two sequences of a batch step). Each
+// group of 8 weight values is loaded and converted once and multiplied into all M x rows, so a batch pays the
+// conversion and the weight loads once per pair of sequences. Per x row the arithmetic is the same for every M
+// (one accumulator per weight row over 8 lanes, then the horizontal sums, then the ragged tail), so a row's dots
+// are bit for bit the same whether it is computed alone or paired. Rows are streamed one cache line per row per
+// step with software prefetch.
+template <typename L, int M>
+void dot4xm(const float* x, int64_t ldx, const void* const* rows, const void* const* next, int64_t cols, float* out,
+            int64_t ldo) {
   using T = typename L::T;
   constexpr int64_t kLine = 64 / sizeof(T);  // elements per cache line: 16 (f32) or 32 (16-bit types)
   constexpr int64_t kAhead = kGemvPrefetchBytes / sizeof(T);
@@ -113,8 +118,19 @@ void dot4(const float* x, const void* const* rows, const void* const* next, int6
   const T* r1 = static_cast<const T*>(rows[1]);
   const T* r2 = static_cast<const T*>(rows[2]);
   const T* r3 = static_cast<const T*>(rows[3]);
-  __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-  __m256 b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+  __m256 acc[M][4];
+  for (int m = 0; m < M; ++m)
+    for (int j = 0; j < 4; ++j) acc[m][j] = _mm256_setzero_ps();
+  const auto step = [&](int64_t c) {
+    const __m256 w0 = L::load8(r0 + c), w1 = L::load8(r1 + c), w2 = L::load8(r2 + c), w3 = L::load8(r3 + c);
+    for (int m = 0; m < M; ++m) {
+      const __m256 xv = _mm256_loadu_ps(x + m * ldx + c);
+      acc[m][0] = _mm256_fmadd_ps(xv, w0, acc[m][0]);
+      acc[m][1] = _mm256_fmadd_ps(xv, w1, acc[m][1]);
+      acc[m][2] = _mm256_fmadd_ps(xv, w2, acc[m][2]);
+      acc[m][3] = _mm256_fmadd_ps(xv, w3, acc[m][3]);
+    }
+  };
   int64_t c = 0;
   for (; c + kLine <= cols; c += kLine) {
     const int64_t pc = c + kAhead;
@@ -131,33 +147,31 @@ void dot4(const float* x, const void* const* rows, const void* const* next, int6
       _mm_prefetch(reinterpret_cast<const char*>(static_cast<const T*>(next[2]) + (pc - cols)), _MM_HINT_T0);
       _mm_prefetch(reinterpret_cast<const char*>(static_cast<const T*>(next[3]) + (pc - cols)), _MM_HINT_T0);
     }
-    for (int64_t u = 0; u < kLine; u += 16) {
-      const __m256 x0 = _mm256_loadu_ps(x + c + u);
-      const __m256 x1 = _mm256_loadu_ps(x + c + u + 8);
-      a0 = _mm256_fmadd_ps(x0, L::load8(r0 + c + u), a0);
-      a1 = _mm256_fmadd_ps(x0, L::load8(r1 + c + u), a1);
-      a2 = _mm256_fmadd_ps(x0, L::load8(r2 + c + u), a2);
-      a3 = _mm256_fmadd_ps(x0, L::load8(r3 + c + u), a3);
-      b0 = _mm256_fmadd_ps(x1, L::load8(r0 + c + u + 8), b0);
-      b1 = _mm256_fmadd_ps(x1, L::load8(r1 + c + u + 8), b1);
-      b2 = _mm256_fmadd_ps(x1, L::load8(r2 + c + u + 8), b2);
-      b3 = _mm256_fmadd_ps(x1, L::load8(r3 + c + u + 8), b3);
+    for (int64_t u = 0; u < kLine; u += 8) step(c + u);
+  }
+  for (; c + 8 <= cols; c += 8) step(c);
+  for (int m = 0; m < M; ++m) {
+    float* o = out + m * ldo;
+    _mm_storeu_ps(o, hsum4(acc[m][0], acc[m][1], acc[m][2], acc[m][3]));
+    const float* xm = x + m * ldx;
+    for (int64_t k = c; k < cols; ++k) {
+      o[0] += xm[k] * L::cvt(r0[k]);
+      o[1] += xm[k] * L::cvt(r1[k]);
+      o[2] += xm[k] * L::cvt(r2[k]);
+      o[3] += xm[k] * L::cvt(r3[k]);
     }
   }
-  for (; c + 8 <= cols; c += 8) {
-    const __m256 x0 = _mm256_loadu_ps(x + c);
-    a0 = _mm256_fmadd_ps(x0, L::load8(r0 + c), a0);
-    a1 = _mm256_fmadd_ps(x0, L::load8(r1 + c), a1);
-    a2 = _mm256_fmadd_ps(x0, L::load8(r2 + c), a2);
-    a3 = _mm256_fmadd_ps(x0, L::load8(r3 + c), a3);
-  }
-  _mm_storeu_ps(out, hsum4(_mm256_add_ps(a0, b0), _mm256_add_ps(a1, b1), _mm256_add_ps(a2, b2), _mm256_add_ps(a3, b3)));
-  for (; c < cols; ++c) {
-    out[0] += x[c] * L::cvt(r0[c]);
-    out[1] += x[c] * L::cvt(r1[c]);
-    out[2] += x[c] * L::cvt(r2[c]);
-    out[3] += x[c] * L::cvt(r3[c]);
-  }
+}
+
+template <typename L>
+void dot4(const float* x, const void* const* rows, const void* const* next, int64_t cols, float* out) {
+  dot4xm<L, 1>(x, 0, rows, next, cols, out, 0);
+}
+
+template <typename L>
+void dot4x2(const float* x, int64_t ldx, const void* const* rows, const void* const* next, int64_t cols, float* out,
+            int64_t ldo) {
+  dot4xm<L, 2>(x, ldx, rows, next, cols, out, ldo);
 }
 
 template <typename L>
@@ -564,6 +578,9 @@ Kernels make() {
   k.dot4[kF32] = dot4<LoadF32>;
   k.dot4[kF16] = dot4<LoadF16>;
   k.dot4[kBF16] = dot4<LoadBF16>;
+  k.dot4x2[kF32] = dot4x2<LoadF32>;
+  k.dot4x2[kF16] = dot4x2<LoadF16>;
+  k.dot4x2[kBF16] = dot4x2<LoadBF16>;
   k.dot1[kF32] = dot1<LoadF32>;
   k.dot1[kF16] = dot1<LoadF16>;
   k.dot1[kBF16] = dot1<LoadBF16>;

@@ -108,6 +108,14 @@ void dot4(const float* x, const void* const* rows, const void* const* next, int6
   out[3] = s3;
 }
 
+// Two x rows: dot4 for each, so every row's dots are exactly what dot4 gives it alone (the contract of dot4x2).
+template <typename L>
+void dot4x2(const float* x, int64_t ldx, const void* const* rows, const void* const* next, int64_t cols, float* out,
+            int64_t ldo) {
+  dot4<L>(x, rows, next, cols, out);
+  dot4<L>(x + ldx, rows, nullptr, cols, out + ldo);
+}
+
 template <typename L>
 float dot1(const float* x, const void* row, int64_t cols) {
   const auto* r = static_cast<const typename L::T*>(row);
@@ -241,6 +249,9 @@ Kernels make() {
   k.dot4[kF32] = dot4<LoadF32>;
   k.dot4[kF16] = dot4<LoadF16>;
   k.dot4[kBF16] = dot4<LoadBF16>;
+  k.dot4x2[kF32] = dot4x2<LoadF32>;
+  k.dot4x2[kF16] = dot4x2<LoadF16>;
+  k.dot4x2[kBF16] = dot4x2<LoadBF16>;
   k.dot1[kF32] = dot1<LoadF32>;
   k.dot1[kF16] = dot1<LoadF16>;
   k.dot1[kBF16] = dot1<LoadBF16>;
