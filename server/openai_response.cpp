@@ -6,8 +6,15 @@ namespace {
 
 using nlohmann::json;
 
+// A token's text as it reads after other text, as OpenAI reports it (" the", not "the"): decode drops the leading
+// space of the first piece only, so the token is decoded after an anchor token and the anchor's text cut off.
 std::string piece(const Tokenizer& tok, int id) {
-  return tok.decode({id});
+  const std::vector<int> anchor = tok.encode("a", /*add_bos=*/false);
+  if (anchor.empty()) return tok.decode({id});
+  const std::string before = tok.decode({anchor.back()});
+  std::string both = tok.decode({anchor.back(), id});
+  if (both.compare(0, before.size(), before) != 0) return tok.decode({id});
+  return both.substr(before.size());
 }
 
 json bytes_of(const std::string& s) {

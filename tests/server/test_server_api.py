@@ -73,9 +73,13 @@ def api_tests(srv):
     check(stop["choices"][0]["finish_reason"] == "stop" and "little" not in stop["choices"][0]["text"], "stop string")
     check(choice["text"].startswith(stop["choices"][0]["text"]), "stop text is a prefix")
     # logprobs: the greedy token is the top alternative.
-    lp = complete(url, "Once upon a time", 4, logprobs=2)["choices"][0]["logprobs"]
-    check(len(lp["token_logprobs"]) == 4 and all(x <= 0 for x in lp["token_logprobs"]), "logprobs values")
+    lp_choice = complete(url, "Once upon a time", 12, logprobs=2)["choices"][0]
+    lp = lp_choice["logprobs"]
+    check(len(lp["token_logprobs"]) == 12 and all(x <= 0 for x in lp["token_logprobs"]), "logprobs values")
     check(all(max(t.values()) == v for t, v in zip(lp["top_logprobs"], lp["token_logprobs"])), "greedy = top logprob")
+    # Token strings read as in the text (with their leading spaces) and offsets point at them.
+    check("".join(lp["tokens"]) == lp_choice["text"], "logprob tokens spell the text: %r" % lp["tokens"])
+    check(all(lp_choice["text"][o:].startswith(t) for o, t in zip(lp["text_offset"], lp["tokens"])), "text_offset")
     # Seeded sampling is reproducible; n returns n choices.
     a = complete(url, "Once upon a time", 20, temperature=1.0, seed=7, n=2)
     b = complete(url, "Once upon a time", 20, temperature=1.0, seed=7, n=2)
