@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <fstream>
 #include <map>
+#include <numeric>
 #include <optional>
 #include <sstream>
 
@@ -14,6 +15,7 @@
 #include "loaders/model_loader.h"
 #include "loaders/shard_weights.h"
 #include "loaders/tokenizer.h"
+#include "quant/blocks.h"
 
 namespace tessera::cli {
 
@@ -181,6 +183,37 @@ DType parse_dtype(const std::string& name) {
   throw Error("unknown dtype '" + name + "' (use f32, f16 or bf16)");
 }
 
+namespace {
+
+// Pruning a shard gives what one process gives only where the decision for a weight depends on nothing but its
+// own row and a group of M consecutive inputs: magnitude N:M. Per-tensor thresholds, calibration activations and
+// structured choices would come out differently on each rank. Returns the column multiple a split must keep: M
+// (1 without pruning).
+int shard_prune_group(const quant::CompressOptions& compress) {
+  const quant::PruneOptions& prune = compress.prune;
+  // 2:4-pruned int4 is stored with one scale per 64 columns (quant::kSparse24Block), which a split must not cut;
+  // every 2:4 decode kernel quantizes its activations in blocks of 32 inputs, which a split must not cut either.
+  bool int4 = compress.default_spec.dtype == DType::Q4;
+  for (const quant::QuantRule& r : compress.rules) int4 = int4 || r.spec.dtype == DType::Q4;
+  int m = 1;
+  const auto check = [&m, int4](const quant::PruneSpec& spec, const std::string& where) {
+    if (spec.none()) return;
+    if (spec.method != quant::PruneMethod::kMagnitude || !spec.nm())
+      throw Error("pruning " + where + " '" + spec.to_string() +
+                  "' is not supported with --tp/--pp (each rank would decide on its own part of a tensor and get "
+                  "another result than one process); use magnitude N:M (e.g. --prune magnitude:2:4) or run it on "
+                  "one rank");
+    // 2:4 decode kernels quantize the activations in blocks of 32 inputs (int4: 2:4 blocks of 64 with a scale).
+    const int split = spec.two_of_four() ? (int4 ? quant::kSparse24Block : 32) : spec.m;
+    m = std::lcm(m, split);
+  };
+  check(prune.default_spec, "(--prune)");
+  for (const quant::PruneRule& rule : prune.rules) check(rule.spec, "rule '" + rule.pattern + "'");
+  return m;
+}
+
+}  // namespace
+
 LoadedModel load(const ModelOptions& options, bool need_tokenizer, const ShardRequest* shard, Communicator* tp_group) {
   options.validate();
   // Rules files are read before the model too: a typo should not cost a long load.
@@ -189,10 +222,9 @@ LoadedModel load(const ModelOptions& options, bool need_tokenizer, const ShardRe
   LoadedModel out;
   const auto t0 = std::chrono::steady_clock::now();
   const bool sharded = shard != nullptr && (shard->tp_size > 1 || shard->pp_size > 1);
-  if (sharded && (!options.prune.empty() || !options.prune_rules.empty()))
-    throw Error(
-        "pruning (--prune) is not supported with --tp/--pp yet (the ranks would each prune a different "
-        "part of a row); run it on one rank");
+  // Column splits fall on multiples of every quantization group and every N:M group, so each rank's groups are
+  // the groups one process would use.
+  const int column_align = sharded ? std::lcm(quant::largest_group(compress), shard_prune_group(compress)) : 1;
   if (sharded && !options.calib.empty())
     throw Error(
         "activation-aware quantization (--calib) is not supported with --tp/--pp yet; use a "
@@ -201,7 +233,7 @@ LoadedModel load(const ModelOptions& options, bool need_tokenizer, const ShardRe
   if (options.dummy_weights) {
     if (sharded) {
       ShardRequest request = *shard;
-      request.column_align = quant::largest_group(compress);
+      request.column_align = column_align;
       plan = plan_shard(dummy_preset_config(options.preset), request);  // refuse a bad split before generating
     }
     out.data =
@@ -211,7 +243,7 @@ LoadedModel load(const ModelOptions& options, bool need_tokenizer, const ShardRe
   }
   if (sharded) {
     ShardRequest request = *shard;
-    request.column_align = quant::largest_group(compress);
+    request.column_align = column_align;
     if (!plan) {
       plan = plan_shard(out.data.config, request);
       shard_weights(out.data, *plan);  // dummy weights were generated as the shard already

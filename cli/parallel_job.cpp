@@ -165,6 +165,8 @@ uint64_t options_fingerprint(const ModelOptions& m, const ParallelOptions& p) {
   f.add(m.dummy_weights ? "dummy:" + m.preset + ":" + m.dtype + ":" + std::to_string(m.dummy_seed) : m.model);
   f.add(m.quant).add(m.quant_rules_file).add(m.act_quant).add(static_cast<uint64_t>(m.quant_rules.size()));
   for (const std::string& r : m.quant_rules) f.add(r);
+  f.add(m.prune).add(static_cast<uint64_t>(m.prune_rules.size()));
+  for (const std::string& r : m.prune_rules) f.add(r);
   f.add(static_cast<uint64_t>(p.tp)).add(static_cast<uint64_t>(p.pp));
   for (int n : p.pp_layers) f.add(static_cast<uint64_t>(n));
   return f.value();

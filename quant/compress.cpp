@@ -18,6 +18,7 @@
 #include "quant/awq.h"
 #include "quant/quant_traits.h"
 #include "quant/rule_text.h"
+#include "quant/sparse_formats.h"
 
 namespace tessera::quant {
 namespace {
@@ -95,7 +96,7 @@ struct Encoding {
   std::span<const float> col_scale;   // empty = ones
   std::span<const float> row_div;     // empty = ones
   std::span<const float> importance;  // empty = none
-  std::span<const float> row_amax;    // Q8 only: each row's max |w| over the whole (sharded) row; empty = own
+  std::span<const float> row_amax;    // Q8/S24Q8: each row's max |w| over the whole (sharded) row; empty = own
 };
 
 struct Encoded {
@@ -209,7 +210,12 @@ Encoded encode_matrix(const Matrix& src, const Encoding& enc, WeightStore& store
         }
         uint8_t* row = buf + static_cast<size_t>(r) * row_bytes;
         if (!enc.row_amax.empty() && importance == nullptr) {
-          quantize_q8_row_with_amax(x, src.cols, enc.row_amax[static_cast<size_t>(r)], row);
+          const float amax = enc.row_amax[static_cast<size_t>(r)];
+          if (enc.dtype == DType::S24Q8) {
+            s24q8_quantize_row_with_amax(x, src.cols, amax, row);
+          } else {
+            quantize_q8_row_with_amax(x, src.cols, amax, row);
+          }
         } else {
           encode_row(x, src.cols, enc.dtype, dst.group, importance, row);
         }
@@ -465,7 +471,10 @@ CompressReport run_pipeline(ModelData& model, const CompressOptions& options, co
     } else {
       std::vector<float> row_amax;
       const bool column_slice = (t.proj == kWo || t.proj == kWDown) && model.layout().tp_size > 1;
-      if (options.share_row_absmax && column_slice && enc.dtype == DType::Q8 && !transform) {
+      // Int8 row scales of a row split across ranks come from the whole row (a 2:4-pruned row keeps its largest
+      // values, so its absmax is the kept values' one too).
+      const bool row_scaled = enc.dtype == DType::Q8 || enc.dtype == DType::S24Q8;
+      if (options.share_row_absmax && column_slice && row_scaled && !transform) {
         row_amax = row_absmax(src, pool);
         options.share_row_absmax(row_amax);
         enc.row_amax = row_amax;

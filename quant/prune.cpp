@@ -293,20 +293,17 @@ PruneReport prune_model(ModelData& model, const PruneOptions& options, std::span
   ModelConfig& c = model.config;
   const int n_layers = static_cast<int>(model.weights.layers.size());
   const bool tied = model.weights.lm_head.data == model.weights.tok_embeddings.data;
-  if (!model.layout().whole() && options.active())
-    throw Error(
-        "pruning runs on the whole model before it is split for tensor/pipeline parallelism; this model is "
-        "already a shard (" +
-        model.layout().describe() + ")");
+  const ModelShard& shard = model.layout();
 
   // ---- resolve a spec per projection and per block ----
   std::vector<Target> targets;
   std::vector<Block> blocks;
   const PruneSpec& def = options.default_spec;
+  // Names carry the layer's index in the whole model (a pipeline stage holds layers layer_begin...).
+  const auto layer_name = [&](int l) { return "layers." + std::to_string(shard.layer_begin + l); };
   for (int l = 0; l < n_layers; ++l) {
     for (int p = 0; p < kNumProj; ++p)
-      targets.push_back(
-          {"layers." + std::to_string(l) + "." + kProjNames[p], l, p, def.structured() ? PruneSpec{} : def});
+      targets.push_back({layer_name(l) + "." + kProjNames[p], l, p, def.structured() ? PruneSpec{} : def});
     for (bool ffn : {true, false})
       blocks.push_back({l, ffn, def.structured() && applies_to_block(def, ffn) ? def : PruneSpec{}});
   }
@@ -322,7 +319,7 @@ PruneReport prune_model(ModelData& model, const PruneOptions& options, std::span
       }
     }
     for (Block& b : blocks) {
-      const std::string name = "layers." + std::to_string(b.layer) + (b.ffn ? ".ffn" : ".attn");
+      const std::string name = layer_name(b.layer) + (b.ffn ? ".ffn" : ".attn");
       if (applies_to_block(rule.spec, b.ffn) && glob_match(rule.pattern, name)) {
         b.spec = rule.spec;
         used = true;
@@ -332,6 +329,22 @@ PruneReport prune_model(ModelData& model, const PruneOptions& options, std::span
       throw Error("pruning rule '" + rule.pattern + "=" + rule.spec.to_string() +
                   "' matches nothing it applies to (unstructured and N:M specs apply to layers.<L>.<wq|wk|wv|wo|"
                   "w_gate|w_up|w_down> and an untied lm_head; structured ones to layers.<L>.ffn and layers.<L>.attn)");
+  }
+  // A shard (tensor/pipeline parallelism) sees part of each tensor: only decisions made within a row and a group
+  // of M inputs (magnitude N:M) come out as on the whole model.
+  if (!shard.whole()) {
+    const auto shard_exact = [](const PruneSpec& sp) {
+      return sp.none() || (sp.method == PruneMethod::kMagnitude && sp.nm());
+    };
+    for (const Target& t : targets)
+      if (!shard_exact(t.spec))
+        throw Error("pruning " + t.name + " with '" + t.spec.to_string() + "' on a shard (" + shard.describe() +
+                    ") would not give what one process gives; only magnitude N:M (e.g. magnitude:2:4) prunes "
+                    "shards exactly");
+    for (const Block& b : blocks)
+      if (!b.spec.none())
+        throw Error("structured pruning (" + b.spec.to_string() + ") is not supported on a shard (" + shard.describe() +
+                    "): it chooses whole channels and heads across the tensor");
   }
   const bool any_calibrated =
       std::any_of(targets.begin(), targets.end(), [](const Target& t) { return t.spec.calibrated(); });

@@ -79,15 +79,19 @@ void sparse24_positions(const uint8_t* idx, uint8_t* offsets) {
 }
 
 void s24q8_quantize_row(const float* x, int64_t cols, int /*group*/, const float* /*importance*/, void* row) {
-  const int64_t nb = blocks_of(cols);
-  auto* out = static_cast<uint8_t*>(row);
-  auto* blocks = reinterpret_cast<BlockS24Q8*>(out + 4);
   float amax = 0.0f;
-  for (int64_t b = 0; b < nb; ++b) {
+  for (int64_t b = 0; b < blocks_of(cols); ++b) {
     const int n = static_cast<int>(std::min<int64_t>(kSparse24Block, cols - b * kSparse24Block));
     const KeptBlock k = select_kept(x + b * kSparse24Block, n);
     for (float v : k.value) amax = std::max(amax, std::fabs(v));
   }
+  s24q8_quantize_row_with_amax(x, cols, amax, row);
+}
+
+void s24q8_quantize_row_with_amax(const float* x, int64_t cols, float amax, void* row) {
+  const int64_t nb = blocks_of(cols);
+  auto* out = static_cast<uint8_t*>(row);
+  auto* blocks = reinterpret_cast<BlockS24Q8*>(out + 4);
   const float scale = amax / 127.0f;
   const float inv = scale != 0.0f ? 1.0f / scale : 0.0f;
   std::memcpy(out, &scale, sizeof scale);

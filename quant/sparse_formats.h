@@ -22,6 +22,9 @@ constexpr int sparse24_slot(int g, int e) {
 
 // Traits entries (see QuantTraits). `group` is ignored; `importance` (may be null) weights the int4 scale choice.
 void s24q8_quantize_row(const float* x, int64_t cols, int group, const float* importance, void* row);
+// With the row's scale taken from `amax` (the largest |w| kept in the whole row when the row is split across
+// tensor-parallel ranks), as quantize_q8_row_with_amax does for Q8.
+void s24q8_quantize_row_with_amax(const float* x, int64_t cols, float amax, void* row);
 void s24q8_dequantize_row(const void* row, int64_t cols, int group, float* out);
 void s24q4_quantize_row(const float* x, int64_t cols, int group, const float* importance, void* row);
 void s24q4_dequantize_row(const void* row, int64_t cols, int group, float* out);

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """`mpirun -np N tessera generate --tp T --pp P` prints exactly what one process prints (stories260K, greedy),
-for every layout of 2 and 4 ranks, plain, int4:g32 and int8; and a bad layout is refused with a clear error.
+for every layout of 2 and 4 ranks, plain, int4:g32, int8, magnitude 2:4 pruning and 2:4 + int8; and a bad layout
+or a pruning method that cannot run per shard is refused with a clear error.
 
     generate_parallel_test.py TESSERA_BIN MODELS_DIR MPIEXEC
 """
@@ -19,7 +20,10 @@ def main():
     tok = os.path.join(models, "stories260K", "tok512.model")
     mpi = [mpiexec, "--oversubscribe", "--allow-run-as-root"]
     failures = 0
-    for quant in ([], ["--quant", "int4:g32"], ["--quant", "int8"]):
+    # Pruning per shard: magnitude 2:4 decides within a row and 4 inputs, so each rank prunes its slices as one
+    # process would (int8: stored as compressed 2:4 with row scales shared across the split).
+    for quant in ([], ["--quant", "int4:g32"], ["--quant", "int8"], ["--prune", "magnitude:2:4"],
+                  ["--prune", "magnitude:2:4", "--quant", "int8"]):
         gen = [tessera, "generate", "--model", model, "--tokenizer", tok, "-p", "Once upon a time", "-n", "100",
                "--temperature", "0", "--threads", "1"] + quant
         want = subprocess.run(gen, capture_output=True, text=True, check=True).stdout
@@ -39,7 +43,11 @@ def main():
                        capture_output=True, text=True, timeout=120)
     refused2 = r.returncode != 0 and "= 2 ranks, but the job has 3" in r.stderr
     print(f"--tp 2 on 3 ranks refused: {refused2}")
-    return 0 if failures == 0 and refused and refused2 else 1
+    r = subprocess.run(mpi + ["-np", "2", tessera, "generate", "--model", model, "-p", "x", "--tp", "2", "--prune",
+                              "magnitude:0.5"], capture_output=True, text=True, timeout=120)
+    refused3 = r.returncode != 0 and "use magnitude N:M" in r.stderr
+    print(f"unstructured pruning with --tp refused: {refused3}")
+    return 0 if failures == 0 and refused and refused2 and refused3 else 1
 
 
 if __name__ == "__main__":
