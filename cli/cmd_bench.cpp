@@ -95,7 +95,7 @@ json bench_one(const LoadedModel& loaded, int threads, const BenchOptions& o, do
   for (int L : o.prompt_lens) {
     if (L > c.max_seq_len) continue;
     const std::vector<int> prompt = random_tokens(L, c.vocab_size, 42);
-    KvCache cache(c, L);
+    KvCache cache = model.make_cache(L);
     double best = 1e30;
     for (int rep = 0; rep < o.repeats; ++rep) {
       const auto t0 = Clock::now();
@@ -111,7 +111,7 @@ json bench_one(const LoadedModel& loaded, int threads, const BenchOptions& o, do
 
   // Decode at batch 1 after a short prompt: every step reads all weights once.
   const int warm = 16, gen_tokens = o.gen_lens.front();
-  KvCache cache(c, warm + gen_tokens + 1);
+  KvCache cache = model.make_cache(warm + gen_tokens + 1);
   const std::vector<int> prompt = random_tokens(warm, c.vocab_size, 7);
   model.forward(prompt, 0, cache, LogitsMode::kLast, logits.data());
   int token = backend.argmax(logits.data(), c.vocab_size);

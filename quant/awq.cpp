@@ -185,7 +185,7 @@ std::vector<LayerStats> collect_activation_stats(const ModelData& model, std::sp
   LlamaModel lm(model, *backend, chunk_len);
   StatsObserver observer(c.n_layers, std::max(1, options.max_samples), options.seed);
   lm.set_observer(&observer);
-  KvCache cache(c, chunk_len);
+  KvCache cache = lm.make_cache(chunk_len);
   std::vector<float> logits(sz(c.vocab_size));
   if (progress) progress(0, chunks.size());
   for (size_t i = 0; i < chunks.size(); ++i) {
