@@ -132,7 +132,9 @@ def main():
     r = batch(big, full, "--max-num-seqs", "4")
     check(r.returncode == 0 and len(read_jsonl(full)) == n_big, "uninterrupted run completes")
     resumed = os.path.join(work, "resumed.jsonl")
-    proc = subprocess.Popen(common + ["--input", big, "--output", resumed, "--max-num-seqs", "4"],
+    # One sequence at a time, so the job is still running when it is killed; the restart batches (decodes are
+    # batch-invariant, so the results must not change).
+    proc = subprocess.Popen(common + ["--input", big, "--output", resumed, "--max-num-seqs", "1"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     written = 0
