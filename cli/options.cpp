@@ -198,7 +198,7 @@ int shard_prune_group(const quant::CompressOptions& compress) {
   int m = 1;
   const auto check = [&m, int4](const quant::PruneSpec& spec, const std::string& where) {
     if (spec.none()) return;
-    if (spec.method != quant::PruneMethod::kMagnitude || !spec.nm())
+    if (!spec.shard_exact())
       throw Error("pruning " + where + " '" + spec.to_string() +
                   "' is not supported with --tp/--pp (each rank would decide on its own part of a tensor and get "
                   "another result than one process); use magnitude N:M (e.g. --prune magnitude:2:4) or run it on "

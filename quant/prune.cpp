@@ -333,11 +333,8 @@ PruneReport prune_model(ModelData& model, const PruneOptions& options, std::span
   // A shard (tensor/pipeline parallelism) sees part of each tensor: only decisions made within a row and a group
   // of M inputs (magnitude N:M) come out as on the whole model.
   if (!shard.whole()) {
-    const auto shard_exact = [](const PruneSpec& sp) {
-      return sp.none() || (sp.method == PruneMethod::kMagnitude && sp.nm());
-    };
     for (const Target& t : targets)
-      if (!shard_exact(t.spec))
+      if (!t.spec.shard_exact())
         throw Error("pruning " + t.name + " with '" + t.spec.to_string() + "' on a shard (" + shard.describe() +
                     ") would not give what one process gives; only magnitude N:M (e.g. magnitude:2:4) prunes "
                     "shards exactly");

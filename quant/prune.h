@@ -63,6 +63,9 @@ struct PruneSpec {
   bool nm() const { return n > 0; }
   bool two_of_four() const { return n == 2 && m == 4; }
   bool calibrated() const { return method == PruneMethod::kWanda || method == PruneMethod::kSparseGpt; }
+  // Gives on a tensor-parallel shard what it gives on the whole tensor (the choice for a weight depends only on its
+  // row and a group of M inputs): none, or magnitude N:M.
+  bool shard_exact() const { return none() || (method == PruneMethod::kMagnitude && nm()); }
 };
 
 struct PruneRule {

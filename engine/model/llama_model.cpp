@@ -193,15 +193,7 @@ void LlamaModel::run_layers(std::span<const SequenceChunk> chunks) {
 
     be.rmsnorm(x, lw.ffn_norm.data(), n, c.dim, c.rms_eps, xb);
     if (observer_) observer_->observe(l, LinearInput::kFfnIn, xb, n, c.dim);
-    for (const RowRun& r : row_runs_) {
-      const float* in = xb + sz(r.row0) * sz(lw.w_gate.cols);
-      float* out = hidden_.data() + sz(r.row0) * sz(lw.w_gate.rows);
-      if (r.single) {
-        be.matmul_silu_mul_rows(in, r.rows, lw.w_gate, lw.w_up, out);
-      } else {
-        be.matmul_silu_mul(in, r.rows, lw.w_gate, lw.w_up, out);
-      }
-    }
+    linear_silu_mul(xb, lw.w_gate, lw.w_up, hidden_.data());
     if (observer_) observer_->observe(l, LinearInput::kFfnMid, hidden_.data(), n, d.hidden);
     linear(hidden_.data(), lw.w_down, nullptr, proj_.data());
     if (split) tp_->all_reduce_sum(proj_.data(), sz(n) * dim);
@@ -223,16 +215,31 @@ void LlamaModel::plan_row_runs(std::span<const SequenceChunk> chunks) {
   }
 }
 
-void LlamaModel::linear(const float* x, const Matrix& w, const float* bias, float* y) {
+template <typename PerRow, typename Blocked>
+void LlamaModel::for_each_run(const float* x, int64_t in_cols, float* y, int64_t out_cols, const PerRow& per_row,
+                              const Blocked& blocked) const {
   for (const RowRun& r : row_runs_) {
-    const float* in = x + sz(r.row0) * sz(w.cols);
-    float* out = y + sz(r.row0) * sz(w.rows);
+    const float* in = x + sz(r.row0) * sz(in_cols);
+    float* out = y + sz(r.row0) * sz(out_cols);
     if (r.single) {
-      backend_.matmul_rows(in, r.rows, w, bias, out);
+      per_row(in, r.rows, out);
     } else {
-      backend_.matmul(in, r.rows, w, bias, out);
+      blocked(in, r.rows, out);
     }
   }
+}
+
+void LlamaModel::linear(const float* x, const Matrix& w, const float* bias, float* y) {
+  for_each_run(
+      x, w.cols, y, w.rows, [&](const float* in, int n, float* out) { backend_.matmul_rows(in, n, w, bias, out); },
+      [&](const float* in, int n, float* out) { backend_.matmul(in, n, w, bias, out); });
+}
+
+void LlamaModel::linear_silu_mul(const float* x, const Matrix& gate, const Matrix& up, float* out) {
+  for_each_run(
+      x, gate.cols, out, gate.rows,
+      [&](const float* in, int n, float* o) { backend_.matmul_silu_mul_rows(in, n, gate, up, o); },
+      [&](const float* in, int n, float* o) { backend_.matmul_silu_mul(in, n, gate, up, o); });
 }
 
 void LlamaModel::head(std::span<const SequenceChunk> chunks, bool all_rows, float* logits) {

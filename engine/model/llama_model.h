@@ -110,8 +110,14 @@ class LlamaModel {
     bool single = false;
   };
   void plan_row_runs(std::span<const SequenceChunk> chunks);
-  // y = x w^T (+ bias) over the batch's rows, run by run.
+  // Calls per_row(in, rows, out) or blocked(in, rows, out) for each run of the batch's rows (x rows in_cols wide,
+  // y rows out_cols wide).
+  template <typename PerRow, typename Blocked>
+  void for_each_run(const float* x, int64_t in_cols, float* y, int64_t out_cols, const PerRow& per_row,
+                    const Blocked& blocked) const;
+  // y = x w^T (+ bias), and the fused gate/up MLP, over the batch's rows, run by run.
   void linear(const float* x, const Matrix& w, const float* bias, float* y);
+  void linear_silu_mul(const float* x, const Matrix& gate, const Matrix& up, float* out);
 
   const ModelData& model_;
   ModelShard shard_;
