@@ -1,6 +1,6 @@
 // NCCL communicator on GPUs, bootstrapped over MPI: all-reduce, all-gather, broadcast and send/recv of device
-// buffers give the exact host-computed results. Every rank needs a GPU (rank r uses device r % count); without
-// one the test exits 77 (skipped) on every rank.
+// buffers give the exact host-computed results. Every rank needs a GPU of its own (rank r uses device r % count;
+// NCCL refuses two ranks on one GPU); without enough of them the test exits 77 (skipped) on every rank.
 #include <cuda_runtime.h>
 
 #include <cstdio>
@@ -27,11 +27,18 @@ int main(int argc, char** argv) {
   float min_devices = static_cast<float>(devices);
   std::vector<float> all(static_cast<size_t>(world.size()));
   world.all_gather(&min_devices, 1, all.data());
-  for (float d : all)
+  for (float d : all) {
     if (d < 1) {
       if (world.rank() == 0) std::printf("SKIP: a rank has no CUDA device\n");
       return 77;
     }
+    // Ranks of one machine share its devices (the test assumes one machine, as CTest and gpu_run.sh launch it).
+    if (d < static_cast<float>(world.size())) {
+      if (world.rank() == 0)
+        std::printf("SKIP: NCCL needs a GPU per rank: %d ranks, %d devices\n", world.size(), static_cast<int>(d));
+      return 77;
+    }
+  }
   tessera::NcclCommunicator nccl(world, world.rank() % devices, 60.0, "world", [&](int s) { mpi.abort(s); });
   const int n = 1000, p = nccl.size(), r = nccl.rank();
   std::vector<float> host(n);
