@@ -4,6 +4,7 @@
 #   prepare here:   scripts/gpu_fetch_debs.sh            (downloads .debs into .gpu-debs/, gitignored)
 #   on the GPU:     scripts/gpu_run.sh [--no-bench] [--no-sanitizer] [--arch 90] [--prebuilt DIR]
 #                   (through the device tool: command "bash scripts/gpu_run.sh", carry [".gpu-debs"])
+#   --bench-args "ARGS": arguments for cuda_kernel_bench (e.g. "--rpw 0,1,2,4").
 #   --prebuilt DIR: skip configure and build and run the programs in DIR (e.g. build-cuda/bin built here by
 #                   scripts/test.sh --cuda and carried too): saves the lent machine's minutes.
 #
@@ -17,14 +18,15 @@ cd "$(dirname "$0")/.."
 root=$PWD
 out=${OUT:-$root/gpu-out}
 mkdir -p "$out"
-bench=1 sanitizer=1 arch=${TESSERA_CUDA_ARCH:-} prebuilt=
+bench=1 sanitizer=1 arch=${TESSERA_CUDA_ARCH:-} prebuilt='' bench_args=()
 while (($#)); do
   case $1 in
     --no-bench) bench=0 ;;
     --no-sanitizer) sanitizer=0 ;;
     --arch) arch=$2; shift ;;
     --prebuilt) prebuilt=$2; shift ;;
-    *) echo "usage: $0 [--no-bench] [--no-sanitizer] [--arch SM] [--prebuilt DIR]" >&2; exit 2 ;;
+    --bench-args) read -r -a bench_args <<<"$2"; shift ;;
+    *) echo "usage: $0 [--no-bench] [--no-sanitizer] [--arch SM] [--prebuilt DIR] [--bench-args ARGS]" >&2; exit 2 ;;
   esac
   shift
 done
@@ -136,13 +138,13 @@ fi
 
 # ---- benchmark ----
 if ((bench)); then
-  step bench "$out/bench.log" "$bin/cuda_kernel_bench"
+  step bench "$out/bench.log" "$bin/cuda_kernel_bench" "${bench_args[@]}"
 fi
 
 echo
 echo "---- summary ($(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1), sm $arch) ----"
 cat "$summary"
-[[ -f $out/bench.log ]] && { echo; grep -v '^===' "$out/bench.log" | tail -45; }
+[[ -f $out/bench.log ]] && { echo; grep -v "^===" "$out/bench.log" | tail -80; }
 echo "skipped tests: $(grep -c '^\[  SKIPPED \] .*(' "$tests_log")"
 grep -E '^\[  FAILED  \] .*\(' "$tests_log" | sort -u | head -30
 exit 0

@@ -5,7 +5,8 @@
 //   3. a Llama-2-7B decode step's linear layers (32 layers: q, k, v, o, gate/up fused, down), int4 g128 through
 //      CudaBackend vs fp16 weights through cuBLAS (fp16 activations), at batch 1 and 16;
 //   4. prefill GEMM throughput of the tensor-core path (int4 g128, 512 rows).
-// Usage: cuda_kernel_bench [--iters N] [--skip-step]
+// Usage: cuda_kernel_bench [--iters N] [--skip-step] [--rpw LIST]   (LIST: quantized-GEMV rows per warp to
+//        compare, e.g. 0,1,2,4; 0 is the backend's own choice, the default)
 #include <cublas_v2.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -20,6 +21,7 @@
 
 #include "engine/backend/cuda/cuda_backend.h"
 #include "engine/backend/cuda/cuda_check.h"
+#include "engine/backend/cuda/kernels.h"
 #include "engine/backend/cuda/weight_upload.h"
 #include "quant/blocks.h"
 
@@ -85,6 +87,7 @@ std::vector<uint8_t> random_host_matrix(std::mt19937& rng, DType t, int64_t rows
 struct Args {
   int iters = 50;
   bool skip_step = false;
+  std::vector<int> rows_per_warp = {0};
 };
 
 double copy_bandwidth(CudaBackend& be, EventTimer& timer, size_t bytes) {
@@ -112,31 +115,37 @@ void gemv_table(CudaBackend& be, EventTimer& timer, const Args& args, double cop
   const Fmt fmts[] = {{DType::Q4, 128}, {DType::Q4, 32}, {DType::Q4A, 128},
                       {DType::NF4, 64}, {DType::Q8, 0},  {DType::F16, 0}};
   std::mt19937 rng(1);
-  std::printf("\n%-20s %-10s %10s %10s %8s\n", "GEMV (batch 1)", "format", "us/call", "GB/s", "% copy");
-  for (const Shape& s : shapes) {
-    for (const Fmt& f : fmts) {
-      const auto host = random_host_matrix(rng, f.t, s.rows, s.cols, f.group);
-      const Matrix hm{f.t, s.rows, s.cols, host.data(), f.group};
-      cuda::DeviceWeightStore store;
-      std::vector<Matrix> copies;
-      // Enough copies that the set is 4x the L2 cache: each call reads its weights from device memory.
-      const size_t one = cuda::repack_for_device(hm).bytes.size();
-      const size_t n_copies = std::max<size_t>(2, 4 * l2_bytes / one + 1);
-      for (size_t i = 0; i < n_copies; ++i) copies.push_back(store.upload_matrix(hm));
-      cuda::DeviceBuffer x(static_cast<size_t>(s.cols) * 4), y(static_cast<size_t>(s.rows) * 4);
-      TESSERA_CUDA_CHECK(cudaMemset(x.data(), 0x3c, x.bytes()));  // ~0.01 as float, not zeros
-      size_t next = 0;
-      const double ms = timer.ms(be.stream(), args.iters, [&] {
-        be.matmul(x.as<float>(), 1, copies[next++ % copies.size()], nullptr, y.as<float>());
-      });
-      const double bytes = static_cast<double>(one) + x.bytes() + y.bytes();
-      const double gbs = bytes / (ms * 1e-3) / 1e9;
-      char fmt_name[32];
-      std::snprintf(fmt_name, sizeof fmt_name, "%s%s%s", std::string(dtype_name(f.t)).c_str(), f.group ? " g" : "",
-                    f.group ? std::to_string(f.group).c_str() : "");
-      std::printf("%-20s %-10s %10.2f %10.1f %7.1f%%\n", s.name, fmt_name, ms * 1e3, gbs, 100.0 * gbs / copy_gbs);
+  for (const int rpw : args.rows_per_warp) {
+    cuda::set_gemv_quant_rows_per_warp(rpw);
+    std::printf("\n%-20s %-10s %10s %10s %8s   (quantized rows per warp: %s)\n", "GEMV (batch 1)", "format", "us/call",
+                "GB/s", "% copy", rpw == 0 ? "auto" : std::to_string(rpw).c_str());
+    for (const Shape& s : shapes) {
+      for (const Fmt& f : fmts) {
+        if (rpw != 0 && !is_quantized(f.t)) continue;
+        const auto host = random_host_matrix(rng, f.t, s.rows, s.cols, f.group);
+        const Matrix hm{f.t, s.rows, s.cols, host.data(), f.group};
+        cuda::DeviceWeightStore store;
+        std::vector<Matrix> copies;
+        // Enough copies that the set is 4x the L2 cache: each call reads its weights from device memory.
+        const size_t one = cuda::repack_for_device(hm).bytes.size();
+        const size_t n_copies = std::max<size_t>(2, 4 * l2_bytes / one + 1);
+        for (size_t i = 0; i < n_copies; ++i) copies.push_back(store.upload_matrix(hm));
+        cuda::DeviceBuffer x(static_cast<size_t>(s.cols) * 4), y(static_cast<size_t>(s.rows) * 4);
+        TESSERA_CUDA_CHECK(cudaMemset(x.data(), 0x3c, x.bytes()));  // ~0.01 as float, not zeros
+        size_t next = 0;
+        const double ms = timer.ms(be.stream(), args.iters, [&] {
+          be.matmul(x.as<float>(), 1, copies[next++ % copies.size()], nullptr, y.as<float>());
+        });
+        const double bytes = static_cast<double>(one) + x.bytes() + y.bytes();
+        const double gbs = bytes / (ms * 1e-3) / 1e9;
+        char fmt_name[32];
+        std::snprintf(fmt_name, sizeof fmt_name, "%s%s%s", std::string(dtype_name(f.t)).c_str(), f.group ? " g" : "",
+                      f.group ? std::to_string(f.group).c_str() : "");
+        std::printf("%-20s %-10s %10.2f %10.1f %7.1f%%\n", s.name, fmt_name, ms * 1e3, gbs, 100.0 * gbs / copy_gbs);
+      }
     }
   }
+  cuda::set_gemv_quant_rows_per_warp(0);
 }
 
 // One Llama-2-7B decode step's linear layers: per layer q, k, v, o (4096x4096), gate and up (11008x4096, fused),
@@ -191,7 +200,7 @@ void decode_step(CudaBackend& be, EventTimer& timer, const Args& args) {
   TESSERA_CUBLAS_CHECK(cublasSetStream(h, be.stream()));
 
   std::printf("\n%-34s %12s %12s %8s\n", "decode step, 7B linear layers", "int4 ms", "fp16 ms", "speedup");
-  for (const int batch : {1, 16}) {
+  for (const int batch : {1, 4, 8, 16}) {
     cuda::DeviceBuffer x(static_cast<size_t>(batch) * kHidden * 4), y(static_cast<size_t>(batch) * kHidden * 4),
         y2(static_cast<size_t>(batch) * kHidden * 4);
     cuda::DeviceBuffer xh(static_cast<size_t>(batch) * kHidden * 2), yh(static_cast<size_t>(batch) * kHidden * 2),
@@ -272,8 +281,16 @@ int main(int argc, char** argv) {
       args.iters = std::max(1, std::atoi(argv[++i]));
     } else if (std::strcmp(argv[i], "--skip-step") == 0) {
       args.skip_step = true;
+    } else if (std::strcmp(argv[i], "--rpw") == 0 && i + 1 < argc) {
+      args.rows_per_warp.clear();
+      for (const char* p = argv[++i]; *p != '\0';) {
+        char* end = nullptr;
+        args.rows_per_warp.push_back(static_cast<int>(std::strtol(p, &end, 10)));
+        p = *end == ',' ? end + 1 : end;
+        if (end == p && *p != '\0') break;
+      }
     } else {
-      std::fprintf(stderr, "usage: cuda_kernel_bench [--iters N] [--skip-step]\n");
+      std::fprintf(stderr, "usage: cuda_kernel_bench [--iters N] [--skip-step] [--rpw 0,1,2,4]\n");
       return 2;
     }
   }

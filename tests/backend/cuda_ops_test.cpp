@@ -98,10 +98,10 @@ std::string describe(const Format& f) {
   return std::string(dtype_name(f.dtype)) + (f.group ? " g" + std::to_string(f.group) : "");
 }
 
-// Relative L2 tolerance of a matmul path: GEMV (n <= kGemvMaxRows) is fp32 for every format; above it quantized
+// Relative L2 tolerance of a matmul path: GEMV (n <= gemv_max_rows) is fp32 for every format; above it quantized
 // weights use fp16 tensor cores, F16/BF16 weights cuBLAS on activations rounded to that type, F32 plain cuBLAS.
 double matmul_tol(DType t, int n) {
-  if (n <= cuda::kGemvMaxRows || t == DType::F32) return 3e-5;
+  if (n <= cuda::gemv_max_rows(t) || t == DType::F32) return 3e-5;
   if (t == DType::BF16) return 6e-3;
   return 3e-3;  // F16 and quantized (fp16 operands)
 }
@@ -117,7 +117,7 @@ TEST_F(CudaOpsTest, MatmulEveryFormatRaggedShapes) {
     for (const auto& [rows, cols] : shapes) {
       test::OwnedMatrix w = test::any_matrix(rng_, f.dtype, rows, cols, f.group);
       const Matrix dw = store_.upload_matrix(w.m);
-      for (const int n : {1, 2, 3, 8, 9, 67}) {
+      for (const int n : {1, 2, 3, 8, 9, 16, 17, 67}) {
         {
           const bool with_bias = n % 2 == 1;
           const auto x = test::random_vec(rng_, static_cast<size_t>(n) * cols);
@@ -129,6 +129,39 @@ TEST_F(CudaOpsTest, MatmulEveryFormatRaggedShapes) {
           b().matmul(dx.p(), n, dw, with_bias ? dbias.p() : nullptr, dy.p());
           EXPECT_TRUE(near_l2(to_host(b(), dy), want, matmul_tol(f.dtype, n)))
               << describe(f) << " n=" << n << " " << rows << "x" << cols << (with_bias ? " +bias" : "");
+        }
+      }
+    }
+  }
+}
+
+// The quantized GEMV's variants with several weight rows per warp (chosen by size, so the ragged shapes above
+// mostly take one): every variant, for rows that do and do not fill a warp's share, plain and fused.
+TEST_F(CudaOpsTest, QuantGemvEveryRowsPerWarp) {
+  SCOPED_TRACE(trace());
+  struct Reset {
+    ~Reset() { cuda::set_gemv_quant_rows_per_warp(0); }
+  } reset;
+  for (const Format& f : all_formats()) {
+    if (!is_quantized(f.dtype)) continue;
+    for (const auto& [rows, cols] : std::vector<std::pair<int, int>>{{37, 64}, {130, 200}, {67, 1000}}) {
+      test::OwnedMatrix w = test::any_matrix(rng_, f.dtype, rows, cols, f.group);
+      test::OwnedMatrix up = test::any_matrix(rng_, f.dtype, rows, cols, f.group);
+      const Matrix dw = store_.upload_matrix(w.m), du = store_.upload_matrix(up.m);
+      for (const int rpw : {1, 2, 4}) {
+        cuda::set_gemv_quant_rows_per_warp(rpw);
+        for (const int n : {1, 3, 8, 13, 16}) {
+          const auto x = test::random_vec(rng_, static_cast<size_t>(n) * cols);
+          const auto bias = test::random_vec(rng_, static_cast<size_t>(rows));
+          std::vector<float> want(static_cast<size_t>(n) * rows), want_mlp(want.size());
+          ref::matmul(x.data(), n, w.m, bias.data(), want.data());
+          ref::matmul_silu_mul(x.data(), n, w.m, up.m, want_mlp.data());
+          const DevFloats dx = to_device(x), dbias = to_device(bias);
+          const DevFloats dy = poisoned_device(want.size()), dmlp = poisoned_device(want.size());
+          b().matmul(dx.p(), n, dw, dbias.p(), dy.p());
+          b().matmul_silu_mul(dx.p(), n, dw, du, dmlp.p());
+          EXPECT_TRUE(near_l2(to_host(b(), dy), want, 3e-5)) << describe(f) << " rpw=" << rpw << " n=" << n;
+          EXPECT_TRUE(near_l2(to_host(b(), dmlp), want_mlp, 6e-5)) << describe(f) << " mlp rpw=" << rpw << " n=" << n;
         }
       }
     }
@@ -156,7 +189,7 @@ TEST_F(CudaOpsTest, MatmulSiluMulEveryFormat) {
       test::OwnedMatrix gate = test::any_matrix(rng_, f.dtype, hidden, dim, f.group);
       test::OwnedMatrix up = test::any_matrix(rng_, f.dtype, hidden, dim, f.group);
       const Matrix dg = store_.upload_matrix(gate.m), du = store_.upload_matrix(up.m);
-      for (const int n : {1, 5, 8, 9, 40}) {
+      for (const int n : {1, 5, 8, 9, 16, 17, 40}) {
         const auto x = test::random_vec(rng_, static_cast<size_t>(n) * dim);
         std::vector<float> want(static_cast<size_t>(n) * hidden);
         ref::matmul_silu_mul(x.data(), n, gate.m, up.m, want.data());

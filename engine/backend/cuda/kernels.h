@@ -13,13 +13,24 @@
 namespace tessera::cuda {
 
 // Rows of activations up to which matmuls run as GEMV (one pass over the weights, fp32 throughout); above it
-// quantized weights go through the tensor-core GEMM and plain weights through cuBLAS.
+// quantized weights go through the tensor-core GEMM and plain weights through cuBLAS. Quantized weights stay on
+// the GEMV longer: it reads the codes once for all rows, and dequantizing is shared by them.
 inline constexpr int kGemvMaxRows = 8;
+inline constexpr int kGemvQuantMaxRows = 16;
+inline int gemv_max_rows(DType t) {
+  return is_quantized(t) ? kGemvQuantMaxRows : kGemvMaxRows;
+}
 
-// y[i][r] = x[i] . W[r] (+ bias[r]) for i < n <= kGemvMaxRows, any dtype. With `up` (silu != null): fused MLP,
+// y[i][r] = x[i] . W[r] (+ bias[r]) for i < n <= gemv_max_rows(dtype), any dtype. With `up` (silu != null): fused MLP,
 // y[i][r] = silu(x[i] . W[r]) * (x[i] . up[r]) where up has W's layout; bias must be null then.
 void launch_gemv(const float* x, int n, const DeviceLayout& l, const void* w, const void* up, const float* bias,
                  float* y, cudaStream_t stream);
+
+// The quantized part of launch_gemv (Q8/Q4/Q4A/NF4; gemv_quant.cu). vec: x rows are 16-byte aligned.
+void launch_gemv_quant(const float* x, int n, const DeviceLayout& l, const void* w, const void* up, const float* bias,
+                       float* y, bool vec, cudaStream_t stream);
+// Benchmark knob: weight rows per warp of the quantized GEMV (1, 2 or 4; 0 restores the per-call choice).
+void set_gemv_quant_rows_per_warp(int rpw);
 
 // The same for quantized W (Q8/Q4/Q4A/NF4) and any n: tiled GEMM on tensor cores (WMMA m16n16k16, fp16 operands
 // with fp32 accumulation; weights dequantized into shared memory, activations rounded to fp16).

@@ -1,0 +1,278 @@
+// Decode matmuls over quantized weights (Q8, Q4, Q4A, NF4; n <= kGemvQuantMaxRows activation rows).
+//
+// Memory-bound, so the point is to stream the codes at full bandwidth without the activation loads getting in
+// the way. Each lane reads 4-byte words of codes, lane after lane, so one warp load covers 128 contiguous bytes;
+// then the activations a lane needs are 4 consecutive columns for the word's low nibbles and 4 for its high ones
+// (device_layout.h: inside a group, byte j holds columns j and j + G/2), so the warp's float4 activation loads
+// are contiguous too (a lane owning 16 bytes would need 64-byte runs per lane, scattering every load over 16
+// cache lines). A warp owns RPW weight rows (and their `up` twins
+// in the fused MLP), so each activation load serves RPW rows, and each word is decoded once for all n rows.
+// A lane issues its next 8 word loads (over all streams) before computing.
+// Codes become floats with integer tricks rather than I2F (a quarter-rate instruction): or-ing q < 2^23 into the
+// mantissa of 2^23 gives the float 2^23 + q exactly; subtracting 2^23 (2^23 + 8 for Q4's offset) leaves q
+// (q - 8) exactly. Every product and sum is fp32: the result differs from the reference only in rounding order.
+#include <cuda_runtime.h>
+
+#include "engine/backend/cuda/cuda_check.h"
+#include "engine/backend/cuda/device_common.cuh"
+#include "engine/backend/cuda/kernels.h"
+
+namespace tessera::cuda {
+
+namespace {
+
+constexpr int kWarps = 8;
+constexpr int kWordsInFlight = 8;  // words a lane loads before computing, over all its streams
+constexpr float kTwo23 = 8388608.0f;
+
+// Float value of the 4-bit code in bits [shift, shift + 4) of word, minus `bias` (exact).
+__device__ __forceinline__ float nibble(uint32_t word, int shift, float bias) {
+  return __uint_as_float(((word >> shift) & 0x0fu) | 0x4b000000u) - bias;
+}
+
+// Float value of signed byte k of word (exact): flipping the sign bits maps -128..127 to 0..255.
+__device__ __forceinline__ float signed_byte(uint32_t word_flipped, int k) {
+  return __uint_as_float(__byte_perm(word_flipped, 0x4b000000u, 0x7540u | static_cast<unsigned>(k))) -
+         (kTwo23 + 128.0f);
+}
+
+// One weight stream of a warp: a row of W (or of up).
+struct Stream {
+  const uint32_t* words;    // the row's codes
+  const uint16_t* scales;   // 4-bit: the row's fp16 group scales
+  const uint16_t* mins;     // Q4A: the row's fp16 group minimums
+  float row_scale;          // Q8
+};
+
+template <DType T>
+__device__ __forceinline__ Stream stream_of(const DeviceLayout& l, const uint8_t* base, int64_t r) {
+  Stream s{};
+  s.words = reinterpret_cast<const uint32_t*>(base + r * l.code_row_bytes());
+  if constexpr (T == DType::Q8) {
+    s.row_scale = __ldg(reinterpret_cast<const float*>(base + l.scales_offset()) + r);
+  } else {
+    s.scales = reinterpret_cast<const uint16_t*>(base + l.scales_offset()) + r * l.groups();
+    if constexpr (T == DType::Q4A) s.mins = reinterpret_cast<const uint16_t*>(base + l.mins_offset()) + r * l.groups();
+  }
+  return s;
+}
+
+// What a lane holds of one word of one stream.
+struct Word {
+  uint32_t raw;
+  float d, m;  // 4-bit: the group's scale (and minimum)
+};
+
+template <DType T>
+__device__ __forceinline__ Word load_word(const Stream& s, int64_t wi, int half) {
+  Word w;
+  w.raw = __ldg(s.words + wi);
+  if constexpr (T != DType::Q8) {
+    const int64_t g = wi * 4 / half;
+    w.d = dev::half_bits_to_float(__ldg(s.scales + g));
+    if constexpr (T == DType::Q4A) w.m = dev::half_bits_to_float(__ldg(s.mins + g));
+  }
+  return w;
+}
+
+// The word's weights: lo[k] at column c_lo + k, hi[k] at c_hi + k (Q8: lo only, the word's 4 columns). Q8 weights
+// are the codes (the row scale multiplies the sum); the others carry their group scale.
+template <DType T>
+__device__ __forceinline__ void decode_word(const Word& w, const float2* __restrict__ lut, float* lo, float* hi) {
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    if constexpr (T == DType::Q8) {
+      lo[k] = signed_byte(w.raw ^ 0x80808080u, k);
+    } else if constexpr (T == DType::NF4) {
+      const float2 v = lut[(w.raw >> (8 * k)) & 0xffu];
+      lo[k] = w.d * v.x;
+      hi[k] = w.d * v.y;
+    } else if constexpr (T == DType::Q4) {
+      lo[k] = w.d * nibble(w.raw, 8 * k, kTwo23 + 8.0f);
+      hi[k] = w.d * nibble(w.raw, 8 * k + 4, kTwo23 + 8.0f);
+    } else {
+      lo[k] = fmaf(w.d, nibble(w.raw, 8 * k, kTwo23), w.m);
+      hi[k] = fmaf(w.d, nibble(w.raw, 8 * k + 4, kTwo23), w.m);
+    }
+  }
+}
+
+// 4 activations of row xr from column c (a multiple of 4); columns >= cols read as 0.
+__device__ __forceinline__ float4 load_x4(const float* __restrict__ xr, int64_t c, int64_t cols, bool vec) {
+  if (vec && c + 4 <= cols) return __ldg(reinterpret_cast<const float4*>(xr + c));
+  float4 v;
+  v.x = c < cols ? __ldg(xr + c) : 0.0f;
+  v.y = c + 1 < cols ? __ldg(xr + c + 1) : 0.0f;
+  v.z = c + 2 < cols ? __ldg(xr + c + 2) : 0.0f;
+  v.w = c + 3 < cols ? __ldg(xr + c + 3) : 0.0f;
+  return v;
+}
+
+__device__ __forceinline__ float dot4(const float* w, float4 x, float acc) {
+  return fmaf(w[3], x.w, fmaf(w[2], x.z, fmaf(w[1], x.y, fmaf(w[0], x.x, acc))));
+}
+
+// Warp w of the block owns rows r0 .. r0 + RPW - 1; streams 0..RPW-1 are W's rows, RPW..2*RPW-1 up's (SILU).
+template <DType T, int NR, int RPW, bool SILU>
+__global__ void __launch_bounds__(kWarps * 32)
+    gemv_quant_kernel(const float* __restrict__ x, int n, DeviceLayout l, const uint8_t* __restrict__ w,
+                      const uint8_t* __restrict__ up, const float* __restrict__ bias, float* __restrict__ y,
+                      bool vec) {
+  constexpr int S = SILU ? 2 * RPW : RPW;
+  constexpr int U = S >= kWordsInFlight ? 1 : kWordsInFlight / S;  // words per stream
+  __shared__ float2 lut[T == DType::NF4 ? 256 : 1];
+  if constexpr (T == DType::NF4) {
+    for (int b = threadIdx.x; b < 256; b += blockDim.x) lut[b] = make_float2(dev::kNf4[b & 0x0f], dev::kNf4[b >> 4]);
+    __syncthreads();
+  }
+  const int lane = threadIdx.x & 31;
+  const int64_t r0 = (static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5)) * RPW;
+  if (r0 >= l.rows) return;
+  Stream st[S];
+#pragma unroll
+  for (int s = 0; s < S; ++s) {
+    const int64_t r = min(r0 + s % RPW, l.rows - 1);  // rows past the end repeat the last one, never stored
+    st[s] = stream_of<T>(l, s < RPW ? w : up, r);
+  }
+  const int half = T == DType::Q8 ? 0 : l.group / 2;
+  const int64_t words = l.code_row_bytes() / 4;
+  float acc[NR][S];
+#pragma unroll
+  for (int i = 0; i < NR; ++i)
+#pragma unroll
+    for (int s = 0; s < S; ++s) acc[i][s] = 0.0f;
+
+  for (int64_t base = lane; base < words; base += 32 * U) {
+    Word cur[U][S];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int64_t wi = base + 32 * u;
+#pragma unroll
+      for (int s = 0; s < S; ++s) {
+        if (wi < words) {
+          cur[u][s] = load_word<T>(st[s], wi, half);
+        } else {
+          cur[u][s] = Word{0u, 0.0f, 0.0f};
+        }
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int64_t wi = base + 32 * u;
+      if (wi >= words) break;
+      // Columns of the word: Q8, its 4 bytes; 4-bit, 4 low nibbles from c_lo and 4 high ones from c_hi.
+      int64_t c_lo = 4 * wi, c_hi = 0;
+      if constexpr (T != DType::Q8) {
+        const int64_t byte0 = 4 * wi, g = byte0 / half;
+        c_lo = g * l.group + byte0 % half;
+        c_hi = c_lo + half;
+      }
+      float lo[S][4], hi[S][4];
+#pragma unroll
+      for (int s = 0; s < S; ++s) decode_word<T>(cur[u][s], lut, lo[s], hi[s]);
+#pragma unroll
+      for (int i = 0; i < NR; ++i) {
+        if (i >= n) break;
+        const float* xr = x + i * l.cols;
+        const float4 xl = load_x4(xr, c_lo, l.cols, vec);
+        if constexpr (T == DType::Q8) {
+#pragma unroll
+          for (int s = 0; s < S; ++s) acc[i][s] = dot4(lo[s], xl, acc[i][s]);
+        } else {
+          const float4 xh = load_x4(xr, c_hi, l.cols, vec);
+#pragma unroll
+          for (int s = 0; s < S; ++s) acc[i][s] = dot4(hi[s], xh, dot4(lo[s], xl, acc[i][s]));
+        }
+      }
+    }
+  }
+
+#pragma unroll
+  for (int i = 0; i < NR; ++i) {
+    if (i >= n) break;
+#pragma unroll
+    for (int rr = 0; rr < RPW; ++rr) {
+      float g = dev::warp_sum(acc[i][rr]);
+      float u = SILU ? dev::warp_sum(acc[i][RPW + rr]) : 0.0f;
+      if constexpr (T == DType::Q8) {
+        g *= st[rr].row_scale;
+        if constexpr (SILU) u *= st[RPW + rr].row_scale;
+      }
+      const int64_t r = r0 + rr;
+      if (lane == 0 && r < l.rows) y[i * l.rows + r] = SILU ? dev::silu_mul(g, u) : g + (bias ? bias[r] : 0.0f);
+    }
+  }
+}
+
+template <DType T, int RPW, bool SILU>
+void launch_rpw(const float* x, int n, const DeviceLayout& l, const uint8_t* w, const uint8_t* up, const float* bias,
+                float* y, bool vec, cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>((l.rows + kWarps * RPW - 1) / (kWarps * RPW)));
+  if (n <= 1) {
+    gemv_quant_kernel<T, 1, RPW, SILU><<<grid, kWarps * 32, 0, stream>>>(x, n, l, w, up, bias, y, vec);
+  } else if (n <= 2) {
+    gemv_quant_kernel<T, 2, RPW, SILU><<<grid, kWarps * 32, 0, stream>>>(x, n, l, w, up, bias, y, vec);
+  } else if (n <= 4) {
+    gemv_quant_kernel<T, 4, RPW, SILU><<<grid, kWarps * 32, 0, stream>>>(x, n, l, w, up, bias, y, vec);
+  } else if (n <= 8) {
+    gemv_quant_kernel<T, 8, RPW, SILU><<<grid, kWarps * 32, 0, stream>>>(x, n, l, w, up, bias, y, vec);
+  } else {
+    gemv_quant_kernel<T, 16, RPW, SILU><<<grid, kWarps * 32, 0, stream>>>(x, n, l, w, up, bias, y, vec);
+  }
+  TESSERA_CUDA_CHECK_LAUNCH();
+}
+
+int g_rows_per_warp = 0;  // 0: chosen per call (gemv_quant_rows_per_warp)
+
+template <DType T, bool SILU>
+void launch_typed(const float* x, int n, const DeviceLayout& l, const uint8_t* w, const uint8_t* up,
+                  const float* bias, float* y, bool vec, cudaStream_t stream) {
+  int rpw = g_rows_per_warp;
+  if (rpw == 0) {
+    // Enough warps to keep every SM's memory pipe busy (several blocks per SM of the largest GPUs) before
+    // sharing activation loads across rows; the fused MLP already reads two rows per activation load.
+    const int64_t warps_at_2 = (l.rows + 1) / 2;
+    rpw = !SILU && warps_at_2 >= 132 * 16 ? 2 : 1;
+    if (!SILU && n >= 4 && (l.rows + 3) / 4 >= 132 * 16) rpw = 4;
+  }
+  if (rpw >= 4) return launch_rpw<T, 4, SILU>(x, n, l, w, up, bias, y, vec, stream);
+  if (rpw == 2) return launch_rpw<T, 2, SILU>(x, n, l, w, up, bias, y, vec, stream);
+  return launch_rpw<T, 1, SILU>(x, n, l, w, up, bias, y, vec, stream);
+}
+
+template <bool SILU>
+void launch_silu(const float* x, int n, const DeviceLayout& l, const uint8_t* w, const uint8_t* up,
+                 const float* bias, float* y, bool vec, cudaStream_t stream) {
+  switch (l.dtype) {
+    case DType::Q8:
+      return launch_typed<DType::Q8, SILU>(x, n, l, w, up, bias, y, vec, stream);
+    case DType::Q4:
+      return launch_typed<DType::Q4, SILU>(x, n, l, w, up, bias, y, vec, stream);
+    case DType::Q4A:
+      return launch_typed<DType::Q4A, SILU>(x, n, l, w, up, bias, y, vec, stream);
+    case DType::NF4:
+      return launch_typed<DType::NF4, SILU>(x, n, l, w, up, bias, y, vec, stream);
+    default:
+      TESSERA_CHECK_MSG(false, "gemv_quant: not a quantized device dtype");
+  }
+}
+
+}  // namespace
+
+void set_gemv_quant_rows_per_warp(int rpw) {
+  TESSERA_CHECK(rpw == 0 || rpw == 1 || rpw == 2 || rpw == 4);
+  g_rows_per_warp = rpw;
+}
+
+void launch_gemv_quant(const float* x, int n, const DeviceLayout& l, const void* w, const void* up, const float* bias,
+                       float* y, bool vec, cudaStream_t stream) {
+  const auto* wb = static_cast<const uint8_t*>(w);
+  const auto* ub = static_cast<const uint8_t*>(up);
+  if (up != nullptr) {
+    launch_silu<true>(x, n, l, wb, ub, nullptr, y, vec, stream);
+  } else {
+    launch_silu<false>(x, n, l, wb, nullptr, bias, y, vec, stream);
+  }
+}
+
+}  // namespace tessera::cuda
