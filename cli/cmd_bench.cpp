@@ -17,9 +17,9 @@
 #include "cli/bench_parallel.h"
 #include "cli/bench_sweep.h"
 #include "cli/commands.h"
+#include "cli/device.h"
 #include "cli/machine_probe.h"
 #include "cli/options.h"
-#include "engine/backend/cpu/cpu_backend.h"
 #include "engine/core/check.h"
 #include "engine/core/cpu_features.h"
 #include "engine/model/llama_model.h"
@@ -34,6 +34,7 @@ using json = nlohmann::json;
 
 struct BenchOptions {
   ModelOptions model;
+  DeviceOptions device;
   std::vector<std::string> presets;
   std::vector<int> threads{1, 2};
   std::vector<int> prompt_lens{128, 512};
@@ -71,6 +72,11 @@ double attention_flops(const ModelConfig& c, int L) {
   return 2.0 * 2.0 * 0.5 * L * L * c.q_dim() * c.n_layers;
 }
 
+// Greedy pick from host logits (the first maximum, as Backend::argmax): works whatever memory the backend has.
+int host_argmax(const std::vector<float>& logits) {
+  return static_cast<int>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+}
+
 std::vector<int> random_tokens(int n, int vocab, uint64_t seed) {
   std::mt19937_64 rng(seed);
   std::uniform_int_distribution<int> dist(3, vocab - 1);
@@ -82,8 +88,8 @@ std::vector<int> random_tokens(int n, int vocab, uint64_t seed) {
 json bench_one(const LoadedModel& loaded, int threads, const BenchOptions& o, double bandwidth_gbs, double fma_gflops) {
   const ModelData& m = loaded.data;
   const ModelConfig& c = m.config;
-  CpuBackend backend(threads);
-  backend.set_activation_quant(loaded.act_quant);
+  const std::unique_ptr<Backend> backend_ptr = make_backend(o.device, threads, loaded.act_quant);
+  Backend& backend = *backend_ptr;
   const int max_prompt = *std::max_element(o.prompt_lens.begin(), o.prompt_lens.end());
   LlamaModel model(m, backend, std::min(max_prompt, 512));
   std::vector<float> logits(static_cast<size_t>(c.vocab_size));
@@ -109,16 +115,17 @@ json bench_one(const LoadedModel& loaded, int threads, const BenchOptions& o, do
   }
   r["prefill"] = prefill;
 
-  // Decode at batch 1 after a short prompt: every step reads all weights once.
+  // Decode at batch 1 after a short prompt: every step reads all weights once. The logits' copy to the host ends
+  // each step, so a device backend has finished it when the clock is read.
   const int warm = 16, gen_tokens = o.gen_lens.front();
   KvCache cache = model.make_cache(warm + gen_tokens + 1);
   const std::vector<int> prompt = random_tokens(warm, c.vocab_size, 7);
   model.forward(prompt, 0, cache, LogitsMode::kLast, logits.data());
-  int token = backend.argmax(logits.data(), c.vocab_size);
+  int token = host_argmax(logits);
   const auto t0 = Clock::now();
   for (int i = 0; i < gen_tokens; ++i) {
     model.forward(std::span<const int>(&token, 1), warm + i, cache, LogitsMode::kLast, logits.data());
-    token = backend.argmax(logits.data(), c.vocab_size);
+    token = host_argmax(logits);
   }
   const double s = seconds_since(t0);
   const double tps = gen_tokens / s;
@@ -145,6 +152,7 @@ void print_human(const json& report) {
     std::printf("  %-7s %-14s %14s %12s %12s %12s %10s\n", "threads", "test", "tokens/s", "ms/token", "GFLOP/s",
                 "efficiency", "peak RSS");
     for (const auto& run : model["runs"]) {
+      if (report["device"] != "cpu") std::printf("  on %s\n", run["backend"].get<std::string>().c_str());
       const int t = run["threads"];
       const double rss_gb = run["peak_rss_bytes"].get<double>() / 1e9;
       for (const auto& p : run["prefill"]) {
@@ -230,6 +238,18 @@ int run_runtime_bench(const BenchOptions& o, const CLI::App& app) {
 }
 
 int run_bench(BenchOptions o, const CLI::App& app) {
+  o.device.check(std::max(*std::max_element(o.tps.begin(), o.tps.end()) * *std::max_element(o.pps.begin(), o.pps.end()),
+                          under_launcher() ? 2 : 1),
+                 o.model.act_quant);
+  if (o.device.cuda()) {
+    if (wants_runtime(o, app))
+      throw Error(
+          "--device cuda measures the single-process benchmark only: drop --batch/--sequences/--csv/"
+          "--micro-batches (the leader/worker runtime benchmark runs on the CPU backend)");
+    // One run: --threads and the CPU bandwidth/FMA probe describe the CPU, not the GPU.
+    o.threads = {1};
+    o.skip_probe = true;
+  }
   if (wants_runtime(o, app)) return run_runtime_bench(o, app);
   if (o.gen_lens.size() != 1)
     throw Error("several --gen-len values need the runtime benchmark: add --batch (e.g. --batch 1)");
@@ -238,6 +258,7 @@ int run_bench(BenchOptions o, const CLI::App& app) {
   if (o.repeats < 1 || o.gen_lens.front() < 1) throw Error("--repeats and --gen must be >= 1");
   std::sort(o.threads.begin(), o.threads.end());
   json report;
+  report["device"] = o.device.device;
   report["cpu_features"] = cpu_features().describe();
   json bw = json::object();
   double fma = 0.0;
@@ -321,6 +342,7 @@ Command add_bench_command(CLI::App& app) {
       ->capture_default_str();
   sub->add_option("--repeats", o->repeats, "Prefill repetitions (best is kept)")->capture_default_str();
   o->model.add_quant_options(*sub);
+  o->device.add_to(*sub);
   sub->add_option("--json", o->json_path,
                   "Report as JSON: to FILE, or to stdout without one (the runtime benchmark: one object per "
                   "combination)")

@@ -5,9 +5,9 @@
 #include <vector>
 
 #include "cli/commands.h"
+#include "cli/device.h"
 #include "cli/options.h"
 #include "cli/parallel_job.h"
-#include "engine/backend/cpu/cpu_backend.h"
 #include "engine/core/check.h"
 #include "engine/model/llama_model.h"
 #include "engine/runtime/generator.h"
@@ -19,6 +19,7 @@ namespace {
 struct GenerateOptions {
   ModelOptions model;
   ParallelOptions parallel;
+  DeviceOptions device;
   std::string prompt;
   std::vector<int> prompt_ids;
   int n_tokens = 256;
@@ -33,11 +34,13 @@ int generate_on_this_rank(const GenerateOptions& o, ParallelJob& job);
 
 int run_generate(const GenerateOptions& o) {
   if (!o.prompt.empty() && !o.prompt_ids.empty()) throw Error("give either --prompt or --prompt-ids, not both");
+  o.device.check(o.parallel.model_ranks(), o.model.act_quant);
   ParallelJob job(o.parallel);
   return job.run([&] { return generate_on_this_rank(o, job); });
 }
 
 int generate_on_this_rank(const GenerateOptions& o, ParallelJob& job) {
+  o.device.check(job.world_size(), o.model.act_quant);  // also under mpirun without --tp/--pp
   job.check_consistent("the options", options_fingerprint(o.model, job.options()));
   const ShardRequest shard = job.shard_request();
   const bool leader = job.leader();
@@ -45,9 +48,8 @@ int generate_on_this_rank(const GenerateOptions& o, ParallelJob& job) {
       load(o.model, /*need_tokenizer=*/leader && (!o.prompt.empty() || !o.stop.empty()), &shard, job.tp_data());
   job.check_consistent("the model " + loaded.data.source, config_fingerprint(loaded.data.config));
   const ModelConfig& config = loaded.data.config;
-  CpuBackend backend(o.model.threads);
-  backend.set_activation_quant(loaded.act_quant);
-  LlamaModel model(loaded.data, backend, 256, job.tp_data());
+  const std::unique_ptr<Backend> backend = make_backend(o.device, o.model.threads, loaded.act_quant);
+  LlamaModel model(loaded.data, *backend, 256, job.tp_data());
   ModelRunner runner(model, job.groups());
   if (!leader) {
     runner.serve();
@@ -85,7 +87,7 @@ int generate_on_this_rank(const GenerateOptions& o, ParallelJob& job) {
   std::fprintf(stderr,
                "\n[tessera] %s on %s%s | load %.2f s | prompt %d tokens, %.1f tokens/s | generated %d tokens, "
                "%.1f tokens/s | finish: %s\n",
-               loaded.data.source.c_str(), backend.name().c_str(),
+               loaded.data.source.c_str(), backend->name().c_str(),
                job.parallel() ? (" | " + std::to_string(job.world_size()) + " ranks (tp " +
                                  std::to_string(job.options().tp) + " x pp " + std::to_string(job.options().pp) + ")")
                                     .c_str()
@@ -103,6 +105,7 @@ Command add_generate_command(CLI::App& app) {
   CLI::App* sub = app.add_subcommand("generate", "Generate text from a prompt, streamed to stdout");
   o->model.add_to(*sub);
   o->parallel.add_to(*sub);
+  o->device.add_to(*sub);
   sub->add_option("-p,--prompt", o->prompt, "Prompt text (empty: start from BOS alone)");
   sub->add_option("--prompt-ids", o->prompt_ids, "Prompt as token ids (BOS included), e.g. for --dummy-weights")
       ->delimiter(',');

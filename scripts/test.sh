@@ -5,7 +5,8 @@
 #   scripts/test.sh --tsan        ThreadSanitizer build in build-tsan/ of the serving targets only, then the
 #                                 engine-thread and end-to-end server tests (label "tsan")
 #   scripts/test.sh --cuda        CUDA build in build-cuda/ (nvcc from PATH or /usr/local/cuda) of the CUDA backend,
-#                                 its tests and the NCCL communicator; runs them (they skip without a GPU)
+#                                 its tests (ops, the whole model), the NCCL communicator and `tessera` with
+#                                 --device cuda; runs the tests (they skip without a GPU)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 jobs=$(nproc)
@@ -17,7 +18,8 @@ if [ "${1:-}" = "--cuda" ]; then
   [ -x "$nvcc" ] || { echo "--cuda: no nvcc on PATH or in /usr/local/cuda/bin"; exit 1; }
   cmake -S . -B build-cuda -DCMAKE_BUILD_TYPE=Release -DTESSERA_ENABLE_CUDA=ON -DTESSERA_ENABLE_MPI=ON \
         -DCMAKE_CUDA_COMPILER="$nvcc" -DTESSERA_PYTHON="$python" >/dev/null
-  cmake --build build-cuda -j"$jobs" --target cuda_layout_test cuda_ops_test cuda_kernel_bench test_nccl_collectives
+  cmake --build build-cuda -j"$jobs" --target cuda_layout_test cuda_ops_test cuda_model_test cuda_kernel_bench \
+                                           test_nccl_collectives tessera
   ctest --test-dir build-cuda -R "cuda|Cuda|nccl|Nccl" --output-on-failure -j"$jobs"
 elif [ "${1:-}" = "--tsan" ]; then
   cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTESSERA_SANITIZE=thread \

@@ -1,14 +1,16 @@
 // The small op interface the model is written against. CPU implements it now; CUDA and tensor-parallel
 // wrappers plug in later without touching model code. Activations are fp32; weights are Matrix views.
 //
-// Pointers are in the backend's memory space (host memory for CPU). Shapes are row-major; "n" is the
-// number of token rows processed together (1 for decode, the prompt length for prefill).
+// Pointers are in the backend's memory space (host memory for CPU; see host_memory() and allocate()). Shapes are
+// row-major; "n" is the number of token rows processed together (1 for decode, the prompt length for prefill).
 #pragma once
 
 #include <cstddef>
+#include <cstring>
 #include <memory>
 #include <string>
 
+#include "engine/backend/backend_buffer.h"
 #include "engine/core/tensor.h"
 #include "engine/model/model_config.h"
 
@@ -45,6 +47,24 @@ class Backend {
  public:
   virtual ~Backend() = default;
   virtual std::string name() const = 0;
+
+  // --- memory -------------------------------------------------------------------------------------------------
+  // The defaults serve backends that compute in host memory (CPU, reference); a device backend overrides all.
+  // The model allocates and uploads only at construction (and KV caches when they are made), never in forward.
+
+  // True when the backend's memory is host memory: its pointers may be read and written by host code.
+  virtual bool host_memory() const { return true; }
+  // `bytes` of zeroed backend memory (host: 64-byte aligned).
+  virtual BackendBuffer allocate(size_t bytes) { return allocate_host_buffer(bytes); }
+  // Host -> backend; the host source may be reused as soon as the call returns.
+  virtual void copy_to_backend(void* dst, const void* host_src, size_t bytes) { std::memcpy(dst, host_src, bytes); }
+  // Backend -> host; waits for the backend's queued work and the copy.
+  virtual void copy_to_host(void* host_dst, const void* src, size_t bytes) { std::memcpy(host_dst, src, bytes); }
+  // Within backend memory (ordered with the ops).
+  virtual void copy(void* dst, const void* src, size_t bytes) { std::memcpy(dst, src, bytes); }
+  // A view of a weight matrix that this backend's ops accept, valid while the backend and `host`'s storage live.
+  // Host backends return `host` itself (no copy); a device backend keeps a device copy in its own layout.
+  virtual Matrix upload(const Matrix& host) { return host; }
 
   // y[i][r] = sum_c x[i][c] * w[r][c] + (bias ? bias[r] : 0), for i < n. x: [n][w.cols], y: [n][w.rows].
   virtual void matmul(const float* x, int n, const Matrix& w, const float* bias, float* y) = 0;

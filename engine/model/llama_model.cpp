@@ -17,19 +17,32 @@ struct LayerDims {
   int heads, kv_heads, hidden;
 };
 
-LayerDims dims_of(const LayerWeights& lw, const ModelConfig& c) {
+// A layer's sizes from its weights (LayerWeights or BackendLayerWeights: uploads keep the shapes).
+template <typename Layer>
+LayerDims dims_of(const Layer& lw, const ModelConfig& c) {
   return {static_cast<int>(lw.wq.rows / c.head_dim), static_cast<int>(lw.wk.rows / c.head_dim),
           static_cast<int>(lw.w_gate.rows)};
+}
+
+// The weights' shard; refused before anything is uploaded when the backend cannot run it: the collectives and the
+// pipeline's transfers work on host memory.
+ModelShard shard_for(const ModelData& model, const Backend& backend) {
+  ModelShard shard = model.layout();
+  if (!backend.host_memory() && (shard.tp_size > 1 || shard.pp_size > 1))
+    throw Error("tensor/pipeline parallelism on the CUDA backend is not wired yet (" + backend.name() +
+                " computes in device memory): run one process with --tp 1 --pp 1");
+  return shard;
 }
 }  // namespace
 
 LlamaModel::LlamaModel(const ModelData& model, Backend& backend, int max_batch_tokens, Communicator* tp)
     : model_(model),
-      shard_(model.layout()),
+      shard_(shard_for(model, backend)),
       backend_(backend),
       tp_(tp),
       max_batch_tokens_(std::max(1, max_batch_tokens)),
-      rope_(model.config, model.config.max_seq_len) {
+      rope_(model.config, model.config.max_seq_len),
+      weights_(model.weights, rope_.table(), backend) {
   const ModelConfig& c = model.config;
   TESSERA_CHECK_MSG(static_cast<int>(model.weights.layers.size()) == shard_.n_layers(),
                     "the weights hold a different number of layers than their shard");
@@ -45,14 +58,17 @@ LlamaModel::LlamaModel(const ModelData& model, Backend& backend, int max_batch_t
     hidden = std::max(hidden, d.hidden);
   }
   const size_t rows = sz(max_batch_tokens_);
-  x_.resize(rows * sz(c.dim));
-  xb_.resize(rows * sz(c.dim));
-  q_.resize(rows * sz(q_dim));
-  k_.resize(rows * sz(kv_dim));
-  v_.resize(rows * sz(kv_dim));
-  att_.resize(rows * sz(q_dim));
-  proj_.resize(rows * sz(c.dim));
-  hidden_.resize(rows * sz(hidden));
+  const auto floats = [&](size_t count) { return backend.allocate(count * sizeof(float)); };
+  x_ = floats(rows * sz(c.dim));
+  xb_ = floats(rows * sz(c.dim));
+  q_ = floats(rows * sz(q_dim));
+  k_ = floats(rows * sz(kv_dim));
+  v_ = floats(rows * sz(kv_dim));
+  att_ = floats(rows * sz(q_dim));
+  proj_ = floats(rows * sz(c.dim));
+  hidden_ = floats(rows * sz(hidden));
+  // A host backend writes logits straight into the caller's buffer; a device one needs them in its memory first.
+  if (!backend.host_memory()) logits_ = floats(rows * sz(c.vocab_size));
   positions_.resize(rows);
   row_runs_.reserve(rows);
 }
@@ -60,7 +76,19 @@ LlamaModel::LlamaModel(const ModelData& model, Backend& backend, int max_batch_t
 KvCache LlamaModel::make_cache(int capacity) const {
   std::vector<int> dims;
   for (const LayerWeights& lw : model_.weights.layers) dims.push_back(static_cast<int>(lw.wk.rows));
-  return KvCache(dims, capacity);
+  return KvCache(backend_, dims, capacity);
+}
+
+float* LlamaModel::hidden() {
+  TESSERA_CHECK_MSG(backend_.host_memory(), "pipeline stages exchange host memory");
+  return x_.as<float>();
+}
+
+void LlamaModel::set_observer(ActivationObserver* observer) {
+  if (observer != nullptr && !backend_.host_memory())
+    throw Error("activation observers (calibration with --calib, pruning) need the CPU backend; " + backend_.name() +
+                " computes in device memory");
+  observer_ = observer;
 }
 
 int LlamaModel::batch_rows(std::span<const SequenceChunk> chunks) const {
@@ -126,14 +154,15 @@ void LlamaModel::embed(std::span<const int> tokens) {
     if (t < 0 || t >= c.vocab_size)
       throw Error("token id " + std::to_string(t) + " is outside the vocabulary (" + std::to_string(c.vocab_size) +
                   ")");
-  const Matrix& table = model_.weights.tok_embeddings;
+  const Matrix& table = weights_.tok_embeddings;
+  float* x = x_.as<float>();
   if (shard_.vocab.size() == c.vocab_size) {
-    backend_.embedding(table, tokens.data(), n, x_.data());
+    backend_.embedding(table, tokens.data(), n, x);
     return;
   }
   // Vocab-parallel: each rank fills the rows of the tokens it holds, zeros elsewhere, and the sum has them all.
   for (int i = 0; i < n; ++i) {
-    float* row = x_.data() + sz(i) * sz(c.dim);
+    float* row = x + sz(i) * sz(c.dim);
     const int t = tokens[sz(i)];
     if (t >= shard_.vocab.begin && t < shard_.vocab.end) {
       const int local = t - static_cast<int>(shard_.vocab.begin);
@@ -142,7 +171,7 @@ void LlamaModel::embed(std::span<const int> tokens) {
       std::fill(row, row + c.dim, 0.0f);
     }
   }
-  tp_->all_reduce_sum(x_.data(), sz(n) * sz(c.dim));
+  tp_->all_reduce_sum(x, sz(n) * sz(c.dim));
 }
 
 void LlamaModel::run_layers(std::span<const SequenceChunk> chunks) {
@@ -158,46 +187,53 @@ void LlamaModel::run_layers(std::span<const SequenceChunk> chunks) {
   }
   plan_row_runs(chunks);
   const bool split = shard_.tp_size > 1;
-  float* x = x_.data();
-  float* xb = xb_.data();
+  float* x = x_.as<float>();
+  float* xb = xb_.as<float>();
+  float *q = q_.as<float>(), *k = k_.as<float>(), *v = v_.as<float>(), *att = att_.as<float>();
+  float *proj = proj_.as<float>(), *hidden = hidden_.as<float>();
   for (int li = 0; li < shard_.n_layers(); ++li) {
     const int l = shard_.layer_begin + li;  // index in the whole model, for observers
-    const LayerWeights& lw = model_.weights.layers[sz(li)];
+    const BackendLayerWeights& lw = weights_.layers[sz(li)];
     const LayerDims d = dims_of(lw, c);
     const int q_dim = d.heads * c.head_dim, kv_dim = d.kv_heads * c.head_dim;
     const AttentionShape shape{d.heads, d.kv_heads, c.head_dim};
 
-    be.rmsnorm(x, lw.attn_norm.data(), n, c.dim, c.rms_eps, xb);
+    be.rmsnorm(x, lw.attn_norm, n, c.dim, c.rms_eps, xb);
     if (observer_) observer_->observe(l, LinearInput::kAttnIn, xb, n, c.dim);
-    linear(xb, lw.wq, lw.bq.empty() ? nullptr : lw.bq.data(), q_.data());
-    linear(xb, lw.wk, lw.bk.empty() ? nullptr : lw.bk.data(), k_.data());
-    linear(xb, lw.wv, lw.bv.empty() ? nullptr : lw.bv.data(), v_.data());
-    be.rope(q_.data(), n, d.heads, positions_.data(), rope_.table());
-    be.rope(k_.data(), n, d.kv_heads, positions_.data(), rope_.table());
+    linear(xb, lw.wq, lw.bq, q);
+    linear(xb, lw.wk, lw.bk, k);
+    linear(xb, lw.wv, lw.bv, v);
+    be.rope(q, n, d.heads, positions_.data(), weights_.rope);
+    be.rope(k, n, d.kv_heads, positions_.data(), weights_.rope);
     int row = 0;
     for (const SequenceChunk& ch : chunks) {
       const KvLayer kv = ch.cache->layer(li);
-      for (int i = 0; i < ch.n_tokens; ++i) {
-        const size_t src = sz(row + i) * sz(kv_dim);
-        std::memcpy(kv.k_row(ch.pos0 + i), k_.data() + src, sz(kv_dim) * sizeof(float));
-        std::memcpy(kv.v_row(ch.pos0 + i), v_.data() + src, sz(kv_dim) * sizeof(float));
+      const size_t src = sz(row) * sz(kv_dim), row_bytes = sz(kv_dim) * sizeof(float);
+      if (kv.stride == kv_dim) {  // the chunk's rows are consecutive in the cache: one copy each
+        be.copy(kv.k_row(ch.pos0), k + src, sz(ch.n_tokens) * row_bytes);
+        be.copy(kv.v_row(ch.pos0), v + src, sz(ch.n_tokens) * row_bytes);
+      } else {
+        for (int i = 0; i < ch.n_tokens; ++i) {
+          be.copy(kv.k_row(ch.pos0 + i), k + src + sz(i) * sz(kv_dim), row_bytes);
+          be.copy(kv.v_row(ch.pos0 + i), v + src + sz(i) * sz(kv_dim), row_bytes);
+        }
       }
       const size_t off = sz(row) * sz(q_dim);
-      be.attention(q_.data() + off, ch.n_tokens, ch.pos0, kv, shape, att_.data() + off);
+      be.attention(q + off, ch.n_tokens, ch.pos0, kv, shape, att + off);
       row += ch.n_tokens;
     }
-    if (observer_) observer_->observe(l, LinearInput::kAttnOut, att_.data(), n, q_dim);
-    linear(att_.data(), lw.wo, nullptr, proj_.data());
-    if (split) tp_->all_reduce_sum(proj_.data(), sz(n) * dim);
-    be.add(x, proj_.data(), sz(n) * dim);
+    if (observer_) observer_->observe(l, LinearInput::kAttnOut, att, n, q_dim);
+    linear(att, lw.wo, nullptr, proj);
+    if (split) tp_->all_reduce_sum(proj, sz(n) * dim);
+    be.add(x, proj, sz(n) * dim);
 
-    be.rmsnorm(x, lw.ffn_norm.data(), n, c.dim, c.rms_eps, xb);
+    be.rmsnorm(x, lw.ffn_norm, n, c.dim, c.rms_eps, xb);
     if (observer_) observer_->observe(l, LinearInput::kFfnIn, xb, n, c.dim);
-    linear_silu_mul(xb, lw.w_gate, lw.w_up, hidden_.data());
-    if (observer_) observer_->observe(l, LinearInput::kFfnMid, hidden_.data(), n, d.hidden);
-    linear(hidden_.data(), lw.w_down, nullptr, proj_.data());
-    if (split) tp_->all_reduce_sum(proj_.data(), sz(n) * dim);
-    be.add(x, proj_.data(), sz(n) * dim);
+    linear_silu_mul(xb, lw.w_gate, lw.w_up, hidden);
+    if (observer_) observer_->observe(l, LinearInput::kFfnMid, hidden, n, d.hidden);
+    linear(hidden, lw.w_down, nullptr, proj);
+    if (split) tp_->all_reduce_sum(proj, sz(n) * dim);
+    be.add(x, proj, sz(n) * dim);
   }
 }
 
@@ -245,29 +281,35 @@ void LlamaModel::linear_silu_mul(const float* x, const Matrix& gate, const Matri
 void LlamaModel::head(std::span<const SequenceChunk> chunks, bool all_rows, float* logits) {
   TESSERA_CHECK(shard_.last_stage());
   const ModelConfig& c = model_.config;
-  const ModelWeights& w = model_.weights;
   const int n = batch_rows(chunks);
   const size_t dim = sz(c.dim);
+  const float* x = x_.as<float>();
+  float* xb = xb_.as<float>();
+  // A host backend writes the caller's buffer; a device backend its scratch, copied back at the end (which also
+  // waits for the step).
+  float* out = backend_.host_memory() ? logits : logits_.as<float>();
+  int rows = 0;
   if (all_rows) {
-    backend_.rmsnorm(x_.data(), w.final_norm.data(), n, c.dim, c.rms_eps, xb_.data());
-    logits_of(xb_.data(), n, /*per_row=*/false, logits);
-    return;
+    backend_.rmsnorm(x, weights_.final_norm, n, c.dim, c.rms_eps, xb);
+    rows = n;
+    logits_of(xb, rows, /*per_row=*/false, out);
+  } else {
+    int row = 0;
+    for (const SequenceChunk& ch : chunks) {
+      row += ch.n_tokens;
+      if (!ch.logits) continue;
+      backend_.rmsnorm(x + sz(row - 1) * dim, weights_.final_norm, 1, c.dim, c.rms_eps, xb + sz(rows) * dim);
+      ++rows;
+    }
+    // Each row is one chunk's last token: computed as it would be alone.
+    if (rows > 0) logits_of(xb, rows, /*per_row=*/true, out);
   }
-  int row = 0, rows = 0;
-  for (const SequenceChunk& ch : chunks) {
-    row += ch.n_tokens;
-    if (!ch.logits) continue;
-    backend_.rmsnorm(x_.data() + sz(row - 1) * dim, w.final_norm.data(), 1, c.dim, c.rms_eps,
-                     xb_.data() + sz(rows) * dim);
-    ++rows;
-  }
-  // Each row is one chunk's last token: computed as it would be alone.
-  if (rows > 0) logits_of(xb_.data(), rows, /*per_row=*/true, logits);
+  if (out != logits && rows > 0) backend_.copy_to_host(logits, out, sz(rows) * sz(c.vocab_size) * sizeof(float));
 }
 
 void LlamaModel::logits_of(const float* xb, int rows, bool per_row, float* out) {
   const ModelConfig& c = model_.config;
-  const Matrix& lm_head = model_.weights.lm_head;
+  const Matrix& lm_head = weights_.lm_head;
   const auto matmul = [&](float* y) {
     if (per_row) {
       backend_.matmul_rows(xb, rows, lm_head, nullptr, y);

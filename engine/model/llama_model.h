@@ -6,12 +6,17 @@
 // collectives itself: an all-reduce after wo and after w_down, one after the vocab-parallel embedding, and an
 // all-gather of the vocab-parallel logits. Pipeline stages are chained by the caller (engine/runtime/
 // model_runner.h) through the stage calls embed / run_layers / head.
+//
+// Memory: the model keeps everything its backend reads in the backend's memory space (BackendWeights, scratch,
+// KV caches from make_cache). On a device backend (Backend::host_memory() false) only the single-process path
+// exists: tensor/pipeline parallelism and activation observers read host memory and are refused.
 #pragma once
 
 #include <span>
 #include <vector>
 
 #include "engine/backend/backend.h"
+#include "engine/model/backend_weights.h"
 #include "engine/model/kv_cache.h"
 #include "engine/model/rope.h"
 #include "engine/model/weights.h"
@@ -54,7 +59,8 @@ class LlamaModel {
  public:
   // max_batch_tokens bounds the rows processed in one pass; longer single-sequence inputs are split into chunks
   // of that size. All scratch buffers are allocated here, none in forward(). `tp` is the tensor-parallel group
-  // of this rank's stage (not owned; needed when the shard's tp_size > 1, its size must match).
+  // of this rank's stage (not owned; needed when the shard's tp_size > 1, its size must match). Weights are
+  // uploaded to a device backend here. Throws tessera::Error for a tensor/pipeline shard on a device backend.
   LlamaModel(const ModelData& model, Backend& backend, int max_batch_tokens = 256, Communicator* tp = nullptr);
 
   const ModelConfig& config() const { return model_.config; }
@@ -62,7 +68,7 @@ class LlamaModel {
   Backend& backend() { return backend_; }
   int max_batch_tokens() const { return max_batch_tokens_; }
 
-  // A KV cache for this shard's layers and kv heads.
+  // A KV cache for this shard's layers and kv heads, in the backend's memory.
   KvCache make_cache(int capacity) const;
 
   // Runs `tokens` at positions pos0.. (prefill when tokens.size() > 1, decode when 1), appending their keys and
@@ -78,7 +84,8 @@ class LlamaModel {
 
   // --- pipeline stage calls (what forward_batch is made of) ------------------------------------------------
   // The activations between stages: [max_batch_tokens][dim]; a stage reads and writes its first `rows` rows.
-  float* hidden() { return x_.data(); }
+  // Host memory: only a host-memory backend runs pipeline stages.
+  float* hidden();
   // First stage: hidden <- embeddings of the tokens (checked against the vocabulary).
   void embed(std::span<const int> tokens);
   // Runs hidden through this shard's layers. Checks each chunk's positions against its cache.
@@ -93,8 +100,9 @@ class LlamaModel {
   // Host bytes per batch row besides the activations (positions and row runs), for memory planning.
   static size_t bookkeeping_bytes_per_row() { return sizeof(int) + sizeof(RowRun); }
 
-  // Calibration hook; null (the default) turns it off. Not owned.
-  void set_observer(ActivationObserver* observer) { observer_ = observer; }
+  // Calibration hook; null (the default) turns it off. Not owned. Throws tessera::Error on a device backend (the
+  // observer reads host memory).
+  void set_observer(ActivationObserver* observer);
 
  private:
   void check_positions(std::span<const SequenceChunk> chunks) const;
@@ -125,8 +133,10 @@ class LlamaModel {
   Communicator* tp_;
   int max_batch_tokens_;
   RopeCache rope_;
-  // Scratch, [max_batch_tokens][...]
-  std::vector<float> x_, xb_, q_, k_, v_, att_, proj_, hidden_;
+  BackendWeights weights_;  // what the backend reads: model_.weights itself on a host backend
+  // Scratch in backend memory, [max_batch_tokens][...]
+  BackendBuffer x_, xb_, q_, k_, v_, att_, proj_, hidden_;
+  BackendBuffer logits_;  // device backends: [max_batch_tokens][vocab], copied to the caller's host buffer
   std::vector<int> positions_;
   std::vector<RowRun> row_runs_;  // reserved for max_batch_tokens runs: planning a step allocates nothing
   std::vector<float> local_logits_, gathered_logits_;  // vocab-parallel lm_head (tp > 1), grown on first use

@@ -90,7 +90,7 @@ Evaluator::Evaluator(LlamaModel& model, LlamaModel* reference, const EvalOptions
       reference_(reference),
       options_(options),
       vocab_(model.config().vocab_size),
-      cache_(model.config(), checked_ctx(model, options)) {
+      cache_(model.make_cache(checked_ctx(model, options))) {
   options_.stride = effective_stride(options_.ctx, options_.stride);
   const size_t rows = sz(options_.ctx) * sz(vocab_);
   logits_.assign(rows, 0.0f);
@@ -101,7 +101,7 @@ Evaluator::Evaluator(LlamaModel& model, LlamaModel* reference, const EvalOptions
                   " tokens but the evaluated model has " + std::to_string(vocab_) +
                   ": KL divergence and top-1 agreement need the same vocabulary");
     check_fits(*reference_, options_.ctx, "reference");
-    ref_cache_.emplace(reference_->config(), options_.ctx);
+    ref_cache_.emplace(reference_->make_cache(options_.ctx));
     ref_logits_.assign(rows, 0.0f);
     ref_logp_.assign(sz(vocab_), 0.0);
   }

@@ -242,11 +242,11 @@ void ModelRunner::apply_slot_op(const Plan& plan) {
     const int keep = plan.n_rows;
     for (int l = 0; l < grown.n_layers(); ++l) {
       const KvLayer from = slot->layer(l), to = grown.layer(l);
-      const size_t row_bytes = sz(from.stride) * sizeof(float);
-      for (int p = 0; p < keep; ++p) {
-        std::memcpy(to.k_row(p), from.k_row(p), row_bytes);
-        std::memcpy(to.v_row(p), from.v_row(p), row_bytes);
-      }
+      TESSERA_CHECK(from.stride == to.stride && keep <= from.capacity && keep <= to.capacity);
+      // Rows 0..keep-1 are consecutive in both caches; the copy stays in the backend's memory.
+      const size_t bytes = sz(keep) * sz(from.stride) * sizeof(float);
+      model_.backend().copy(to.k_row(0), from.k_row(0), bytes);
+      model_.backend().copy(to.v_row(0), from.v_row(0), bytes);
     }
     slot.reset();
     slot.emplace(std::move(grown));

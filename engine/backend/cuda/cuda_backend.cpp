@@ -2,6 +2,7 @@
 
 #include <cublas_v2.h>
 
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -35,14 +36,20 @@ struct CudaBackend::Impl {
   cublasHandle_t cublas = nullptr;
   std::unique_ptr<cuda::DevicePool> pool;
   PoolBlock cublas_workspace;
-  PoolBlock argmax_result;     // one device int
-  int* host_result = nullptr;  // pinned, so the copy back is a real async copy before the sync
+  PoolBlock argmax_result;          // one device int
+  int* host_result = nullptr;       // pinned, so the copy back is a real async copy before the sync
+  cuda::DeviceWeightStore weights;  // upload()ed matrices; freed after the stream has drained (~Impl)
+  // The positions of the last rope call: the model rotates q and k of every layer at the same positions, so one
+  // upload per step instead of two per layer (each a pageable copy that stalls the host).
+  PoolBlock positions;
+  std::vector<int> positions_host;
 
   ~Impl() {
     // Let queued work finish, release pool blocks before the pool, and never throw from here.
     if (stream != nullptr) cudaStreamSynchronize(stream);
     cublas_workspace = PoolBlock();
     argmax_result = PoolBlock();
+    positions = PoolBlock();
     if (cublas != nullptr) cublasDestroy(cublas);
     if (stream != nullptr) cudaStreamDestroy(stream);
     if (host_result != nullptr) cudaFreeHost(host_result);
@@ -55,6 +62,21 @@ struct CudaBackend::Impl {
     TESSERA_CUDA_CHECK(
         cudaMemcpyAsync(b.data(), host, static_cast<size_t>(n) * sizeof(int), cudaMemcpyHostToDevice, stream));
     return b;
+  }
+
+  // Device copy of the host positions, uploaded only when they differ from the last call's. Rewriting the block
+  // is ordered on the stream after the kernels that read the previous positions.
+  const int* device_positions(const int* host, int n) {
+    const size_t bytes = static_cast<size_t>(n) * sizeof(int);
+    if (positions_host.size() == static_cast<size_t>(n) && std::memcmp(positions_host.data(), host, bytes) == 0)
+      return positions.as<int>();
+    if (positions.bytes() < bytes) {
+      positions = PoolBlock();
+      positions = pool->allocate(bytes);
+    }
+    positions_host.assign(host, host + n);
+    TESSERA_CUDA_CHECK(cudaMemcpyAsync(positions.data(), host, bytes, cudaMemcpyHostToDevice, stream));
+    return positions.as<int>();
   }
 
   // y = x W^T for plain W through cuBLAS (column-major view: y^T[rows x n] = W[rows x K] x^T[K x n]).
@@ -129,6 +151,50 @@ int CudaBackend::sm_count() const {
   return impl_->props.multiProcessorCount;
 }
 
+namespace {
+struct DeviceBlock final : BackendBuffer::Owner {
+  cuda::DeviceBuffer memory;
+  explicit DeviceBlock(size_t bytes) : memory(bytes) {}
+};
+}  // namespace
+
+BackendBuffer CudaBackend::allocate(size_t bytes) {
+  if (bytes == 0) return BackendBuffer();
+  TESSERA_CUDA_CHECK(cudaSetDevice(impl_->device));
+  auto block = std::make_unique<DeviceBlock>(bytes);
+  void* data = block->memory.data();
+  // Zeroed like host buffers; on the stream, so it is ordered before every op that uses the memory.
+  TESSERA_CUDA_CHECK(cudaMemsetAsync(data, 0, bytes, impl_->stream));
+  return BackendBuffer(data, bytes, std::move(block));
+}
+
+void CudaBackend::copy_to_backend(void* dst, const void* host_src, size_t bytes) {
+  if (bytes == 0) return;
+  TESSERA_CUDA_CHECK(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, impl_->stream));
+  // The caller may free or reuse host_src on return, also when it is pinned (then the copy is truly async).
+  synchronize();
+}
+
+void CudaBackend::copy_to_host(void* host_dst, const void* src, size_t bytes) {
+  if (bytes == 0) return;
+  TESSERA_CUDA_CHECK(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, impl_->stream));
+  synchronize();
+}
+
+void CudaBackend::copy(void* dst, const void* src, size_t bytes) {
+  if (bytes == 0) return;
+  TESSERA_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, impl_->stream));
+}
+
+Matrix CudaBackend::upload(const Matrix& host) {
+  TESSERA_CUDA_CHECK(cudaSetDevice(impl_->device));
+  return impl_->weights.upload_matrix(host);
+}
+
+size_t CudaBackend::uploaded_bytes() const {
+  return impl_->weights.bytes();
+}
+
 void CudaBackend::matmul(const float* x, int n, const Matrix& w, const float* bias, float* y) {
   TESSERA_CHECK(n >= 0 && w.rows >= 0 && w.cols >= 0);
   if (n == 0 || w.rows == 0) return;
@@ -185,9 +251,9 @@ void CudaBackend::rope(float* x, int n, int n_heads, const int* positions, const
     TESSERA_CHECK_MSG(positions[i] >= 0 && positions[i] < table.max_pos,
                       "rope position " + std::to_string(positions[i]) + " out of table");
   }
-  PoolBlock pos = impl_->upload_ints(positions, n);
-  cuda::launch_rope(x, n, n_heads, pos.as<int>(), table.cos, table.sin, table.half_dim,
-                    table.style == RopeStyle::kInterleaved, impl_->stream);
+  const int* pos = impl_->device_positions(positions, n);
+  cuda::launch_rope(x, n, n_heads, pos, table.cos, table.sin, table.half_dim, table.style == RopeStyle::kInterleaved,
+                    impl_->stream);
 }
 
 void CudaBackend::attention(const float* q, int n, int pos0, const KvLayer& kv, const AttentionShape& shape,

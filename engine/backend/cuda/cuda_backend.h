@@ -8,6 +8,10 @@
 //
 // Ops are asynchronous with respect to the host (except argmax and synchronize()); scratch comes from a pool
 // reserved once per backend, so no op calls cudaMalloc.
+//
+// Memory interface: allocate() is one zeroed cudaMalloc (model scratch and KV caches, made at construction, never
+// per step); copies are cudaMemcpyAsync on the backend's stream (copy_to_backend and copy_to_host wait for
+// theirs); upload() repacks a weight into the device layout, in a DeviceWeightStore the backend owns.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -38,6 +42,14 @@ class CudaBackend final : public Backend {
   CudaBackend& operator=(const CudaBackend&) = delete;
 
   std::string name() const override;  // e.g. "cuda(NVIDIA H100 80GB HBM3, sm_90)"
+
+  bool host_memory() const override { return false; }
+  BackendBuffer allocate(size_t bytes) override;
+  void copy_to_backend(void* dst, const void* host_src, size_t bytes) override;
+  void copy_to_host(void* host_dst, const void* src, size_t bytes) override;
+  void copy(void* dst, const void* src, size_t bytes) override;
+  Matrix upload(const Matrix& host) override;
+  size_t uploaded_bytes() const;  // device bytes of the uploaded weights
 
   void matmul(const float* x, int n, const Matrix& w, const float* bias, float* y) override;
   void matmul_silu_mul(const float* x, int n, const Matrix& gate, const Matrix& up, float* out) override;

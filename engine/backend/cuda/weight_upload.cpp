@@ -96,6 +96,12 @@ void expand_s24q4(const Matrix& h, const DeviceLayout& l, uint8_t* out) {
   }
 }
 
+// cudaMemcpy from pageable memory may return before the DMA has landed, and it runs on the legacy default
+// stream, which the backend's non-blocking stream does not wait for: wait here so every later kernel sees it.
+void wait_for_copy() {
+  TESSERA_CUDA_CHECK(cudaDeviceSynchronize());
+}
+
 }  // namespace
 
 RepackedMatrix repack_for_device(const Matrix& h) {
@@ -175,6 +181,7 @@ Matrix DeviceWeightStore::upload_matrix(const Matrix& host) {
   DeviceBuffer buf(rp.bytes.size());
   if (!rp.bytes.empty()) {
     TESSERA_CUDA_CHECK(cudaMemcpy(buf.data(), rp.bytes.data(), rp.bytes.size(), cudaMemcpyHostToDevice));
+    wait_for_copy();
   }
   Matrix m{rp.layout.dtype, rp.layout.rows, rp.layout.cols, buf.data(), rp.layout.group};
   bytes_ += rp.bytes.size();
@@ -184,7 +191,10 @@ Matrix DeviceWeightStore::upload_matrix(const Matrix& host) {
 
 const float* DeviceWeightStore::upload_floats(const float* host, size_t count) {
   DeviceBuffer buf(count * sizeof(float));
-  if (count > 0) TESSERA_CUDA_CHECK(cudaMemcpy(buf.data(), host, count * sizeof(float), cudaMemcpyHostToDevice));
+  if (count > 0) {
+    TESSERA_CUDA_CHECK(cudaMemcpy(buf.data(), host, count * sizeof(float), cudaMemcpyHostToDevice));
+    wait_for_copy();
+  }
   const auto* p = buf.as<const float>();
   bytes_ += count * sizeof(float);
   buffers_.push_back(std::move(buf));
