@@ -4,6 +4,7 @@
 // over parallel layouts and batch sizes (bench_sweep.h, bench_parallel.h).
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -142,34 +143,44 @@ json bench_one(const LoadedModel& loaded, int threads, const BenchOptions& o, do
 }
 
 void print_human(const json& report) {
-  std::printf("machine: %s | bandwidth (GB/s) by threads: %s | FMA peak per core: %.1f GFLOP/s\n",
-              report["cpu_features"].get<std::string>().c_str(), report["read_bandwidth_gbs"].dump().c_str(),
-              report["fma_peak_gflops_per_core"].get<double>());
+  // The efficiencies compare with this machine's CPU: they mean nothing for a GPU run, which shows instead the
+  // weight bytes decode reads per second.
+  const bool cpu = report.value("device", "cpu") == "cpu";
+  if (cpu)
+    std::printf("machine: %s | bandwidth (GB/s) by threads: %s | FMA peak per core: %.1f GFLOP/s\n",
+                report["cpu_features"].get<std::string>().c_str(), report["read_bandwidth_gbs"].dump().c_str(),
+                report["fma_peak_gflops_per_core"].get<double>());
   for (const auto& model : report["models"]) {
     std::printf("\n%s  (%s weights, %.2f GB per decoded token, load %.2f s)\n",
                 model["model"].get<std::string>().c_str(), model["dtype"].get<std::string>().c_str(),
                 model["weight_bytes"].get<double>() / 1e9, model["load_seconds"].get<double>());
     std::printf("  %-7s %-14s %14s %12s %12s %12s %10s\n", "threads", "test", "tokens/s", "ms/token", "GFLOP/s",
-                "efficiency", "peak RSS");
+                cpu ? "efficiency" : "weights GB/s", "peak RSS");
     for (const auto& run : model["runs"]) {
-      if (report["device"] != "cpu") std::printf("  on %s\n", run["backend"].get<std::string>().c_str());
+      if (!cpu) std::printf("  on %s\n", run["backend"].get<std::string>().c_str());
       const int t = run["threads"];
       const double rss_gb = run["peak_rss_bytes"].get<double>() / 1e9;
       for (const auto& p : run["prefill"]) {
         const std::string name = "prefill " + std::to_string(p["prompt_tokens"].get<int>());
         const double eff = p.value("fraction_of_fma_peak_per_thread", 0.0);
-        std::printf("  %-7d %-14s %14.1f %12.2f %12.1f %11.0f%% %8.2f GB\n", t, name.c_str(),
+        const std::string eff_text = cpu ? std::to_string(static_cast<int>(std::lround(eff * 100))) + "%" : "-";
+        std::printf("  %-7d %-14s %14.1f %12.2f %12.1f %12s %8.2f GB\n", t, name.c_str(),
                     p["tokens_per_s"].get<double>(), 1e3 / p["tokens_per_s"].get<double>(), p["gflops"].get<double>(),
-                    eff * 100, rss_gb);
+                    eff_text.c_str(), rss_gb);
       }
       const auto& d = run["decode"];
-      std::printf("  %-7d %-14s %14.2f %12.1f %12s %11.0f%% %8.2f GB\n", t, "decode", d["tokens_per_s"].get<double>(),
-                  d["ms_per_token"].get<double>(), "-", d.value("fraction_of_bandwidth_limit", 0.0) * 100, rss_gb);
+      const double tps = d["tokens_per_s"].get<double>();
+      const std::string eff =
+          cpu ? std::to_string(static_cast<int>(std::lround(d.value("fraction_of_bandwidth_limit", 0.0) * 100))) + "%"
+              : std::to_string(static_cast<int>(std::lround(tps * model["weight_bytes"].get<double>() / 1e9)));
+      std::printf("  %-7d %-14s %14.2f %12.1f %12s %12s %8.2f GB\n", t, "decode", tps, d["ms_per_token"].get<double>(),
+                  "-", eff.c_str(), rss_gb);
     }
   }
-  std::printf(
-      "\nefficiency: prefill = achieved GFLOP/s / (FMA peak per core x threads); decode = tokens/s x weight "
-      "bytes per token / read bandwidth at the same thread count\n");
+  if (cpu)
+    std::printf(
+        "\nefficiency: prefill = achieved GFLOP/s / (FMA peak per core x threads); decode = tokens/s x weight "
+        "bytes per token / read bandwidth at the same thread count\n");
 }
 
 bool given(const CLI::App& app, const char* name) {

@@ -5,6 +5,10 @@
 #   on the GPU:     scripts/gpu_run.sh [--no-bench] [--no-sanitizer] [--arch 90] [--prebuilt DIR]
 #                   (through the device tool: command "bash scripts/gpu_run.sh", carry [".gpu-debs"])
 #   --bench-args "ARGS": arguments for cuda_kernel_bench (e.g. "--rpw 0,1,2,4").
+#   --models DIR: the test models folder (a copy of ../shared/models/stories260K under DIR, carried in an ignored
+#                 folder): runs the model on the GPU (cuda_model_test, `tessera generate --device cuda` against
+#                 llama2.c's greedy output) and, unless --no-model-bench, `tessera bench --device cuda` on the
+#                 llama2-7b and llama3-8b presets in bf16, int8 and int4.
 #   --prebuilt DIR: skip configure and build and run the programs in DIR (e.g. build-cuda/bin built here by
 #                   scripts/test.sh --cuda and carried too): saves the lent machine's minutes.
 #
@@ -18,7 +22,7 @@ cd "$(dirname "$0")/.."
 root=$PWD
 out=${OUT:-$root/gpu-out}
 mkdir -p "$out"
-bench=1 sanitizer=1 arch=${TESSERA_CUDA_ARCH:-} prebuilt='' bench_args=()
+bench=1 sanitizer=1 arch=${TESSERA_CUDA_ARCH:-} prebuilt='' bench_args=() models='' model_bench=1
 while (($#)); do
   case $1 in
     --no-bench) bench=0 ;;
@@ -26,7 +30,10 @@ while (($#)); do
     --arch) arch=$2; shift ;;
     --prebuilt) prebuilt=$2; shift ;;
     --bench-args) read -r -a bench_args <<<"$2"; shift ;;
-    *) echo "usage: $0 [--no-bench] [--no-sanitizer] [--arch SM] [--prebuilt DIR] [--bench-args ARGS]" >&2; exit 2 ;;
+    --models) models=$(cd "$2" && pwd); shift ;;
+    --no-model-bench) model_bench=0 ;;
+    *) echo "usage: $0 [--no-bench] [--no-sanitizer] [--arch SM] [--prebuilt DIR] [--bench-args ARGS] [--models DIR] [--no-model-bench]" >&2
+       exit 2 ;;
   esac
   shift
 done
@@ -108,7 +115,7 @@ build=$root/build-gpu
 step configure "$env_log" cmake -S . -B "$build" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release -DTESSERA_ENABLE_CUDA=ON \
   -DTESSERA_ENABLE_MPI=ON -DCMAKE_CUDA_ARCHITECTURES="$arch" -DCMAKE_CUDA_COMPILER="$cuda_home/bin/nvcc" \
   -DTESSERA_PYTHON="$(command -v python3)" "${cmake_deps[@]}" || { cat "$summary"; exit 1; }
-targets=(cuda_layout_test cuda_ops_test cuda_kernel_bench)
+targets=(cuda_layout_test cuda_ops_test cuda_kernel_bench cuda_model_test tessera)
 grep -q '^TESSERA_NCCL_LIBRARY:.*nccl' "$build/CMakeCache.txt" 2>/dev/null && targets+=(test_nccl_collectives)
 step build "$env_log" cmake --build "$build" -j"$(nproc)" --target "${targets[@]}" || { cat "$summary"; exit 1; }
 bin=$build/bin
@@ -136,6 +143,25 @@ if [[ -x $bin/test_nccl_collectives ]]; then
     -x LD_LIBRARY_PATH -x OPAL_PREFIX -x PMIX_INSTALL_PREFIX "$bin/test_nccl_collectives"
 fi
 
+# ---- the model on the GPU ----
+if [[ -n $models ]]; then
+  model_log=$out/model.log
+  step model_test "$model_log" env TESSERA_MODELS="$models" "$bin/cuda_model_test"
+  s260=$models/stories260K
+  if [[ -f $s260/stories260K.bin ]]; then
+    step greedy_cli "$model_log" bash -c "\"$bin/tessera\" generate --device cuda --model $s260/stories260K.bin \
+      --tokenizer $s260/tok512.bin --temperature 0 -n 200 >$out/greedy-cuda.txt && cmp $out/greedy-cuda.txt $s260/greedy-200.txt"
+  fi
+  if ((model_bench)); then
+    for preset in llama2-7b llama3-8b; do
+      for q in keep int8 int4:g128; do
+        step "bench_${preset}_${q%%:*}" "$out/model_bench.log" "$bin/tessera" bench --device cuda --preset "$preset" \
+          --dtype bf16 --quant "$q" --prompt-lens 128,512 --gen 128
+      done
+    done
+  fi
+fi
+
 # ---- benchmark ----
 if ((bench)); then
   step bench "$out/bench.log" "$bin/cuda_kernel_bench" "${bench_args[@]}"
@@ -144,7 +170,8 @@ fi
 echo
 echo "---- summary ($(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1), sm $arch) ----"
 cat "$summary"
-[[ -f $out/bench.log ]] && { echo; grep -v "^===" "$out/bench.log" | tail -80; }
+[[ -f $out/bench.log ]] && { echo; grep -v "^===" "$out/bench.log" | tail -60; }
+[[ -f $out/model_bench.log ]] && { echo; grep -v "^===" "$out/model_bench.log" | tail -60; }
 echo "skipped tests: $(grep -c '^\[  SKIPPED \] .*(' "$tests_log")"
 grep -E '^\[  FAILED  \] .*\(' "$tests_log" | sort -u | head -30
 exit 0

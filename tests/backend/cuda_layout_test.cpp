@@ -86,7 +86,9 @@ class CudaLayoutTest : public ::testing::TestWithParam<FormatCase> {};
 TEST_P(CudaLayoutTest, RepackDecodesToReferenceValues) {
   const auto [dtype, group] = GetParam();
   std::mt19937 rng(static_cast<unsigned>(static_cast<int>(dtype) * 131 + group));
-  for (const auto& [rows, cols] : std::vector<std::pair<int, int>>{{1, 1}, {3, 37}, {5, 64}, {4, 200}, {2, 129}}) {
+  // 1000 and 2500 columns: rows of codes with full lane-interleaved 512-byte runs and a tail after them.
+  for (const auto& [rows, cols] :
+       std::vector<std::pair<int, int>>{{1, 1}, {3, 37}, {5, 64}, {4, 200}, {2, 129}, {2, 1000}, {2, 2500}}) {
     test::OwnedMatrix w = test::any_matrix(rng, dtype, rows, cols, group);
     const cuda::RepackedMatrix rp = cuda::repack_for_device(w.m);
     const cuda::DeviceLayout& l = rp.layout;
@@ -105,6 +107,26 @@ TEST_P(CudaLayoutTest, RepackDecodesToReferenceValues) {
             << dtype_name(dtype) << " g" << group << " " << rows << "x" << cols << " at (" << r << ", " << c << ")";
       }
     }
+  }
+}
+
+// The lane-interleaved order of code words is a permutation of each row's words, identity after the last full
+// run, and puts logical words L, L + 32, L + 64, L + 96 of a run in lane L's 16 bytes.
+TEST(CudaLayout, CodeWordPositionsPermuteEachRow) {
+  for (const int64_t words : {4, 124, 128, 132, 256, 320, 1376}) {
+    std::vector<int> seen(static_cast<size_t>(words), 0);
+    for (int64_t w = 0; w < words; ++w) {
+      const int64_t p = cuda::code_word_position(words, w);
+      ASSERT_TRUE(p >= 0 && p < words) << words << " words, word " << w;
+      ++seen[static_cast<size_t>(p)];
+      if (w >= words / 128 * 128) {
+        EXPECT_EQ(p, w);
+      } else {
+        const int64_t run = w / 128 * 128, j = w % 128;
+        EXPECT_EQ(p, run + 4 * (j % 32) + j / 32) << words << " words, word " << w;
+      }
+    }
+    for (const int k : seen) ASSERT_EQ(k, 1) << words << " words";
   }
 }
 

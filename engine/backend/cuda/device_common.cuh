@@ -98,11 +98,12 @@ __device__ __forceinline__ float weight_element(const DeviceLayout& l, const uin
       return bf16_bits_to_float(reinterpret_cast<const uint16_t*>(row)[c]);
     case DType::Q8:
       return reinterpret_cast<const float*>(base + l.scales_offset())[r] *
-             static_cast<float>(static_cast<int8_t>(row[c]));
+             static_cast<float>(static_cast<int8_t>(row[code_byte_position(l.code_row_bytes(), c)]));
     default: {
       int64_t byte;
       int high;
       nibble_position(l.group, c, &byte, &high);
+      byte = code_byte_position(l.code_row_bytes(), byte);
       const int q = high ? row[byte] >> 4 : row[byte] & 0x0f;
       const int64_t gi = r * l.groups() + c / l.group;
       const float d = half_bits_to_float(reinterpret_cast<const uint16_t*>(base + l.scales_offset())[gi]);
@@ -114,14 +115,23 @@ __device__ __forceinline__ float weight_element(const DeviceLayout& l, const uin
   }
 }
 
+// The 16 code bytes of a row at logical offset b0 (a multiple of 16): four words, wherever code_word_position put
+// them.
+__device__ __forceinline__ uint4 load_code16(const uint8_t* row, int64_t row_bytes, int64_t b0) {
+  const auto* words = reinterpret_cast<const uint32_t*>(row);
+  const int64_t n = row_bytes / 4, w = b0 / 4;
+  return make_uint4(words[code_word_position(n, w)], words[code_word_position(n, w + 1)],
+                    words[code_word_position(n, w + 2)], words[code_word_position(n, w + 3)]);
+}
+
 // Sixteen consecutive weights of row r starting at column c0 (a multiple of 16) of a quantized matrix, decoded
-// from one aligned 16-byte load: Q8 codes are 16 consecutive bytes; 4-bit codes of 16 consecutive columns are
+// from 16 logical code bytes: Q8 codes are 16 consecutive bytes; 4-bit codes of 16 consecutive columns are
 // the low or the high nibbles of 16 consecutive bytes (device_layout.h). Columns >= cols read as 0.
 template <DType T>
 __device__ __forceinline__ void decode16(const DeviceLayout& l, const uint8_t* base, int64_t r, int64_t c0, float* w) {
   const uint8_t* row = base + r * l.code_row_bytes();
   if constexpr (T == DType::Q8) {
-    const uint4 raw = *reinterpret_cast<const uint4*>(row + c0);
+    const uint4 raw = load_code16(row, l.code_row_bytes(), c0);
     const float s = reinterpret_cast<const float*>(base + l.scales_offset())[r];
     const auto* b = reinterpret_cast<const int8_t*>(&raw);
 #pragma unroll
@@ -130,7 +140,7 @@ __device__ __forceinline__ void decode16(const DeviceLayout& l, const uint8_t* b
     int64_t byte;
     int high;
     nibble_position(l.group, c0, &byte, &high);
-    const uint4 raw = *reinterpret_cast<const uint4*>(row + byte);
+    const uint4 raw = load_code16(row, l.code_row_bytes(), byte);
     const auto* b = reinterpret_cast<const uint8_t*>(&raw);
     const int64_t gi = r * l.groups() + c0 / l.group;
     const float d = half_bits_to_float(reinterpret_cast<const uint16_t*>(base + l.scales_offset())[gi]);

@@ -10,6 +10,11 @@
 //                                              value j + G/2 in the high nibble)
 //                fp16 d[rows][groups]
 //                fp16 m[rows][groups]         (Q4A only)
+// Inside every row of codes (Q8 and 4-bit), each full run of 512 bytes (128 four-byte words) is stored
+// lane-interleaved: word j of the run sits at position (j % 32) * 4 + j / 32, so a warp reads the run with one
+// 16-byte load per lane and lane L gets words L, L + 32, L + 64, L + 96. The GEMV then reads codes with wide loads
+// while the activations its lanes need stay contiguous across the warp (lane L's word covers 4 or 8 columns next
+// to lane L + 1's). Words after the row's last full run keep their order. code_byte_position maps.
 // The 2:4 sparse types are expanded at upload, exactly, into the dense type holding the same values (S24Q8 ->
 // Q8 with the row's scale, S24Q4 -> Q4 in groups of 64 with each block's scale), so a device Matrix never has a
 // sparse dtype. Matrix::row_bytes() does not describe device views of quantized types; use these functions.
@@ -66,7 +71,20 @@ struct DeviceLayout {
   }
 };
 
-// Byte offset (within a row of 4-bit codes) and nibble (0 low, 1 high) of input column c.
+inline constexpr int64_t kTileWords = 128;
+
+// Where word w of a row of `row_words` code words is stored (see above).
+TESSERA_HD int64_t code_word_position(int64_t row_words, int64_t w) {
+  if (w >= row_words / kTileWords * kTileWords) return w;
+  const int64_t j = w % kTileWords;
+  return w - j + (j % 32) * 4 + j / 32;
+}
+TESSERA_HD int64_t code_byte_position(int64_t row_bytes, int64_t b) {
+  return code_word_position(row_bytes / 4, b / 4) * 4 + b % 4;
+}
+
+// Logical byte offset (within a row of 4-bit codes, before code_byte_position) and nibble (0 low, 1 high) of input
+// column c.
 TESSERA_HD void nibble_position(int group, int64_t c, int64_t* byte, int* high) {
   const int64_t g = c / group, j = c % group, half = group / 2;
   *byte = g * half + (j < half ? j : j - half);

@@ -1,13 +1,13 @@
 // Decode matmuls over quantized weights (Q8, Q4, Q4A, NF4; n <= kGemvQuantMaxRows activation rows).
 //
 // Memory-bound, so the point is to stream the codes at full bandwidth without the activation loads getting in
-// the way. Each lane reads 4-byte words of codes, lane after lane, so one warp load covers 128 contiguous bytes;
-// then the activations a lane needs are 4 consecutive columns for the word's low nibbles and 4 for its high ones
-// (device_layout.h: inside a group, byte j holds columns j and j + G/2), so the warp's float4 activation loads
-// are contiguous too (a lane owning 16 bytes would need 64-byte runs per lane, scattering every load over 16
-// cache lines). A warp owns RPW weight rows (and their `up` twins
-// in the fused MLP), so each activation load serves RPW rows, and each word is decoded once for all n rows.
-// A lane issues its next 8 word loads (over all streams) before computing.
+// the way. Codes are lane-interleaved in runs of 512 bytes (device_layout.h): one 16-byte load per lane covers a
+// run, and lane L holds words L, L + 32, L + 64, L + 96. Each word's activations are then 4 consecutive columns
+// (Q8) or 4 + 4 (4-bit: inside a group byte j holds columns j and j + G/2), next to those of lane L + 1, so the
+// warp's float4 activation loads are contiguous as well. Each lane issues kTilesInFlight code loads (with their
+// scales) before computing: Hopper needs tens of kilobytes in flight per SM to reach its bandwidth. A warp owns
+// RPW weight rows (and their `up` twins in the fused MLP), so each activation load serves RPW rows, and each word
+// is decoded once for all n activation rows.
 // Codes become floats with integer tricks rather than I2F (a quarter-rate instruction): or-ing q < 2^23 into the
 // mantissa of 2^23 gives the float 2^23 + q exactly; subtracting 2^23 (2^23 + 8 for Q4's offset) leaves q
 // (q - 8) exactly. Every product and sum is fp32: the result differs from the reference only in rounding order.
@@ -22,8 +22,23 @@ namespace tessera::cuda {
 namespace {
 
 constexpr int kWarps = 8;
-constexpr int kWordsInFlight = 8;  // words a lane loads before computing, over all its streams
+constexpr int kTilesInFlight = 4;  // 16-byte code loads a lane issues before computing, over all its streams
 constexpr float kTwo23 = 8388608.0f;
+
+// Code loads bypass L1: the codes are read once, and streaming them through L1 would evict the activations,
+// which every warp reads again (for int4, 8 bytes of fp32 activations per code byte) and must keep finding there.
+__device__ __forceinline__ uint4 load_codes16(const void* p) {
+  uint4 v;
+  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+      : "l"(p));
+  return v;
+}
+__device__ __forceinline__ uint32_t load_codes4(const void* p) {
+  uint32_t v;
+  asm("ld.global.nc.L1::no_allocate.u32 %0, [%1];" : "=r"(v) : "l"(p));
+  return v;
+}
 
 // Float value of the 4-bit code in bits [shift, shift + 4) of word, minus `bias` (exact).
 __device__ __forceinline__ float nibble(uint32_t word, int shift, float bias) {
@@ -38,10 +53,10 @@ __device__ __forceinline__ float signed_byte(uint32_t word_flipped, int k) {
 
 // One weight stream of a warp: a row of W (or of up).
 struct Stream {
-  const uint32_t* words;    // the row's codes
-  const uint16_t* scales;   // 4-bit: the row's fp16 group scales
-  const uint16_t* mins;     // Q4A: the row's fp16 group minimums
-  float row_scale;          // Q8
+  const uint32_t* words;   // the row's codes
+  const uint16_t* scales;  // 4-bit: the row's fp16 group scales
+  const uint16_t* mins;    // Q4A: the row's fp16 group minimums
+  float row_scale;         // Q8
 };
 
 template <DType T>
@@ -64,11 +79,11 @@ struct Word {
 };
 
 template <DType T>
-__device__ __forceinline__ Word load_word(const Stream& s, int64_t wi, int half) {
+__device__ __forceinline__ Word load_word(const Stream& s, int64_t wi, int gshift) {
   Word w;
-  w.raw = __ldg(s.words + wi);
+  w.raw = load_codes4(s.words + wi);
   if constexpr (T != DType::Q8) {
-    const int64_t g = wi * 4 / half;
+    const int64_t g = wi >> gshift;
     w.d = dev::half_bits_to_float(__ldg(s.scales + g));
     if constexpr (T == DType::Q4A) w.m = dev::half_bits_to_float(__ldg(s.mins + g));
   }
@@ -112,14 +127,55 @@ __device__ __forceinline__ float dot4(const float* w, float4 x, float acc) {
   return fmaf(w[3], x.w, fmaf(w[2], x.z, fmaf(w[1], x.y, fmaf(w[0], x.x, acc))));
 }
 
+// Logical word wi of every stream (already loaded) against the n activation rows: decode once, then FMAs.
+template <DType T, int NR, int S>
+__device__ __forceinline__ void word_fma(const Word (&wd)[S], int64_t wi, int gshift, const float* __restrict__ x,
+                                         int n, const DeviceLayout& l, bool vec, const float2* __restrict__ lut,
+                                         float (&acc)[NR][S]) {
+  // Columns of the word: Q8, its 4 bytes; 4-bit, 4 low nibbles from c_lo and 4 high ones from c_hi.
+  int64_t c_lo = 4 * wi, c_hi = 0;
+  if constexpr (T != DType::Q8) {
+    // Shifts, not divisions: a 64-bit division per word would cost more than everything else here.
+    const int64_t g = wi >> gshift;
+    c_lo = g * l.group + 4 * (wi & ((int64_t{1} << gshift) - 1));
+    c_hi = c_lo + l.group / 2;
+  }
+  float lo[S][4], hi[S][4];
+#pragma unroll
+  for (int s = 0; s < S; ++s) decode_word<T>(wd[s], lut, lo[s], hi[s]);
+#pragma unroll
+  for (int i = 0; i < NR; ++i) {
+    if (i >= n) break;
+    const float* xr = x + i * l.cols;
+    const float4 xl = load_x4(xr, c_lo, l.cols, vec);
+    if constexpr (T == DType::Q8) {
+#pragma unroll
+      for (int s = 0; s < S; ++s) acc[i][s] = dot4(lo[s], xl, acc[i][s]);
+    } else {
+      const float4 xh = load_x4(xr, c_hi, l.cols, vec);
+#pragma unroll
+      for (int s = 0; s < S; ++s) acc[i][s] = dot4(hi[s], xh, dot4(lo[s], xl, acc[i][s]));
+    }
+  }
+}
+
+// Scale (and minimum) of logical word wi of a stream.
+template <DType T>
+__device__ __forceinline__ void word_scales(const Stream& s, int64_t wi, int gshift, Word* w) {
+  if constexpr (T != DType::Q8) {
+    const int64_t g = wi >> gshift;
+    w->d = dev::half_bits_to_float(__ldg(s.scales + g));
+    if constexpr (T == DType::Q4A) w->m = dev::half_bits_to_float(__ldg(s.mins + g));
+  }
+}
+
 // Warp w of the block owns rows r0 .. r0 + RPW - 1; streams 0..RPW-1 are W's rows, RPW..2*RPW-1 up's (SILU).
 template <DType T, int NR, int RPW, bool SILU>
 __global__ void __launch_bounds__(kWarps * 32)
     gemv_quant_kernel(const float* __restrict__ x, int n, DeviceLayout l, const uint8_t* __restrict__ w,
-                      const uint8_t* __restrict__ up, const float* __restrict__ bias, float* __restrict__ y,
-                      bool vec) {
+                      const uint8_t* __restrict__ up, const float* __restrict__ bias, float* __restrict__ y, bool vec) {
   constexpr int S = SILU ? 2 * RPW : RPW;
-  constexpr int U = S >= kWordsInFlight ? 1 : kWordsInFlight / S;  // words per stream
+  constexpr int TU = S >= kTilesInFlight ? 1 : kTilesInFlight / S;  // 512-byte runs per stream per step
   __shared__ float2 lut[T == DType::NF4 ? 256 : 1];
   if constexpr (T == DType::NF4) {
     for (int b = threadIdx.x; b < 256; b += blockDim.x) lut[b] = make_float2(dev::kNf4[b & 0x0f], dev::kNf4[b >> 4]);
@@ -134,57 +190,53 @@ __global__ void __launch_bounds__(kWarps * 32)
     const int64_t r = min(r0 + s % RPW, l.rows - 1);  // rows past the end repeat the last one, never stored
     st[s] = stream_of<T>(l, s < RPW ? w : up, r);
   }
-  const int half = T == DType::Q8 ? 0 : l.group / 2;
-  const int64_t words = l.code_row_bytes() / 4;
+  // log2 of the code words per group (G/2 bytes): a group's words are wi >> gshift (4-bit types only).
+  const int gshift = T == DType::Q8 ? 0 : __ffs(l.group / 8) - 1;
+  const int64_t words = l.code_row_bytes() / 4, tiles = words / kTileWords;
   float acc[NR][S];
 #pragma unroll
   for (int i = 0; i < NR; ++i)
 #pragma unroll
     for (int s = 0; s < S; ++s) acc[i][s] = 0.0f;
 
-  for (int64_t base = lane; base < words; base += 32 * U) {
-    Word cur[U][S];
+  // Full 512-byte runs: one 16-byte load per lane holds logical words lane + 32u, u < 4 (device_layout.h).
+  for (int64_t t0 = 0; t0 < tiles; t0 += TU) {
+    uint4 raw[TU][S];
+    Word wd[TU][4][S];
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int64_t wi = base + 32 * u;
+    for (int tu = 0; tu < TU; ++tu) {
+      const int64_t t = t0 + tu;
 #pragma unroll
       for (int s = 0; s < S; ++s) {
-        if (wi < words) {
-          cur[u][s] = load_word<T>(st[s], wi, half);
-        } else {
-          cur[u][s] = Word{0u, 0.0f, 0.0f};
+        if (t < tiles) {
+          raw[tu][s] = load_codes16(reinterpret_cast<const uint4*>(st[s].words + t * kTileWords) + lane);
+#pragma unroll
+          for (int u = 0; u < 4; ++u) word_scales<T>(st[s], t * kTileWords + 32 * u + lane, gshift, &wd[tu][u][s]);
         }
       }
     }
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int64_t wi = base + 32 * u;
-      if (wi >= words) break;
-      // Columns of the word: Q8, its 4 bytes; 4-bit, 4 low nibbles from c_lo and 4 high ones from c_hi.
-      int64_t c_lo = 4 * wi, c_hi = 0;
-      if constexpr (T != DType::Q8) {
-        const int64_t byte0 = 4 * wi, g = byte0 / half;
-        c_lo = g * l.group + byte0 % half;
-        c_hi = c_lo + half;
+    for (int tu = 0; tu < TU; ++tu) {
+      const int64_t t = t0 + tu;
+      if (t >= tiles) break;
+#pragma unroll
+      for (int s = 0; s < S; ++s) {
+        wd[tu][0][s].raw = raw[tu][s].x;
+        wd[tu][1][s].raw = raw[tu][s].y;
+        wd[tu][2][s].raw = raw[tu][s].z;
+        wd[tu][3][s].raw = raw[tu][s].w;
       }
-      float lo[S][4], hi[S][4];
 #pragma unroll
-      for (int s = 0; s < S; ++s) decode_word<T>(cur[u][s], lut, lo[s], hi[s]);
-#pragma unroll
-      for (int i = 0; i < NR; ++i) {
-        if (i >= n) break;
-        const float* xr = x + i * l.cols;
-        const float4 xl = load_x4(xr, c_lo, l.cols, vec);
-        if constexpr (T == DType::Q8) {
-#pragma unroll
-          for (int s = 0; s < S; ++s) acc[i][s] = dot4(lo[s], xl, acc[i][s]);
-        } else {
-          const float4 xh = load_x4(xr, c_hi, l.cols, vec);
-#pragma unroll
-          for (int s = 0; s < S; ++s) acc[i][s] = dot4(hi[s], xh, dot4(lo[s], xl, acc[i][s]));
-        }
-      }
+      for (int u = 0; u < 4; ++u)
+        word_fma<T, NR, S>(wd[tu][u], t * kTileWords + 32 * u + lane, gshift, x, n, l, vec, lut, acc);
     }
+  }
+  // The words after the last full run, in order: one word per lane.
+  for (int64_t wi = tiles * kTileWords + lane; wi < words; wi += 32) {
+    Word wd[S];
+#pragma unroll
+    for (int s = 0; s < S; ++s) wd[s] = load_word<T>(st[s], wi, gshift);
+    word_fma<T, NR, S>(wd, wi, gshift, x, n, l, vec, lut, acc);
   }
 
 #pragma unroll
@@ -225,15 +277,17 @@ void launch_rpw(const float* x, int n, const DeviceLayout& l, const uint8_t* w, 
 int g_rows_per_warp = 0;  // 0: chosen per call (gemv_quant_rows_per_warp)
 
 template <DType T, bool SILU>
-void launch_typed(const float* x, int n, const DeviceLayout& l, const uint8_t* w, const uint8_t* up,
-                  const float* bias, float* y, bool vec, cudaStream_t stream) {
+void launch_typed(const float* x, int n, const DeviceLayout& l, const uint8_t* w, const uint8_t* up, const float* bias,
+                  float* y, bool vec, cudaStream_t stream) {
   int rpw = g_rows_per_warp;
   if (rpw == 0) {
-    // Enough warps to keep every SM's memory pipe busy (several blocks per SM of the largest GPUs) before
-    // sharing activation loads across rows; the fused MLP already reads two rows per activation load.
-    const int64_t warps_at_2 = (l.rows + 1) / 2;
-    rpw = !SILU && warps_at_2 >= 132 * 16 ? 2 : 1;
-    if (!SILU && n >= 4 && (l.rows + 3) / 4 >= 132 * 16) rpw = 4;
+    // Share each activation load over more rows while the GPU still gets several warps per SM (8 per SM on the
+    // largest ones); the fused MLP already reads two rows per activation load.
+    const int64_t enough = 132 * 8;
+    rpw = SILU                         ? ((l.rows + 1) / 2 >= enough ? 2 : 1)
+          : (l.rows + 3) / 4 >= enough ? 4
+          : (l.rows + 1) / 2 >= enough ? 2
+                                       : 1;
   }
   if (rpw >= 4) return launch_rpw<T, 4, SILU>(x, n, l, w, up, bias, y, vec, stream);
   if (rpw == 2) return launch_rpw<T, 2, SILU>(x, n, l, w, up, bias, y, vec, stream);
@@ -241,8 +295,8 @@ void launch_typed(const float* x, int n, const DeviceLayout& l, const uint8_t* w
 }
 
 template <bool SILU>
-void launch_silu(const float* x, int n, const DeviceLayout& l, const uint8_t* w, const uint8_t* up,
-                 const float* bias, float* y, bool vec, cudaStream_t stream) {
+void launch_silu(const float* x, int n, const DeviceLayout& l, const uint8_t* w, const uint8_t* up, const float* bias,
+                 float* y, bool vec, cudaStream_t stream) {
   switch (l.dtype) {
     case DType::Q8:
       return launch_typed<DType::Q8, SILU>(x, n, l, w, up, bias, y, vec, stream);

@@ -30,6 +30,19 @@ void put_nibble(uint8_t* row, int group, int64_t c, uint8_t q) {
   row[byte] = high ? static_cast<uint8_t>((row[byte] & 0x0f) | (q << 4)) : static_cast<uint8_t>((row[byte] & 0xf0) | q);
 }
 
+// Puts every row's code words in the lane-interleaved order (device_layout.h); repacking writes logical order.
+void interleave_code_rows(const DeviceLayout& l, uint8_t* out) {
+  const int64_t row_bytes = l.code_row_bytes(), words = row_bytes / 4;
+  if (words < kTileWords) return;
+  std::vector<uint32_t> logical(static_cast<size_t>(words));
+  for (int64_t r = 0; r < l.rows; ++r) {
+    uint8_t* row = out + r * row_bytes;
+    std::memcpy(logical.data(), row, static_cast<size_t>(row_bytes));
+    for (int64_t w = 0; w < words; ++w)
+      std::memcpy(row + 4 * code_word_position(words, w), &logical[static_cast<size_t>(w)], 4);
+  }
+}
+
 void repack_q8(const Matrix& h, const DeviceLayout& l, uint8_t* out) {
   auto* scales = reinterpret_cast<float*>(out + l.scales_offset());
   for (int64_t r = 0; r < h.rows; ++r) {
@@ -148,6 +161,7 @@ RepackedMatrix repack_for_device(const Matrix& h) {
       expand_s24q4(h, l, out.bytes.data());
       break;
   }
+  if (is_quantized(l.dtype)) interleave_code_rows(l, out.bytes.data());
   return out;
 }
 
@@ -161,11 +175,13 @@ float device_layout_element(const DeviceLayout& l, const uint8_t* bytes, int64_t
     case DType::BF16:
       return bf16_to_f32(read_u16(row + 2 * c));
     case DType::Q8:
-      return read_f32(bytes + l.scales_offset() + 4 * r) * static_cast<float>(static_cast<int8_t>(row[c]));
+      return read_f32(bytes + l.scales_offset() + 4 * r) *
+             static_cast<float>(static_cast<int8_t>(row[code_byte_position(l.code_row_bytes(), c)]));
     default: {
       int64_t byte;
       int high;
       nibble_position(l.group, c, &byte, &high);
+      byte = code_byte_position(l.code_row_bytes(), byte);
       const int q = high ? row[byte] >> 4 : row[byte] & 0x0f;
       const int64_t gi = r * l.groups() + c / l.group;
       const float d = f16_to_f32(read_u16(bytes + l.scales_offset() + 2 * gi));
