@@ -68,24 +68,6 @@ static __constant__ float kNf4[16] = {-1.0f,
                                       0.7229568362236023f,
                                       1.0f};
 
-// 16 consecutive activations of row xr from column c (c a multiple of 16); columns >= cols read as 0. `vec`:
-// rows are 16-byte aligned (cols % 4 == 0 and x aligned), so whole float4s can be read when all 16 are in range.
-__device__ __forceinline__ void load_x16(const float* __restrict__ xr, int64_t c, int64_t cols, bool vec, float* v) {
-  if (vec && c + 16 <= cols) {
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const float4 f = __ldg(reinterpret_cast<const float4*>(xr + c) + j);
-      v[4 * j] = f.x;
-      v[4 * j + 1] = f.y;
-      v[4 * j + 2] = f.z;
-      v[4 * j + 3] = f.w;
-    }
-  } else {
-#pragma unroll
-    for (int j = 0; j < 16; ++j) v[j] = c + j < cols ? __ldg(xr + c + j) : 0.0f;
-  }
-}
-
 // Element (r, c) of a device-layout matrix (slow path: embedding rows, not GEMMs).
 __device__ __forceinline__ float weight_element(const DeviceLayout& l, const uint8_t* base, int64_t r, int64_t c) {
   const uint8_t* row = base + r * l.code_row_bytes();

@@ -78,20 +78,27 @@ struct Word {
   float d, m;  // 4-bit: the group's scale (and minimum)
 };
 
+// Scale (and minimum) of logical word wi of a stream.
+template <DType T>
+__device__ __forceinline__ void word_scales(const Stream& s, int64_t wi, int gshift, Word* w) {
+  if constexpr (T != DType::Q8) {
+    const int64_t g = wi >> gshift;
+    w->d = dev::half_bits_to_float(__ldg(s.scales + g));
+    if constexpr (T == DType::Q4A) w->m = dev::half_bits_to_float(__ldg(s.mins + g));
+  }
+}
+
 template <DType T>
 __device__ __forceinline__ Word load_word(const Stream& s, int64_t wi, int gshift) {
   Word w;
   w.raw = load_codes4(s.words + wi);
-  if constexpr (T != DType::Q8) {
-    const int64_t g = wi >> gshift;
-    w.d = dev::half_bits_to_float(__ldg(s.scales + g));
-    if constexpr (T == DType::Q4A) w.m = dev::half_bits_to_float(__ldg(s.mins + g));
-  }
+  word_scales<T>(s, wi, gshift, &w);
   return w;
 }
 
-// The word's weights: lo[k] at column c_lo + k, hi[k] at c_hi + k (Q8: lo only, the word's 4 columns). Q8 weights
-// are the codes (the row scale multiplies the sum); the others carry their group scale.
+// The word's weights: lo[k] at column c_lo + k, hi[k] at c_hi + k (Q8: lo only, the word's 4 columns). Q8, Q4 and
+// NF4 weights are the codes or levels without their scale (word_fma multiplies each word's dot product by it:
+// one FMA per word instead of one per weight); Q4A weights carry scale and minimum.
 template <DType T>
 __device__ __forceinline__ void decode_word(const Word& w, const float2* __restrict__ lut, float* lo, float* hi) {
 #pragma unroll
@@ -100,11 +107,11 @@ __device__ __forceinline__ void decode_word(const Word& w, const float2* __restr
       lo[k] = signed_byte(w.raw ^ 0x80808080u, k);
     } else if constexpr (T == DType::NF4) {
       const float2 v = lut[(w.raw >> (8 * k)) & 0xffu];
-      lo[k] = w.d * v.x;
-      hi[k] = w.d * v.y;
+      lo[k] = v.x;
+      hi[k] = v.y;
     } else if constexpr (T == DType::Q4) {
-      lo[k] = w.d * nibble(w.raw, 8 * k, kTwo23 + 8.0f);
-      hi[k] = w.d * nibble(w.raw, 8 * k + 4, kTwo23 + 8.0f);
+      lo[k] = nibble(w.raw, 8 * k, kTwo23 + 8.0f);
+      hi[k] = nibble(w.raw, 8 * k + 4, kTwo23 + 8.0f);
     } else {
       lo[k] = fmaf(w.d, nibble(w.raw, 8 * k, kTwo23), w.m);
       hi[k] = fmaf(w.d, nibble(w.raw, 8 * k + 4, kTwo23), w.m);
@@ -154,18 +161,14 @@ __device__ __forceinline__ void word_fma(const Word (&wd)[S], int64_t wi, int gs
     } else {
       const float4 xh = load_x4(xr, c_hi, l.cols, vec);
 #pragma unroll
-      for (int s = 0; s < S; ++s) acc[i][s] = dot4(hi[s], xh, dot4(lo[s], xl, acc[i][s]));
+      for (int s = 0; s < S; ++s) {
+        if constexpr (T == DType::Q4A) {
+          acc[i][s] = dot4(hi[s], xh, dot4(lo[s], xl, acc[i][s]));
+        } else {
+          acc[i][s] = fmaf(wd[s].d, dot4(hi[s], xh, dot4(lo[s], xl, 0.0f)), acc[i][s]);
+        }
+      }
     }
-  }
-}
-
-// Scale (and minimum) of logical word wi of a stream.
-template <DType T>
-__device__ __forceinline__ void word_scales(const Stream& s, int64_t wi, int gshift, Word* w) {
-  if constexpr (T != DType::Q8) {
-    const int64_t g = wi >> gshift;
-    w->d = dev::half_bits_to_float(__ldg(s.scales + g));
-    if constexpr (T == DType::Q4A) w->m = dev::half_bits_to_float(__ldg(s.mins + g));
   }
 }
 
