@@ -208,16 +208,12 @@ void LlamaModel::run_layers(std::span<const SequenceChunk> chunks) {
     int row = 0;
     for (const SequenceChunk& ch : chunks) {
       const KvLayer kv = ch.cache->layer(li);
-      const size_t src = sz(row) * sz(kv_dim), row_bytes = sz(kv_dim) * sizeof(float);
-      if (kv.stride == kv_dim) {  // the chunk's rows are consecutive in the cache: one copy each
-        be.copy(kv.k_row(ch.pos0), k + src, sz(ch.n_tokens) * row_bytes);
-        be.copy(kv.v_row(ch.pos0), v + src, sz(ch.n_tokens) * row_bytes);
-      } else {
-        for (int i = 0; i < ch.n_tokens; ++i) {
-          be.copy(kv.k_row(ch.pos0 + i), k + src + sz(i) * sz(kv_dim), row_bytes);
-          be.copy(kv.v_row(ch.pos0 + i), v + src + sz(i) * sz(kv_dim), row_bytes);
-        }
-      }
+      // Caches made for this shard (make_cache) hold rows of exactly kv_dim floats: a chunk's rows are
+      // consecutive there, one copy each for keys and values.
+      TESSERA_CHECK_MSG(kv.stride == kv_dim, "KV cache made for another shard");
+      const size_t src = sz(row) * sz(kv_dim), bytes = sz(ch.n_tokens) * sz(kv_dim) * sizeof(float);
+      be.copy(kv.k_row(ch.pos0), k + src, bytes);
+      be.copy(kv.v_row(ch.pos0), v + src, bytes);
       const size_t off = sz(row) * sz(q_dim);
       be.attention(q + off, ch.n_tokens, ch.pos0, kv, shape, att + off);
       row += ch.n_tokens;
