@@ -1,6 +1,7 @@
 #include "cli/serving_stack.h"
 
 #include <algorithm>
+#include <bit>
 #include <cstdio>
 
 #include "cli/byte_size.h"
@@ -27,8 +28,14 @@ void EngineOptions::add_to(CLI::App& app, bool with_queue) {
                  "Tokens per engine step (decodes plus prefill chunks); longer prompts are prefilled in chunks")
       ->check(CLI::Range(1, 8192))
       ->capture_default_str();
-  app.add_option("--block-size", block_size, "Token rows per KV-cache block")
+  app.add_option("--block-size", block_size, "Token rows per KV-cache block (a power of two)")
       ->check(CLI::Range(1, 1024))
+      ->check(CLI::Validator(
+          [](const std::string& v) {
+            const int b = std::stoi(v);
+            return std::has_single_bit(static_cast<unsigned>(b)) ? std::string() : "not a power of two: " + v;
+          },
+          "POWER_OF_TWO"))
       ->capture_default_str();
   app.add_option("--kv-memory", kv_memory, "Memory for the KV cache on each rank, e.g. 512MiB or 4GiB")
       ->capture_default_str();
@@ -51,6 +58,18 @@ size_t kv_bytes_per_token_of_job(const ModelConfig& config, const ParallelJob& j
   return most;
 }
 
+// Blocks in every rank's KV pool: --kv-memory over what a block costs on the rank that holds the most.
+int kv_pool_blocks(const EngineOptions& eo, const ModelConfig& c, const ParallelJob& job) {
+  const size_t kv_bytes = parse_byte_size(eo.kv_memory, "--kv-memory");
+  const size_t block_bytes = kv_bytes_per_token_of_job(c, job) * static_cast<size_t>(eo.block_size);
+  const size_t blocks = kv_bytes / block_bytes;
+  if (blocks < 1)
+    throw Error("--kv-memory " + eo.kv_memory + " holds less than one block of " + std::to_string(eo.block_size) +
+                " tokens (" + std::to_string(block_bytes) + " bytes)");
+  // 2^30 token rows is beyond any use; more would overflow the pool's row indices.
+  return static_cast<int>(std::min(blocks, (size_t{1} << 30) / static_cast<size_t>(eo.block_size)));
+}
+
 }  // namespace
 
 struct ServingStack::Parts {
@@ -60,11 +79,11 @@ struct ServingStack::Parts {
   ModelRunner runner;
   serving::RunnerStepModel step_model;
 
-  Parts(LoadedModel l, int threads, int max_step_tokens, ParallelJob& job)
+  Parts(LoadedModel l, int threads, int max_step_tokens, const PagedKvOptions& kv, ParallelJob& job)
       : loaded(std::move(l)),
         backend(threads),
         model(loaded.data, backend, max_step_tokens, job.tp_data()),
-        runner(model, job.groups()),
+        runner(model, job.groups(), /*max_in_flight=*/4, kv),
         step_model(runner) {
     backend.set_activation_quant(loaded.act_quant);  // read at run time only
   }
@@ -76,7 +95,8 @@ ServingStack::ServingStack(const ModelOptions& mo, const EngineOptions& eo, Para
   const ShardRequest shard = job.shard_request();
   LoadedModel loaded = load(mo, /*need_tokenizer=*/false, &shard, job.tp_data());
   job.check_consistent("the model " + loaded.data.source, config_fingerprint(loaded.data.config));
-  parts_ = std::make_unique<Parts>(std::move(loaded), mo.threads, eo.max_step_tokens, job);
+  const PagedKvOptions kv{kv_pool_blocks(eo, loaded.data.config, job), eo.block_size};
+  parts_ = std::make_unique<Parts>(std::move(loaded), mo.threads, eo.max_step_tokens, kv, job);
   const ModelConfig& c = config();
   tokenizer_ = parts_->loaded.tokenizer.get();
   if (tokenizer_ == nullptr) {
@@ -84,18 +104,13 @@ ServingStack::ServingStack(const ModelOptions& mo, const EngineOptions& eo, Para
     tokenizer_ = id_tokenizer_.get();
   }
 
-  // KV pool: --kv-memory per rank over what one token costs where it costs the most.
-  const size_t kv_bytes = parse_byte_size(eo.kv_memory, "--kv-memory");
-  const size_t block_bytes = kv_bytes_per_token_of_job(c, job) * static_cast<size_t>(eo.block_size);
+  // The engine's block accounting mirrors the runner's pools block for block.
   serving::EngineConfig ec;
   ec.max_num_seqs = eo.max_num_seqs;
   ec.max_queue = eo.max_queue;
   ec.max_step_tokens = eo.max_step_tokens;
-  ec.block_size = eo.block_size;
-  ec.num_blocks = static_cast<int>(kv_bytes / block_bytes);
-  if (ec.num_blocks < 1)
-    throw Error("--kv-memory " + eo.kv_memory + " holds less than one block of " + std::to_string(eo.block_size) +
-                " tokens (" + std::to_string(block_bytes) + " bytes)");
+  ec.block_size = kv.block_size;
+  ec.num_blocks = kv.num_blocks;
   engine_ = std::make_unique<serving::ServingEngine>(parts_->step_model, *tokenizer_, c.eos_id, ec, metrics);
 }
 
@@ -134,7 +149,8 @@ void run_replica_worker(const ModelOptions& mo, const EngineOptions& eo, Paralle
   CpuBackend backend(mo.threads);
   backend.set_activation_quant(loaded.act_quant);
   LlamaModel model(loaded.data, backend, eo.max_step_tokens, job.tp_data());
-  ModelRunner runner(model, job.groups());
+  ModelRunner runner(model, job.groups(), /*max_in_flight=*/4,
+                     PagedKvOptions{kv_pool_blocks(eo, loaded.data.config, job), eo.block_size});
   runner.serve();
 }
 

@@ -31,17 +31,46 @@ struct AttentionShape {
   int head_dim = 0;
 };
 
-// One layer of one sequence's KV cache: row p holds position p, each row kv_dim = n_kv_heads*head_dim floats.
-// The model reaches rows only through k_row/v_row and the attention op, so the storage behind them can change.
+// One layer of one sequence's KV cache: logical row p (position p) holds kv_dim = n_kv_heads*head_dim floats of
+// keys in k and of values in v. Contiguous (blocks == nullptr): row p is at p * stride. Paged: rows live in blocks
+// of 2^block_shift rows of a shared pool, and row p is row p % block_size of pool block blocks[p / block_size]
+// (the block table, host memory). The model and the kernels reach rows only through k_row/v_row (or row_offset),
+// so either layout serves every op.
 struct KvLayer {
   float* k = nullptr;
   float* v = nullptr;
-  int capacity = 0;  // rows
-  int stride = 0;    // floats from one row to the next (kv_dim)
+  int capacity = 0;             // logical rows
+  int stride = 0;               // floats from one row to the next within a block (kv_dim)
+  const int* blocks = nullptr;  // paged: physical block of each logical block; null: contiguous
+  int block_shift = 0;          // paged: log2(rows per block)
 
-  float* k_row(int pos) const { return k + static_cast<size_t>(pos) * static_cast<size_t>(stride); }
-  float* v_row(int pos) const { return v + static_cast<size_t>(pos) * static_cast<size_t>(stride); }
+  bool paged() const { return blocks != nullptr; }
+  // Floats from k (or v) to logical row pos.
+  size_t row_offset(int pos) const;
+  float* k_row(int pos) const { return k + row_offset(pos); }
+  float* v_row(int pos) const { return v + row_offset(pos); }
+  // Rows pos, pos+1, ... that follow each other in memory (up to `limit` of them): to the end of pos's block.
+  int contiguous_rows(int pos, int limit) const {
+    if (blocks == nullptr) return limit;
+    const int left = (1 << block_shift) - (pos & ((1 << block_shift) - 1));
+    return left < limit ? left : limit;
+  }
 };
+
+// KvLayer::row_offset. Internal linkage on purpose: the AVX2 kernel translation unit calls this directly, and its
+// copy must never be the one the linker keeps for code that runs on CPUs without AVX2 (an inline member would be).
+static inline size_t kv_row_offset(const KvLayer& kv, int pos) {
+  size_t row = static_cast<size_t>(pos);
+  if (kv.blocks != nullptr) {
+    const int mask = (1 << kv.block_shift) - 1;
+    row = (static_cast<size_t>(kv.blocks[pos >> kv.block_shift]) << kv.block_shift) | static_cast<size_t>(pos & mask);
+  }
+  return row * static_cast<size_t>(kv.stride);
+}
+
+inline size_t KvLayer::row_offset(int pos) const {
+  return kv_row_offset(*this, pos);
+}
 
 class Backend {
  public:

@@ -73,10 +73,18 @@ LlamaModel::LlamaModel(const ModelData& model, Backend& backend, int max_batch_t
   row_runs_.reserve(rows);
 }
 
-KvCache LlamaModel::make_cache(int capacity) const {
+std::vector<int> LlamaModel::layer_kv_dims() const {
   std::vector<int> dims;
   for (const LayerWeights& lw : model_.weights.layers) dims.push_back(static_cast<int>(lw.wk.rows));
-  return KvCache(backend_, dims, capacity);
+  return dims;
+}
+
+KvCache LlamaModel::make_cache(int capacity) const {
+  return KvCache(backend_, layer_kv_dims(), capacity);
+}
+
+std::unique_ptr<KvPool> LlamaModel::make_kv_pool(int num_blocks, int block_size) const {
+  return std::make_unique<KvPool>(backend_, layer_kv_dims(), num_blocks, block_size);
 }
 
 float* LlamaModel::hidden() {
@@ -208,12 +216,16 @@ void LlamaModel::run_layers(std::span<const SequenceChunk> chunks) {
     int row = 0;
     for (const SequenceChunk& ch : chunks) {
       const KvLayer kv = ch.cache->layer(li);
-      // Caches made for this shard (make_cache) hold rows of exactly kv_dim floats: a chunk's rows are
-      // consecutive there, one copy each for keys and values.
+      // Caches made for this shard (make_cache, make_kv_pool) hold rows of exactly kv_dim floats: a chunk's rows
+      // are consecutive there (within each block of a paged cache), one copy each for keys and values per run.
       TESSERA_CHECK_MSG(kv.stride == kv_dim, "KV cache made for another shard");
-      const size_t src = sz(row) * sz(kv_dim), bytes = sz(ch.n_tokens) * sz(kv_dim) * sizeof(float);
-      be.copy(kv.k_row(ch.pos0), k + src, bytes);
-      be.copy(kv.v_row(ch.pos0), v + src, bytes);
+      for (int i = 0; i < ch.n_tokens;) {
+        const int rows = kv.contiguous_rows(ch.pos0 + i, ch.n_tokens - i);
+        const size_t src = sz(row + i) * sz(kv_dim), bytes = sz(rows) * sz(kv_dim) * sizeof(float);
+        be.copy(kv.k_row(ch.pos0 + i), k + src, bytes);
+        be.copy(kv.v_row(ch.pos0 + i), v + src, bytes);
+        i += rows;
+      }
       const size_t off = sz(row) * sz(q_dim);
       be.attention(q + off, ch.n_tokens, ch.pos0, kv, shape, att + off);
       row += ch.n_tokens;

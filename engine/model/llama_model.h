@@ -12,6 +12,7 @@
 // exists: tensor/pipeline parallelism and activation observers read host memory and are refused.
 #pragma once
 
+#include <memory>
 #include <span>
 #include <vector>
 
@@ -68,8 +69,11 @@ class LlamaModel {
   Backend& backend() { return backend_; }
   int max_batch_tokens() const { return max_batch_tokens_; }
 
-  // A KV cache for this shard's layers and kv heads, in the backend's memory.
+  // A contiguous KV cache for this shard's layers and kv heads, in the backend's memory.
   KvCache make_cache(int capacity) const;
+  // A pool of KV blocks for this shard's layers and kv heads, in the backend's memory: paged caches
+  // (KvCache(pool)) for many sequences. block_size: a power of two.
+  std::unique_ptr<KvPool> make_kv_pool(int num_blocks, int block_size) const;
 
   // Runs `tokens` at positions pos0.. (prefill when tokens.size() > 1, decode when 1), appending their keys and
   // values to `cache`, and writes logits to `logits` (host memory, sized per `mode`). Needs the whole pipeline
@@ -106,6 +110,7 @@ class LlamaModel {
 
  private:
   void check_positions(std::span<const SequenceChunk> chunks) const;
+  std::vector<int> layer_kv_dims() const;  // kv_dim of each of this shard's layers
   // Logits of `rows` rows of normalized activations (xb_) into out ([rows][vocab]); per_row: each row stands
   // alone (Backend::matmul_rows).
   void logits_of(const float* xb, int rows, bool per_row, float* out);

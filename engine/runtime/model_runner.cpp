@@ -20,11 +20,18 @@ size_t sz(int64_t v) {
   return static_cast<size_t>(v);
 }
 
+Error pool_exhausted(int capacity, int need, int free) {
+  return Error("the KV pool has " + std::to_string(free) + " free blocks; a sequence of " + std::to_string(capacity) +
+               " positions needs " + std::to_string(need) + " (raise --kv-memory)");
+}
+
 }  // namespace
 
-ModelRunner::ModelRunner(LlamaModel& model, const ParallelGroups* groups, int max_in_flight)
+ModelRunner::ModelRunner(LlamaModel& model, const ParallelGroups* groups, int max_in_flight,
+                         std::optional<PagedKvOptions> paged)
     : model_(model), shard_(model.shard()) {
   TESSERA_CHECK(max_in_flight >= 1);
+  if (paged) pool_ = model_.make_kv_pool(paged->num_blocks, paged->block_size);
   if (groups != nullptr) {
     groups_ = *groups;
     TESSERA_CHECK(groups_->world != nullptr);
@@ -70,6 +77,12 @@ void ModelRunner::open_slot(int slot, int capacity) {
   if (capacity < 1 || capacity > config().max_seq_len)
     throw Error("a sequence of " + std::to_string(capacity) + " positions does not fit the model's context of " +
                 std::to_string(config().max_seq_len));
+  if (pool_) {
+    // Opening replaces the slot's cache: its blocks come back first.
+    const int held = slot_capacity(slot) / pool_->block_size();
+    const int need = (capacity + pool_->block_size() - 1) / pool_->block_size();
+    if (need > pool_->num_free() + held) throw pool_exhausted(capacity, need, pool_->num_free() + held);
+  }
   const Plan plan{kOpen, 0, 0, 0, slot, capacity};
   send_plan(plan);
   apply_slot_op(plan);
@@ -93,6 +106,10 @@ void ModelRunner::grow_slot(int slot, int capacity, int keep) {
   if (capacity > config().max_seq_len)
     throw Error("a sequence of " + std::to_string(capacity) + " positions does not fit the model's context of " +
                 std::to_string(config().max_seq_len));
+  if (pool_) {
+    const int need = slots_[sz(slot)]->blocks_missing(capacity);
+    if (need > pool_->num_free()) throw pool_exhausted(capacity, need, pool_->num_free());
+  }
   const Plan plan{kGrow, 0, keep, 0, slot, capacity};  // n_rows carries `keep`
   send_plan(plan);
   apply_slot_op(plan);
@@ -233,8 +250,18 @@ void ModelRunner::apply_slot_op(const Plan& plan) {
   TESSERA_CHECK(plan.slot >= 0 && plan.slot < kMaxSlots);
   if (plan.op == kOpen) {
     if (sz(plan.slot) >= slots_.size()) slots_.resize(sz(plan.slot) + 1);
-    slots_[sz(plan.slot)].reset();  // free the old cache before allocating the new one
-    slots_[sz(plan.slot)].emplace(model_.make_cache(plan.capacity));
+    std::optional<KvCache>& slot = slots_[sz(plan.slot)];
+    slot.reset();  // free the old cache (or its blocks) before making the new one
+    if (pool_) {
+      slot.emplace(*pool_);
+      slot->reserve(plan.capacity);  // the leader checked the pool; every rank's pool is in the same state
+    } else {
+      slot.emplace(model_.make_cache(plan.capacity));
+    }
+  } else if (plan.op == kGrow && pool_) {
+    std::optional<KvCache>& slot = slots_.at(sz(plan.slot));
+    TESSERA_CHECK(slot.has_value());
+    slot->reserve(plan.capacity);  // new blocks only: the rows already written stay where they are
   } else if (plan.op == kGrow) {
     std::optional<KvCache>& slot = slots_.at(sz(plan.slot));
     TESSERA_CHECK(slot.has_value());

@@ -13,6 +13,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <memory>
 #include <optional>
 #include <span>
 #include <vector>
@@ -31,6 +32,14 @@ struct StepChunk {
   int32_t logits = 1;
 };
 
+// A paged KV cache for the runner's slots: every rank keeps one pool of num_blocks blocks of block_size rows (a
+// power of two) and each open slot holds blocks of it. Ranks apply the same slot operations in the same order, so
+// their pools fill alike and a block the leader can take every rank can take.
+struct PagedKvOptions {
+  int num_blocks = 0;
+  int block_size = 16;
+};
+
 // This rank's communicators in a parallel job (not owned). Control-plane groups wait for the next plan without
 // a deadline (a server may idle for hours); data-plane groups carry the comm timeout.
 struct ParallelGroups {
@@ -44,8 +53,10 @@ struct ParallelGroups {
 class ModelRunner {
  public:
   // groups: null for a single process. max_in_flight bounds the leader's unfinished steps (pipeline
-  // micro-batches); it must be the same on every rank.
-  explicit ModelRunner(LlamaModel& model, const ParallelGroups* groups = nullptr, int max_in_flight = 4);
+  // micro-batches). paged: slots take blocks of a KV pool instead of each owning a contiguous cache. Both must be
+  // the same on every rank.
+  explicit ModelRunner(LlamaModel& model, const ParallelGroups* groups = nullptr, int max_in_flight = 4,
+                       std::optional<PagedKvOptions> paged = std::nullopt);
   // The leader stops the workers if it has not yet (e.g. when an error unwinds it).
   ~ModelRunner();
   ModelRunner(const ModelRunner&) = delete;
@@ -60,12 +71,17 @@ class ModelRunner {
   int in_flight() const { return static_cast<int>(pending_.size()); }
   // Capacity of an open slot, 0 when closed.
   int slot_capacity(int slot) const;
+  // The KV pool of a paged runner (null otherwise).
+  const KvPool* kv_pool() const { return pool_.get(); }
 
   // --- leader only ------------------------------------------------------------------------------------------
-  // A KV cache of `capacity` positions for sequence slot `slot` on every rank (replacing an open one).
+  // A KV cache of `capacity` positions for sequence slot `slot` on every rank (replacing an open one). Paged:
+  // blocks for `capacity` positions. Throws tessera::Error (before anything is sent) when the context or the pool
+  // is too small.
   void open_slot(int slot, int capacity);
   void close_slot(int slot);
-  // Gives an open slot room for `capacity` positions, keeping the keys and values of its first `keep` positions.
+  // Gives an open slot room for `capacity` positions, keeping the keys and values of its first `keep` positions
+  // (paged: of every position; it only takes more blocks, nothing is copied).
   void grow_slot(int slot, int capacity, int keep);
   // Starts a step; tokens: every chunk's tokens, chunk after chunk. Throws tessera::Error (before anything is
   // sent) for a closed slot, positions beyond the slot or the context, a token outside the vocabulary, or more
@@ -108,6 +124,7 @@ class ModelRunner {
   bool leader_ = true;
   int max_in_flight_ = 1;
   bool stopped_ = false;
+  std::unique_ptr<KvPool> pool_;  // paged runners; declared before slots_, whose caches hold its blocks
   std::vector<std::optional<KvCache>> slots_;
   // Plan payload and the model's view of it.
   std::vector<StepChunk> chunks_;

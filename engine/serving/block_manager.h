@@ -1,6 +1,6 @@
-// Paged KV-cache bookkeeping: a pool of fixed-size blocks (block_size token rows each), a free list and one block
-// table per sequence. It owns block *lifetime* only; what a block holds is the model's business (today the
-// model adapter keeps one contiguous cache per sequence and this class bounds how many rows they may use).
+// Paged KV-cache accounting for the scheduler: a pool of fixed-size blocks (block_size token rows each), a free list
+// and one block table per sequence. It owns block *lifetime* decisions only; the rows themselves live in every
+// rank's KvPool (engine/model/kv_cache.h), which RunnerStepModel keeps block for block in step with this count.
 // Engine thread only: not thread-safe.
 #pragma once
 

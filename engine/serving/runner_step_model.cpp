@@ -19,13 +19,17 @@ int RunnerStepModel::slot_for(int seq_id, int rows, int keep) {
     } else {
       ++next_slot_;
     }
-    // 64 positions at first avoids many tiny growths during decode.
-    runner_.open_slot(slot, std::max(std::min(64, limit), std::min(rows, limit)));
+    // Paged: blocks for exactly what the step needs (growing takes blocks, copies nothing), as the engine's
+    // BlockManager counted them. Contiguous: 64 positions at first avoids many tiny growths during decode.
+    const int first = runner_.kv_pool() != nullptr ? rows : std::max(std::min(64, limit), std::min(rows, limit));
+    runner_.open_slot(slot, first);
     it = slot_of_.emplace(seq_id, slot).first;
   }
   const int slot = it->second;
   const int capacity = runner_.slot_capacity(slot);
-  if (capacity < rows) {
+  if (capacity < rows && runner_.kv_pool() != nullptr) {
+    runner_.grow_slot(slot, rows, keep);
+  } else if (capacity < rows) {
     // Doubling keeps the copies O(total rows).
     int grown = capacity;
     while (grown < rows) grown *= 2;

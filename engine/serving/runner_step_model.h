@@ -1,7 +1,9 @@
 // StepModel over ModelRunner: a step runs as one runner step (one forward_batch on every rank: matmuls over all
 // sequences' rows together, attention per sequence), so the server runs the same in one process and as rank 0
-// of a tensor x pipeline parallel job. Each sequence gets a runner slot (a KV cache on every rank), opened at 64
-// positions and grown by doubling up to the context; the BlockManager bounds how many rows they use in all.
+// of a tensor x pipeline parallel job. Each sequence gets a runner slot. With a paged runner (the server's) the slot
+// holds blocks of every rank's KV pool, exactly as many as the engine's BlockManager reserved for it (same block
+// size and count), so admission by free blocks is admission by real memory. With a contiguous runner (tests) a slot
+// is a cache of its own, opened at 64 positions and grown by doubling up to the context.
 #pragma once
 
 #include <unordered_map>

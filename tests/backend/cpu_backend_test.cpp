@@ -3,6 +3,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <random>
@@ -188,7 +189,7 @@ void check_attention(Backend& cpu, std::mt19937& rng, int n_heads, int n_kv_head
   std::vector<float> k = random_vec(rng, capacity * kv_dim), v = random_vec(rng, capacity * kv_dim);
   std::fill(k.begin() + static_cast<ptrdiff_t>((pos0 + n) * kv_dim), k.end(), std::numeric_limits<float>::quiet_NaN());
   std::fill(v.begin() + static_cast<ptrdiff_t>((pos0 + n) * kv_dim), v.end(), std::numeric_limits<float>::quiet_NaN());
-  const KvLayer kv{k.data(), v.data(), capacity};
+  const KvLayer kv{k.data(), v.data(), capacity, static_cast<int>(kv_dim)};
   const auto q = random_vec(rng, static_cast<size_t>(n) * n_heads * head_dim, -q_scale, q_scale);
   std::vector<float> want(q.size()), got(q.size());
   ref::attention(q.data(), n, pos0, kv, shape, want.data());
@@ -207,6 +208,69 @@ TEST_P(CpuBackendTest, AttentionGqaPrefillAndDecode) {
       }
     }
   }
+}
+
+// The same cache rows laid out in blocks of a pool, in a scrambled block order with unused blocks in between:
+// attention must read exactly the rows it reads contiguously (same result bit for bit), and never a row of a
+// block the table does not name (those are NaN).
+void check_paged_attention(Backend& cpu, std::mt19937& rng, int n_heads, int n_kv_heads, int head_dim, int pos0, int n,
+                           int block_shift) {
+  SCOPED_TRACE(::testing::Message() << "heads=" << n_heads << " kv_heads=" << n_kv_heads << " head_dim=" << head_dim
+                                    << " pos0=" << pos0 << " n=" << n << " block=" << (1 << block_shift));
+  const AttentionShape shape{n_heads, n_kv_heads, head_dim};
+  const int block = 1 << block_shift;
+  const int capacity = pos0 + n;
+  const int n_blocks = (capacity + block - 1) / block;
+  const int kv_dim = n_kv_heads * head_dim;
+  const size_t row = static_cast<size_t>(kv_dim);
+  std::vector<float> k = random_vec(rng, static_cast<size_t>(capacity) * row);
+  std::vector<float> v = random_vec(rng, static_cast<size_t>(capacity) * row);
+  // Pool of 2 * n_blocks + 1 blocks; logical block b lives in pool block 2 * (n_blocks - 1 - b) + 1.
+  const int pool_blocks = 2 * n_blocks + 1;
+  std::vector<float> pk(static_cast<size_t>(pool_blocks) * block * row, std::numeric_limits<float>::quiet_NaN());
+  std::vector<float> pv = pk;
+  std::vector<int> table(static_cast<size_t>(n_blocks));
+  for (int b = 0; b < n_blocks; ++b) table[static_cast<size_t>(b)] = 2 * (n_blocks - 1 - b) + 1;
+  const KvLayer paged{pk.data(), pv.data(), n_blocks * block, kv_dim, table.data(), block_shift};
+  for (int p = 0; p < capacity; ++p) {
+    std::copy_n(k.begin() + static_cast<ptrdiff_t>(p * row), row, paged.k_row(p));
+    std::copy_n(v.begin() + static_cast<ptrdiff_t>(p * row), row, paged.v_row(p));
+  }
+  const KvLayer contiguous{k.data(), v.data(), capacity, kv_dim};
+  const auto q = random_vec(rng, static_cast<size_t>(n) * n_heads * head_dim);
+  std::vector<float> want(q.size()), got(q.size()), ref_contiguous(q.size()), ref_paged(q.size());
+  cpu.attention(q.data(), n, pos0, contiguous, shape, want.data());
+  poison(got);
+  cpu.attention(q.data(), n, pos0, paged, shape, got.data());
+  EXPECT_EQ(got, want);
+  ref::attention(q.data(), n, pos0, contiguous, shape, ref_contiguous.data());
+  ref::attention(q.data(), n, pos0, paged, shape, ref_paged.data());
+  EXPECT_EQ(ref_paged, ref_contiguous);
+}
+
+TEST_P(CpuBackendTest, AttentionPagedEqualsContiguous) {
+  for (int block_shift : {0, 2, 4}) {
+    for (int pos0 : {0, 3, 17, 70}) {
+      for (int n : {1, 5, 40}) check_paged_attention(cpu(), rng_, 8, 2, 16, pos0, n, block_shift);
+    }
+  }
+  check_paged_attention(cpu(), rng_, 4, 4, 64, 130, 1, 4);
+  check_paged_attention(cpu(), rng_, 80, 1, 16, 10, 3, 3);
+}
+
+TEST(KvLayer, PagedRowAddressing) {
+  std::vector<float> k(64 * 3), v(64 * 3);
+  const std::vector<int> table = {5, 2, 7};
+  const KvLayer kv{k.data(), v.data(), 12, 3, table.data(), 2};  // blocks of 4 rows
+  EXPECT_EQ(kv.row_offset(0), 5u * 4 * 3);
+  EXPECT_EQ(kv.row_offset(3), (5u * 4 + 3) * 3);
+  EXPECT_EQ(kv.row_offset(4), 2u * 4 * 3);
+  EXPECT_EQ(kv.row_offset(11), (7u * 4 + 3) * 3);
+  EXPECT_EQ(kv.contiguous_rows(1, 100), 3);
+  EXPECT_EQ(kv.contiguous_rows(4, 2), 2);
+  const KvLayer flat{k.data(), v.data(), 12, 3};
+  EXPECT_EQ(flat.row_offset(11), 33u);
+  EXPECT_EQ(flat.contiguous_rows(1, 100), 100);
 }
 
 TEST_P(CpuBackendTest, AttentionLongContextAndPeakedScores) {

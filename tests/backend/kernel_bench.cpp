@@ -296,7 +296,8 @@ void bench_attention(tessera::CpuBackend& be, int n, int pos0) {
   const auto v = make_x(static_cast<size_t>(capacity) * kv_dim);
   const auto q = make_x(static_cast<size_t>(n) * shape.n_heads * shape.head_dim);
   std::vector<float> out(q.size());
-  const tessera::KvLayer kv{const_cast<float*>(k.data()), const_cast<float*>(v.data()), capacity};
+  const tessera::KvLayer kv{const_cast<float*>(k.data()), const_cast<float*>(v.data()), capacity,
+                            static_cast<int>(kv_dim)};
   be.attention(q.data(), n, pos0, kv, shape, out.data());
   double best = 1e30;
   for (int rep = 0; rep < 5; ++rep) {

@@ -88,7 +88,7 @@ TEST(ReferenceOps, AttentionCausalAndGqa) {
   const AttentionShape shape{2, 1, 2};
   std::vector<float> k = {1, 0, 1, 0};  // equal keys: equal scores for every query
   std::vector<float> v = {2, 4, 6, 8};  // row 0 -> [2, 4], row 1 -> [6, 8]
-  const KvLayer kv{k.data(), v.data(), 2};
+  const KvLayer kv{k.data(), v.data(), 2, 2};
   const std::vector<float> q = {3, 1, -1, 5, 3, 1, -1, 5};  // rows 0 and 1, two heads each
   std::vector<float> out(8);
   ref::attention(q.data(), 2, 0, kv, shape, out.data());
@@ -103,7 +103,7 @@ TEST(ReferenceOps, AttentionSoftmaxWeights) {
   std::vector<float> v = {4.0f, 8.0f};
   const float q = 1.0f;
   float out = 0;
-  ref::attention(&q, 1, 1, KvLayer{k.data(), v.data(), 2}, shape, &out);
+  ref::attention(&q, 1, 1, KvLayer{k.data(), v.data(), 2, 1}, shape, &out);
   EXPECT_FLOAT_EQ(out, 0.25f * 4 + 0.75f * 8);
 }
 
@@ -113,7 +113,7 @@ TEST(ReferenceOps, AttentionGqaHeadMapping) {
   std::vector<float> k = {0, 0}, v = {1, 2};
   const std::vector<float> q = {1, 1, 1, 1};
   std::vector<float> out(4);
-  ref::attention(q.data(), 1, 0, KvLayer{k.data(), v.data(), 1}, shape, out.data());
+  ref::attention(q.data(), 1, 0, KvLayer{k.data(), v.data(), 1, 2}, shape, out.data());
   EXPECT_EQ(out, (std::vector<float>{1, 1, 2, 2}));
 }
 

@@ -122,5 +122,66 @@ TEST(ModelRunner, SlotsAreIndependentAndValidated) {
   EXPECT_EQ(runner.slot_capacity(5), 0);
 }
 
+// A paged runner (slots holding blocks of one pool, here of 4 rows, growing a block at a time while decoding, with
+// another sequence's blocks freed and reused in between) gives, bit for bit, the logits of contiguous caches.
+TEST(ModelRunner, PagedSlotsMatchContiguousCachesExactly) {
+  const ModelData m = testing::tiny_model(testing::tiny_config(4, 2), DType::F32, 25);
+  CpuBackend be(2);
+  const size_t V = static_cast<size_t>(m.config.vocab_size);
+  LlamaModel model(m, be, 32);
+  ModelRunner contiguous(model);
+  ModelRunner paged(model, nullptr, 1, PagedKvOptions{12, 4});
+  ASSERT_NE(paged.kv_pool(), nullptr);
+  EXPECT_EQ(contiguous.kv_pool(), nullptr);
+  const std::vector<int> a{1, 4, 8, 15, 16, 23, 42, 7, 9}, b{1, 9, 9, 30, 2, 5, 6};
+  for (ModelRunner* r : {&contiguous, &paged}) {
+    r->open_slot(0, 6);
+    r->open_slot(1, 2);
+  }
+  EXPECT_EQ(paged.kv_pool()->num_free(), 12 - 2 - 1);
+  std::vector<float> want(2 * V), got(2 * V);
+  const auto both = [&](const std::vector<StepChunk>& chunks, const std::vector<int>& tokens) {
+    contiguous.step(chunks, tokens, want.data());
+    paged.step(chunks, tokens, got.data());
+    for (size_t i = 0; i < chunks.size() * V; ++i) ASSERT_EQ(got[i], want[i]) << "logit " << i;
+  };
+  // Prefill 6 tokens of a (two blocks, the second partly) and 2 of b.
+  std::vector<int> tokens(a.begin(), a.begin() + 6);
+  tokens.insert(tokens.end(), b.begin(), b.begin() + 2);
+  both({{0, 0, 6, 1}, {1, 0, 2, 1}}, tokens);
+  // A throw-away sequence takes blocks and gives them back, so the next blocks of a and b are not in order.
+  paged.open_slot(2, 8);
+  paged.close_slot(2);
+  for (int pos = 6; pos < 9; ++pos) {
+    const int pb = pos - 4;
+    for (ModelRunner* r : {&contiguous, &paged}) {
+      if (r->slot_capacity(0) < pos + 1) r->grow_slot(0, r == &paged ? pos + 1 : 16, pos);
+      if (r->slot_capacity(1) < pb + 1) r->grow_slot(1, r == &paged ? pb + 1 : 16, pb);
+    }
+    both({{0, pos, 1, 1}, {1, pb, 1, 1}}, {a[static_cast<size_t>(pos)], b[static_cast<size_t>(pb)]});
+  }
+  EXPECT_EQ(paged.slot_capacity(0), 12);  // three blocks for 9 rows
+  EXPECT_EQ(paged.slot_capacity(1), 8);
+  EXPECT_EQ(paged.kv_pool()->num_free(), 12 - 3 - 2);
+}
+
+TEST(ModelRunner, PagedPoolExhaustionIsAUserErrorThatChangesNothing) {
+  const ModelData m = testing::tiny_model(testing::tiny_config(), DType::F32, 26);
+  CpuBackend be(1);
+  LlamaModel model(m, be, 16);
+  ModelRunner runner(model, nullptr, 1, PagedKvOptions{4, 8});
+  runner.open_slot(0, 20);  // 3 blocks
+  EXPECT_EQ(runner.kv_pool()->num_free(), 1);
+  EXPECT_THROW(runner.open_slot(1, 9), Error);
+  EXPECT_EQ(runner.slot_capacity(1), 0);
+  EXPECT_THROW(runner.grow_slot(0, 32 + 1, 20), Error);
+  EXPECT_EQ(runner.slot_capacity(0), 24);
+  EXPECT_EQ(runner.kv_pool()->num_free(), 1);
+  runner.open_slot(0, 32);  // reopening gives the old blocks back first
+  EXPECT_EQ(runner.kv_pool()->num_free(), 0);
+  runner.close_slot(0);
+  EXPECT_EQ(runner.kv_pool()->num_free(), 4);
+}
+
 }  // namespace
 }  // namespace tessera

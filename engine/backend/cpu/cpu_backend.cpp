@@ -667,10 +667,10 @@ void CpuBackend::attention(const float* q, int n, int pos0, const KvLayer& kv, c
   const int hd = shape.head_dim;
   TESSERA_CHECK(shape.n_heads > 0 && shape.n_kv_heads > 0 && shape.n_heads % shape.n_kv_heads == 0 && hd > 0);
   TESSERA_CHECK(n >= 0 && pos0 >= 0 && pos0 + n <= kv.capacity);
+  TESSERA_CHECK_MSG(kv.stride == shape.n_kv_heads * hd, "KV rows must be n_kv_heads * head_dim floats");
   if (n == 0) return;
   const cpu::Kernels& k = *impl_->k;
   const int group = shape.n_heads / shape.n_kv_heads;
-  const int64_t kv_stride = static_cast<int64_t>(shape.n_kv_heads) * hd;
   const int64_t q_stride = static_cast<int64_t>(shape.n_heads) * hd;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
 
@@ -719,7 +719,7 @@ void CpuBackend::attention(const float* q, int n, int pos0, const KvLayer& kv, c
         }
       }
     }
-    k.attend(batch, kv.k, kv.v, kv_stride, hd, scale, scratch);
+    k.attend(batch, kv, hd, scale, scratch);
   };
   const int n_slots = static_cast<int>(std::min<int64_t>(threads, tasks));
   // The last kv block may be narrower, and a narrower span gets a longer key block: size for the worst span.

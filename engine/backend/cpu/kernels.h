@@ -8,6 +8,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "engine/backend/backend.h"
 #include "engine/core/dtype.h"
 #include "quant/blocks.h"
 
@@ -138,8 +139,7 @@ struct Kernels {
   // hardware prefetchers do not follow and that aliases in L1; the copy walks rows sequentially instead.
   // n_keys[b] >= 1. out rows are the accumulators (overwritten, never read first). scratch holds
   // attend_scratch_floats(kv_count * head_dim) floats.
-  void (*attend)(const AttendBatch& batch, const float* k, const float* v, int64_t kv_stride, int head_dim, float scale,
-                 float* scratch);
+  void (*attend)(const AttendBatch& batch, const KvLayer& kv, int head_dim, float scale, float* scratch);
 
   // Sum of squares of x[0..n) (rmsnorm).
   float (*sum_squares)(const float* x, int64_t n);

@@ -464,16 +464,14 @@ inline void copy_floats(const float* src, int64_t n, float* dst) {
   for (; i < n; ++i) dst[i] = src[i];
 }
 
-void attend(const AttendBatch& batch, const float* k, const float* v, int64_t kv_stride, int head_dim, float scale,
-            float* scratch) {
+void attend(const AttendBatch& batch, const KvLayer& kv, int head_dim, float scale, float* scratch) {
   const int hd = head_dim;
   const int64_t span = static_cast<int64_t>(batch.kv_count) * hd;
   const int block = attend_block_keys(span);
   // Copies are laid out [kv head][row][head_dim], so one head's block is contiguous.
   float* k_copy = scratch;
   float* v_copy = scratch + block * span;
-  const float* k_span = k + static_cast<int64_t>(batch.kv_first) * hd;
-  const float* v_span = v + static_cast<int64_t>(batch.kv_first) * hd;
+  const size_t span_offset = static_cast<size_t>(batch.kv_first) * static_cast<size_t>(hd);
   float m[kMaxAttendBatch], l[kMaxAttendBatch];
   int max_keys = 0;
   for (int b = 0; b < batch.count; ++b) {
@@ -485,8 +483,9 @@ void attend(const AttendBatch& batch, const float* k, const float* v, int64_t kv
   for (int j0 = 0; j0 < max_keys; j0 += block) {
     const int rows = min_int(block, max_keys - j0);
     for (int j = 0; j < rows; ++j) {
-      const float* ks = k_span + (j0 + j) * kv_stride;
-      const float* vs = v_span + (j0 + j) * kv_stride;
+      const size_t row = kv_row_offset(kv, j0 + j) + span_offset;  // paged or not: the copy gathers the rows
+      const float* ks = kv.k + row;
+      const float* vs = kv.v + row;
       for (int c = 0; c < batch.kv_count; ++c) {
         copy_floats(ks + c * hd, hd, k_copy + (static_cast<int64_t>(c) * block + j) * hd);
         copy_floats(vs + c * hd, hd, v_copy + (static_cast<int64_t>(c) * block + j) * hd);

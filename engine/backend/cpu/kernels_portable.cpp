@@ -184,14 +184,14 @@ float dot_f32(const float* a, const float* b, int64_t n) {
   return acc;
 }
 
-void attend_one(const float* q, const float* k, const float* v, int64_t kv_stride, int n_keys, int head_dim,
-                float scale, float* out) {
+void attend_one(const float* q, const KvLayer& kv, int64_t head_offset, int n_keys, int head_dim, float scale,
+                float* out) {
   // Online softmax, one key at a time: m is the running max, l the running sum of exp(s - m); whenever the max
   // grows the accumulator and the sum are rescaled by exp(m_old - m_new).
   for (int d = 0; d < head_dim; ++d) out[d] = 0.0f;
   float m = -INFINITY, l = 0.0f;
   for (int j = 0; j < n_keys; ++j) {
-    const float s = dot_f32(q, k + j * kv_stride, head_dim) * scale;
+    const float s = dot_f32(q, kv.k_row(j) + head_offset, head_dim) * scale;
     if (s > m) {
       const float alpha = std::exp(m - s);  // 0 on the first key (m = -inf)
       for (int d = 0; d < head_dim; ++d) out[d] *= alpha;
@@ -200,18 +200,17 @@ void attend_one(const float* q, const float* k, const float* v, int64_t kv_strid
     }
     const float p = std::exp(s - m);
     l += p;
-    const float* vj = v + j * kv_stride;
+    const float* vj = kv.v_row(j) + head_offset;
     for (int d = 0; d < head_dim; ++d) out[d] += p * vj[d];
   }
   const float inv = 1.0f / l;
   for (int d = 0; d < head_dim; ++d) out[d] *= inv;
 }
 
-void attend(const AttendBatch& batch, const float* k, const float* v, int64_t kv_stride, int head_dim, float scale,
-            float* /*scratch*/) {
+void attend(const AttendBatch& batch, const KvLayer& kv, int head_dim, float scale, float* /*scratch*/) {
   for (int b = 0; b < batch.count; ++b) {
     const int64_t off = static_cast<int64_t>(batch.kv_head[b]) * head_dim;
-    attend_one(batch.q[b], k + off, v + off, kv_stride, batch.n_keys[b], head_dim, scale, batch.out[b]);
+    attend_one(batch.q[b], kv, off, batch.n_keys[b], head_dim, scale, batch.out[b]);
   }
 }
 

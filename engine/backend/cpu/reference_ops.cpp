@@ -94,8 +94,8 @@ void attention(const float* q, int n, int pos0, const KvLayer& kv, const Attenti
   const int hd = shape.head_dim;
   TESSERA_CHECK(shape.n_kv_heads > 0 && shape.n_heads % shape.n_kv_heads == 0 && hd > 0);
   TESSERA_CHECK(pos0 >= 0 && pos0 + n <= kv.capacity);
+  TESSERA_CHECK(kv.stride == shape.n_kv_heads * hd);
   const int group = shape.n_heads / shape.n_kv_heads;
-  const int64_t kv_stride = static_cast<int64_t>(shape.n_kv_heads) * hd;
   const int64_t q_stride = static_cast<int64_t>(shape.n_heads) * hd;
   const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
   std::vector<double> scores;
@@ -108,7 +108,7 @@ void attention(const float* q, int n, int pos0, const KvLayer& kv, const Attenti
       const float* qh = q + i * q_stride + static_cast<int64_t>(h) * hd;
       double mx = -INFINITY;
       for (int j = 0; j < n_keys; ++j) {
-        const float* kj = kv.k + j * kv_stride + static_cast<int64_t>(kvh) * hd;
+        const float* kj = kv.k_row(j) + static_cast<int64_t>(kvh) * hd;
         double s = 0.0;
         for (int d = 0; d < hd; ++d) s += static_cast<double>(qh[d]) * kj[d];
         scores[j] = s * scale;
@@ -118,7 +118,7 @@ void attention(const float* q, int n, int pos0, const KvLayer& kv, const Attenti
       for (int j = 0; j < n_keys; ++j) sum += (scores[j] = std::exp(scores[j] - mx));
       acc.assign(static_cast<size_t>(hd), 0.0);
       for (int j = 0; j < n_keys; ++j) {
-        const float* vj = kv.v + j * kv_stride + static_cast<int64_t>(kvh) * hd;
+        const float* vj = kv.v_row(j) + static_cast<int64_t>(kvh) * hd;
         for (int d = 0; d < hd; ++d) acc[d] += scores[j] * vj[d];
       }
       float* oh = out + i * q_stride + static_cast<int64_t>(h) * hd;

@@ -260,6 +260,8 @@ void CudaBackend::attention(const float* q, int n, int pos0, const KvLayer& kv, 
                             float* out) {
   TESSERA_CHECK(shape.n_kv_heads > 0 && shape.n_heads % shape.n_kv_heads == 0 && shape.head_dim > 0);
   TESSERA_CHECK(pos0 >= 0 && pos0 + n <= kv.capacity);
+  // The kernels address rows as pos * stride; a block table would have to live in device memory.
+  TESSERA_CHECK_MSG(!kv.paged(), "the CUDA backend takes contiguous KV caches only (no paged pool yet)");
   if (n <= 0) return;
   const cuda::AttentionArgs a{q, n, pos0, kv.k, kv.v, kv.stride, shape.n_heads, shape.n_kv_heads, shape.head_dim, out};
   const int splits = cuda::attention_splits(a, sm_count());
