@@ -33,13 +33,6 @@ std::string human_bytes(size_t b) {
   return buf;
 }
 
-std::vector<const Matrix*> all_matrices(const ModelData& m) {
-  std::vector<const Matrix*> out{&m.weights.tok_embeddings, &m.weights.lm_head};
-  for (const auto& l : m.weights.layers)
-    for (const Matrix* w : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) out.push_back(w);
-  return out;
-}
-
 // "int4:g32 x155, int8 x1" in order of first appearance.
 std::string scheme_summary(const quant::CompressReport& report) {
   std::vector<std::pair<std::string, int>> counts;
@@ -279,7 +272,7 @@ LoadedModel load(const ModelOptions& options, bool need_tokenizer, const ShardRe
       compress.activation_aware = true;
       compress.calibration_tokens = std::move(tokens);
     }
-    const auto matrices = all_matrices(out.data);
+    const auto matrices = out.data.weights.matrices();
     if (std::any_of(matrices.begin(), matrices.end(), [](const Matrix* m) { return is_quantized(m->dtype); }))
       std::fprintf(stderr,
                    "[tessera] note: %s is already quantized; weights given another scheme are re-quantized from "
@@ -314,7 +307,7 @@ LoadedModel load(const ModelOptions& options, bool need_tokenizer, const ShardRe
   }
 
   if (options.act_quant == "int8") {
-    const auto matrices = all_matrices(out.data);
+    const auto matrices = out.data.weights.matrices();
     if (std::none_of(matrices.begin(), matrices.end(), [](const Matrix* m) { return m->dtype == DType::Q8; }))
       throw Error(
           "--act-quant int8 needs int8 weights: add --quant int8 (or a rule such as --quant-rule 'layers.*=int8')");

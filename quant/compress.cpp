@@ -428,6 +428,7 @@ CompressReport run_pipeline(ModelData& model, const CompressOptions& options, co
   for (Target& t : targets) {
     const bool is_lm_head = t.name == "lm_head";
     Matrix& m = *t.matrix;
+    const Matrix replaced = m;
     TensorReport tr;
     tr.name = t.name;
     const Matrix src = is_lm_head && tied ? original_embeddings : m;
@@ -492,6 +493,9 @@ CompressReport run_pipeline(ModelData& model, const CompressOptions& options, co
     report.bytes_before += tr.bytes_before;
     report.bytes_after += tr.bytes_after;
     report.tensors.push_back(std::move(tr));
+    // The original goes as soon as nothing uses it (a tied lm_head may still): peak memory stays near the larger of
+    // the two models instead of their sum.
+    model.store->release_if_unused(replaced, model.weights);
   }
   progress.finish();
   report.seconds = std::chrono::duration<double>(Clock::now() - t0).count();

@@ -514,7 +514,9 @@ PruneReport prune_model(ModelData& model, const PruneOptions& options, std::span
       tr.zeros_before = z0 / numel;
       tr.zeros_after = z1 / numel;
       tr.relative_change = norm2 > 0.0 ? std::sqrt(change / norm2) : 0.0;
+      const Matrix replaced = m;
       m = store_matrix(*model.store, m, w, pool);
+      model.store->release_if_unused(replaced, model.weights);
       report.tensors.push_back(std::move(tr));
     }
     if (!head) tick();

@@ -118,7 +118,9 @@ void shrink(ModelData& model, Matrix* m, const std::string& name, const std::str
   double removed_sq = 0.0, total_sq = 0.0;
   for (size_t i = 0; i < norms.size(); ++i) total_sq += norms[i];
   for (int i : removed) removed_sq += norms[sz(i)];
+  const Matrix replaced = *m;
   *m = rows ? select_rows(*model.store, *m, keep) : select_cols(*model.store, *m, keep, pool);
+  model.store->release_if_unused(replaced, model.weights);
   (rows ? t.removed_rows : t.removed_cols) = removed;
   finish(t, *m, removed_sq, total_sq, pool);
   report.push_back(std::move(t));

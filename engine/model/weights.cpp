@@ -1,6 +1,7 @@
 #include "engine/model/weights.h"
 
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -19,12 +20,18 @@ WeightStore::Buffer::Buffer(Buffer&& o) noexcept
     : data(std::exchange(o.data, nullptr)), bytes(std::exchange(o.bytes, 0)), mapped(o.mapped) {}
 
 WeightStore::Buffer::~Buffer() {
+  free();
+}
+
+void WeightStore::Buffer::free() {
   if (data == nullptr) return;
   if (mapped) {
     ::munmap(data, bytes);
   } else {
     std::free(data);
   }
+  data = nullptr;
+  bytes = 0;
 }
 
 uint8_t* WeightStore::allocate(size_t bytes) {
@@ -44,10 +51,58 @@ uint8_t* WeightStore::allocate(size_t bytes) {
   return buffers_.back().data;
 }
 
+namespace {
+
+// Does any view of `live` point into [lo, hi)?
+bool used_by(const ModelWeights& live, const uint8_t* lo, const uint8_t* hi) {
+  for (const Matrix* m : live.matrices()) {
+    const auto* d = static_cast<const uint8_t*>(m->data);
+    if (d != nullptr && d < hi && d + m->bytes() > lo) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+size_t WeightStore::release_if_unused(const Matrix& old, const ModelWeights& live) {
+  const auto* p = static_cast<const uint8_t*>(old.data);
+  if (p == nullptr) return 0;
+  for (Buffer& b : buffers_) {
+    if (b.data == nullptr || p < b.data || p >= b.data + b.bytes) continue;
+    if (used_by(live, b.data, b.data + b.bytes)) return 0;
+    const size_t bytes = b.bytes;
+    b.free();
+    allocated_bytes_ -= bytes;
+    return bytes;
+  }
+  for (const auto& f : files_) {
+    if (p < f->data() || p >= f->data() + f->size()) continue;
+    // Only whole pages inside the view; ones it shares with a neighbour stay.
+    const auto page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+    const uintptr_t lo = (reinterpret_cast<uintptr_t>(p) + page - 1) / page * page;
+    const uintptr_t hi = (reinterpret_cast<uintptr_t>(p) + old.bytes()) / page * page;
+    if (hi <= lo) return 0;
+    const auto* lo_p = reinterpret_cast<const uint8_t*>(lo);
+    const auto* hi_p = reinterpret_cast<const uint8_t*>(hi);
+    if (used_by(live, lo_p, hi_p)) return 0;
+    // A read-only mapping: dropped pages would be read from the file again if anything touched them.
+    if (::madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED) != 0) return 0;
+    return hi - lo;
+  }
+  return 0;
+}
+
 size_t WeightStore::mapped_bytes() const {
   size_t total = 0;
   for (const auto& f : files_) total += f->size();
   return total;
+}
+
+std::vector<const Matrix*> ModelWeights::matrices() const {
+  std::vector<const Matrix*> out{&tok_embeddings, &lm_head};
+  for (const LayerWeights& l : layers)
+    for (const Matrix* w : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) out.push_back(w);
+  return out;
 }
 
 size_t ModelData::weight_bytes() const {

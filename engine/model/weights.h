@@ -31,6 +31,9 @@ struct ModelWeights {
   std::vector<LayerWeights> layers;
   std::vector<float> final_norm;  // [dim]
   Matrix lm_head;                 // [vocab][dim]; same view as tok_embeddings when tied
+
+  // Every weight matrix view: tok_embeddings, lm_head, then each layer's seven projections.
+  std::vector<const Matrix*> matrices() const;
 };
 
 // Owns the bytes that Matrix views point into: memory-mapped files and heap buffers (converted or generated
@@ -41,7 +44,14 @@ class WeightStore {
   // Returns a zero-initialised, 64-byte aligned buffer that lives as long as the store.
   uint8_t* allocate(size_t bytes);
   size_t mapped_bytes() const;
+  // Bytes of the buffers allocated and not released.
   size_t allocated_bytes() const { return allocated_bytes_; }
+
+  // Load-time compression replaces weights by new ones; this gives back the memory behind the replaced view `old`
+  // once no view of `live` points into it any more: its heap buffer is freed, or its pages of a mapped file are
+  // dropped from memory (the file stays mapped). Without it a compressed model would keep its original weights
+  // resident too. Returns the bytes given back (0 when something still uses them or they were given back).
+  size_t release_if_unused(const Matrix& old, const ModelWeights& live);
 
  private:
   // Large buffers come from anonymous mmap: zero pages are supplied lazily, so the threads that fill a buffer
@@ -55,6 +65,7 @@ class WeightStore {
     Buffer(Buffer&& o) noexcept;
     Buffer& operator=(Buffer&&) = delete;
     ~Buffer();
+    void free();
   };
   std::vector<std::unique_ptr<MappedFile>> files_;
   std::vector<Buffer> buffers_;

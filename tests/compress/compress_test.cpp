@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <nlohmann/json.hpp>
 
 #include "tests/compress/compress_test_util.h"
@@ -106,6 +107,31 @@ TEST(Compress, KeepLeavesEverythingAsLoaded) {
   const quant::CompressReport r2 = quant::compress_model(m, with_default("bf16"));
   EXPECT_EQ(test::matrices_of(m)[0]->data, data[0]);
   EXPECT_EQ(r2.bytes_before, r2.bytes_after);
+}
+
+// Compressing gives the original weights' memory back as it goes, except what a tied lm_head still reads.
+TEST(Compress, ReplacedWeightsAreGivenBack) {
+  ModelData m = testing::tiny_model(compress_config(), DType::F32);
+  const size_t before = m.store->allocated_bytes();
+  const quant::CompressReport r = quant::compress_model(m, with_default("int8"));
+  const size_t after = m.store->allocated_bytes();
+  // Only the int8 copies remain (each buffer rounded up to 64 bytes).
+  EXPECT_LE(after, r.bytes_after + 64 * r.tensors.size());
+  EXPECT_LT(after, before / 3);
+
+  ModelData tied = testing::tiny_model(compress_config(/*tied=*/true), DType::F32);
+  const size_t table = tied.weights.tok_embeddings.bytes();
+  CompressOptions o = with_default("keep");
+  o.rules = {QuantRule::parse("tok_embeddings=int8")};
+  quant::compress_model(tied, o);
+  EXPECT_EQ(tied.weights.lm_head.dtype, DType::F32);  // still the original table: it must stay
+  const float first = static_cast<const float*>(tied.weights.lm_head.data)[0];
+  EXPECT_TRUE(std::isfinite(first));
+  EXPECT_GE(tied.store->allocated_bytes(), table);
+  // Now lm_head moves too: the table goes.
+  const size_t with_table = tied.store->allocated_bytes();
+  quant::compress_model(tied, with_default("int8"));
+  EXPECT_LE(tied.store->allocated_bytes() + table, with_table + tied.weights.lm_head.bytes() + 64);
 }
 
 struct SchemeCase {
