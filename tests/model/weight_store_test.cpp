@@ -1,10 +1,10 @@
 // WeightStore::release_if_unused: what load-time compression relies on to give replaced weights' memory back.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
-#include <unistd.h>
 #include <string>
 #include <vector>
 
@@ -38,7 +38,7 @@ TEST(WeightStore, FreesABufferOnlyWhenNoLiveViewPointsIntoIt) {
   live.lm_head = live.tok_embeddings;
   EXPECT_EQ(store.release_if_unused(view(b, 4, 16), live), size_t{4} << 20);
   EXPECT_EQ(store.allocated_bytes(), total - (size_t{4} << 20));
-  EXPECT_EQ(store.release_if_unused(view(b, 4, 16), live), 0u);  // already given back
+  EXPECT_EQ(store.release_if_unused(view(b, 4, 16), live), 0u);             // already given back
   EXPECT_EQ(static_cast<const float*>(live.tok_embeddings.data)[0], 0.0f);  // a is untouched
 }
 
@@ -65,7 +65,7 @@ TEST(WeightStore, DropsTheResidentPagesOfAReplacedFileViewAndTheFileStillReads) 
   EXPECT_EQ(store.release_if_unused(first, live), 0u);
   live.tok_embeddings = second;
   EXPECT_EQ(store.release_if_unused(first, live), first.bytes());  // page-aligned here: every page of it
-  EXPECT_EQ(data[12345], 12345.0f);  // read from the file again
+  EXPECT_EQ(data[12345], 12345.0f);                                // read from the file again
   EXPECT_EQ(store.release_if_unused(second, live), 0u);
 }
 
