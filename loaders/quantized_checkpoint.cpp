@@ -264,6 +264,24 @@ class WeightReader {
 
   Matrix matrix(const std::string& name, int64_t rows, int64_t cols) { return matrix_from(require(name), rows, cols); }
 
+  // The row count a tensor's __metadata__ declares, checked to be a positive multiple of `multiple` no larger than
+  // `widest`: structured pruning may leave a layer narrower than the config, which holds the widest layer's sizes.
+  int64_t layer_width(const std::string& name, int64_t widest, int64_t multiple) {
+    const auto m = meta_.find(name);
+    int64_t rows = -1;
+    if (m != meta_.end()) {
+      const json info = json::parse(m->get<std::string>(), nullptr, /*allow_exceptions=*/false);
+      if (const auto ro = info.is_object() ? info.find("rows") : info.end();
+          ro != info.end() && ro->is_number_integer())
+        rows = ro->get<int64_t>();
+    }
+    if (rows < 0) return widest;  // matrix_from reports what is wrong with the entry
+    if (rows < multiple || rows > widest || rows % multiple != 0)
+      fail("tensor '" + name + "': " + std::to_string(rows) + " rows, but the config allows a multiple of " +
+           std::to_string(multiple) + " up to " + std::to_string(widest));
+    return rows;
+  }
+
   Matrix matrix_from(const SafetensorsTensor& t, int64_t rows, int64_t cols) {
     const std::string what = "tensor '" + t.name + "': ";
     const auto m = meta_.find(t.name);
@@ -391,17 +409,23 @@ ModelData load_quantized_checkpoint(const std::string& dir) {
     LayerWeights& lw = w.layers[static_cast<size_t>(l)];
     lw.attn_norm = r.vector(layer_name(l, "attn_norm"), c.dim);
     lw.ffn_norm = r.vector(layer_name(l, "ffn_norm"), c.dim);
-    lw.wq = r.matrix(layer_name(l, "wq"), c.q_dim(), c.dim);
-    lw.wk = r.matrix(layer_name(l, "wk"), c.kv_dim(), c.dim);
-    lw.wv = r.matrix(layer_name(l, "wv"), c.kv_dim(), c.dim);
-    lw.wo = r.matrix(layer_name(l, "wo"), c.dim, c.q_dim());
-    lw.w_gate = r.matrix(layer_name(l, "w_gate"), c.hidden_dim, c.dim);
-    lw.w_up = r.matrix(layer_name(l, "w_up"), c.hidden_dim, c.dim);
-    lw.w_down = r.matrix(layer_name(l, "w_down"), c.dim, c.hidden_dim);
+    // Each layer's widths (whole KV groups of query heads, FFN channels) from its tensors; every other tensor of the
+    // layer must agree with them.
+    const int64_t group = c.n_heads / c.n_kv_heads;
+    const int64_t q_dim = r.layer_width(layer_name(l, "wq"), c.q_dim(), group * c.head_dim);
+    const int64_t kv_dim = q_dim / group;
+    const int64_t hidden = r.layer_width(layer_name(l, "w_gate"), c.hidden_dim, 1);
+    lw.wq = r.matrix(layer_name(l, "wq"), q_dim, c.dim);
+    lw.wk = r.matrix(layer_name(l, "wk"), kv_dim, c.dim);
+    lw.wv = r.matrix(layer_name(l, "wv"), kv_dim, c.dim);
+    lw.wo = r.matrix(layer_name(l, "wo"), c.dim, q_dim);
+    lw.w_gate = r.matrix(layer_name(l, "w_gate"), hidden, c.dim);
+    lw.w_up = r.matrix(layer_name(l, "w_up"), hidden, c.dim);
+    lw.w_down = r.matrix(layer_name(l, "w_down"), c.dim, hidden);
     if (c.qkv_bias) {
-      lw.bq = r.vector(layer_name(l, "bq"), c.q_dim());
-      lw.bk = r.vector(layer_name(l, "bk"), c.kv_dim());
-      lw.bv = r.vector(layer_name(l, "bv"), c.kv_dim());
+      lw.bq = r.vector(layer_name(l, "bq"), q_dim);
+      lw.bk = r.vector(layer_name(l, "bk"), kv_dim);
+      lw.bv = r.vector(layer_name(l, "bv"), kv_dim);
     }
   }
   w.final_norm = r.vector("final_norm", c.dim);

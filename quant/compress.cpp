@@ -266,11 +266,13 @@ void resolve_specs(std::vector<Target>& targets, const CompressOptions& options,
   for (size_t i = 0; i < targets.size(); ++i) targets[i].spec = specs[i];
 }
 
-// The kv_dim version of a q_dim kAttnOut scale (equal within each GQA group): the row scale folded into wv.
-std::vector<float> kv_scale_of(const std::vector<float>& q_scale, const ModelConfig& c) {
-  const int g = c.n_heads / c.n_kv_heads;
-  std::vector<float> kv(static_cast<size_t>(c.kv_dim()));
-  for (int kvh = 0; kvh < c.n_kv_heads; ++kvh)
+// The kv_dim version of a q_dim kAttnOut scale (equal within each GQA group): the row scale folded into wv. The
+// layer's own head counts (structured pruning may have left layers with different counts).
+std::vector<float> kv_scale_of(const std::vector<float>& q_scale, const ModelConfig& c, const LayerWeights& lw) {
+  const int g = c.n_heads / c.n_kv_heads;  // the GQA group size: the same in every layer
+  const int n_kv_heads = static_cast<int>(lw.wk.rows / c.head_dim);
+  std::vector<float> kv(static_cast<size_t>(lw.wk.rows));
+  for (int kvh = 0; kvh < n_kv_heads; ++kvh)
     for (int d = 0; d < c.head_dim; ++d)
       kv[static_cast<size_t>(kvh * c.head_dim + d)] = q_scale[static_cast<size_t>(kvh * g * c.head_dim + d)];
   return kv;
@@ -279,9 +281,12 @@ std::vector<float> kv_scale_of(const std::vector<float>& q_scale, const ModelCon
 void validate_plan(const ModelData& model, const std::vector<AwqLayerPlan>& plan) {
   const ModelConfig& c = model.config;
   TESSERA_CHECK_MSG(plan.size() == model.weights.layers.size(), "AWQ plan has the wrong number of layers");
-  const int widths[kNumLinearInputs] = {c.dim, c.q_dim(), c.dim, c.hidden_dim};
   const int g = c.n_heads / c.n_kv_heads;
-  for (const AwqLayerPlan& p : plan) {
+  for (size_t l = 0; l < plan.size(); ++l) {
+    const AwqLayerPlan& p = plan[l];
+    const LayerWeights& lw = model.weights.layers[l];
+    const int q_dim = static_cast<int>(lw.wq.rows), n_heads = q_dim / c.head_dim;
+    const int widths[kNumLinearInputs] = {c.dim, q_dim, c.dim, static_cast<int>(lw.w_gate.rows)};
     for (int i = 0; i < kNumLinearInputs; ++i) {
       const auto& s = p.scale[static_cast<size_t>(i)];
       if (s.empty()) continue;
@@ -290,7 +295,7 @@ void validate_plan(const ModelData& model, const std::vector<AwqLayerPlan>& plan
     }
     const auto& so = p.scale[idx(LinearInput::kAttnOut)];
     if (!so.empty())
-      for (int h = 0; h < c.n_heads; ++h)
+      for (int h = 0; h < n_heads; ++h)
         for (int d = 0; d < c.head_dim; ++d)
           TESSERA_CHECK_MSG(
               so[static_cast<size_t>(h * c.head_dim + d)] == so[static_cast<size_t>((h / g) * g * c.head_dim + d)],
@@ -391,7 +396,7 @@ CompressReport run_pipeline(ModelData& model, const CompressOptions& options, co
       if (const auto& s = p.scale[idx(LinearInput::kFfnIn)]; !s.empty())
         for (size_t i = 0; i < s.size(); ++i) lw.ffn_norm[i] /= s[i];
       if (const auto& s = p.scale[idx(LinearInput::kAttnOut)]; !s.empty()) {
-        wv_rows[l] = kv_scale_of(s, c);
+        wv_rows[l] = kv_scale_of(s, c, lw);
         if (!lw.bv.empty())
           for (size_t i = 0; i < wv_rows[l].size(); ++i) lw.bv[i] /= wv_rows[l][i];
       }

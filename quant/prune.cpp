@@ -388,18 +388,14 @@ PruneReport prune_model(ModelData& model, const PruneOptions& options, std::span
           detail::shrink_attention(model, b.layer, keep, spec, pool, report.tensors);
       }
     }
-    // LlamaModel takes per-layer sizes from the weight shapes, but caches built from the config (tessera bench,
-    // the AWQ calibration), the attention op's row stride and AWQ's plan checks still assume the config's sizes.
-    const bool uniform = std::all_of(hidden.begin(), hidden.end(), [&](int h) { return h == hidden[0]; }) &&
-                         std::all_of(kv.begin(), kv.end(), [&](int k) { return k == kv[0]; });
-    if (!uniform)
-      throw Error(
-          "structured pruning removed different amounts in different layers (per-layer rules); parts of the engine "
-          "still size every layer from the config: prune every layer alike for now");
+    // Layers may now differ (per-layer rules): LlamaModel, its KV caches and the calibration passes take every
+    // layer's sizes from its weight shapes. The config keeps the widest layer's, which is what whole-model sizing
+    // (scratch buffers, KV memory per token) needs as an upper bound; the GQA group size never changes.
     if (n_layers > 0) {
-      c.hidden_dim = hidden[0];
-      c.n_heads = before.n_heads / before.n_kv_heads * kv[0];
-      c.n_kv_heads = kv[0];
+      c.hidden_dim = *std::max_element(hidden.begin(), hidden.end());
+      const int widest_kv = *std::max_element(kv.begin(), kv.end());
+      c.n_heads = before.n_heads / before.n_kv_heads * widest_kv;
+      c.n_kv_heads = widest_kv;
     }
   }
   tick();

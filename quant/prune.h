@@ -105,9 +105,9 @@ struct PruneReport {
 
 // Prunes `model` in place: pruned matrices get new storage in model.store, in their original dtype when it is
 // f32/f16/bf16 (zeros are exact; SparseGPT's updated survivors are rounded to it) and f32 otherwise. Structured
-// pruning shrinks the matrices and, when every layer keeps the same counts, the config's hidden_dim / n_heads /
-// n_kv_heads. Throws tessera::Error for requests it cannot honour (calibrated methods without tokens, unmatched
-// rules, different structured counts per layer while the model still takes its dimensions from the config).
+// pruning shrinks the matrices (layers may keep different counts under per-layer rules) and sets the config's
+// hidden_dim / n_heads / n_kv_heads to the widest layer's. Throws tessera::Error for requests it cannot honour
+// (calibrated methods without tokens, unmatched rules).
 PruneReport prune_model(ModelData& model, const PruneOptions& options, std::span<const int> calibration_tokens,
                         ThreadPool& pool, const std::function<void(size_t, size_t)>& progress = nullptr);
 

@@ -9,6 +9,7 @@
 #include "loaders/model_loader.h"
 #include "loaders/quantized_checkpoint.h"
 #include "quant/awq.h"
+#include "quant/prune.h"
 #include "tests/compress/compress_test_util.h"
 #include "tests/loaders/test_util.h"
 
@@ -25,7 +26,7 @@ using test::expect_error;
 std::vector<float> cpu_logits(const ModelData& m, const std::vector<int>& tokens) {
   CpuBackend be(2);
   LlamaModel model(m, be, 64);
-  KvCache cache(m.config, static_cast<int>(tokens.size()));
+  KvCache cache = model.make_cache(static_cast<int>(tokens.size()));
   std::vector<float> logits(tokens.size() * static_cast<size_t>(m.config.vocab_size));
   model.forward(tokens, 0, cache, LogitsMode::kAll, logits.data());
   return logits;
@@ -130,6 +131,36 @@ INSTANTIATE_TEST_SUITE_P(
                       RoundTripCase{"tied_split", true, false, "int4:g32", {"lm_head=int8"}, false},
                       RoundTripCase{"awq", false, true, "int4:g32", {}, true}),
     [](const auto& info) { return std::string(info.param.name); });
+
+// Structured pruning with per-layer rules leaves layers of different widths (config: the widest); int8 with
+// activation-aware scales on top, saved and loaded: each layer keeps its own widths, bit for bit.
+TEST(QuantizedCheckpoint, LayersOfDifferentWidthsRoundTrip) {
+  ModelConfig cfg = compress_config(false, /*qkv_bias=*/true);
+  cfg.n_heads = 8;
+  cfg.n_kv_heads = 4;
+  cfg.head_dim = 12;
+  ModelData m = testing::tiny_model(cfg, DType::BF16, 19);
+  CompressOptions o;
+  o.default_spec = QuantSpec::parse("int4:g32");
+  o.prune.rules = {quant::PruneRule::parse("layers.0.ffn=structured:0.5"),
+                   quant::PruneRule::parse("layers.1.attn=structured:0.5")};
+  o.activation_aware = true;
+  o.calibration_tokens = test::some_tokens(60, cfg.vocab_size);
+  quant::compress_model(m, o);
+  ASSERT_EQ(m.weights.layers[0].w_gate.rows, 100);
+  ASSERT_EQ(m.weights.layers[1].w_gate.rows, 200);
+  ASSERT_EQ(m.weights.layers[0].wk.rows, 48);
+  ASSERT_EQ(m.weights.layers[1].wk.rows, 24);
+  EXPECT_EQ(m.config.hidden_dim, 200);
+  EXPECT_EQ(m.config.n_kv_heads, 4);
+
+  test::TempDir dir;
+  save_quantized_checkpoint(m, dir.file("q"));
+  const ModelData loaded = load_model(dir.file("q"));
+  expect_same_model(m, loaded);
+  const std::vector<int> tokens = test::some_tokens(20, cfg.vocab_size);
+  EXPECT_EQ(cpu_logits(m, tokens), cpu_logits(loaded, tokens));
+}
 
 TEST(QuantizedCheckpoint, IsValidSafetensorsWithoutHoles) {
   ModelData m = testing::tiny_model(compress_config(true), DType::F32, 2);

@@ -29,7 +29,7 @@ inline ModelConfig compress_config(bool tied = false, bool qkv_bias = false) {
 inline std::vector<float> logits_of(const ModelData& m, const std::vector<int>& tokens) {
   ReferenceBackend be;
   LlamaModel model(m, be, 64);
-  KvCache cache(m.config, static_cast<int>(tokens.size()));
+  KvCache cache = model.make_cache(static_cast<int>(tokens.size()));  // each layer's own widths
   std::vector<float> logits(tokens.size() * static_cast<size_t>(m.config.vocab_size));
   model.forward(tokens, 0, cache, LogitsMode::kAll, logits.data());
   return logits;

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <numeric>
 #include <vector>
 
@@ -257,6 +258,50 @@ TEST(PruneModel, StructuredAttentionRemovesWholeKvGroups) {
   const std::vector<int> probe = some_tokens(12, c.vocab_size, 9);
   EXPECT_LT(rel_l2(logits_of(m, probe), logits_of(zeroed, probe)), 1e-5);
   (void)orig;
+}
+
+// Per-layer rules remove different amounts in different layers: each layer keeps its own widths, the config the
+// widest, and the model computes what the original does with the removed channels' and heads' outputs zeroed.
+TEST(PruneModel, StructuredAmountsMayDifferPerLayer) {
+  ModelConfig c = compress_config(false, /*qkv_bias=*/true);
+  c.n_heads = 8;
+  c.n_kv_heads = 4;
+  c.head_dim = 12;
+  ModelData m = testing::tiny_model(c, DType::F32, 10);
+  ThreadPool pool(2);
+  const auto r = quant::prune_model(
+      m,
+      options("none", {"layers.0.ffn=structured:0.3", "layers.1.ffn=structured:0.6", "layers.1.attn=structured:0.5"}),
+      {}, pool);
+  EXPECT_EQ(m.weights.layers[0].w_gate.rows, 140);
+  EXPECT_EQ(m.weights.layers[1].w_gate.rows, 80);
+  EXPECT_EQ(m.weights.layers[0].wq.rows, 96);  // layer 0's attention untouched
+  EXPECT_EQ(m.weights.layers[1].wq.rows, 48);
+  EXPECT_EQ(m.weights.layers[1].wk.rows, 24);
+  EXPECT_EQ(m.config.hidden_dim, 140);
+  EXPECT_EQ(m.config.n_kv_heads, 4);
+  EXPECT_EQ(m.config.n_heads, 8);
+
+  ModelData zeroed = testing::tiny_model(c, DType::F32, 10);
+  const auto zero_cols = [&](Matrix& w, const std::vector<int>& cols) {
+    std::vector<float> v = dequantized(w);
+    for (int64_t rr = 0; rr < w.rows; ++rr)
+      for (int col : cols) v[static_cast<size_t>(rr * w.cols + col)] = 0.0f;
+    uint8_t* buf = zeroed.store->allocate(v.size() * 4);
+    std::memcpy(buf, v.data(), v.size() * 4);
+    w.data = buf;
+  };
+  for (int l = 0; l < 2; ++l) {
+    const auto* down = find(r, "layers." + std::to_string(l) + ".w_down");
+    ASSERT_NE(down, nullptr);
+    zero_cols(zeroed.weights.layers[static_cast<size_t>(l)].w_down, down->removed_cols);
+  }
+  const auto* wo = find(r, "layers.1.wo");
+  ASSERT_NE(wo, nullptr);
+  EXPECT_EQ(find(r, "layers.0.wo"), nullptr);
+  zero_cols(zeroed.weights.layers[1].wo, wo->removed_cols);
+  const std::vector<int> probe = some_tokens(12, c.vocab_size, 9);
+  EXPECT_LT(rel_l2(logits_of(m, probe), logits_of(zeroed, probe)), 1e-5);
 }
 
 TEST(PruneModel, TwoOfFourWithInt8OrInt4IsStoredCompressed) {
