@@ -3,7 +3,7 @@
 
 - 2 replicas (dp derived from the job size) write exactly what one process writes, and both take work;
 - 2 replicas x tp 2 give the same texts, token counts and finish reasons;
-- a job stopped midway (SIGTERM to mpirun, which ends its ranks) and started again ends with complete,
+- a job stopped midway (SIGTERM to mpirun and its ranks) and started again ends with complete,
   duplicate-free output equal to one process's;
 - layouts that do not fit the job are refused with a clear error.
 
@@ -25,6 +25,25 @@ def check(cond, what):
     print(("ok   " if cond else "FAIL ") + what)
     if not cond:
         FAILURES.append(what)
+
+
+def descendants(pid):
+    """Every process below pid (from /proc)."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
 
 
 def read_by_id(path):
@@ -105,7 +124,13 @@ def main():
             break
         time.sleep(0.005)
     if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)  # mpirun passes it to the ranks and waits for them
+        # SIGTERM to mpirun and to its ranks at once: mpirun alone forwards it only after a delay in which the ranks
+        # may finish the whole job (seen: a third of it), and then nothing was stopped midway.
+        for pid in [proc.pid] + descendants(proc.pid):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
     proc.wait(timeout=60)
     written = open(stopped).read().count("\n")
     check(10 <= written < n_long, f"stopped midway ({written} of {n_long} lines)")
