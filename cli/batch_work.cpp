@@ -155,13 +155,7 @@ void BatchReplica::start(BatchItem item, std::vector<BatchResult>& outbox) {
     const bool chat = url == "/v1/chat/completions" || (url.empty() && body.contains("messages"));
     run->parsed =
         chat ? server::parse_chat(body, tokenizer_, chat_template_) : server::parse_completion(body, tokenizer_);
-    std::vector<serving::ServingRequest> requests;
-    for (int i = 0; i < run->parsed.n; ++i) {
-      serving::ServingRequest r = run->parsed.request;
-      if (r.sampling.seed) r.sampling.seed = *r.sampling.seed + static_cast<uint64_t>(i);
-      requests.push_back(std::move(r));
-    }
-    serving::Submission s = engine_.submit(std::move(requests));
+    serving::Submission s = engine_.submit(server::engine_requests(run->parsed));
     if (s.status != serving::SubmitStatus::kOk)
       throw Error(s.status == serving::SubmitStatus::kQueueFull ? "the engine's queue is full" : "shutting down");
     run->streams = std::move(s.streams);
@@ -191,20 +185,20 @@ bool collect(BatchReplica::Running& r) {
   return all;
 }
 
-BatchResult result_of(const BatchReplica::Running& r, const Tokenizer& tokenizer) {
+BatchResult result_of(const BatchReplica::Running& r) {
   const BatchItem& it = r.item;
   for (const server::Choice& c : r.choices)
     if (c.finish == serving::FinishKind::kError)
       return {batch_error_line(it.id, it.line, "generation failed: " + c.error, "server_error"), 0, true};
-  const json choices = server::openai_choices(r.parsed, r.choices, tokenizer);
-  const json usage = server::usage_of(r.choices);
+  const json choices = server::openai_choices(r.parsed, r.choices);
+  const json usage = server::usage_of(r.choices, r.parsed.n);
   const json& first = choices.at(0);
   json out{{"id", it.id},
            {"line", it.line},
            {"text", first.contains("message") ? first["message"]["content"] : first["text"]},
            {"finish_reason", first["finish_reason"]},
            {"usage", usage}};
-  if (r.parsed.n > 1 || r.parsed.want_logprobs) out["choices"] = choices;
+  if (r.choices.size() > 1 || r.parsed.want_logprobs) out["choices"] = choices;
   return {dump(out), usage["completion_tokens"].get<int64_t>()};
 }
 
@@ -217,7 +211,7 @@ void BatchReplica::run(WorkSource& source, const std::function<void()>& each_rou
     bool progressed = false;
     for (size_t i = 0; i < running_.size();) {
       if (collect(*running_[i])) {
-        outbox.push_back(result_of(*running_[i], tokenizer_));
+        outbox.push_back(result_of(*running_[i]));
         running_.erase(running_.begin() + static_cast<std::ptrdiff_t>(i));
         progressed = true;
       } else {

@@ -146,12 +146,12 @@ void ApiServer::generate(const HttpRequest& request, HttpResponder& responder, c
   }
   if (body.contains("model") && !body["model"].is_null() && !body["model"].is_string())
     throw bad_request("model", "model must be a string");
-  std::vector<serving::ServingRequest> requests;
-  for (int i = 0; i < p.n; ++i) {
-    serving::ServingRequest r = p.request;
-    if (r.sampling.seed) r.sampling.seed = *r.sampling.seed + static_cast<uint64_t>(i);
-    requests.push_back(std::move(r));
-  }
+  // Every prompt of a list is its own engine request (n of them), all submitted at once or none.
+  std::vector<serving::ServingRequest> requests = engine_requests(p);
+  if (static_cast<int>(requests.size()) > engine_->config().max_queue)
+    throw bad_request("prompt", "the request makes " + std::to_string(requests.size()) +
+                                    " sequences (prompts x n) but the server queues at most " +
+                                    std::to_string(engine_->config().max_queue));
   serving::Submission s;
   try {
     s = engine_->submit(std::move(requests));
@@ -191,7 +191,7 @@ void ApiServer::respond_whole(const ParsedRequest& p, Streams& streams, HttpResp
 
   const std::string id = std::to_string(next_id_++);
   const int64_t created = static_cast<int64_t>(std::time(nullptr));
-  const std::string prefix = p.echo ? p.prompt_text : "";
+  const std::string prefix = p.echo ? p.prompts[0].text : "";
   if (p.kind == ApiKind::kTgi) {
     const Choice& c = choices[0];
     json out{{"generated_text", prefix + c.text}};
@@ -213,8 +213,8 @@ void ApiServer::respond_whole(const ParsedRequest& p, Streams& streams, HttpResp
              {"object", chat ? "chat.completion" : "text_completion"},
              {"created", created},
              {"model", options_.model_name},
-             {"choices", openai_choices(p, choices, *tokenizer_)},
-             {"usage", usage_of(choices)}});
+             {"choices", openai_choices(p, choices)},
+             {"usage", usage_of(choices, p.n)}});
 }
 
 void ApiServer::respond_stream(const ParsedRequest& p, Streams& streams, HttpResponder& responder) {
@@ -238,23 +238,41 @@ void ApiServer::respond_stream(const ParsedRequest& p, Streams& streams, HttpRes
                                                         {"delta", {{"role", "assistant"}, {"content", ""}}},
                                                         {"logprobs", nullptr},
                                                         {"finish_reason", nullptr}}}))));
-  } else if (p.echo && !tgi) {
-    for (size_t i = 0; i < streams.size() && ok; ++i)
-      ok = responder.write(sse(chunk_json(
-          json::array({{{"index", i}, {"text", p.prompt_text}, {"logprobs", nullptr}, {"finish_reason", nullptr}}}))));
   }
+  // Completions with echo start each choice with its prompt's text; with logprobs that chunk waits for the prompt's
+  // logprobs, which come before the choice's first token.
+  std::vector<char> echo_pending(streams.size(), p.echo && !tgi && !chat ? 1 : 0);
+  auto write_echo = [&](size_t i, const Choice& c) {
+    echo_pending[i] = 0;
+    return responder.write(
+        sse(chunk_json(json::array({{{"index", i},
+                                     {"text", p.prompt_of(i).text},
+                                     {"logprobs", p.want_logprobs ? completion_logprobs(c.prompt, 0) : json(nullptr)},
+                                     {"finish_reason", nullptr}}}))));
+  };
+  if (!p.want_logprobs)
+    for (size_t i = 0; i < streams.size() && ok; ++i)
+      if (echo_pending[i]) ok = write_echo(i, choices[i]);
   size_t n_done = 0;
   int tgi_index = 0;
   std::vector<size_t> emitted(streams.size(), 0);
+  bool idle = false;  // the last pass over the streams brought nothing
   while (ok && n_done < streams.size()) {
+    // The engine steps every sequence together, so after an empty pass one stream is waited on, the rest polled.
+    bool waited = false, progressed = false;
     for (size_t i = 0; i < streams.size() && ok; ++i) {
       Choice& c = choices[i];
       if (c.finished) continue;
-      StreamChunk chunk = streams[i]->next(kPoll / static_cast<int>(streams.size()));
+      StreamChunk chunk = streams[i]->next(idle && !waited ? kPoll : std::chrono::milliseconds(0));
+      waited = true;
+      progressed =
+          progressed || !chunk.prompt.empty() || !chunk.tokens.empty() || !chunk.tail.empty() || chunk.finished;
       const size_t first_new = c.tokens.size();
       const std::string delta = absorb(c, chunk);
       const std::vector<serving::TokenOutput> new_tokens(c.tokens.begin() + static_cast<long>(first_new),
                                                          c.tokens.end());
+      if (echo_pending[i] && (!c.prompt.empty() || !new_tokens.empty() || c.finished)) ok = write_echo(i, c);
+      if (!ok) break;
       if (tgi) {
         // One event per token; the last carries the whole text and the details, so the newest token is held
         // back until the stream says whether it was the last.
@@ -265,7 +283,7 @@ void ApiServer::respond_stream(const ParsedRequest& p, Streams& streams, HttpRes
           const std::string text = tok.text + (last ? chunk.tail : "");
           json ev{{"index", tgi_index++},
                   {"token", {{"id", tok.token}, {"text", text}, {"logprob", tok.logprob}, {"special", false}}},
-                  {"generated_text", last ? json((p.echo ? p.prompt_text : "") + c.text) : json(nullptr)},
+                  {"generated_text", last ? json((p.echo ? p.prompts[0].text : "") + c.text) : json(nullptr)},
                   {"details",
                    last ? json{{"finish_reason", tgi_finish(c.finish)},
                                {"generated_tokens", c.completion_tokens},
@@ -276,9 +294,11 @@ void ApiServer::respond_stream(const ParsedRequest& p, Streams& streams, HttpRes
         emitted[i] = ready;
       } else if (!new_tokens.empty() || !delta.empty() || c.finished) {
         json choice{{"index", i}, {"logprobs", nullptr}, {"finish_reason", nullptr}};
-        if (p.want_logprobs && !new_tokens.empty())
-          choice["logprobs"] = chat ? chat_logprobs(*tokenizer_, new_tokens)
-                                    : completion_logprobs(*tokenizer_, new_tokens, c.text.size() - delta.size());
+        if (p.want_logprobs && !new_tokens.empty()) {
+          const size_t echoed = p.echo ? p.prompt_of(i).text.size() : 0;
+          choice["logprobs"] =
+              chat ? chat_logprobs(new_tokens) : completion_logprobs(new_tokens, echoed + c.text.size() - delta.size());
+        }
         if (chat) {
           choice["delta"] = delta.empty() ? json::object() : json{{"content", delta}};
         } else {
@@ -289,6 +309,7 @@ void ApiServer::respond_stream(const ParsedRequest& p, Streams& streams, HttpRes
       }
       if (c.finished) ++n_done;
     }
+    idle = !progressed;
     if (ok && n_done < streams.size() && responder.client_gone()) ok = false;
   }
   if (!ok) {
@@ -298,7 +319,7 @@ void ApiServer::respond_stream(const ParsedRequest& p, Streams& streams, HttpRes
   if (!tgi) {
     if (p.include_usage) {
       json usage = chunk_json(json::array());
-      usage["usage"] = usage_of(choices);
+      usage["usage"] = usage_of(choices, p.n);
       responder.write(sse(usage));
     }
     responder.write("data: [DONE]\n\n");

@@ -7,7 +7,6 @@
 #include <string>
 #include <vector>
 
-#include "engine/runtime/tokenizer.h"
 #include "engine/serving/request.h"
 #include "server/request_parsing.h"
 
@@ -16,6 +15,7 @@ namespace tessera::server {
 // What one choice (one submitted sequence) produced so far.
 struct Choice {
   std::string text;
+  std::vector<serving::TokenOutput> prompt;  // with prompt logprobs (echo + logprobs): the prompt's tokens
   std::vector<serving::TokenOutput> tokens;
   bool finished = false;
   serving::FinishKind finish = serving::FinishKind::kLength;
@@ -28,16 +28,17 @@ struct Choice {
 std::string absorb(Choice& c, serving::StreamChunk& chunk);
 
 // OpenAI logprobs objects: completions ({tokens, token_logprobs, top_logprobs, text_offset}, offsets counted from
-// text_offset) and chat ({content: [{token, logprob, bytes, top_logprobs}]}).
-nlohmann::json completion_logprobs(const Tokenizer& tok, const std::vector<serving::TokenOutput>& tokens,
-                                   size_t text_offset);
-nlohmann::json chat_logprobs(const Tokenizer& tok, const std::vector<serving::TokenOutput>& tokens);
+// text_offset; a token without a logprob, the first of an echoed prompt, has null for both) and chat
+// ({content: [{token, logprob, bytes, top_logprobs}]}). Token strings are the text each token adds in context.
+nlohmann::json completion_logprobs(const std::vector<serving::TokenOutput>& tokens, size_t text_offset);
+nlohmann::json chat_logprobs(const std::vector<serving::TokenOutput>& tokens);
 
-// {prompt_tokens, completion_tokens, total_tokens} over every choice of one request.
-nlohmann::json usage_of(const std::vector<Choice>& choices);
+// {prompt_tokens, completion_tokens, total_tokens} over every choice of one request: n choices per prompt (they
+// share its prompt tokens), prompt after prompt.
+nlohmann::json usage_of(const std::vector<Choice>& choices, int n);
 
-// The "choices" array of a finished completion or chat completion (text / message, finish_reason, logprobs);
-// completions echo the prompt when asked.
-nlohmann::json openai_choices(const ParsedRequest& p, const std::vector<Choice>& choices, const Tokenizer& tokenizer);
+// The "choices" array of a finished completion or chat completion (index, text / message, finish_reason,
+// logprobs); completions echo their prompt when asked, with its logprobs first when logprobs are asked too.
+nlohmann::json openai_choices(const ParsedRequest& p, const std::vector<Choice>& choices);
 
 }  // namespace tessera::server

@@ -85,15 +85,45 @@ void parse_max_tokens(const json& body, const char* key, int dflt, ParsedRequest
   p.request.max_new_tokens = static_cast<int>(integer(body, key, 1, 1 << 24).value_or(dflt));
 }
 
-std::vector<int> token_array(const json& v, const char* key) {
-  std::vector<int> ids;
-  for (const json& t : v) {
-    if (!t.is_number_integer()) throw bad_request(key, std::string(key) + " must be a string or a list of token ids");
-    const int64_t id = t.get<int64_t>();
-    if (id < 0 || id > INT32_MAX) throw bad_request(key, "token id " + std::to_string(id) + " is out of range");
-    ids.push_back(static_cast<int>(id));
+constexpr const char* kPromptForms =
+    "prompt must be a string, a list of token ids, or a list of strings or of token-id lists";
+
+// One prompt of a completion request, a string or a list of token ids; `name` says which in errors.
+PromptInput completion_prompt(const json& v, const Tokenizer& tokenizer, const std::string& name) {
+  PromptInput in;
+  if (v.is_string()) {
+    in.text = v.get<std::string>();
+    if (in.text.empty()) throw bad_request("prompt", name + " is empty");
+    in.tokens = tokenizer.encode(in.text, /*add_bos=*/true);
+    return in;
   }
-  return ids;
+  if (!v.is_array()) throw bad_request("prompt", kPromptForms);
+  if (v.empty()) throw bad_request("prompt", name + " is empty");
+  for (const json& t : v) {
+    if (!t.is_number_integer()) throw bad_request("prompt", name + ": " + kPromptForms);
+    const int64_t id = t.get<int64_t>();
+    if (id < 0 || id >= tokenizer.vocab_size())
+      throw bad_request("prompt", name + ": token id " + std::to_string(id) + " is outside the vocabulary");
+    in.tokens.push_back(static_cast<int>(id));
+  }
+  in.text = tokenizer.decode(in.tokens);
+  return in;
+}
+
+// OpenAI's prompt forms: a string, token ids, or a batch (a list of strings, or a list of token-id lists).
+std::vector<PromptInput> completion_prompts(const json& prompt, const Tokenizer& tokenizer) {
+  if (prompt.is_array() && !prompt.empty() && (prompt[0].is_string() || prompt[0].is_array())) {
+    const bool strings = prompt[0].is_string();
+    std::vector<PromptInput> out;
+    for (size_t i = 0; i < prompt.size(); ++i) {
+      const std::string name = "prompt[" + std::to_string(i) + "]";
+      if (prompt[i].is_string() != strings || (!strings && !prompt[i].is_array()))
+        throw bad_request("prompt", name + ": a prompt list holds only strings or only lists of token ids");
+      out.push_back(completion_prompt(prompt[i], tokenizer, name));
+    }
+    return out;
+  }
+  return {completion_prompt(prompt, tokenizer, "the prompt")};
 }
 
 }  // namespace
@@ -113,25 +143,7 @@ ParsedRequest parse_completion(const json& body, const Tokenizer& tokenizer) {
   ParsedRequest p;
   p.kind = ApiKind::kCompletion;
   if (!body.contains("prompt")) throw bad_request("prompt", "prompt is required");
-  json prompt = body["prompt"];
-  // A batch of one prompt is accepted in either form; larger batches are not supported.
-  if (prompt.is_array() && prompt.size() == 1 && (prompt[0].is_string() || prompt[0].is_array())) prompt = prompt[0];
-  if (prompt.is_string()) {
-    p.prompt_text = prompt.get<std::string>();
-    if (p.prompt_text.empty()) throw bad_request("prompt", "the prompt is empty");
-    p.request.prompt = tokenizer.encode(p.prompt_text, /*add_bos=*/true);
-  } else if (prompt.is_array()) {
-    if (prompt.empty()) throw bad_request("prompt", "the prompt is empty");
-    if (!prompt[0].is_number_integer())
-      throw bad_request("prompt", "prompt must be a string, a list of token ids, or a list with one of those");
-    p.request.prompt = token_array(prompt, "prompt");
-    for (int id : p.request.prompt)
-      if (id >= tokenizer.vocab_size())
-        throw bad_request("prompt", "token id " + std::to_string(id) + " is outside the vocabulary");
-    p.prompt_text = tokenizer.decode(p.request.prompt);
-  } else {
-    throw bad_request("prompt", "prompt must be a string or a list of token ids");
-  }
+  p.prompts = completion_prompts(body["prompt"], tokenizer);
   parse_max_tokens(body, "max_tokens", 16, p);
   parse_sampling(body, p);
   p.echo = boolean(body, "echo").value_or(false);
@@ -139,6 +151,8 @@ ParsedRequest parse_completion(const json& body, const Tokenizer& tokenizer) {
     p.want_logprobs = true;
     p.request.top_logprobs = static_cast<int>(*lp);
   }
+  // echo with logprobs reports the prompt's tokens and logprobs too.
+  p.request.prompt_logprobs = p.echo && p.want_logprobs;
   return p;
 }
 
@@ -175,8 +189,8 @@ ParsedRequest parse_chat(const json& body, const Tokenizer& tokenizer, const Cha
   } catch (const Error& e) {
     throw bad_request("messages", e.what());
   }
-  p.request.prompt = chat_template.encode(tokenizer, text);
-  if (p.request.prompt.empty()) throw bad_request("messages", "the chat prompt is empty");
+  p.prompts = {{chat_template.encode(tokenizer, text), text}};
+  if (p.prompts[0].tokens.empty()) throw bad_request("messages", "the chat prompt is empty");
   // max_completion_tokens is the newer name; either works.
   parse_max_tokens(body, body.contains("max_completion_tokens") ? "max_completion_tokens" : "max_tokens", 256, p);
   parse_sampling(body, p);
@@ -192,9 +206,9 @@ ParsedRequest parse_tgi(const json& body, const Tokenizer& tokenizer, bool strea
   p.kind = ApiKind::kTgi;
   p.stream = stream;
   if (!body.contains("inputs") || !body["inputs"].is_string()) throw bad_request("inputs", "inputs must be a string");
-  p.prompt_text = body["inputs"].get<std::string>();
-  if (p.prompt_text.empty()) throw bad_request("inputs", "inputs is empty");
-  p.request.prompt = tokenizer.encode(p.prompt_text, /*add_bos=*/true);
+  const std::string inputs = body["inputs"].get<std::string>();
+  if (inputs.empty()) throw bad_request("inputs", "inputs is empty");
+  p.prompts = {{tokenizer.encode(inputs, /*add_bos=*/true), inputs}};
   const json params = body.value("parameters", json::object());
   if (!params.is_object()) throw bad_request("parameters", "parameters must be an object");
   parse_max_tokens(params, "max_new_tokens", 20, p);
@@ -215,6 +229,19 @@ ParsedRequest parse_tgi(const json& body, const Tokenizer& tokenizer, bool strea
   p.want_logprobs = true;  // TGI reports the logprob of every token
   p.request.top_logprobs = 0;
   return p;
+}
+
+std::vector<serving::ServingRequest> engine_requests(const ParsedRequest& p) {
+  std::vector<serving::ServingRequest> out;
+  for (const PromptInput& in : p.prompts) {
+    for (int j = 0; j < p.n; ++j) {
+      serving::ServingRequest r = p.request;
+      r.prompt = in.tokens;
+      if (r.sampling.seed) r.sampling.seed = *r.sampling.seed + static_cast<uint64_t>(j);
+      out.push_back(std::move(r));
+    }
+  }
+  return out;
 }
 
 }  // namespace tessera::server

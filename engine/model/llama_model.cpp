@@ -305,11 +305,12 @@ void LlamaModel::head(std::span<const SequenceChunk> chunks, bool all_rows, floa
     int row = 0;
     for (const SequenceChunk& ch : chunks) {
       row += ch.n_tokens;
-      if (!ch.logits) continue;
-      backend_.rmsnorm(x + sz(row - 1) * dim, weights_.final_norm, 1, c.dim, c.rms_eps, xb + sz(rows) * dim);
-      ++rows;
+      const int take = ch.all_logits ? ch.n_tokens : ch.logits ? 1 : 0;
+      if (take == 0) continue;
+      backend_.rmsnorm(x + sz(row - take) * dim, weights_.final_norm, take, c.dim, c.rms_eps, xb + sz(rows) * dim);
+      rows += take;
     }
-    // Each row is one chunk's last token: computed as it would be alone.
+    // Each row is computed as it would be alone (as a chunk's last token).
     if (rows > 0) logits_of(xb, rows, /*per_row=*/true, out);
   }
   if (out != logits && rows > 0) backend_.copy_to_host(logits, out, sz(rows) * sz(c.vocab_size) * sizeof(float));

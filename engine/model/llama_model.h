@@ -48,12 +48,14 @@ class ActivationObserver {
 };
 
 // One sequence's part of a batch: n_tokens consecutive rows at positions pos0.., its keys and values go to
-// `cache`; `logits` asks for the logits of its last row.
+// `cache`; `logits` asks for the logits of its last row, `all_logits` for those of every row (a prompt's
+// log-probabilities), each computed as the last row alone would be.
 struct SequenceChunk {
   KvCache* cache = nullptr;
   int pos0 = 0;
   int n_tokens = 0;
   bool logits = true;
+  bool all_logits = false;
 };
 
 class LlamaModel {
@@ -83,7 +85,7 @@ class LlamaModel {
 
   // Several sequences as one batch (at most max_batch_tokens rows in all): matmuls over every row together,
   // attention per sequence. tokens: each chunk's tokens, chunk after chunk. logits: one [vocab] row per chunk
-  // with `logits` set, in order. Needs pp_size 1.
+  // with `logits` set and n_tokens rows per chunk with `all_logits` set, in order. Needs pp_size 1.
   void forward_batch(std::span<const int> tokens, std::span<const SequenceChunk> chunks, float* logits);
 
   // --- pipeline stage calls (what forward_batch is made of) ------------------------------------------------
@@ -94,8 +96,9 @@ class LlamaModel {
   void embed(std::span<const int> tokens);
   // Runs hidden through this shard's layers. Checks each chunk's positions against its cache.
   void run_layers(std::span<const SequenceChunk> chunks);
-  // Last stage: final norm and lm_head. all_rows: logits of every row ([rows][vocab]); otherwise one row per
-  // chunk with `logits` set. Every tensor-parallel rank gets the full vocabulary.
+  // Last stage: final norm and lm_head. all_rows: logits of every row ([rows][vocab]); otherwise, chunk after
+  // chunk, n_tokens rows for a chunk with `all_logits`, one for a chunk with `logits`. Every tensor-parallel rank
+  // gets the full vocabulary.
   void head(std::span<const SequenceChunk> chunks, bool all_rows, float* logits);
 
   // Rows in a batch of chunks; throws when it exceeds max_batch_tokens.

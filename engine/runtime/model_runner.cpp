@@ -124,6 +124,8 @@ void ModelRunner::validate(std::span<const StepChunk> chunks, std::span<const in
     const int capacity = slot_capacity(ch.slot);
     if (capacity == 0) throw Error("sequence slot " + std::to_string(ch.slot) + " is not open");
     if (ch.n_tokens < 1) throw Error("a sequence in a step has no tokens");
+    if (ch.logits < StepChunk::kNoRows || ch.logits > StepChunk::kAllRows)
+      throw Error("a sequence in a step asks for logits mode " + std::to_string(ch.logits));
     const int64_t end = static_cast<int64_t>(ch.pos0) + ch.n_tokens;
     if (ch.pos0 < 0 || end > capacity || end > c.max_seq_len)
       throw Error("sequence of " + std::to_string(end) + " tokens exceeds the context (" +
@@ -209,7 +211,9 @@ void ModelRunner::serve() {
 
 int ModelRunner::logit_rows(const Plan& plan) const {
   if (plan.all_rows) return plan.n_rows;
-  return static_cast<int>(std::count_if(chunks_.begin(), chunks_.end(), [](const StepChunk& c) { return c.logits; }));
+  int rows = 0;
+  for (const StepChunk& c : chunks_) rows += c.logits == StepChunk::kAllRows ? c.n_tokens : c.logits != 0 ? 1 : 0;
+  return rows;
 }
 
 void ModelRunner::send_plan(const Plan& plan) {
@@ -305,6 +309,7 @@ void ModelRunner::execute_step(const Plan& plan) {
   }
   const int rows = logit_rows(plan);
   if (rows == 0) return;
+  for (size_t i = 0; i < chunks_.size(); ++i) seq_chunks_[i].all_logits = chunks_[i].logits == StepChunk::kAllRows;
   const size_t k = ring_next_;
   ring_next_ = (ring_next_ + 1) % logits_ring_.size();
   if (ring_send_[k] != 0) groups_->world->wait_send(std::exchange(ring_send_[k], 0));

@@ -24,12 +24,14 @@
 namespace tessera {
 
 // One sequence's part of a step: `n_tokens` tokens at positions pos0.. into KV slot `slot`; `logits` asks for
-// the logits of its last token. Plain ints: it travels in plans.
+// the logits of its last token (kLastRow) or of every token (kAllRows: a prompt's log-probabilities; the last row
+// is the same as with kLastRow). Plain ints: it travels in plans.
 struct StepChunk {
+  static constexpr int32_t kNoRows = 0, kLastRow = 1, kAllRows = 2;
   int32_t slot = 0;
   int32_t pos0 = 0;
   int32_t n_tokens = 0;
-  int32_t logits = 1;
+  int32_t logits = kLastRow;
 };
 
 // A paged KV cache for the runner's slots: every rank keeps one pool of num_blocks blocks of block_size rows (a
@@ -87,8 +89,8 @@ class ModelRunner {
   // sent) for a closed slot, positions beyond the slot or the context, a token outside the vocabulary, or more
   // rows than max_batch_tokens.
   void begin_step(std::span<const StepChunk> chunks, std::span<const int> tokens, bool all_rows = false);
-  // Finishes the oldest unfinished step: logits of every chunk with `logits` set, [count][vocab], or with
-  // all_rows of every row, [rows][vocab].
+  // Finishes the oldest unfinished step: chunk after chunk, one [vocab] row per chunk with kLastRow and n_tokens
+  // rows per chunk with kAllRows; or with all_rows every row of the step, [rows][vocab].
   void finish_step(float* logits);
   void step(std::span<const StepChunk> chunks, std::span<const int> tokens, float* logits, bool all_rows = false) {
     begin_step(chunks, tokens, all_rows);

@@ -38,6 +38,22 @@ std::string TextStream::push(int token) {
   return release(held_ + delta, false);
 }
 
+std::vector<std::string> TextStream::peek(const std::vector<int>& candidates) const {
+  // The same decode windows as push().
+  const std::string prefix_text = tokenizer_.decode(slice(tokens_, prefix_offset_, read_offset_));
+  std::vector<int> window = slice(tokens_, prefix_offset_, tokens_.size());
+  window.push_back(0);
+  std::vector<std::string> out;
+  out.reserve(candidates.size());
+  for (int token : candidates) {
+    window.back() = token;
+    const std::string new_text = tokenizer_.decode(window);
+    const bool ready = new_text.size() > prefix_text.size() && !new_text.ends_with(kReplacementChar);
+    out.push_back(ready ? new_text.substr(prefix_text.size()) : std::string());
+  }
+  return out;
+}
+
 std::string TextStream::finish() {
   if (stopped_) return {};
   return release(held_, true);

@@ -21,6 +21,11 @@ class TextStream {
   std::string push(int token);
   // Text still held back, released at the end of generation (without any stop string).
   std::string finish();
+  // For each candidate, the text it adds to the decoded sequence if it comes next, in context (" upon" after
+  // "Once", "Once" at the very start), before stop strings: what logprobs report as a token's string. Empty for a
+  // piece that leaves an unfinished UTF-8 sequence (the piece that completes it carries the whole character), so
+  // the strings of pushed tokens spell the text. Changes nothing; one decode of the context for all candidates.
+  std::vector<std::string> peek(const std::vector<int>& candidates) const;
 
   bool stopped() const { return stopped_; }
   // Everything emitted so far.

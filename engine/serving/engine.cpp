@@ -10,6 +10,19 @@
 
 namespace tessera::serving {
 
+namespace {
+
+// Sets the text in context of out.token and of its alternatives: what each adds after the text so far.
+void name_tokens(const TextStream& text, TokenOutput& out) {
+  std::vector<int> candidates{out.token};
+  for (const TopLogprob& t : out.top) candidates.push_back(t.token);
+  std::vector<std::string> pieces = text.peek(candidates);
+  out.piece = std::move(pieces[0]);
+  for (size_t i = 0; i < out.top.size(); ++i) out.top[i].piece = std::move(pieces[i + 1]);
+}
+
+}  // namespace
+
 struct ServingEngine::Sequence {
   Sequence(int id, ServingRequest r, int vocab, const Tokenizer& tokenizer)
       : request(std::move(r)), sampler(request.sampling, vocab), tokens(request.prompt) {
@@ -20,6 +33,28 @@ struct ServingEngine::Sequence {
     if (!visible.empty() && visible.front() == tokenizer.bos_id()) visible.erase(visible.begin());
     text.emplace(tokenizer, visible, request.stop, /*echo=*/false);
     stream = std::make_shared<RequestStream>(n_prompt);
+    if (request.prompt_logprobs) {
+      // The first prompt token has nothing before it: no logprob, only its text.
+      prompt_text.emplace(tokenizer, std::vector<int>{}, std::vector<std::string>{}, /*echo=*/false);
+      TokenOutput first;
+      first.token = tokens[0];
+      first.has_logprob = false;
+      name_tokens(*prompt_text, first);
+      prompt_text->push(first.token);
+      prompt_out.push_back(std::move(first));
+      if (n_prompt == 1) finish_prompt();
+    }
+  }
+
+  // The step row whose logits score the next unscored prompt token, or -1 when none is wanted.
+  int prompt_row() const {
+    return request.prompt_logprobs && !prompt_done ? static_cast<int>(prompt_out.size()) - 1 : -1;
+  }
+  void finish_prompt() {
+    stream->push_prompt(std::move(prompt_out));
+    prompt_out = {};
+    prompt_text.reset();
+    prompt_done = true;
   }
 
   SeqSchedState sched;
@@ -30,6 +65,10 @@ struct ServingEngine::Sequence {
   std::optional<TextStream> text;
   std::unordered_map<int, int> generated_counts;  // for presence/frequency penalties
   std::shared_ptr<RequestStream> stream;
+  // prompt_logprobs: the prompt tokens scored so far and their text, until all are scored and pushed.
+  std::optional<TextStream> prompt_text;
+  std::vector<TokenOutput> prompt_out;
+  bool prompt_done = false;
   Clock::time_point arrival = Clock::now();
   Clock::time_point first_token;
   bool admitted_once = false;
@@ -80,6 +119,7 @@ void ServingEngine::validate(const ServingRequest& r) const {
   if (!std::isfinite(r.frequency_penalty) || std::fabs(r.frequency_penalty) > 2.0f)
     throw Error("frequency_penalty must be in [-2, 2]");
   if (r.top_logprobs > 20) throw Error("top_logprobs must be at most 20");
+  if (r.prompt_logprobs && r.top_logprobs < 0) throw Error("prompt logprobs need logprobs");
 }
 
 Submission ServingEngine::submit(std::vector<ServingRequest> requests) {
@@ -162,7 +202,7 @@ void ServingEngine::step() {
     finish(*seqs_.at(id), FinishKind::kCancelled);
   }
 
-  const StepPlan plan = scheduler_.schedule();
+  StepPlan plan = scheduler_.schedule();
   for (int id : plan.preempted) {
     model_.release(id);
     metrics_.count_preemption();
@@ -185,10 +225,13 @@ void ServingEngine::step() {
 
   step_tokens_.clear();
   int n_logits = 0;
-  for (const ScheduledChunk& c : plan.chunks) {
+  for (ScheduledChunk& c : plan.chunks) {
     const Sequence& seq = *seqs_.at(c.seq_id);
     step_tokens_.insert(step_tokens_.end(), seq.tokens.begin() + c.pos0, seq.tokens.begin() + c.pos0 + c.n_tokens);
-    n_logits += c.logits ? 1 : 0;
+    // Only a chunk holding the row that scores the next prompt token pays for every row's logits.
+    const int prompt_row = seq.prompt_row();
+    c.all_logits = prompt_row >= c.pos0 && prompt_row < c.pos0 + c.n_tokens;
+    n_logits += logit_rows(c);
   }
   const size_t vocab = static_cast<size_t>(model_.vocab_size());
   step_logits_.resize(static_cast<size_t>(n_logits) * vocab);
@@ -203,8 +246,43 @@ void ServingEngine::step() {
   for (const ScheduledChunk& c : plan.chunks) {
     Sequence& seq = *seqs_.at(c.seq_id);
     seq.sched.n_computed += c.n_tokens;
-    if (c.logits) sample(seq, step_logits_.data() + row++ * vocab);
+    const float* rows = step_logits_.data() + row * vocab;
+    row += static_cast<size_t>(logit_rows(c));
+    // The prompt's logprobs first: they reach the stream before the first generated token.
+    if (c.all_logits) score_prompt(seq, c, rows);
+    if (c.logits) sample(seq, step_logits_.data() + (row - 1) * vocab);
   }
+}
+
+void ServingEngine::score_prompt(Sequence& seq, const ScheduledChunk& c, const float* logits) {
+  const size_t vocab = static_cast<size_t>(model_.vocab_size());
+  // Row r holds the logits after token r: they score prompt token r + 1.
+  for (int r = seq.prompt_row(); r >= c.pos0 && r < c.pos0 + c.n_tokens && r + 1 < seq.n_prompt; ++r) {
+    TokenOutput out;
+    out.token = seq.tokens[static_cast<size_t>(r + 1)];
+    logprobs_of(logits + static_cast<size_t>(r - c.pos0) * vocab, seq.request.top_logprobs, out);
+    name_tokens(*seq.prompt_text, out);
+    seq.prompt_text->push(out.token);
+    seq.prompt_out.push_back(std::move(out));
+  }
+  if (static_cast<int>(seq.prompt_out.size()) == seq.n_prompt) seq.finish_prompt();
+}
+
+void ServingEngine::logprobs_of(const float* raw, int k, TokenOutput& out) {
+  const int vocab = model_.vocab_size();
+  const float max_logit = *std::max_element(raw, raw + vocab);
+  double sum = 0.0;
+  for (int i = 0; i < vocab; ++i) sum += std::exp(static_cast<double>(raw[i] - max_logit));
+  const float log_z = max_logit + static_cast<float>(std::log(sum));
+  out.logprob = raw[out.token] - log_z;
+  out.top.clear();
+  if (k <= 0) return;
+  top_ids_.resize(static_cast<size_t>(vocab));
+  for (int i = 0; i < vocab; ++i) top_ids_[static_cast<size_t>(i)] = i;
+  const size_t n = std::min(static_cast<size_t>(k), top_ids_.size());
+  std::partial_sort(top_ids_.begin(), top_ids_.begin() + static_cast<long>(n), top_ids_.end(),
+                    [&](int a, int b) { return raw[a] > raw[b] || (raw[a] == raw[b] && a < b); });
+  for (size_t i = 0; i < n; ++i) out.top.push_back({top_ids_[i], raw[top_ids_[i]] - log_z, {}});
 }
 
 void ServingEngine::sample(Sequence& seq, float* logits) {
@@ -220,20 +298,8 @@ void ServingEngine::sample(Sequence& seq, float* logits) {
   out.token = token;
   if (r.top_logprobs >= 0) {
     // Log-probabilities of the model's own distribution (before penalties and temperature), as vLLM reports.
-    const float* raw = raw_logits_.data();
-    const float max_logit = *std::max_element(raw, raw + vocab);
-    double sum = 0.0;
-    for (int i = 0; i < vocab; ++i) sum += std::exp(static_cast<double>(raw[i] - max_logit));
-    const float log_z = max_logit + static_cast<float>(std::log(sum));
-    out.logprob = raw[token] - log_z;
-    if (r.top_logprobs > 0) {
-      std::vector<int> ids(static_cast<size_t>(vocab));
-      for (int i = 0; i < vocab; ++i) ids[static_cast<size_t>(i)] = i;
-      const size_t k = std::min(static_cast<size_t>(r.top_logprobs), ids.size());
-      std::partial_sort(ids.begin(), ids.begin() + static_cast<long>(k), ids.end(),
-                        [&](int a, int b) { return raw[a] > raw[b] || (raw[a] == raw[b] && a < b); });
-      for (size_t i = 0; i < k; ++i) out.top.push_back({ids[i], raw[ids[i]] - log_z});
-    }
+    logprobs_of(raw_logits_.data(), r.top_logprobs, out);
+    name_tokens(*seq.text, out);
   }
 
   const Clock::time_point now = Clock::now();

@@ -1,7 +1,9 @@
 // The serving engine: one thread owns every sequence, the scheduler and the KV block pool, and runs
 // iteration-level steps (continuous batching): between two steps it takes in new requests and cancellations,
 // asks the Scheduler for the next step, runs it through the StepModel, samples one token per sequence whose
-// chunk produced logits and pushes the results into each request's RequestStream.
+// chunk produced logits and pushes the results into each request's RequestStream. Log-probabilities (of sampled
+// tokens, and of prompt tokens for requests with prompt_logprobs, whose prefill chunks alone ask the model for
+// every row's logits) are computed here too, with each token's text in context (TextStream::peek).
 //
 // HTTP threads only call submit() (which validates and enqueues) and read/cancel their streams. The engine
 // never blocks on a client: results wait in the stream until read. shutdown() stops accepting, finishes every
@@ -54,7 +56,8 @@ class ServingEngine {
   // Throws tessera::Error when the request can never run (empty or too long prompt, more rows than the context
   // or the KV pool holds, bad sampling values).
   void validate(const ServingRequest& request) const;
-  // Validates all, then enqueues all or none (n > 1 completions are several requests). Thread-safe.
+  // Validates all, then enqueues all or none (n > 1 completions and prompt lists are several requests).
+  // Thread-safe.
   Submission submit(std::vector<ServingRequest> requests);
   // Wakes the engine so it sees cancelled streams now rather than after the current step. Thread-safe.
   void notify_cancel();
@@ -72,6 +75,11 @@ class ServingEngine {
   void step();
   void finish(Sequence& seq, FinishKind kind, std::string error = {});
   void sample(Sequence& seq, float* logits);
+  // Scores the prompt tokens whose preceding row is in chunk c (logits: its n_tokens rows); pushes them all to the
+  // stream once every prompt token is scored.
+  void score_prompt(Sequence& seq, const ScheduledChunk& c, const float* logits);
+  // out.logprob of out.token and the k most likely tokens under raw logits (log softmax, as vLLM reports).
+  void logprobs_of(const float* raw, int k, TokenOutput& out);
   void publish_gauges();
 
   StepModel& model_;
@@ -96,6 +104,7 @@ class ServingEngine {
   std::vector<int> step_tokens_;
   std::vector<float> step_logits_;
   std::vector<float> raw_logits_;
+  std::vector<int> top_ids_;
 
   std::thread thread_;  // last: starts after everything above is built
 };

@@ -20,7 +20,8 @@ std::string_view finish_reason_name(FinishKind f) {
 
 StreamChunk RequestStream::next(std::chrono::milliseconds timeout) {
   std::unique_lock lock(mu_);
-  cv_.wait_for(lock, timeout, [&] { return !pending_.tokens.empty() || pending_.finished; });
+  cv_.wait_for(lock, timeout,
+               [&] { return !pending_.tokens.empty() || !pending_.prompt.empty() || pending_.finished; });
   StreamChunk out = std::move(pending_);
   pending_ = StreamChunk{};
   if (finished_) {
@@ -32,6 +33,15 @@ StreamChunk RequestStream::next(std::chrono::milliseconds timeout) {
   out.prompt_tokens = pending_.prompt_tokens = prompt_tokens_;
   out.completion_tokens = pending_.completion_tokens = completion_tokens_;
   return out;
+}
+
+void RequestStream::push_prompt(std::vector<TokenOutput> prompt) {
+  {
+    std::lock_guard lock(mu_);
+    pending_.prompt.insert(pending_.prompt.end(), std::make_move_iterator(prompt.begin()),
+                           std::make_move_iterator(prompt.end()));
+  }
+  cv_.notify_all();
 }
 
 void RequestStream::push(TokenOutput token) {

@@ -23,6 +23,9 @@ struct ServingRequest {
   std::vector<std::string> stop;   // stop strings; the text is cut before them
   bool stop_at_eos = true;
   int top_logprobs = -1;  // -1: no logprobs; k >= 0: the chosen token's logprob and the k most likely
+  // Also every prompt token's logprob and top_logprobs alternatives under the tokens before it (echo with
+  // logprobs); needs top_logprobs >= 0. Only this request's prefill chunks compute logits for every row.
+  bool prompt_logprobs = false;
 };
 
 enum class FinishKind {
@@ -40,17 +43,24 @@ std::string_view finish_reason_name(FinishKind f);
 struct TopLogprob {
   int token = 0;
   float logprob = 0.0f;
+  std::string piece;  // the text this token would have added in place of the chosen one (TextStream::peek)
 };
 
 struct TokenOutput {
   int token = 0;
-  std::string text;  // text that became final with this token (may be empty: held back or an EOS)
+  std::string text;  // text that became final with this token (may be empty: held back or an EOS); prompt: empty
   float logprob = 0.0f;
   std::vector<TopLogprob> top;  // most likely first; empty unless requested
+  // With logprobs: the text this token adds in context, before stop strings (" upon" after "Once"; empty for a
+  // byte piece that does not finish a character), so that the pieces of a sequence spell its text.
+  std::string piece;
+  bool has_logprob = true;  // false only for the first prompt token: nothing precedes it (no logprob, no top)
 };
 
 // Everything that arrived since the previous read.
 struct StreamChunk {
+  // prompt_logprobs: every prompt token (the first without a logprob), all at once, before any generated token.
+  std::vector<TokenOutput> prompt;
   std::vector<TokenOutput> tokens;
   std::string tail;  // text released at the end (held back for a possible stop string), after the tokens
   bool finished = false;
@@ -72,6 +82,7 @@ class RequestStream {
   bool cancel_requested() const { return cancel_.load(std::memory_order_relaxed); }
 
   // Engine side.
+  void push_prompt(std::vector<TokenOutput> prompt);
   void push(TokenOutput token);
   void finish(FinishKind kind, std::string tail, std::string error = {});
 

@@ -42,7 +42,8 @@ void RunnerStepModel::forward(std::span<const int> tokens, std::span<const Sched
   batch_.clear();
   for (const ScheduledChunk& c : chunks) {
     const int slot = slot_for(c.seq_id, c.pos0 + c.n_tokens, c.pos0);
-    batch_.push_back(StepChunk{slot, c.pos0, c.n_tokens, c.logits ? 1 : 0});
+    const int32_t logits = c.all_logits ? StepChunk::kAllRows : c.logits ? StepChunk::kLastRow : StepChunk::kNoRows;
+    batch_.push_back(StepChunk{slot, c.pos0, c.n_tokens, logits});
   }
   runner_.step(batch_, tokens, logits);
 }

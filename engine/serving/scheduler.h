@@ -37,7 +37,15 @@ struct ScheduledChunk {
   int pos0 = 0;
   int n_tokens = 0;
   bool logits = false;  // the chunk reaches the end of the known tokens: sample the next one
+  // Set by the engine, not the scheduler: the logits of every row are wanted too (prompt logprobs).
+  bool all_logits = false;
 };
+
+// The [vocab] logits rows a chunk produces: n_tokens with all_logits (the last is the sampling row when logits is
+// set too), else one when logits is set.
+inline int logit_rows(const ScheduledChunk& c) {
+  return c.all_logits ? c.n_tokens : c.logits ? 1 : 0;
+}
 
 struct StepPlan {
   std::vector<ScheduledChunk> chunks;  // decodes first, then prefill chunks

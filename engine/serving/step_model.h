@@ -16,7 +16,9 @@ class StepModel {
   // Longest sequence (prompt plus generated) the model can hold.
   virtual int context_length() const = 0;
   // tokens: every chunk's tokens, chunk after chunk (chunks[i].n_tokens each, at positions chunks[i].pos0...).
-  // logits: one [vocab] row per chunk with logits == true, in chunk order. Throws tessera::Error on bad input.
+  // logits: chunk after chunk, logit_rows(chunk) [vocab] rows: the logits after each of its tokens with all_logits,
+  // after its last token with only logits. A chunk's last row is the same with or without all_logits (greedy
+  // outputs must not change). Throws tessera::Error on bad input.
   virtual void forward(std::span<const int> tokens, std::span<const ScheduledChunk> chunks, float* logits) = 0;
   // Drops the keys and values of a sequence (finished, cancelled or preempted). No-op for unknown ids.
   virtual void release(int seq_id) = 0;

@@ -77,6 +77,34 @@ TEST(BatchForward, RowsWithoutLogitsAreSkipped) {
   for (size_t i = 0; i < V; ++i) ASSERT_NEAR(got[i], want[i], 1e-5);
 }
 
+TEST(BatchForward, AllLogitsChunkGivesEveryRowAndLeavesTheOthersExact) {
+  // A prompt's log-probabilities need the logits of every row of its chunks; the chunk's last row and the other
+  // sequences' rows must stay bit for bit what they are without it (greedy outputs do not change).
+  const ModelData m = testing::tiny_model(testing::tiny_config(), DType::F32, 25);
+  CpuBackend be(2);
+  const size_t V = static_cast<size_t>(m.config.vocab_size);
+  const std::vector<int> a{1, 4, 8, 15, 16, 23}, b{1, 9, 9, 30};
+  LlamaModel model(m, be, 64);
+  std::vector<float> every(a.size() * V);
+  {
+    KvCache cache = model.make_cache(64);
+    model.forward(a, 0, cache, LogitsMode::kAll, every.data());
+  }
+  KvCache ca = model.make_cache(64), cb = model.make_cache(64);
+  std::vector<float> scratch(V);
+  model.forward({b.data(), 3}, 0, cb, LogitsMode::kLast, scratch.data());
+  std::vector<int> tokens{b[3]};
+  tokens.insert(tokens.end(), a.begin(), a.end());
+  SequenceChunk chunks[] = {{&cb, 3, 1, true}, {&ca, 0, 6, true, /*all_logits=*/true}};
+  std::vector<float> got((1 + a.size()) * V);
+  model.forward_batch(tokens, chunks, got.data());
+  const std::vector<float> want_b = alone(m, be, b, 3), want_last = alone(m, be, a, 0);
+  for (size_t i = 0; i < V; ++i) ASSERT_EQ(got[i], want_b[i]) << "decode row, logit " << i;
+  for (size_t r = 0; r < a.size(); ++r)
+    for (size_t i = 0; i < V; ++i) ASSERT_NEAR(got[(1 + r) * V + i], every[r * V + i], 1e-4) << "row " << r;
+  for (size_t i = 0; i < V; ++i) ASSERT_EQ(got[a.size() * V + i], want_last[i]) << "last row, logit " << i;
+}
+
 TEST(BatchForward, BatchLimitAndContextAreUserErrors) {
   const ModelData m = testing::tiny_model(testing::tiny_config(), DType::F32, 23);
   CpuBackend be(1);
@@ -109,6 +137,23 @@ TEST(ModelRunner, SlotsAreIndependentAndValidated) {
   for (size_t i = 0; i < V; ++i) ASSERT_EQ(two[i], two[V + i]);  // same prompt, same logits, separate caches
   const std::vector<float> want = alone(m, be, p, 0);
   for (size_t i = 0; i < V; ++i) ASSERT_NEAR(two[i], want[i], 1e-5);
+
+  // kAllRows: every row of that chunk, the other chunks' last rows; the prompt's last row as with kLastRow.
+  runner.open_slot(1, 8);
+  runner.open_slot(2, 8);
+  const StepChunk rows_and_last[] = {{1, 0, 3, StepChunk::kAllRows}, {2, 0, 3, StepChunk::kLastRow}};
+  std::vector<float> four(4 * V);
+  runner.step(rows_and_last, tokens, four.data());
+  std::vector<float> every(3 * V);
+  {
+    KvCache cache = model.make_cache(8);
+    model.forward(p, 0, cache, LogitsMode::kAll, every.data());
+  }
+  for (size_t i = 0; i < 3 * V; ++i) ASSERT_NEAR(four[i], every[i], 1e-5);
+  for (size_t i = 0; i < V; ++i) ASSERT_EQ(four[2 * V + i], two[i]);
+  for (size_t i = 0; i < V; ++i) ASSERT_EQ(four[3 * V + i], two[V + i]);
+  const StepChunk bad_mode{1, 3, 1, 3};
+  EXPECT_THROW(runner.step({&bad_mode, 1}, {p.data(), 1}, l0.data()), Error);
 
   const StepChunk closed{3, 0, 1, 1};
   EXPECT_THROW(runner.step({&closed, 1}, {p.data(), 1}, l0.data()), Error);

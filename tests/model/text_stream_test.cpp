@@ -81,5 +81,27 @@ TEST(TextStream, PossibleStopPrefixIsHeldThenReleased) {
   EXPECT_FALSE(s.stopped());
 }
 
+TEST(TextStream, PeekGivesEachCandidatesTextInContext) {
+  TextStream s(tok(), {}, {"THE END"}, false);
+  // At the start a piece loses its space; after text it keeps it.
+  EXPECT_EQ(s.peek({3, 4, 1}), (std::vector<std::string>{"Once", "upon", ""}));  // BOS adds nothing
+  s.push(3);
+  EXPECT_EQ(s.peek({4, 6, 13}), (std::vector<std::string>{" upon", "\n", " THE"}));  // before any stop string
+  EXPECT_EQ(s.peek({4}), (std::vector<std::string>{" upon"}));                       // nothing changed
+  // Byte pieces of one character: empty until the one that completes it, which carries the whole character.
+  std::string spelled = "Once";
+  for (int id : {8, 9, 10, 4}) {
+    spelled += s.peek({id})[0];
+    s.push(id);
+  }
+  EXPECT_EQ(spelled, "Once\xE2\x9C\x85 upon");
+  EXPECT_EQ(s.peek({8})[0], "");
+}
+
+TEST(TextStream, PeekAfterAContextKeepsTheSpace) {
+  const TextStream s(tok(), {1, 3}, {}, false);  // <s> Once
+  EXPECT_EQ(s.peek({4, 7}), (std::vector<std::string>{" upon", "Lily"}));
+}
+
 }  // namespace
 }  // namespace tessera

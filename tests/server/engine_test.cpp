@@ -3,7 +3,9 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <thread>
 
 #include "engine/core/check.h"
@@ -191,6 +193,124 @@ TEST(ServingEngine, StopStringsEosAndLogprobs) {
     EXPECT_LE(t.logprob, 0.0f);
     EXPECT_GE(t.top[0].logprob, t.top[1].logprob);
   }
+}
+
+struct Outputs {
+  std::vector<TokenOutput> prompt, tokens;
+  int prompt_chunks_before_tokens = 0;  // reads that brought prompt entries before any generated token had come
+};
+
+Outputs collect_outputs(RequestStream& s) {
+  Outputs o;
+  for (;;) {
+    StreamChunk c = s.next(1000ms);
+    if (!c.prompt.empty() && o.tokens.empty()) ++o.prompt_chunks_before_tokens;
+    for (auto& t : c.prompt) o.prompt.push_back(t);
+    for (auto& t : c.tokens) o.tokens.push_back(t);
+    if (c.finished) return o;
+  }
+}
+
+TEST(ServingEngine, PromptLogprobsScoreEveryPromptTokenFromItsOwnRows) {
+  // A 9-token prompt prefilled in chunks of 4 ([0,4) [4,8) [8,9)) next to a plain request: prompt token p is
+  // scored from the row after token p - 1, only the chunks holding such rows ask for every row's logits, and the
+  // generated tokens (of both requests) are those of runs without prompt logprobs.
+  const EngineConfig config{.max_num_seqs = 4, .max_queue = 8, .max_step_tokens = 4, .block_size = 4, .num_blocks = 64};
+  const std::vector<int> prompt = prompt_of(5, 9);
+  ServingRequest plain = greedy(prompt, 6), other = greedy(prompt_of(6, 7), 6);
+  plain.top_logprobs = other.top_logprobs = 2;
+  std::vector<TokenOutput> alone, other_alone;
+  {
+    Harness h(config);
+    alone = collect_outputs(*h.engine.submit({plain}).streams[0]).tokens;
+    other_alone = collect_outputs(*h.engine.submit({other}).streams[0]).tokens;
+    EXPECT_EQ(h.model.all_logits_chunks.load(), 0);  // nobody asked: no chunk pays for every row
+  }
+  Harness h(config);
+  ServingRequest scored = plain;
+  scored.prompt_logprobs = true;
+  Submission s = h.engine.submit({scored, other});
+  ASSERT_EQ(s.status, SubmitStatus::kOk);
+  const Outputs got = collect_outputs(*s.streams[0]);
+  const Outputs got_other = collect_outputs(*s.streams[1]);
+
+  ASSERT_EQ(got.prompt.size(), prompt.size());
+  EXPECT_EQ(got.prompt_chunks_before_tokens, 1);  // all at once, before the first generated token
+  EXPECT_FALSE(got.prompt[0].has_logprob);
+  EXPECT_TRUE(got.prompt[0].top.empty());
+  std::string spelled;
+  std::vector<float> row(kVocab);
+  for (size_t p = 0; p < prompt.size(); ++p) {
+    const TokenOutput& t = got.prompt[p];
+    EXPECT_EQ(t.token, prompt[p]);
+    EXPECT_TRUE(t.text.empty());
+    spelled += t.piece;
+    if (p == 0) continue;
+    // Independently: log softmax of the logits after tokens 0..p-1, at token p.
+    h.model.fill_logits(prompt, static_cast<int>(p), row.data());
+    double z = 0.0;
+    for (float v : row) z += std::exp(static_cast<double>(v));
+    EXPECT_TRUE(t.has_logprob);
+    EXPECT_NEAR(t.logprob, row[static_cast<size_t>(prompt[p])] - std::log(z), 1e-5) << "prompt token " << p;
+    ASSERT_EQ(t.top.size(), 2u);
+    const size_t best = static_cast<size_t>(std::max_element(row.begin(), row.end()) - row.begin());
+    EXPECT_EQ(t.top[0].token, static_cast<int>(best));
+    EXPECT_NEAR(t.top[0].logprob, row[best] - std::log(z), 1e-5);
+    EXPECT_GE(t.top[0].logprob, t.top[1].logprob);
+    const std::string best_id = std::to_string(best);
+    EXPECT_EQ(t.top[0].piece, " " + best_id);  // the alternative's text in context
+  }
+  EXPECT_EQ(spelled, h.tokenizer.decode(prompt));  // the pieces spell the prompt
+
+  ASSERT_EQ(got.tokens.size(), alone.size());
+  for (size_t i = 0; i < alone.size(); ++i) {
+    EXPECT_EQ(got.tokens[i].token, alone[i].token);
+    EXPECT_EQ(got.tokens[i].logprob, alone[i].logprob);
+    EXPECT_EQ(got.tokens[i].piece, alone[i].piece);
+  }
+  ASSERT_EQ(got_other.tokens.size(), other_alone.size());
+  for (size_t i = 0; i < other_alone.size(); ++i) EXPECT_EQ(got_other.tokens[i].token, other_alone[i].token);
+  EXPECT_TRUE(got_other.prompt.empty());
+  // Rows 0..7 score tokens 1..8: the chunks [0,4) and [4,8); the last chunk's only row is the sampling row.
+  EXPECT_EQ(h.model.all_logits_chunks.load(), 2);
+  EXPECT_EQ(h.model.all_logits_rows.load(), 8);
+  EXPECT_EQ(h.model.violations.load(), 0);
+}
+
+TEST(ServingEngine, PromptLogprobsOfAOneTokenPromptAndValidation) {
+  Harness h({.max_num_seqs = 2, .max_queue = 2, .max_step_tokens = 64, .block_size = 4, .num_blocks = 64});
+  ServingRequest r = greedy({1}, 3);
+  r.prompt_logprobs = true;
+  EXPECT_THROW(h.engine.validate(r), Error);  // prompt logprobs need logprobs
+  r.top_logprobs = 0;
+  Submission s = h.engine.submit({r});
+  ASSERT_EQ(s.status, SubmitStatus::kOk);
+  const Outputs got = collect_outputs(*s.streams[0]);
+  ASSERT_EQ(got.prompt.size(), 1u);
+  EXPECT_FALSE(got.prompt[0].has_logprob);
+  EXPECT_EQ(got.tokens.size(), 3u);
+  EXPECT_EQ(h.model.all_logits_chunks.load(), 0);
+}
+
+TEST(ServingEngine, LogprobTokenStringsSpellTheGeneratedText) {
+  Harness h({.max_num_seqs = 2, .max_queue = 8, .max_step_tokens = 64, .block_size = 4, .num_blocks = 64});
+  ServingRequest r = greedy(prompt_of(3, 6), 8);
+  r.top_logprobs = 1;
+  Submission s = h.engine.submit({r});
+  ASSERT_EQ(s.status, SubmitStatus::kOk);
+  std::string text, spelled;
+  for (;;) {
+    StreamChunk c = s.streams[0]->next(1000ms);
+    for (auto& t : c.tokens) {
+      text += t.text;
+      spelled += t.piece;
+      const std::string id = std::to_string(t.token);
+      EXPECT_EQ(t.piece, " " + id);  // with its leading space, after the prompt
+    }
+    text += c.tail;
+    if (c.finished) break;
+  }
+  EXPECT_EQ(spelled, text);
 }
 
 }  // namespace

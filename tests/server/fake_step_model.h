@@ -35,14 +35,25 @@ class FakeStepModel final : public StepModel {
       for (int i = 0; i < c.n_tokens; ++i) h.push_back(tokens[offset + static_cast<size_t>(i)]);
       offset += static_cast<size_t>(c.n_tokens);
       n += c.n_tokens;
-      if (!c.logits) continue;
-      uint64_t x = 1469598103934665603ull;
-      for (size_t i = 0; i < h.size(); ++i) x = (x ^ static_cast<uint64_t>(h[i] + 7 * i)) * 1099511628211ull;
-      const int target = static_cast<int>(x % static_cast<uint64_t>(vocab_));
-      float* out = logits + row++ * static_cast<size_t>(vocab_);
-      for (int j = 0; j < vocab_; ++j) out[j] = -static_cast<float>((j - target) * (j - target)) * 0.01f;
+      if (c.all_logits) {
+        ++all_logits_chunks;
+        all_logits_rows += c.n_tokens;
+      }
+      // Every row's logits with all_logits (row i: after the history up to pos0 + i), else the last row's.
+      for (int i = c.all_logits ? 0 : c.n_tokens - 1; i < c.n_tokens && (c.logits || c.all_logits); ++i)
+        fill_logits(h, c.pos0 + i + 1, logits + row++ * static_cast<size_t>(vocab_));
     }
     max_step_tokens = std::max(max_step_tokens.load(), n);
+  }
+
+  // The logits after the first `len` tokens of history h: a peak at a token that depends on all of them, and
+  // log-probabilities that tests can recompute.
+  void fill_logits(const std::vector<int>& h, int len, float* out) const {
+    uint64_t x = 1469598103934665603ull;
+    for (size_t i = 0; i < static_cast<size_t>(len); ++i)
+      x = (x ^ static_cast<uint64_t>(h[i] + 7 * i)) * 1099511628211ull;
+    const int target = static_cast<int>(x % static_cast<uint64_t>(vocab_));
+    for (int j = 0; j < vocab_; ++j) out[j] = -static_cast<float>((j - target) * (j - target)) * 0.01f;
   }
   void release(int seq_id) override { cached_.erase(seq_id); }
 
@@ -50,6 +61,8 @@ class FakeStepModel final : public StepModel {
   std::atomic<int> violations{0};
   std::atomic<int> steps{0};
   std::atomic<int> max_step_tokens{0};
+  std::atomic<int> all_logits_chunks{0};  // chunks that asked for every row's logits
+  std::atomic<int> all_logits_rows{0};
 
  private:
   int vocab_, context_;

@@ -1,5 +1,7 @@
 """End-to-end tests of `tessera serve` on stories260K: every endpoint with requests, the openai package and curl,
-streaming parsed chunk by chunk, bad input, and 64 concurrent clients whose greedy outputs must equal single runs.
+streaming parsed chunk by chunk, bad input, prompt lists (batches), echo with the prompt's logprobs (checked against
+generating each prompt token after its prefix), logprob token strings that spell the text, and 64 concurrent
+clients whose greedy outputs must equal single runs.
 
 usage: test_server_api.py TESSERA MODELS_DIR {api|concurrency}
 """
@@ -171,6 +173,142 @@ def api_tests(srv):
     check(srv.metric('tessera_requests_total{status="400"}') >= 15, "400s counted in /metrics")
 
 
+def post_completion(url, body):
+    r = requests.post(url + "/v1/completions", json=body, timeout=120)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def batch_tests(srv):
+    """prompt as a list of strings or of token-id lists: every prompt is its own request, n choices each."""
+    url = srv.url
+    prompts = ["Once upon a time", "Lily had a", "The cat"]
+    alone = [complete(url, p, 20) for p in prompts]
+    out = complete(url, prompts, 20, n=2)
+    check([c["index"] for c in out["choices"]] == list(range(6)), "list: choice indices 0..5 in order")
+    for i, c in enumerate(out["choices"]):
+        check(c["text"] == alone[i // 2]["choices"][0]["text"],
+              "list: choice %d is prompt %d's greedy text alone: %r" % (i, i // 2, c["text"]))
+        check(c["finish_reason"] == "length", "list: finish_reason of choice %d" % i)
+    want_prompt = sum(a["usage"]["prompt_tokens"] for a in alone)
+    check(out["usage"] == {"prompt_tokens": want_prompt, "completion_tokens": 6 * 20,
+                           "total_tokens": want_prompt + 6 * 20}, "list: usage summed %r" % out["usage"])
+    # Echo gives each choice its own prompt.
+    echo = complete(url, prompts, 3, echo=True)
+    check([c["text"].startswith(p) for c, p in zip(echo["choices"], prompts)] == [True] * 3, "list: echo per prompt")
+
+    # Token-id lists, with seeded sampling: each prompt gets what it gets alone.
+    ids = [[1, 403, 407, 261, 378], [1, 403, 407]]
+    single = [complete(url, i, 12, temperature=1.0, seed=5, n=2) for i in ids]
+    batch = complete(url, ids, 12, temperature=1.0, seed=5, n=2)
+    check([c["text"] for c in batch["choices"]] == [c["text"] for s in single for c in s["choices"]],
+          "token-id list with n=2 and a seed equals each prompt alone")
+    check(batch["choices"][0]["text"] != batch["choices"][1]["text"], "n=2 samples differ within a prompt")
+
+    # Streaming a list: chunks carry their choice's index; per index the deltas add up to the whole text.
+    r = requests.post(url + "/v1/completions", stream=True, timeout=120,
+                      json={"prompt": prompts, "max_tokens": 20, "temperature": 0, "n": 2, "stream": True,
+                            "stream_options": {"include_usage": True}})
+    events = list(sse_events(r))
+    check(events[-1] == "[DONE]", "list stream ends with [DONE]")
+    chunks = [json.loads(e) for e in events[:-1]]
+    texts, finals = {}, {}
+    for c in chunks:
+        for ch in c["choices"]:
+            texts[ch["index"]] = texts.get(ch["index"], "") + ch["text"]
+            if ch["finish_reason"] is not None:
+                finals[ch["index"]] = finals.get(ch["index"], []) + [ch["finish_reason"]]
+    check(sorted(texts) == list(range(6)), "list stream: indices 0..5 (%r)" % sorted(texts))
+    check(all(texts.get(i) == out["choices"][i]["text"] for i in range(6)), "list stream: texts equal the whole response")
+    check(all(finals.get(i) == ["length"] for i in range(6)), "list stream: one finish_reason per choice")
+    check(chunks[-1]["choices"] == [] and chunks[-1]["usage"] == out["usage"], "list stream: usage chunk")
+
+    # Bad lists are refused whole, before anything runs.
+    prompt_tokens0 = srv.metric("tessera_prompt_tokens_total")
+    for bad, what in [([], "an empty list"), ([""], "a list with an empty string"),
+                      (["Once", ""], "an empty string among prompts"), ([[1, 403], []], "an empty token list"),
+                      (["Once", [1, 403]], "strings and token lists mixed"), ([[1, 403], "Once"], "token lists then a string"),
+                      (["Once", 5], "a number among strings"), ([[1, 403], [1, 99999]], "a token outside the vocabulary"),
+                      ([[1, "x"]], "a string in a token list"), ([None], "null"),
+                      (["Once upon a time", "Once upon a time " * 200], "one prompt beyond the context")]:
+        resp = requests.post(url + "/v1/completions", json={"prompt": bad, "max_tokens": 4}, timeout=60)
+        check(resp.status_code == 400 and "message" in resp.json().get("error", {}), "400 for %s" % what)
+    check(srv.metric("tessera_prompt_tokens_total") == prompt_tokens0, "nothing of a refused list was run")
+
+
+def echo_logprob_tests(srv):
+    """echo + logprobs: the prompt's tokens and logprobs first, each equal to the logprob of generating that token
+    after the tokens before it (a different code path: sampling after a prefill of the prefix)."""
+    url = srv.url
+    # A prompt of likely but not only greedy tokens: a story sampled with top_k=20, so every prompt token is among
+    # the 20 most likely after its prefix and appears in a prefix request's top_logprobs.
+    g = requests.post(url + "/generate", timeout=120, json={
+        "inputs": "Once upon a time", "parameters": {"max_new_tokens": 12, "do_sample": True, "temperature": 1.0,
+                                                     "top_k": 20, "seed": 11, "details": True}}).json()
+    ids = [1, 403, 407, 261, 378] + [t["id"] for t in g["details"]["tokens"] if t["id"] != 2]
+    out = post_completion(url, {"prompt": ids, "max_tokens": 4, "temperature": 0, "echo": True, "logprobs": 5})
+    choice = out["choices"][0]
+    lp = choice["logprobs"]
+    check(len(lp["tokens"]) == len(ids) + 4, "echo logprobs: prompt tokens then generated (%d)" % len(lp["tokens"]))
+    check(lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None, "first prompt token has null logprob")
+    check("".join(lp["tokens"]) == choice["text"], "echo tokens spell the text: %r" % lp["tokens"])
+    check(all(choice["text"][o:].startswith(t) for o, t in zip(lp["text_offset"], lp["tokens"])), "echo text_offset")
+    check(all(x is not None and x <= 0 for x in lp["token_logprobs"][1:]), "echo logprob values")
+    plain = post_completion(url, {"prompt": ids, "max_tokens": 4, "temperature": 0, "logprobs": 5})
+    check(choice["text"].endswith(plain["choices"][0]["text"]), "echo does not change the greedy output")
+    check(lp["token_logprobs"][len(ids):] == plain["choices"][0]["logprobs"]["token_logprobs"],
+          "echo does not change the generated tokens' logprobs")
+    not_greedy = 0
+    for p in range(1, len(ids)):
+        ref = post_completion(url, {"prompt": ids[:p], "max_tokens": 1, "temperature": 0, "logprobs": 20})
+        top = ref["choices"][0]["logprobs"]["top_logprobs"][0]
+        tok = lp["tokens"][p]
+        if tok not in top:
+            check(False, "prompt token %d (%r) among the 20 most likely after its prefix" % (p, tok))
+            continue
+        check(abs(top[tok] - lp["token_logprobs"][p]) < 1e-4,
+              "prompt token %d (%r): logprob %r equals generating it after its prefix %r" %
+              (p, tok, lp["token_logprobs"][p], top[tok]))
+        best = sorted(top.items(), key=lambda kv: -kv[1])[:5]
+        got = lp["top_logprobs"][p]
+        check(len(got) == 5 and all(k in got and abs(got[k] - v) < 1e-4 for k, v in best),
+              "prompt token %d: top_logprobs are the prefix's 5 most likely" % p)
+        not_greedy += max(top.values()) > top[tok]
+    check(not_greedy >= 2, "the prompt also has tokens that are not the greedy choice (%d)" % not_greedy)
+
+    # A list with echo + logprobs, streamed: each choice's first chunk is its prompt with the prompt's logprobs.
+    r = requests.post(url + "/v1/completions", stream=True, timeout=120,
+                      json={"prompt": [ids, ids[:6]], "max_tokens": 4, "temperature": 0, "echo": True,
+                            "logprobs": 5, "stream": True})
+    chunks = [json.loads(e) for e in list(sse_events(r))[:-1]]
+    first = {}
+    tokens = {0: [], 1: []}
+    for c in chunks:
+        for ch in c["choices"]:
+            first.setdefault(ch["index"], ch)
+            tokens[ch["index"]] += ch["logprobs"]["tokens"] if ch["logprobs"] else []
+    check(first[0]["logprobs"]["tokens"] == lp["tokens"][:len(ids)] and
+          first[0]["logprobs"]["token_logprobs"] == lp["token_logprobs"][:len(ids)], "streamed echo logprobs")
+    check(tokens[0] == lp["tokens"], "streamed echo tokens equal the whole response's")
+    check(first[1]["logprobs"]["tokens"] == lp["tokens"][:6], "second prompt's echo logprobs")
+
+    # Token strings are the text a token adds in context: with a leading space mid-text, without one at the very
+    # start (a prompt of BOS alone), and whole characters from byte pieces; they always spell the text.
+    bos = post_completion(url, {"prompt": [1], "max_tokens": 12, "temperature": 0, "logprobs": 2})["choices"][0]
+    check("".join(bos["logprobs"]["tokens"]) == bos["text"], "tokens after BOS spell the text: %r / %r" %
+          (bos["logprobs"]["tokens"], bos["text"]))
+    check(bos["logprobs"]["tokens"][1].startswith(" "), "a later token keeps its leading space")
+    utf8 = post_completion(url, {"prompt": "Der Bär sah 🐻 café", "max_tokens": 6, "temperature": 0, "echo": True,
+                                 "logprobs": 1})["choices"][0]
+    check("".join(utf8["logprobs"]["tokens"]) == utf8["text"], "echoed UTF-8 tokens spell the text: %r" %
+          utf8["logprobs"]["tokens"])
+    chat = requests.post(url + "/v1/chat/completions", timeout=120, json={
+        "messages": [{"role": "user", "content": "Once upon a time"}], "max_tokens": 12, "temperature": 0,
+        "logprobs": True, "top_logprobs": 2}).json()["choices"][0]
+    check("".join(t["token"] for t in chat["logprobs"]["content"]) == chat["message"]["content"],
+          "chat logprob tokens spell the content")
+
+
 def concurrency_tests(srv):
     url = srv.url
     prompts = ["Once upon a time", "Lily had a", "The sun was", "Tom and his dog", "One day, a little bird",
@@ -232,6 +370,8 @@ try:
     srv.wait_ready()
     if GROUP == "api":
         api_tests(srv)
+        batch_tests(srv)
+        echo_logprob_tests(srv)
     else:
         concurrency_tests(srv)
     rc = srv.stop()

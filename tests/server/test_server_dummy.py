@@ -1,7 +1,7 @@
 """End-to-end tests of `tessera serve` with no model (the random-weight llama-110m preset, slow enough to act on
 requests mid-generation): the no-model banner, /health during loading, API key, a client that disconnects
-mid-stream (its request is cancelled and its KV blocks freed, as /metrics shows), 429 when the queue is full,
-and SIGTERM draining the request in flight.
+mid-stream (its request is cancelled and its KV blocks freed, as /metrics shows; with a prompt list, every
+prompt's request), 429 when the queue is full, and SIGTERM draining the request in flight.
 
 usage: test_server_dummy.py TESSERA
 """
@@ -126,6 +126,31 @@ try:
 finally:
     if srv.proc.poll() is None:
         srv.proc.kill()
+
+# A prompt list runs as one engine request per prompt; a client that disconnects cancels every one of them.
+batch_srv = Server(TESSERA, ["--max-num-seqs", "4", "--max-queue", "8", "--kv-memory", "256MiB"])
+try:
+    batch_srv.wait_ready()
+    cancelled0 = batch_srv.metric("tessera_requests_cancelled_total")
+    r = requests.post(batch_srv.url + "/v1/completions", stream=True,
+                      json={"prompt": [[1, 450, 4996], [1, 450], [1, 4996]], "max_tokens": 900, "temperature": 0,
+                            "stream": True})
+    lines = r.iter_lines()  # kept: a dropped generator can close the connection
+    got = 0
+    for line in lines:
+        if line.startswith(b"data:"):
+            got += 1
+            if got == 2:
+                break
+    wait_for(lambda: batch_srv.metric("tessera_num_requests_running") == 3, "the list's three requests running")
+    r.close()  # the client goes away
+    wait_for(lambda: batch_srv.metric("tessera_requests_cancelled_total") == cancelled0 + 3, "three cancellations")
+    wait_for(lambda: batch_srv.metric("tessera_kv_blocks_used") == 0, "blocks freed after the list's disconnect")
+    check(batch_srv.metric("tessera_num_requests_running") == 0, "nothing running after the list's disconnect")
+    check(batch_srv.stop() == 0, "second server exits 0")
+finally:
+    if batch_srv.proc.poll() is None:
+        batch_srv.proc.kill()
 if failures:
     print("server log:\n" + srv.log_text()[-3000:])
     print("0 passed, %d failed" % len(failures))
