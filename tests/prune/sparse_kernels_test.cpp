@@ -186,6 +186,37 @@ TEST(SparseKernels, DecodeMatchesExactIntegerReference) {
   }
 }
 
+// The AVX2 prefill entries (dequant, pack) give the portable ones' values bit for bit, at every 64-aligned k0 and
+// ragged extents (the GEMM's k blocks), for full and partial row groups.
+TEST(SparseKernels, Avx2DequantAndPackEqualPortable) {
+  if (!cpu_features().has_avx2_fma()) GTEST_SKIP() << "no AVX2 on this CPU";
+  std::mt19937 rng(14);
+  const cpu::Kernels &a = cpu::avx2_kernels(), &p = cpu::portable_kernels();
+  for (DType t : kSparseTypes) {
+    const int dt = static_cast<int>(t);
+    for (int64_t cols : {33, 64, 100, 520}) {
+      Owned w = sparse_matrix(rng, t, 11, cols);
+      const size_t rb = w.m.row_bytes();
+      for (int64_t k0 = 0; k0 < cols; k0 += 64) {
+        for (int64_t kc : {cols - k0, std::min<int64_t>(64, cols - k0), std::min<int64_t>(5, cols - k0)}) {
+          SCOPED_TRACE(::testing::Message() << dtype_name(t) << " cols " << cols << " k0 " << k0 << " kc " << kc);
+          std::vector<float> da(static_cast<size_t>(kc), -1.0f), dp = da;
+          a.dequant[dt](w.m.row(3), 0, k0, kc, da.data());
+          p.dequant[dt](w.m.row(3), 0, k0, kc, dp.data());
+          EXPECT_EQ(da, dp);
+          for (int nr : {11, 8, 3}) {
+            const int width = (nr + 7) / 8 * 8;
+            std::vector<float> pa(static_cast<size_t>(kc) * cpu::kGemmNR, -1.0f), pp = pa;
+            a.pack[dt](w.m.data, rb, 0, nr, width, k0, kc, pa.data());
+            p.pack[dt](w.m.data, rb, 0, nr, width, k0, kc, pp.data());
+            EXPECT_EQ(pa, pp) << "nr " << nr;
+          }
+        }
+      }
+    }
+  }
+}
+
 // Against the dense reference on fp32 activations: prefill exactly (dequantized panels), decode within the error
 // int8 activation blocks add (2% of the typical dot size, see quant_kernels_test.cpp), bias included.
 TEST(SparseKernels, MatmulMatchesDenseReference) {

@@ -166,4 +166,11 @@ void add_quant_avx2_kernels(Kernels& k);
 void add_sparse_portable_kernels(Kernels& k);
 void add_sparse_avx2_kernels(Kernels& k);
 
+// A row dequantizer, as in Kernels::dequant.
+using DequantRowFn = void (*)(const void* row, int group, int64_t k0, int64_t kc, float* out);
+// Kernels::pack for any type with a dequantizer (AVX2 flags, kernels_quant_avx2.cpp): each group of 8 rows is
+// dequantized into scratch and transposed 8x8 at a time into panel order. Only valid under avx2_kernels().
+void pack_dequantized_avx2(DequantRowFn dequant, const void* w, size_t row_bytes, int group, int nr, int width,
+                           int64_t k0, int64_t kc, float* panel);
+
 }  // namespace tessera::cpu

@@ -612,10 +612,12 @@ void dequant_grouped(const void* row, int group, int64_t k0, int64_t kc, float* 
   }
 }
 
+}  // namespace
+
 // Panel packing of quantized rows: each group of 8 rows is dequantized into a row-major scratch, then transposed
 // 8x8 at a time into panel order (the fp32 micro-kernel's layout).
-template <void (*Dequant)(const void*, int, int64_t, int64_t, float*)>
-void pack_dequant(const void* w, size_t row_bytes, int group, int nr, int width, int64_t k0, int64_t kc, float* panel) {
+void pack_dequantized_avx2(DequantRowFn dequant, const void* w, size_t row_bytes, int group, int nr, int width,
+                           int64_t k0, int64_t kc, float* panel) {
   constexpr int64_t kChunk = 256;
   alignas(32) float buf[8][kChunk];
   for (int g = 0; g < width; g += 8) {
@@ -624,7 +626,7 @@ void pack_dequant(const void* w, size_t row_bytes, int group, int nr, int width,
       const int64_t n = min64(kChunk, kc - c0);
       for (int r = 0; r < 8; ++r) {
         if (r < valid) {
-          Dequant(static_cast<const uint8_t*>(w) + static_cast<size_t>(g + r) * row_bytes, group, k0 + c0, n, buf[r]);
+          dequant(static_cast<const uint8_t*>(w) + static_cast<size_t>(g + r) * row_bytes, group, k0 + c0, n, buf[r]);
         } else {
           for (int64_t k = 0; k < n; ++k) buf[r][k] = 0.0f;
         }
@@ -642,6 +644,13 @@ void pack_dequant(const void* w, size_t row_bytes, int group, int nr, int width,
       }
     }
   }
+}
+
+namespace {
+
+template <void (*Dequant)(const void*, int, int64_t, int64_t, float*)>
+void pack_dequant(const void* w, size_t row_bytes, int group, int nr, int width, int64_t k0, int64_t kc, float* panel) {
+  pack_dequantized_avx2(Dequant, w, row_bytes, group, nr, width, k0, kc, panel);
 }
 
 // ---- Integer GEMM ----

@@ -10,7 +10,8 @@
 // read), and one vpmaddubsw / vpmaddwd pair forms the integer sums. Only the stored bytes (kept values and positions)
 // are read from memory.
 //
-// Prefill (the dequantize-then-fp32-GEMM path) and embedding use the portable entries.
+// Prefill (the dequantize-then-fp32-GEMM path) and embedding expand each 64-input block to 64 floats in registers
+// and a table-driven scatter of the 32 kept values, then pack panels like the dense quantized types.
 #include <immintrin.h>
 
 #include <cstdint>
@@ -22,6 +23,9 @@ namespace tessera::cpu {
 namespace {
 
 using quant::BlockQ8Act;
+using quant::kSparse24Block;
+using quant::kSparse24Kept;
+static_assert(sizeof(quant::BlockS24Q8) == 40 && sizeof(quant::BlockS24Q4) == 26);
 
 constexpr int kS24Q8 = static_cast<int>(DType::S24Q8);
 constexpr int kS24Q4 = static_cast<int>(DType::S24Q4);
@@ -163,14 +167,102 @@ float qdot1_s24(const BlockQ8Act* x, const void* row, int64_t cols, int /*group*
   return out;
 }
 
+// ---- Prefill: dequantize for the fp32 GEMM ----
+
+// For each index byte k and half h (0: low nibble, 1: high): the group the nibble describes and the slots of its two
+// kept values (quant/blocks.h).
+struct NibbleTarget {
+  int group;
+  int slot0, slot1;
+};
+constexpr NibbleTarget nibble_target(int k, int h) {
+  const int g = h == 0 ? quant::kSparse24LoGroup[k] : quant::kSparse24HiGroup[k];
+  // Slot p = 16 L + 8 H + 2 j + e holds the e-th kept value of group g = 8 H + 4 L + j.
+  const int hh = g / 8, l = (g / 4) % 2, j = g % 4;
+  return {g, 16 * l + 8 * hh + 2 * j, 16 * l + 8 * hh + 2 * j + 1};
+}
+constexpr NibbleTarget kNibbleTargets[8][2] = {
+    {nibble_target(0, 0), nibble_target(0, 1)}, {nibble_target(1, 0), nibble_target(1, 1)},
+    {nibble_target(2, 0), nibble_target(2, 1)}, {nibble_target(3, 0), nibble_target(3, 1)},
+    {nibble_target(4, 0), nibble_target(4, 1)}, {nibble_target(5, 0), nibble_target(5, 1)},
+    {nibble_target(6, 0), nibble_target(6, 1)}, {nibble_target(7, 0), nibble_target(7, 1)}};
+
+// Block b of a row as 64 floats (zeros where pruned): the 32 kept values are converted in registers (in slot
+// order) and scattered to their positions.
+template <int DT>
+void expand_block(const void* row, int64_t b, float* out) {
+  const auto* p = static_cast<const uint8_t*>(row);
+  alignas(32) float kept[kSparse24Kept];
+  const uint8_t* idx;
+  if constexpr (DT == kS24Q8) {
+    const uint8_t* blk = p + 4 + b * 40;  // BlockS24Q8: 32 int8 values, 8 index bytes
+    const __m256 d = _mm256_set1_ps(float_at(p));
+    const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk));
+    const __m128i lo = _mm256_castsi256_si128(q), hi = _mm256_extracti128_si256(q, 1);
+    _mm256_store_ps(kept, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo))));
+    _mm256_store_ps(kept + 8, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8)))));
+    _mm256_store_ps(kept + 16, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi))));
+    _mm256_store_ps(kept + 24, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8)))));
+    idx = blk + 32;
+  } else {
+    const uint8_t* blk = p + b * 26;  // BlockS24Q4: fp16 scale, 16 bytes of nibbles, 8 index bytes
+    uint16_t h;
+    __builtin_memcpy(&h, blk, 2);
+    const __m256 d = _mm256_set1_ps(_cvtsh_ss(h));
+    const __m128i qs = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2));
+    const __m128i mask = _mm_set1_epi8(0x0f), eight = _mm_set1_epi8(8);
+    const __m128i lo = _mm_sub_epi8(_mm_and_si128(qs, mask), eight);                     // slots 0..15
+    const __m128i hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(qs, 4), mask), eight);  // slots 16..31
+    _mm256_store_ps(kept, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo))));
+    _mm256_store_ps(kept + 8, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8)))));
+    _mm256_store_ps(kept + 16, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi))));
+    _mm256_store_ps(kept + 24, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8)))));
+    idx = blk + 18;
+  }
+  const __m256 zero = _mm256_setzero_ps();
+  for (int i = 0; i < kSparse24Block; i += 8) _mm256_storeu_ps(out + i, zero);
+  for (int k = 0; k < 8; ++k) {
+    const int nibs[2] = {idx[k] & 0x0f, idx[k] >> 4};
+    for (int h = 0; h < 2; ++h) {
+      const NibbleTarget& t = kNibbleTargets[k][h];
+      out[4 * t.group + (nibs[h] & 3)] = kept[t.slot0];
+      out[4 * t.group + (nibs[h] >> 2)] = kept[t.slot1];
+    }
+  }
+}
+
+// out[i] = value k0 + i of the row for i < kc; k0 is a multiple of 64 (the GEMM's k blocks are).
+template <int DT>
+void dequant_s24(const void* row, int /*group*/, int64_t k0, int64_t kc, float* out) {
+  alignas(32) float tmp[kSparse24Block];
+  for (int64_t b = k0 / kSparse24Block; b * kSparse24Block < k0 + kc; ++b) {
+    const int64_t c0 = b * kSparse24Block - k0;
+    if (c0 + kSparse24Block <= kc) {
+      expand_block<DT>(row, b, out + c0);
+    } else {  // the ragged end of the range
+      expand_block<DT>(row, b, tmp);
+      for (int64_t c = c0; c < kc; ++c) out[c] = tmp[c - c0];
+    }
+  }
+}
+
+template <int DT>
+void pack_s24(const void* w, size_t row_bytes, int group, int nr, int width, int64_t k0, int64_t kc, float* panel) {
+  pack_dequantized_avx2(dequant_s24<DT>, w, row_bytes, group, nr, width, k0, kc, panel);
+}
+
 }  // namespace
 
 void add_sparse_avx2_kernels(Kernels& k) {
-  add_sparse_portable_kernels(k);  // dequant and pack (prefill, embedding)
+  add_sparse_portable_kernels(k);
   k.qdot1[kS24Q8] = qdot1_s24<kS24Q8>;
   k.qdot1[kS24Q4] = qdot1_s24<kS24Q4>;
   k.qdot4[kS24Q8] = qdot4_s24<kS24Q8>;
   k.qdot4[kS24Q4] = qdot4_s24<kS24Q4>;
+  k.dequant[kS24Q8] = dequant_s24<kS24Q8>;
+  k.dequant[kS24Q4] = dequant_s24<kS24Q4>;
+  k.pack[kS24Q8] = pack_s24<kS24Q8>;
+  k.pack[kS24Q4] = pack_s24<kS24Q4>;
 }
 
 }  // namespace tessera::cpu
