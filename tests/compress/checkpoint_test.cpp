@@ -135,10 +135,7 @@ INSTANTIATE_TEST_SUITE_P(
 // Structured pruning with per-layer rules leaves layers of different widths (config: the widest); int8 with
 // activation-aware scales on top, saved and loaded: each layer keeps its own widths, bit for bit.
 TEST(QuantizedCheckpoint, LayersOfDifferentWidthsRoundTrip) {
-  ModelConfig cfg = compress_config(false, /*qkv_bias=*/true);
-  cfg.n_heads = 8;
-  cfg.n_kv_heads = 4;
-  cfg.head_dim = 12;
+  const ModelConfig cfg = test::gqa_compress_config();
   ModelData m = testing::tiny_model(cfg, DType::BF16, 19);
   CompressOptions o;
   o.default_spec = QuantSpec::parse("int4:g32");

@@ -26,6 +26,15 @@ inline ModelConfig compress_config(bool tied = false, bool qkv_bias = false) {
   return c;
 }
 
+// compress_config with 8 query heads in 4 KV groups of 12 channels: room for structured attention pruning.
+inline ModelConfig gqa_compress_config(bool qkv_bias = true) {
+  ModelConfig c = compress_config(false, qkv_bias);
+  c.n_heads = 8;
+  c.n_kv_heads = 4;
+  c.head_dim = 12;
+  return c;
+}
+
 inline std::vector<float> logits_of(const ModelData& m, const std::vector<int>& tokens) {
   ReferenceBackend be;
   LlamaModel model(m, be, 64);

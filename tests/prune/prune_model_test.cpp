@@ -224,10 +224,7 @@ TEST(PruneModel, StructuredFfnEqualsZeroingTheRemovedChannels) {
 }
 
 TEST(PruneModel, StructuredAttentionRemovesWholeKvGroups) {
-  ModelConfig c = compress_config(false, /*qkv_bias=*/true);
-  c.n_heads = 8;
-  c.n_kv_heads = 4;
-  c.head_dim = 12;
+  const ModelConfig c = test::gqa_compress_config();
   const ModelData orig = testing::tiny_model(c, DType::F32, 9);
   ModelData m = testing::tiny_model(c, DType::F32, 9);
   ThreadPool pool(2);
@@ -263,10 +260,7 @@ TEST(PruneModel, StructuredAttentionRemovesWholeKvGroups) {
 // Per-layer rules remove different amounts in different layers: each layer keeps its own widths, the config the
 // widest, and the model computes what the original does with the removed channels' and heads' outputs zeroed.
 TEST(PruneModel, StructuredAmountsMayDifferPerLayer) {
-  ModelConfig c = compress_config(false, /*qkv_bias=*/true);
-  c.n_heads = 8;
-  c.n_kv_heads = 4;
-  c.head_dim = 12;
+  const ModelConfig c = test::gqa_compress_config();
   ModelData m = testing::tiny_model(c, DType::F32, 10);
   ThreadPool pool(2);
   const auto r = quant::prune_model(
