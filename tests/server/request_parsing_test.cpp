@@ -41,6 +41,33 @@ TEST(RequestParsing, CompletionFieldsAreTypeAndRangeChecked) {
   EXPECT_EQ(status_of({{"prompt", "1"}, {"logprobs", 21}}), 400);
   EXPECT_EQ(status_of({{"prompt", "1"}, {"presence_penalty", 3}}), 400);
   EXPECT_EQ(status_of({{"prompt", "1"}, {"stream_options", 1}}), 400);
+  EXPECT_EQ(status_of({{"prompt", "1"}, {"max_tokens", -1}}), 400);
+}
+
+TEST(RequestParsing, MaxTokensZeroOnlyWithEcho) {
+  // Scoring a prompt (lm-evaluation-harness): max_tokens 0 with echo generates nothing; without echo it is a 400
+  // that says why.
+  serving::IdTokenizer tok(100, 1, 2);
+  const ParsedRequest p =
+      parse_completion({{"prompt", {"5 6", "7"}}, {"max_tokens", 0}, {"echo", true}, {"logprobs", 3}}, tok);
+  EXPECT_EQ(p.request.max_new_tokens, 0);
+  EXPECT_TRUE(p.request.prompt_logprobs);
+  for (const serving::ServingRequest& r : engine_requests(p)) EXPECT_EQ(r.max_new_tokens, 0);
+  EXPECT_EQ(parse_completion({{"prompt", "5"}, {"max_tokens", 0}, {"echo", true}}, tok).request.max_new_tokens, 0);
+  EXPECT_EQ(status_of({{"prompt", "1"}, {"max_tokens", 0}}), 400);
+  EXPECT_EQ(status_of({{"prompt", "1"}, {"max_tokens", 0}, {"echo", false}, {"logprobs", 1}}), 400);
+  try {
+    parse_completion({{"prompt", "1"}, {"max_tokens", 0}}, tok);
+    ADD_FAILURE() << "max_tokens 0 without echo was accepted";
+  } catch (const ApiError& e) {
+    EXPECT_NE(std::string(e.what()).find("echo"), std::string::npos) << e.what();
+    EXPECT_EQ(e.body()["error"]["param"], "max_tokens");
+  }
+  // Chat and TGI always generate.
+  const ChatTemplate raw = ChatTemplate::resolve("raw", "");
+  EXPECT_THROW(parse_chat({{"messages", {{{"role", "user"}, {"content", "x"}}}}, {"max_tokens", 0}}, tok, raw),
+               ApiError);
+  EXPECT_THROW(parse_tgi({{"inputs", "5"}, {"parameters", {{"max_new_tokens", 0}}}}, tok, false), ApiError);
 }
 
 TEST(RequestParsing, CompletionValuesReachTheRequest) {
