@@ -1,6 +1,7 @@
 """End-to-end tests of `tessera serve` on stories260K: every endpoint with requests, the openai package and curl,
 streaming parsed chunk by chunk, bad input, prompt lists (batches), echo with the prompt's logprobs (checked against
-generating each prompt token after its prefix), scoring a prompt with max_tokens 0 and echo, logprob token strings that spell the text, and 64 concurrent
+generating each prompt token after its prefix), scoring a prompt with max_tokens 0 and echo, top_logprobs that hold
+the chosen token, logprob token strings that spell the text, and 64 concurrent
 clients whose greedy outputs must equal single runs.
 
 usage: test_server_api.py TESSERA MODELS_DIR {api|concurrency}
@@ -271,8 +272,10 @@ def echo_logprob_tests(srv):
               (p, tok, lp["token_logprobs"][p], top[tok]))
         best = sorted(top.items(), key=lambda kv: -kv[1])[:5]
         got = lp["top_logprobs"][p]
-        check(len(got) == 5 and all(k in got and abs(got[k] - v) < 1e-4 for k, v in best),
-              "prompt token %d: top_logprobs are the prefix's 5 most likely" % p)
+        # The 5 most likely, and the prompt token itself when it is not among them (as OpenAI and vLLM).
+        check(len(got) == (5 if tok in dict(best) else 6) and all(k in got and abs(got[k] - v) < 1e-4 for k, v in best),
+              "prompt token %d: top_logprobs are the prefix's 5 most likely (and the token): %r" % (p, got))
+        check(got.get(tok) == lp["token_logprobs"][p], "prompt token %d is in its own top_logprobs" % p)
         not_greedy += max(top.values()) > top[tok]
     check(not_greedy >= 2, "the prompt also has tokens that are not the greedy choice (%d)" % not_greedy)
 
@@ -311,7 +314,8 @@ def echo_logprob_tests(srv):
 
 def scoring_tests(srv):
     """max_tokens 0 with echo scores the prompt (how lm-evaluation-harness computes log-likelihoods through an
-    OpenAI API)."""
+    OpenAI API), and a completion's top_logprobs hold the chosen token too (k + 1 entries when it is not among the
+    k most likely), as OpenAI and vLLM; chat's top_logprobs stay exactly k."""
     url = srv.url
     # A prompt that ends with an unlikely token (id 300 after a story), so its logprob is low.
     g = requests.post(url + "/generate", timeout=120, json={
@@ -336,6 +340,11 @@ def scoring_tests(srv):
     check(all(a.keys() == b.keys() and all(abs(a[k] - b[k]) <= 1e-5 for k in a)
               for a, b in zip(zl["top_logprobs"][1:], ol["top_logprobs"][1:n])),
           "max_tokens 0: prompt top_logprobs equal max_tokens 1's")
+    # Every scored prompt token is in its own top_logprobs; the unlikely last one is the sixth entry.
+    check(all(t.get(tok) == v for t, tok, v in zip(zl["top_logprobs"][1:], zl["tokens"][1:], zl["token_logprobs"][1:])),
+          "prompt tokens are in their top_logprobs")
+    check(len(zl["top_logprobs"][-1]) == 6 and min(zl["top_logprobs"][-1].values()) == zl["token_logprobs"][-1],
+          "a prompt token outside the 5 most likely is added as a sixth entry: %r" % zl["top_logprobs"][-1])
     text = post_completion(url, {"prompt": "Once upon a time", "max_tokens": 0, "echo": True})["choices"][0]
     check(text["text"] == "Once upon a time" and text["logprobs"] is None, "max_tokens 0, echo without logprobs")
     # A prompt list: each choice its prompt's scores alone.
@@ -379,6 +388,22 @@ def scoring_tests(srv):
     for body in ({"prompt": "Once", "max_tokens": 0, "echo": False},
                  {"prompt": "Once", "max_tokens": 0, "stream": True}):
         check(requests.post(url + "/v1/completions", json=body, timeout=60).status_code == 400, "400 for %r" % body)
+
+    # Sampled tokens: each is in its own top_logprobs (k + 1 entries when it is not among the k most likely).
+    sampled = complete(url, "Once upon a time", 40, temperature=1.5, seed=3, logprobs=1)["choices"][0]["logprobs"]
+    pairs = list(zip(sampled["tokens"], sampled["token_logprobs"], sampled["top_logprobs"]))
+    check(all(t.get(tok) == v and len(t) in (1, 2) for tok, v, t in pairs), "sampled tokens are in top_logprobs")
+    check(sum(len(t) == 2 for _, _, t in pairs) >= 1 and all(len(t) == 1 or max(t.values()) > v for _, v, t in pairs),
+          "sampled tokens outside the top 1 are added as a second entry (%d)" % sum(len(t) == 2 for _, _, t in pairs))
+    zero_k = complete(url, "Once upon a time", 10, temperature=1.5, seed=3, logprobs=0)["choices"][0]["logprobs"]
+    check(all(t == {tok: v} for tok, v, t in zip(zero_k["tokens"], zero_k["token_logprobs"], zero_k["top_logprobs"])),
+          "logprobs 0: top_logprobs hold the chosen token alone")
+    # Chat keeps exactly top_logprobs alternatives, also for a sampled token that is not among them.
+    chat = requests.post(url + "/v1/chat/completions", timeout=120, json={
+        "messages": [{"role": "user", "content": "Once upon a time"}], "max_tokens": 40, "temperature": 1.5,
+        "seed": 3, "logprobs": True, "top_logprobs": 1}).json()["choices"][0]["logprobs"]["content"]
+    check(all(len(t["top_logprobs"]) == 1 for t in chat), "chat top_logprobs are exactly k")
+    check(any(t["top_logprobs"][0]["token"] != t["token"] for t in chat), "chat: a sampled token outside the top 1")
 
 
 def concurrency_tests(srv):
