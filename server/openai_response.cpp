@@ -17,7 +17,9 @@ void append_completion_logprobs(json& out, const std::vector<serving::TokenOutpu
     out["tokens"].push_back(t.piece);
     if (t.has_logprob) {
       out["token_logprobs"].push_back(t.logprob);
+      // The k most likely and the chosen token (k + 1 entries when it is not among them), as OpenAI and vLLM.
       json top = json::object();
+      top[t.piece] = t.logprob;
       for (const auto& alt : t.top) top[alt.piece] = alt.logprob;
       out["top_logprobs"].push_back(top);
     } else {

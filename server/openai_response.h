@@ -28,8 +28,10 @@ struct Choice {
 std::string absorb(Choice& c, serving::StreamChunk& chunk);
 
 // OpenAI logprobs objects: completions ({tokens, token_logprobs, top_logprobs, text_offset}, offsets counted from
-// text_offset; a token without a logprob, the first of an echoed prompt, has null for both) and chat
-// ({content: [{token, logprob, bytes, top_logprobs}]}). Token strings are the text each token adds in context.
+// text_offset; a token without a logprob, the first of an echoed prompt, has null for both; top_logprobs holds
+// the k most likely and the token itself, so k + 1 entries when it is not among them, as OpenAI and vLLM) and chat
+// ({content: [{token, logprob, bytes, top_logprobs}]}, exactly the k most likely, as OpenAI's chat). Token
+// strings are the text each token adds in context.
 nlohmann::json completion_logprobs(const std::vector<serving::TokenOutput>& tokens, size_t text_offset);
 nlohmann::json chat_logprobs(const std::vector<serving::TokenOutput>& tokens);
 

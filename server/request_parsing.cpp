@@ -81,8 +81,9 @@ void parse_sampling(const json& body, ParsedRequest& p) {
   }
 }
 
-void parse_max_tokens(const json& body, const char* key, int dflt, ParsedRequest& p) {
-  p.request.max_new_tokens = static_cast<int>(integer(body, key, 1, 1 << 24).value_or(dflt));
+// min_tokens: 0 where a prompt may be only scored (completions with echo), else 1.
+void parse_max_tokens(const json& body, const char* key, int dflt, ParsedRequest& p, int min_tokens = 1) {
+  p.request.max_new_tokens = static_cast<int>(integer(body, key, min_tokens, 1 << 24).value_or(dflt));
 }
 
 constexpr const char* kPromptForms =
@@ -144,9 +145,13 @@ ParsedRequest parse_completion(const json& body, const Tokenizer& tokenizer) {
   p.kind = ApiKind::kCompletion;
   if (!body.contains("prompt")) throw bad_request("prompt", "prompt is required");
   p.prompts = completion_prompts(body["prompt"], tokenizer);
-  parse_max_tokens(body, "max_tokens", 16, p);
+  parse_max_tokens(body, "max_tokens", 16, p, /*min_tokens=*/0);
   parse_sampling(body, p);
   p.echo = boolean(body, "echo").value_or(false);
+  // max_tokens 0 scores the prompt (echo, usually with logprobs: how lm-evaluation-harness computes
+  // log-likelihoods); without echo there would be nothing to return.
+  if (p.request.max_new_tokens == 0 && !p.echo)
+    throw bad_request("max_tokens", "max_tokens must be at least 1 (0 only with echo, to score the prompt)");
   if (const auto lp = integer(body, "logprobs", 0, 20)) {
     p.want_logprobs = true;
     p.request.top_logprobs = static_cast<int>(*lp);

@@ -39,7 +39,7 @@ struct ParsedRequest {
 nlohmann::json parse_json_body(const std::string& body);
 
 // prompt: a string, a list of token ids, or a non-empty list of strings or of token-id lists (one of each kind
-// only); every prompt non-empty.
+// only); every prompt non-empty. max_tokens may be 0 with echo (the prompt is only scored), else it is at least 1.
 ParsedRequest parse_completion(const nlohmann::json& body, const Tokenizer& tokenizer);
 ParsedRequest parse_chat(const nlohmann::json& body, const Tokenizer& tokenizer, const ChatTemplate& chat_template);
 ParsedRequest parse_tgi(const nlohmann::json& body, const Tokenizer& tokenizer, bool stream);

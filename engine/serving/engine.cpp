@@ -50,6 +50,8 @@ struct ServingEngine::Sequence {
   int prompt_row() const {
     return request.prompt_logprobs && !prompt_done ? static_cast<int>(prompt_out.size()) - 1 : -1;
   }
+  // max_new_tokens 0 (echo with max_tokens 0): the prompt is only scored; nothing is sampled.
+  bool scoring_only() const { return request.max_new_tokens == 0; }
   void finish_prompt() {
     stream->push_prompt(std::move(prompt_out));
     prompt_out = {};
@@ -105,7 +107,7 @@ void ServingEngine::validate(const ServingRequest& r) const {
     if (t < 0 || t >= model_.vocab_size())
       throw Error("token id " + std::to_string(t) + " is outside the vocabulary (0.." +
                   std::to_string(model_.vocab_size() - 1) + ")");
-  if (r.max_new_tokens < 1) throw Error("max_tokens must be at least 1");
+  if (r.max_new_tokens < 0) throw Error("max_tokens must not be negative");
   if (n + r.max_new_tokens > context)
     throw Error("the prompt (" + std::to_string(n) + " tokens) plus max_tokens (" + std::to_string(r.max_new_tokens) +
                 ") exceeds the model's context of " + std::to_string(context) + " tokens");
@@ -177,7 +179,9 @@ void ServingEngine::run() {
     for (auto& seq : arrived) {
       scheduler_.add(&seq->sched);
       const int id = seq->sched.id;
-      seqs_.emplace(id, std::move(seq));
+      Sequence& s = *seqs_.emplace(id, std::move(seq)).first->second;
+      // max_new_tokens 0 with nothing to score (no prompt logprobs, or a one-token prompt): done without a step.
+      if (s.scoring_only() && (!s.request.prompt_logprobs || s.prompt_done)) finish(s, FinishKind::kLength);
     }
     try {
       step();
@@ -250,7 +254,12 @@ void ServingEngine::step() {
     row += static_cast<size_t>(logit_rows(c));
     // The prompt's logprobs first: they reach the stream before the first generated token.
     if (c.all_logits) score_prompt(seq, c, rows);
-    if (c.logits) sample(seq, step_logits_.data() + (row - 1) * vocab);
+    if (seq.scoring_only()) {
+      // Ends as soon as its prompt is scored (its last prompt row, which only feeds the sampler, is not run).
+      if (seq.prompt_done || c.logits) finish(seq, FinishKind::kLength);
+    } else if (c.logits) {
+      sample(seq, step_logits_.data() + (row - 1) * vocab);
+    }
   }
 }
 

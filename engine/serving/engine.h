@@ -3,7 +3,8 @@
 // asks the Scheduler for the next step, runs it through the StepModel, samples one token per sequence whose
 // chunk produced logits and pushes the results into each request's RequestStream. Log-probabilities (of sampled
 // tokens, and of prompt tokens for requests with prompt_logprobs, whose prefill chunks alone ask the model for
-// every row's logits) are computed here too, with each token's text in context (TextStream::peek).
+// every row's logits) are computed here too, with each token's text in context (TextStream::peek). A request with
+// max_new_tokens 0 only scores its prompt: it ends (kLength) once its prompt logprobs are pushed, sampling nothing.
 //
 // HTTP threads only call submit() (which validates and enqueues) and read/cancel their streams. The engine
 // never blocks on a client: results wait in the stream until read. shutdown() stops accepting, finishes every

@@ -16,7 +16,7 @@ namespace tessera::serving {
 
 struct ServingRequest {
   std::vector<int> prompt;  // token ids, BOS included when wanted; never empty
-  int max_new_tokens = 16;
+  int max_new_tokens = 16;  // 0: nothing is generated; the request ends once its prompt is scored (prompt_logprobs)
   SamplingParams sampling;
   float presence_penalty = 0.0f;   // OpenAI: subtracted once from the logit of every token generated so far
   float frequency_penalty = 0.0f;  // OpenAI: subtracted per occurrence among the generated tokens
@@ -29,7 +29,7 @@ struct ServingRequest {
 };
 
 enum class FinishKind {
-  kLength,     // max_new_tokens reached
+  kLength,     // max_new_tokens reached (also 0 of 0: a prompt only scored)
   kContext,    // the model's context is full
   kStop,       // a stop string appeared
   kEos,        // end-of-sequence token

@@ -156,7 +156,8 @@ TEST(ServingEngine, ValidationRejectsRequestsThatCanNeverRun) {
   EXPECT_THROW(h.engine.validate(greedy(prompt_of(0, 64), 1)), Error);  // context
   EXPECT_THROW(h.engine.validate(greedy(prompt_of(0, 30), 8)), Error);  // 38 rows > 32 in the pool
   EXPECT_THROW(h.engine.validate(greedy({1, kVocab}, 1)), Error);       // token id
-  EXPECT_THROW(h.engine.validate(greedy({1, 5}, 0)), Error);
+  EXPECT_THROW(h.engine.validate(greedy({1, 5}, -1)), Error);
+  EXPECT_NO_THROW(h.engine.validate(greedy({1, 5}, 0)));  // scoring the prompt only (echo with max_tokens 0)
   ServingRequest r = greedy({1, 5}, 4);
   r.sampling.top_p = 0.0f;
   EXPECT_THROW(h.engine.validate(r), Error);
@@ -290,6 +291,86 @@ TEST(ServingEngine, PromptLogprobsOfAOneTokenPromptAndValidation) {
   EXPECT_FALSE(got.prompt[0].has_logprob);
   EXPECT_EQ(got.tokens.size(), 3u);
   EXPECT_EQ(h.model.all_logits_chunks.load(), 0);
+}
+
+TEST(ServingEngine, MaxTokensZeroScoresThePromptAndGeneratesNothing) {
+  // A 9-token prompt prefilled in chunks of 4 next to a generating request: with max_new_tokens 0 the request
+  // ends (length) right after its prompt is scored, with the same prompt logprobs as with max_new_tokens 1, no
+  // generated token and no completion tokens; its last prompt row, which would only feed the sampler, is not run.
+  const EngineConfig config{.max_num_seqs = 4, .max_queue = 8, .max_step_tokens = 4, .block_size = 4, .num_blocks = 64};
+  ServingRequest one = greedy(prompt_of(5, 9), 1), other = greedy(prompt_of(6, 7), 6);
+  one.top_logprobs = 3;
+  one.prompt_logprobs = true;
+  std::vector<TokenOutput> want;
+  std::vector<int> other_alone;
+  {
+    Harness h(config);
+    want = collect_outputs(*h.engine.submit({one}).streams[0]).prompt;
+    other_alone = h.run_one(other).tokens;
+  }
+  Harness h(config);
+  ServingRequest zero = one;
+  zero.max_new_tokens = 0;
+  Submission s = h.engine.submit({zero, other});
+  ASSERT_EQ(s.status, SubmitStatus::kOk);
+  Outputs got;
+  StreamChunk last;
+  for (;;) {
+    StreamChunk c = s.streams[0]->next(1000ms);
+    for (auto& t : c.prompt) got.prompt.push_back(t);
+    for (auto& t : c.tokens) got.tokens.push_back(t);
+    if (c.finished) {
+      last = c;
+      break;
+    }
+  }
+  EXPECT_EQ(last.finish, FinishKind::kLength);
+  EXPECT_EQ(last.completion_tokens, 0);
+  EXPECT_EQ(last.prompt_tokens, 9);
+  EXPECT_TRUE(last.tail.empty());
+  EXPECT_TRUE(got.tokens.empty());
+  ASSERT_EQ(got.prompt.size(), want.size());
+  for (size_t p = 0; p < want.size(); ++p) {
+    EXPECT_EQ(got.prompt[p].token, want[p].token);
+    EXPECT_EQ(got.prompt[p].has_logprob, want[p].has_logprob);
+    EXPECT_EQ(got.prompt[p].logprob, want[p].logprob);
+    EXPECT_EQ(got.prompt[p].piece, want[p].piece);
+    ASSERT_EQ(got.prompt[p].top.size(), want[p].top.size());
+    for (size_t k = 0; k < want[p].top.size(); ++k) EXPECT_EQ(got.prompt[p].top[k].token, want[p].top[k].token);
+  }
+  EXPECT_EQ(collect(*s.streams[1]).tokens, other_alone);  // the request beside it is unaffected
+  // Rows 0..7 score the prompt: the chunks [0,4) and [4,8); the chunk [8,9) would only feed the sampler.
+  EXPECT_EQ(h.model.all_logits_chunks.load(), 2);
+  EXPECT_EQ(h.model.all_logits_rows.load(), 8);
+  EXPECT_EQ(h.model.violations.load(), 0);
+  h.engine.shutdown();
+  EXPECT_EQ(h.metrics.snapshot().kv_blocks_used, 0);
+  // Alone: two steps ([0,4) and [4,8)), not a third for [8,9).
+  Harness alone(config);
+  EXPECT_EQ(collect(*alone.engine.submit({zero}).streams[0]).finish, FinishKind::kLength);
+  EXPECT_EQ(alone.model.steps.load(), 2);
+}
+
+TEST(ServingEngine, MaxTokensZeroWithoutPromptLogprobsFinishesAtOnce) {
+  // Nothing to score and nothing to generate: the request ends without a model step; also for a prompt of one
+  // token with prompt logprobs (its only token has no logprob).
+  Harness h({.max_num_seqs = 2, .max_queue = 8, .max_step_tokens = 64, .block_size = 4, .num_blocks = 64});
+  ServingRequest plain = greedy(prompt_of(2, 6), 0), bos = greedy({1}, 0);
+  bos.top_logprobs = 2;
+  bos.prompt_logprobs = true;
+  Submission s = h.engine.submit({plain, bos});
+  ASSERT_EQ(s.status, SubmitStatus::kOk);
+  const Result r = collect(*s.streams[0]);
+  EXPECT_EQ(r.finish, FinishKind::kLength);
+  EXPECT_TRUE(r.tokens.empty());
+  EXPECT_TRUE(r.text.empty());
+  const Outputs o = collect_outputs(*s.streams[1]);
+  ASSERT_EQ(o.prompt.size(), 1u);
+  EXPECT_FALSE(o.prompt[0].has_logprob);
+  EXPECT_TRUE(o.tokens.empty());
+  h.engine.shutdown();
+  EXPECT_EQ(h.model.steps.load(), 0);
+  EXPECT_EQ(h.metrics.snapshot().kv_blocks_used, 0);
 }
 
 TEST(ServingEngine, LogprobTokenStringsSpellTheGeneratedText) {

@@ -41,6 +41,33 @@ TEST(RequestParsing, CompletionFieldsAreTypeAndRangeChecked) {
   EXPECT_EQ(status_of({{"prompt", "1"}, {"logprobs", 21}}), 400);
   EXPECT_EQ(status_of({{"prompt", "1"}, {"presence_penalty", 3}}), 400);
   EXPECT_EQ(status_of({{"prompt", "1"}, {"stream_options", 1}}), 400);
+  EXPECT_EQ(status_of({{"prompt", "1"}, {"max_tokens", -1}}), 400);
+}
+
+TEST(RequestParsing, MaxTokensZeroOnlyWithEcho) {
+  // Scoring a prompt (lm-evaluation-harness): max_tokens 0 with echo generates nothing; without echo it is a 400
+  // that says why.
+  serving::IdTokenizer tok(100, 1, 2);
+  const ParsedRequest p =
+      parse_completion({{"prompt", {"5 6", "7"}}, {"max_tokens", 0}, {"echo", true}, {"logprobs", 3}}, tok);
+  EXPECT_EQ(p.request.max_new_tokens, 0);
+  EXPECT_TRUE(p.request.prompt_logprobs);
+  for (const serving::ServingRequest& r : engine_requests(p)) EXPECT_EQ(r.max_new_tokens, 0);
+  EXPECT_EQ(parse_completion({{"prompt", "5"}, {"max_tokens", 0}, {"echo", true}}, tok).request.max_new_tokens, 0);
+  EXPECT_EQ(status_of({{"prompt", "1"}, {"max_tokens", 0}}), 400);
+  EXPECT_EQ(status_of({{"prompt", "1"}, {"max_tokens", 0}, {"echo", false}, {"logprobs", 1}}), 400);
+  try {
+    parse_completion({{"prompt", "1"}, {"max_tokens", 0}}, tok);
+    ADD_FAILURE() << "max_tokens 0 without echo was accepted";
+  } catch (const ApiError& e) {
+    EXPECT_NE(std::string(e.what()).find("echo"), std::string::npos) << e.what();
+    EXPECT_EQ(e.body()["error"]["param"], "max_tokens");
+  }
+  // Chat and TGI always generate.
+  const ChatTemplate raw = ChatTemplate::resolve("raw", "");
+  EXPECT_THROW(parse_chat({{"messages", {{{"role", "user"}, {"content", "x"}}}}, {"max_tokens", 0}}, tok, raw),
+               ApiError);
+  EXPECT_THROW(parse_tgi({{"inputs", "5"}, {"parameters", {{"max_new_tokens", 0}}}}, tok, false), ApiError);
 }
 
 TEST(RequestParsing, CompletionValuesReachTheRequest) {
@@ -158,6 +185,40 @@ TEST(OpenAiResponse, ListChoicesEchoTheirPromptWithItsLogprobs) {
   }
   // Prompt tokens count once per prompt, completion tokens once per choice.
   EXPECT_EQ(usage_of(choices, p.n), json({{"prompt_tokens", 5}, {"completion_tokens", 4}, {"total_tokens", 9}}));
+}
+
+TEST(OpenAiResponse, CompletionTopLogprobsAlsoHoldTheChosenToken) {
+  // As OpenAI and vLLM: a completion's top_logprobs are the k most likely plus the chosen token when it is not
+  // among them (k + 1 entries), for generated and echoed prompt tokens alike; logprobs 0 gives the chosen token
+  // alone. Chat's top_logprobs stay the k most likely.
+  serving::IdTokenizer tok(100, 1, 2);
+  const ParsedRequest p = parse_completion({{"prompt", "5"}, {"echo", true}, {"logprobs", 2}}, tok);
+  Choice c;
+  serving::StreamChunk chunk;
+  serving::TokenOutput first = token(1, "", 0.0f);
+  first.has_logprob = false;
+  chunk.prompt = {first, token(5, "5", -4.0f, {{7, -0.5f, "7"}, {8, -1.0f, "8"}})};  // not among the top 2
+  chunk.tokens = {token(9, " 9", -0.25f, {{9, -0.25f, " 9"}, {3, -2.0f, " 3"}}),     // the top one
+                  token(4, " 4", -3.0f, {{6, -0.1f, " 6"}, {9, -2.5f, " 9"}})};      // not among the top 2
+  chunk.finished = true;
+  absorb(c, chunk);
+  const json lp = openai_choices(p, {c})[0]["logprobs"];
+  EXPECT_TRUE(lp["top_logprobs"][0].is_null());
+  EXPECT_EQ(lp["top_logprobs"][1], json({{"7", -0.5f}, {"8", -1.0f}, {"5", -4.0f}}));
+  EXPECT_EQ(lp["top_logprobs"][2], json({{" 9", -0.25f}, {" 3", -2.0f}}));
+  EXPECT_EQ(lp["top_logprobs"][3], json({{" 6", -0.1f}, {" 9", -2.5f}, {" 4", -3.0f}}));
+  // The streamed form (completion_logprobs) is the same.
+  EXPECT_EQ(completion_logprobs(c.tokens, 1)["top_logprobs"], json({lp["top_logprobs"][2], lp["top_logprobs"][3]}));
+  // logprobs 0: only the chosen token.
+  const serving::TokenOutput alone = token(4, " 4", -3.0f);
+  EXPECT_EQ(completion_logprobs({alone}, 0)["top_logprobs"][0], json({{" 4", -3.0f}}));
+  // Chat: exactly the k most likely.
+  const json chat = chat_logprobs(c.tokens)["content"];
+  ASSERT_EQ(chat.size(), 2u);
+  EXPECT_EQ(chat[1]["token"], " 4");
+  ASSERT_EQ(chat[1]["top_logprobs"].size(), 2u);
+  EXPECT_EQ(chat[1]["top_logprobs"][0]["token"], " 6");
+  EXPECT_EQ(chat[1]["top_logprobs"][1]["token"], " 9");
 }
 
 TEST(RequestParsing, MalformedJsonAndChatAndTgi) {

@@ -1,6 +1,7 @@
 """End-to-end tests of `tessera serve` on stories260K: every endpoint with requests, the openai package and curl,
 streaming parsed chunk by chunk, bad input, prompt lists (batches), echo with the prompt's logprobs (checked against
-generating each prompt token after its prefix), logprob token strings that spell the text, and 64 concurrent
+generating each prompt token after its prefix), scoring a prompt with max_tokens 0 and echo, top_logprobs that hold
+the chosen token, logprob token strings that spell the text, and 64 concurrent
 clients whose greedy outputs must equal single runs.
 
 usage: test_server_api.py TESSERA MODELS_DIR {api|concurrency}
@@ -271,8 +272,10 @@ def echo_logprob_tests(srv):
               (p, tok, lp["token_logprobs"][p], top[tok]))
         best = sorted(top.items(), key=lambda kv: -kv[1])[:5]
         got = lp["top_logprobs"][p]
-        check(len(got) == 5 and all(k in got and abs(got[k] - v) < 1e-4 for k, v in best),
-              "prompt token %d: top_logprobs are the prefix's 5 most likely" % p)
+        # The 5 most likely, and the prompt token itself when it is not among them (as OpenAI and vLLM).
+        check(len(got) == (5 if tok in dict(best) else 6) and all(k in got and abs(got[k] - v) < 1e-4 for k, v in best),
+              "prompt token %d: top_logprobs are the prefix's 5 most likely (and the token): %r" % (p, got))
+        check(got.get(tok) == lp["token_logprobs"][p], "prompt token %d is in its own top_logprobs" % p)
         not_greedy += max(top.values()) > top[tok]
     check(not_greedy >= 2, "the prompt also has tokens that are not the greedy choice (%d)" % not_greedy)
 
@@ -307,6 +310,100 @@ def echo_logprob_tests(srv):
         "logprobs": True, "top_logprobs": 2}).json()["choices"][0]
     check("".join(t["token"] for t in chat["logprobs"]["content"]) == chat["message"]["content"],
           "chat logprob tokens spell the content")
+
+
+def scoring_tests(srv):
+    """max_tokens 0 with echo scores the prompt (how lm-evaluation-harness computes log-likelihoods through an
+    OpenAI API), and a completion's top_logprobs hold the chosen token too (k + 1 entries when it is not among the
+    k most likely), as OpenAI and vLLM; chat's top_logprobs stay exactly k."""
+    url = srv.url
+    # A prompt that ends with an unlikely token (id 300 after a story), so its logprob is low.
+    g = requests.post(url + "/generate", timeout=120, json={
+        "inputs": "Once upon a time", "parameters": {"max_new_tokens": 10, "do_sample": True, "temperature": 1.0,
+                                                     "top_k": 20, "seed": 5, "details": True}}).json()
+    ids = [1, 403, 407, 261, 378] + [t["id"] for t in g["details"]["tokens"] if t["id"] != 2] + [300]
+    zero = post_completion(url, {"prompt": ids, "max_tokens": 0, "echo": True, "logprobs": 5, "temperature": 0})
+    one = post_completion(url, {"prompt": ids, "max_tokens": 1, "echo": True, "logprobs": 5, "temperature": 0})
+    z, o = zero["choices"][0], one["choices"][0]
+    zl, ol = z["logprobs"], o["logprobs"]
+    n = len(ids)
+    check(len(zero["choices"]) == 1 and z["finish_reason"] == "length", "max_tokens 0: finish_reason length")
+    check(zero["usage"] == {"prompt_tokens": n, "completion_tokens": 0, "total_tokens": n},
+          "max_tokens 0: usage %r" % zero["usage"])
+    check(len(zl["tokens"]) == n and "".join(zl["tokens"]) == z["text"], "max_tokens 0: the prompt's tokens only")
+    check(len(ol["tokens"]) == n + 1 and o["text"].startswith(z["text"]) and len(o["text"]) > len(z["text"]),
+          "max_tokens 0: the text is the echoed prompt, nothing generated: %r / %r" % (z["text"], o["text"]))
+    check(zl["tokens"] == ol["tokens"][:n] and zl["text_offset"] == ol["text_offset"][:n], "max_tokens 0: tokens")
+    check(zl["token_logprobs"][0] is None and zl["top_logprobs"][0] is None, "max_tokens 0: first token null")
+    check(all(abs(a - b) <= 1e-5 for a, b in zip(zl["token_logprobs"][1:], ol["token_logprobs"][1:n])),
+          "max_tokens 0: prompt logprobs equal max_tokens 1's")
+    check(all(a.keys() == b.keys() and all(abs(a[k] - b[k]) <= 1e-5 for k in a)
+              for a, b in zip(zl["top_logprobs"][1:], ol["top_logprobs"][1:n])),
+          "max_tokens 0: prompt top_logprobs equal max_tokens 1's")
+    # Every scored prompt token is in its own top_logprobs; the unlikely last one is the sixth entry.
+    check(all(t.get(tok) == v for t, tok, v in zip(zl["top_logprobs"][1:], zl["tokens"][1:], zl["token_logprobs"][1:])),
+          "prompt tokens are in their top_logprobs")
+    check(len(zl["top_logprobs"][-1]) == 6 and min(zl["top_logprobs"][-1].values()) == zl["token_logprobs"][-1],
+          "a prompt token outside the 5 most likely is added as a sixth entry: %r" % zl["top_logprobs"][-1])
+    text = post_completion(url, {"prompt": "Once upon a time", "max_tokens": 0, "echo": True})["choices"][0]
+    check(text["text"] == "Once upon a time" and text["logprobs"] is None, "max_tokens 0, echo without logprobs")
+    # A prompt list: each choice its prompt's scores alone.
+    lst = post_completion(url, {"prompt": [ids, ids[:6]], "max_tokens": 0, "echo": True, "logprobs": 5})
+    short = post_completion(url, {"prompt": ids[:6], "max_tokens": 0, "echo": True, "logprobs": 5})["choices"][0]
+    check([c["index"] for c in lst["choices"]] == [0, 1] and lst["choices"][0]["logprobs"] == zl and
+          lst["choices"][1]["logprobs"] == short["logprobs"] and lst["choices"][1]["text"] == short["text"],
+          "max_tokens 0 with a prompt list")
+    check(lst["usage"] == {"prompt_tokens": n + 6, "completion_tokens": 0, "total_tokens": n + 6},
+          "max_tokens 0 list usage %r" % lst["usage"])
+    # Streamed: the echoed prompt with its logprobs, then the end; no generated token.
+    r = requests.post(url + "/v1/completions", stream=True, timeout=120,
+                      json={"prompt": ids, "max_tokens": 0, "echo": True, "logprobs": 5, "stream": True,
+                            "stream_options": {"include_usage": True}})
+    events = list(sse_events(r))
+    check(r.status_code == 200 and events[-1] == "[DONE]", "max_tokens 0 stream ends with [DONE]")
+    chunks = [json.loads(e) for e in events[:-1]]
+    choices = [ch for c in chunks for ch in c["choices"]]
+    streamed_tokens = [t for ch in choices if ch["logprobs"] for t in ch["logprobs"]["tokens"]]
+    check("".join(ch["text"] for ch in choices) == z["text"] and streamed_tokens == zl["tokens"],
+          "max_tokens 0 stream: the prompt and its tokens, nothing more")
+    check(choices[0]["logprobs"]["token_logprobs"] == zl["token_logprobs"], "max_tokens 0 stream: prompt logprobs")
+    check(choices[-1]["finish_reason"] == "length" and all(ch["finish_reason"] is None for ch in choices[:-1]),
+          "max_tokens 0 stream: finish_reason length last")
+    check(chunks[-1]["usage"]["completion_tokens"] == 0, "max_tokens 0 stream usage")
+    r = requests.post(url + "/v1/completions", stream=True, timeout=120,
+                      json={"prompt": "Once upon a time", "max_tokens": 0, "echo": True, "stream": True})
+    check("".join(json.loads(e)["choices"][0]["text"] for e in list(sse_events(r))[:-1]) == "Once upon a time",
+          "max_tokens 0 stream without logprobs")
+    # The openai package (how clients send it).
+    import openai
+    client = openai.OpenAI(base_url=url + "/v1", api_key="unused")
+    comp = client.completions.create(model="stories260K", prompt=ids, max_tokens=0, echo=True, logprobs=5)
+    check(comp.choices[0].logprobs.token_logprobs == zl["token_logprobs"] and comp.usage.completion_tokens == 0,
+          "max_tokens 0 through the openai package")
+    # Without echo there is nothing to return: 400 naming max_tokens and saying why.
+    bad = requests.post(url + "/v1/completions", timeout=60, json={"prompt": "Once", "max_tokens": 0, "logprobs": 1})
+    err = bad.json().get("error", {}) if bad.headers.get("Content-Type", "").startswith("application/json") else {}
+    check(bad.status_code == 400 and err.get("param") == "max_tokens" and "echo" in err.get("message", ""),
+          "max_tokens 0 without echo is a 400: %d %r" % (bad.status_code, bad.text))
+    for body in ({"prompt": "Once", "max_tokens": 0, "echo": False},
+                 {"prompt": "Once", "max_tokens": 0, "stream": True}):
+        check(requests.post(url + "/v1/completions", json=body, timeout=60).status_code == 400, "400 for %r" % body)
+
+    # Sampled tokens: each is in its own top_logprobs (k + 1 entries when it is not among the k most likely).
+    sampled = complete(url, "Once upon a time", 40, temperature=1.5, seed=3, logprobs=1)["choices"][0]["logprobs"]
+    pairs = list(zip(sampled["tokens"], sampled["token_logprobs"], sampled["top_logprobs"]))
+    check(all(t.get(tok) == v and len(t) in (1, 2) for tok, v, t in pairs), "sampled tokens are in top_logprobs")
+    check(sum(len(t) == 2 for _, _, t in pairs) >= 1 and all(len(t) == 1 or max(t.values()) > v for _, v, t in pairs),
+          "sampled tokens outside the top 1 are added as a second entry (%d)" % sum(len(t) == 2 for _, _, t in pairs))
+    zero_k = complete(url, "Once upon a time", 10, temperature=1.5, seed=3, logprobs=0)["choices"][0]["logprobs"]
+    check(all(t == {tok: v} for tok, v, t in zip(zero_k["tokens"], zero_k["token_logprobs"], zero_k["top_logprobs"])),
+          "logprobs 0: top_logprobs hold the chosen token alone")
+    # Chat keeps exactly top_logprobs alternatives, also for a sampled token that is not among them.
+    chat = requests.post(url + "/v1/chat/completions", timeout=120, json={
+        "messages": [{"role": "user", "content": "Once upon a time"}], "max_tokens": 40, "temperature": 1.5,
+        "seed": 3, "logprobs": True, "top_logprobs": 1}).json()["choices"][0]["logprobs"]["content"]
+    check(all(len(t["top_logprobs"]) == 1 for t in chat), "chat top_logprobs are exactly k")
+    check(any(t["top_logprobs"][0]["token"] != t["token"] for t in chat), "chat: a sampled token outside the top 1")
 
 
 def concurrency_tests(srv):
@@ -372,6 +469,7 @@ try:
         api_tests(srv)
         batch_tests(srv)
         echo_logprob_tests(srv)
+        scoring_tests(srv)
     else:
         concurrency_tests(srv)
     rc = srv.stop()
