@@ -105,13 +105,14 @@ try:
 
     def drained_client():
         resp = requests.post(url + "/v1/completions", headers=auth, stream=True,
-                             json={"prompt": [1, 450, 4996], "max_tokens": 12, "temperature": 0, "stream": True})
+                             json={"prompt": [1, 450, 4996], "max_tokens": 64, "temperature": 0, "stream": True})
         events = [l[5:].strip() for l in resp.iter_lines() if l.startswith(b"data:")]
         drain["events"] = events
 
     wait_for(lambda: srv.metric("tessera_kv_blocks_used") == 0, "an idle engine")
     t = threading.Thread(target=drained_client)
     t.start()
+    # 64 tokens take long enough (about 10 ms each) that the poll sees the request running before it ends.
     wait_for(lambda: srv.metric("tessera_num_requests_running") == 1, "the request to drain")
     srv.proc.send_signal(signal.SIGTERM)
     t.join(300)
