@@ -38,6 +38,19 @@ def wait_for(pred, what, timeout=120):
     return False
 
 
+def read_events(response, count):
+    """Reads `count` SSE data lines of a streamed response; returns the line iterator, which the caller keeps (a
+    dropped generator can close the connection)."""
+    lines = response.iter_lines()
+    got = 0
+    for line in lines:
+        if line.startswith(b"data:"):
+            got += 1
+            if got == count:
+                break
+    return lines
+
+
 srv = Server(TESSERA, ["--max-num-seqs", "1", "--max-queue", "1", "--kv-memory", "256MiB"], api_key=KEY)
 try:
     srv.wait_ready()
@@ -65,13 +78,7 @@ try:
     cancelled0 = srv.metric("tessera_requests_cancelled_total")
     r = requests.post(url + "/v1/completions", headers=auth, stream=True,
                       json={"prompt": [1, 450, 4996], "max_tokens": 900, "temperature": 0, "stream": True})
-    lines = r.iter_lines()
-    got = 0
-    for line in lines:
-        if line.startswith(b"data:"):
-            got += 1
-            if got == 2:
-                break
+    lines = read_events(r, 2)
     check(srv.metric("tessera_kv_blocks_used") > 0, "the streaming request holds blocks")
     r.close()  # the client goes away
     wait_for(lambda: srv.metric("tessera_requests_cancelled_total") == cancelled0 + 1, "the cancellation")
@@ -136,13 +143,7 @@ try:
     r = requests.post(batch_srv.url + "/v1/completions", stream=True,
                       json={"prompt": [[1, 450, 4996], [1, 450], [1, 4996]], "max_tokens": 900, "temperature": 0,
                             "stream": True})
-    lines = r.iter_lines()  # kept: a dropped generator can close the connection
-    got = 0
-    for line in lines:
-        if line.startswith(b"data:"):
-            got += 1
-            if got == 2:
-                break
+    lines = read_events(r, 2)
     wait_for(lambda: batch_srv.metric("tessera_num_requests_running") == 3, "the list's three requests running")
     r.close()  # the client goes away
     wait_for(lambda: batch_srv.metric("tessera_requests_cancelled_total") == cancelled0 + 3, "three cancellations")
