@@ -145,8 +145,7 @@ size_t KvCache::bytes() const {
 
 int KvCache::blocks_missing(int rows) const {
   TESSERA_CHECK(paged() && rows >= 0);
-  const int block = pool_->block_size();
-  const int need = (rows + block - 1) / block - static_cast<int>(blocks_.size());
+  const int need = pool_->blocks_for(rows) - static_cast<int>(blocks_.size());
   return need > 0 ? need : 0;
 }
 

@@ -30,6 +30,8 @@ class KvPool {
   int block_shift() const { return block_shift_; }
   int num_blocks() const { return num_blocks_; }
   int num_free() const { return static_cast<int>(free_.size()); }
+  // Blocks that hold `rows` rows.
+  int blocks_for(int rows) const { return (rows + block_size() - 1) >> block_shift_; }
   int n_layers() const { return static_cast<int>(layers_.size()); }
   size_t bytes() const { return storage_.bytes(); }
   // Layer l's whole pool as a contiguous KvLayer of num_blocks * block_size rows.
@@ -79,8 +81,6 @@ class KvCache {
   // Paged: grows to at least `rows` rows by taking blocks from the pool, keeping every row it holds. Throws
   // tessera::Error and changes nothing when the pool has too few free blocks.
   void reserve(int rows);
-  // Paged: the pool's block of each logical block.
-  const std::vector<int>& block_table() const { return blocks_; }
 
  private:
   KvCache(const std::vector<int>& layer_kv_dims, int capacity, Backend* backend);

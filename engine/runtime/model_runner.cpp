@@ -80,7 +80,7 @@ void ModelRunner::open_slot(int slot, int capacity) {
   if (pool_) {
     // Opening replaces the slot's cache: its blocks come back first.
     const int held = slot_capacity(slot) / pool_->block_size();
-    const int need = (capacity + pool_->block_size() - 1) / pool_->block_size();
+    const int need = pool_->blocks_for(capacity);
     if (need > pool_->num_free() + held) throw pool_exhausted(capacity, need, pool_->num_free() + held);
   }
   const Plan plan{kOpen, 0, 0, 0, slot, capacity};
@@ -291,7 +291,8 @@ void ModelRunner::execute_step(const Plan& plan) {
   seq_chunks_.clear();
   for (const StepChunk& ch : chunks_) {
     TESSERA_CHECK_MSG(slot_capacity(ch.slot) > 0, "plan names a closed slot " + std::to_string(ch.slot));
-    seq_chunks_.push_back({&*slots_[sz(ch.slot)], ch.pos0, ch.n_tokens, ch.logits != 0});
+    seq_chunks_.push_back(
+        {&*slots_[sz(ch.slot)], ch.pos0, ch.n_tokens, ch.logits != 0, ch.logits == StepChunk::kAllRows});
   }
   const size_t hidden_bytes = sz(plan.n_rows) * sz(c.dim) * sizeof(float);
   if (shard_.first_stage()) {
@@ -309,7 +310,6 @@ void ModelRunner::execute_step(const Plan& plan) {
   }
   const int rows = logit_rows(plan);
   if (rows == 0) return;
-  for (size_t i = 0; i < chunks_.size(); ++i) seq_chunks_[i].all_logits = chunks_[i].logits == StepChunk::kAllRows;
   const size_t k = ring_next_;
   ring_next_ = (ring_next_ + 1) % logits_ring_.size();
   if (ring_send_[k] != 0) groups_->world->wait_send(std::exchange(ring_send_[k], 0));
