@@ -62,7 +62,7 @@ TEST(MatmulRows, EachRowAsIfAlone) {
         for (int64_t cols : {7, 33, 256, 300}) {
           const OwnedMatrix w = weights(rng, c, rows, cols);
           const auto bias = test::random_vec(rng, static_cast<size_t>(rows));
-          for (int n : {1, 2, 5, 13}) {
+          for (int n : {1, 2, 3, 5, 6, 7, 13, 16}) {
             SCOPED_TRACE(::testing::Message()
                          << be->name() << " " << dtype_name(c.dtype) << " g" << c.group
                          << (c.act == ActQuant::kInt8 ? " act-int8" : "") << " " << rows << "x" << cols << " n=" << n);
@@ -88,7 +88,7 @@ TEST(MatmulRows, FusedSiluMulEachRowAsIfAlone) {
       be->set_activation_quant(c.act);
       const int64_t hidden = 45, dim = 256;
       const OwnedMatrix g = weights(rng, c, hidden, dim), u = weights(rng, c, hidden, dim);
-      for (int n : {1, 3, 9}) {
+      for (int n : {1, 2, 3, 7, 9, 16}) {
         SCOPED_TRACE(::testing::Message() << be->name() << " " << dtype_name(c.dtype) << " n=" << n);
         const auto x = test::random_vec(rng, static_cast<size_t>(n * dim));
         std::vector<float> got = test::poisoned(static_cast<size_t>(n * hidden)), one(static_cast<size_t>(hidden));

@@ -102,6 +102,14 @@ inline __m256 exp8(__m256 x) {
 // cache line keeps more misses in flight. 512-1024 bytes measured best there.
 constexpr int64_t kGemvPrefetchBytes = 768;
 
+// The ragged end (cols % 8 values) of one dot, added in order to s. Every decode kernel ends a row with this one
+// function, so the same row gets the same bits from each of them.
+template <typename L>
+inline float dot_tail(float s, const float* x, const typename L::T* r, int64_t c, int64_t cols) {
+  for (; c < cols; ++c) s += x[c] * L::cvt(r[c]);
+  return s;
+}
+
 // Four weight rows against M x rows (M = 1: decode of one sequence; M = 2: two sequences of a batch step). Each
 // group of 8 weight values is loaded and converted once and multiplied into all M x rows, so a batch pays the
 // conversion and the weight loads once per pair of sequences. Per x row the arithmetic is the same for every M
@@ -154,12 +162,69 @@ void dot4xm(const float* x, int64_t ldx, const void* const* rows, const void* co
     float* o = out + m * ldo;
     _mm_storeu_ps(o, hsum4(acc[m][0], acc[m][1], acc[m][2], acc[m][3]));
     const float* xm = x + m * ldx;
-    for (int64_t k = c; k < cols; ++k) {
-      o[0] += xm[k] * L::cvt(r0[k]);
-      o[1] += xm[k] * L::cvt(r1[k]);
-      o[2] += xm[k] * L::cvt(r2[k]);
-      o[3] += xm[k] * L::cvt(r3[k]);
+    o[0] = dot_tail<L>(o[0], xm, r0, c, cols);
+    o[1] = dot_tail<L>(o[1], xm, r1, c, cols);
+    o[2] = dot_tail<L>(o[2], xm, r2, c, cols);
+    o[3] = dot_tail<L>(o[3], xm, r3, c, cols);
+  }
+}
+
+// Two weight rows against M x rows (M <= kDotTileRows): the batched-decode tile. Per (x row, weight row) the
+// arithmetic is dot4xm's exactly (8 lane accumulators, hsum4's reduction tree, the same tail), so the drivers may
+// group a batch's rows into tiles any way they like and every row still gets what it gets alone. With M = 6 the
+// 12 accumulators, two weight vectors and one x vector fill the 16 registers: each weight vector is converted
+// once per 6 rows (dot4x2: once per 2), which is what lets a 16-row batch run near the FMA rate.
+template <typename L, int M>
+void dot2xm_fixed(const float* x, int64_t ldx, const void* const* rows, const void* const* next, int64_t cols,
+                  float* out, int64_t ldo) {
+  using T = typename L::T;
+  constexpr int64_t kLine = 64 / sizeof(T);
+  constexpr int64_t kAhead = kGemvPrefetchBytes / sizeof(T);
+  const T* r0 = static_cast<const T*>(rows[0]);
+  const T* r1 = static_cast<const T*>(rows[1]);
+  __m256 acc[M][2];
+  for (int m = 0; m < M; ++m) acc[m][0] = acc[m][1] = _mm256_setzero_ps();
+  const auto step = [&](int64_t c) {
+    const __m256 w0 = L::load8(r0 + c), w1 = L::load8(r1 + c);
+    for (int m = 0; m < M; ++m) {
+      const __m256 xv = _mm256_loadu_ps(x + m * ldx + c);
+      acc[m][0] = _mm256_fmadd_ps(xv, w0, acc[m][0]);
+      acc[m][1] = _mm256_fmadd_ps(xv, w1, acc[m][1]);
     }
+  };
+  int64_t c = 0;
+  for (; c + kLine <= cols; c += kLine) {
+    const int64_t pc = c + kAhead;
+    if (pc < cols) {
+      _mm_prefetch(reinterpret_cast<const char*>(r0 + pc), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(r1 + pc), _MM_HINT_T0);
+    } else if (next != nullptr) {
+      _mm_prefetch(reinterpret_cast<const char*>(static_cast<const T*>(next[0]) + (pc - cols)), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(static_cast<const T*>(next[1]) + (pc - cols)), _MM_HINT_T0);
+    }
+    for (int64_t u = 0; u < kLine; u += 8) step(c + u);
+  }
+  for (; c + 8 <= cols; c += 8) step(c);
+  alignas(16) float sums[4];
+  for (int m = 0; m < M; ++m) {
+    // hsum4 reduces each of its four vectors with the same tree whatever the other three are.
+    _mm_store_ps(sums, hsum4(acc[m][0], acc[m][1], acc[m][0], acc[m][1]));
+    const float* xm = x + m * ldx;
+    out[m * ldo] = dot_tail<L>(sums[0], xm, r0, c, cols);
+    out[m * ldo + 1] = dot_tail<L>(sums[1], xm, r1, c, cols);
+  }
+}
+
+template <typename L>
+void dot2xm(const float* x, int64_t ldx, int m, const void* const* rows, const void* const* next, int64_t cols,
+            float* out, int64_t ldo) {
+  switch (m) {
+    case 1: return dot2xm_fixed<L, 1>(x, ldx, rows, next, cols, out, ldo);
+    case 2: return dot2xm_fixed<L, 2>(x, ldx, rows, next, cols, out, ldo);
+    case 3: return dot2xm_fixed<L, 3>(x, ldx, rows, next, cols, out, ldo);
+    case 4: return dot2xm_fixed<L, 4>(x, ldx, rows, next, cols, out, ldo);
+    case 5: return dot2xm_fixed<L, 5>(x, ldx, rows, next, cols, out, ldo);
+    default: return dot2xm_fixed<L, 6>(x, ldx, rows, next, cols, out, ldo);
   }
 }
 
@@ -580,6 +645,9 @@ Kernels make() {
   k.dot4x2[kF32] = dot4x2<LoadF32>;
   k.dot4x2[kF16] = dot4x2<LoadF16>;
   k.dot4x2[kBF16] = dot4x2<LoadBF16>;
+  k.dot2xm[kF32] = dot2xm<LoadF32>;
+  k.dot2xm[kF16] = dot2xm<LoadF16>;
+  k.dot2xm[kBF16] = dot2xm<LoadBF16>;
   k.dot1[kF32] = dot1<LoadF32>;
   k.dot1[kF16] = dot1<LoadF16>;
   k.dot1[kBF16] = dot1<LoadBF16>;

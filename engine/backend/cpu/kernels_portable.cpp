@@ -79,33 +79,32 @@ inline float hsum4(V4 v) {
   return (v[0] + v[1]) + (v[2] + v[3]);
 }
 
-template <typename L>
-void dot4(const float* x, const void* const* rows, const void* const* next, int64_t cols, float* out) {
+// R weight rows against one x row: four lane accumulators per row, their sum, then the ragged tail in order. Each
+// row's arithmetic is the same for every R, which is what lets dot4, dot4x2 and dot2xm agree bit for bit.
+template <typename L, int R>
+void dot_rows(const float* x, const void* const* rows, int64_t cols, float* out, int64_t stride = 1) {
   using T = typename L::T;
-  const T* r0 = static_cast<const T*>(rows[0]);
-  const T* r1 = static_cast<const T*>(rows[1]);
-  const T* r2 = static_cast<const T*>(rows[2]);
-  const T* r3 = static_cast<const T*>(rows[3]);
-  V4 a0 = splat4(0), a1 = a0, a2 = a0, a3 = a0;
+  const T* r[R];
+  V4 a[R];
+  for (int j = 0; j < R; ++j) {
+    r[j] = static_cast<const T*>(rows[j]);
+    a[j] = splat4(0);
+  }
   int64_t c = 0;
   for (; c + 4 <= cols; c += 4) {
     const V4 xc = load4(x + c);
-    a0 += xc * L::load4(r0 + c);
-    a1 += xc * L::load4(r1 + c);
-    a2 += xc * L::load4(r2 + c);
-    a3 += xc * L::load4(r3 + c);
+    for (int j = 0; j < R; ++j) a[j] += xc * L::load4(r[j] + c);
   }
-  float s0 = hsum4(a0), s1 = hsum4(a1), s2 = hsum4(a2), s3 = hsum4(a3);
-  for (; c < cols; ++c) {
-    s0 += x[c] * L::cvt(r0[c]);
-    s1 += x[c] * L::cvt(r1[c]);
-    s2 += x[c] * L::cvt(r2[c]);
-    s3 += x[c] * L::cvt(r3[c]);
+  for (int j = 0; j < R; ++j) {
+    float s = hsum4(a[j]);
+    for (int64_t k = c; k < cols; ++k) s += x[k] * L::cvt(r[j][k]);
+    out[j * stride] = s;
   }
-  out[0] = s0;
-  out[1] = s1;
-  out[2] = s2;
-  out[3] = s3;
+}
+
+template <typename L>
+void dot4(const float* x, const void* const* rows, const void* const* /*next*/, int64_t cols, float* out) {
+  dot_rows<L, 4>(x, rows, cols, out);
 }
 
 // Two x rows: dot4 for each, so every row's dots are exactly what dot4 gives it alone (the contract of dot4x2).
@@ -114,6 +113,13 @@ void dot4x2(const float* x, int64_t ldx, const void* const* rows, const void* co
             int64_t ldo) {
   dot4<L>(x, rows, next, cols, out);
   dot4<L>(x + ldx, rows, nullptr, cols, out + ldo);
+}
+
+// Two weight rows against m x rows, each as dot4 computes it.
+template <typename L>
+void dot2xm(const float* x, int64_t ldx, int m, const void* const* rows, const void* const* /*next*/, int64_t cols,
+            float* out, int64_t ldo) {
+  for (int i = 0; i < m; ++i) dot_rows<L, 2>(x + i * ldx, rows, cols, out + i * ldo);
 }
 
 template <typename L>
@@ -251,6 +257,9 @@ Kernels make() {
   k.dot4x2[kF32] = dot4x2<LoadF32>;
   k.dot4x2[kF16] = dot4x2<LoadF16>;
   k.dot4x2[kBF16] = dot4x2<LoadBF16>;
+  k.dot2xm[kF32] = dot2xm<LoadF32>;
+  k.dot2xm[kF16] = dot2xm<LoadF16>;
+  k.dot2xm[kBF16] = dot2xm<LoadBF16>;
   k.dot1[kF32] = dot1<LoadF32>;
   k.dot1[kF16] = dot1<LoadF16>;
   k.dot1[kBF16] = dot1<LoadBF16>;
