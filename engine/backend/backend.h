@@ -8,6 +8,7 @@
 #include <cstddef>
 #include <cstring>
 #include <memory>
+#include <span>
 #include <string>
 
 #include "engine/backend/backend_buffer.h"
@@ -72,6 +73,15 @@ inline size_t KvLayer::row_offset(int pos) const {
   return kv_row_offset(*this, pos);
 }
 
+// One sequence's attention call (see Backend::attention): n query rows at positions pos0.. against its cache.
+struct AttentionCall {
+  const float* q = nullptr;
+  float* out = nullptr;
+  int n = 0;
+  int pos0 = 0;
+  KvLayer kv;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -128,6 +138,12 @@ class Backend {
   // q: [n][n_heads*head_dim]; out: [n][n_heads*head_dim].
   virtual void attention(const float* q, int n, int pos0, const KvLayer& kv, const AttentionShape& shape,
                          float* out) = 0;
+
+  // attention() for several sequences of one step (same layer, so the same shape): every call's result is bit for
+  // bit what attention() gives it alone. Backends may run the calls together; this default loops.
+  virtual void attention_batch(std::span<const AttentionCall> calls, const AttentionShape& shape) {
+    for (const AttentionCall& c : calls) attention(c.q, c.n, c.pos0, c.kv, shape, c.out);
+  }
 
   // y[i] += x[i] for i < count.
   virtual void add(float* y, const float* x, size_t count) = 0;

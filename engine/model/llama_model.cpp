@@ -71,6 +71,7 @@ LlamaModel::LlamaModel(const ModelData& model, Backend& backend, int max_batch_t
   if (!backend.host_memory()) logits_ = floats(rows * sz(c.vocab_size));
   positions_.resize(rows);
   row_runs_.reserve(rows);
+  attention_calls_.reserve(rows);
 }
 
 std::vector<int> LlamaModel::layer_kv_dims() const {
@@ -214,6 +215,7 @@ void LlamaModel::run_layers(std::span<const SequenceChunk> chunks) {
     be.rope(q, n, d.heads, positions_.data(), weights_.rope);
     be.rope(k, n, d.kv_heads, positions_.data(), weights_.rope);
     int row = 0;
+    attention_calls_.clear();
     for (const SequenceChunk& ch : chunks) {
       const KvLayer kv = ch.cache->layer(li);
       // Caches made for this shard (make_cache, make_kv_pool) hold rows of exactly kv_dim floats: a chunk's rows
@@ -227,9 +229,10 @@ void LlamaModel::run_layers(std::span<const SequenceChunk> chunks) {
         i += rows;
       }
       const size_t off = sz(row) * sz(q_dim);
-      be.attention(q + off, ch.n_tokens, ch.pos0, kv, shape, att + off);
+      attention_calls_.push_back({q + off, att + off, ch.n_tokens, ch.pos0, kv});
       row += ch.n_tokens;
     }
+    be.attention_batch(attention_calls_, shape);
     if (observer_) observer_->observe(l, LinearInput::kAttnOut, att, n, q_dim);
     linear(att, lw.wo, nullptr, proj);
     if (split) tp_->all_reduce_sum(proj, sz(n) * dim);
@@ -303,6 +306,7 @@ void LlamaModel::head(std::span<const SequenceChunk> chunks, bool all_rows, floa
     logits_of(xb, rows, /*per_row=*/false, out);
   } else {
     int row = 0;
+    attention_calls_.clear();
     for (const SequenceChunk& ch : chunks) {
       row += ch.n_tokens;
       const int take = ch.all_logits ? ch.n_tokens : ch.logits ? 1 : 0;

@@ -8,6 +8,7 @@
 #include <limits>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "engine/backend/cpu/reference_ops.h"
@@ -256,6 +257,40 @@ TEST_P(CpuBackendTest, AttentionPagedEqualsContiguous) {
   }
   check_paged_attention(cpu(), rng_, 4, 4, 64, 130, 1, 4);
   check_paged_attention(cpu(), rng_, 80, 1, 16, 10, 3, 3);
+  // One query per kv head (decode without GQA reads the cache in place): pages shorter than, equal to and longer
+  // than its key blocks.
+  for (int block_shift : {0, 2, 4, 5}) {
+    for (int pos0 : {0, 15, 16, 70}) check_paged_attention(cpu(), rng_, 6, 6, 24, pos0, 1, block_shift);
+  }
+}
+
+// attention_batch: several sequences' calls of one step, decode rows and prefill chunks mixed, each bit for bit what
+// attention() gives it alone.
+TEST_P(CpuBackendTest, AttentionBatchEqualsSingleCalls) {
+  for (const AttentionShape shape : {AttentionShape{6, 6, 32}, AttentionShape{8, 2, 16}}) {
+    SCOPED_TRACE(::testing::Message() << "heads=" << shape.n_heads << " kv_heads=" << shape.n_kv_heads);
+    const int kv_dim = shape.n_kv_heads * shape.head_dim, q_dim = shape.n_heads * shape.head_dim;
+    const std::vector<std::pair<int, int>> chunks = {{0, 1}, {40, 1}, {3, 4}, {17, 1}, {0, 9}, {90, 1}};  // pos0, n
+    std::vector<std::vector<float>> ks, vs, qs, want, got;
+    std::vector<AttentionCall> calls;
+    for (const auto& [pos0, n] : chunks) {
+      const int capacity = pos0 + n;
+      ks.push_back(random_vec(rng_, static_cast<size_t>(capacity) * kv_dim));
+      vs.push_back(random_vec(rng_, static_cast<size_t>(capacity) * kv_dim));
+      qs.push_back(random_vec(rng_, static_cast<size_t>(n) * q_dim));
+      want.emplace_back(qs.back().size());
+      got.emplace_back(qs.back().size());
+      poison(got.back());
+      const KvLayer kv{ks.back().data(), vs.back().data(), capacity, kv_dim};
+      cpu().attention(qs.back().data(), n, pos0, kv, shape, want.back().data());
+    }
+    for (size_t i = 0; i < chunks.size(); ++i) {
+      const KvLayer kv{ks[i].data(), vs[i].data(), chunks[i].first + chunks[i].second, kv_dim};
+      calls.push_back({qs[i].data(), got[i].data(), chunks[i].second, chunks[i].first, kv});
+    }
+    cpu().attention_batch(calls, shape);
+    for (size_t i = 0; i < chunks.size(); ++i) EXPECT_EQ(got[i], want[i]) << "call " << i;
+  }
 }
 
 TEST(KvLayer, PagedRowAddressing) {

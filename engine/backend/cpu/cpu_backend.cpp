@@ -97,6 +97,7 @@ struct CpuBackend::Impl {
   const cpu::Kernels* k = nullptr;
   std::vector<SlotScratch> slots;  // one per pool slot
   ActScratch act;
+  std::vector<const AttentionCall*> single_calls;  // attention_batch's single-row calls (capacity kept)
 };
 
 CpuBackend::CpuBackend(int n_threads, CpuKernels kernels)
@@ -733,85 +734,140 @@ int CpuBackend::argmax(const float* x, int n) {
 
 // ---- attention ----
 
-void CpuBackend::attention(const float* q, int n, int pos0, const KvLayer& kv, const AttentionShape& shape,
-                           float* out) {
-  const int hd = shape.head_dim;
-  TESSERA_CHECK(shape.n_heads > 0 && shape.n_kv_heads > 0 && shape.n_heads % shape.n_kv_heads == 0 && hd > 0);
-  TESSERA_CHECK(n >= 0 && pos0 >= 0 && pos0 + n <= kv.capacity);
-  TESSERA_CHECK_MSG(kv.stride == shape.n_kv_heads * hd, "KV rows must be n_kv_heads * head_dim floats");
-  if (n == 0) return;
-  const cpu::Kernels& k = *impl_->k;
-  const int group = shape.n_heads / shape.n_kv_heads;
-  const int64_t q_stride = static_cast<int64_t>(shape.n_heads) * hd;
-  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+namespace {
 
-  // A task is one batch for the attend kernel: qr query rows x kvb kv heads x hb heads of each of their groups
-  // (hb < group only when kvb == 1). Each K/V block is then fetched once per batch, not once per (row, head) pair.
-  // Decode batches whole GQA groups of neighbouring kv heads (their slices of a cache row are contiguous);
-  // prefill batches rows of one group. Batches shrink (kv heads, heads, then rows) until every thread has work.
-  const int threads = pool_.size();
-  int hb = std::min(group, cpu::kMaxAttendBatch);
-  int kvb = n == 1 ? std::min(shape.n_kv_heads, std::max(1, cpu::kMaxAttendBatch / hb)) : 1;
-  int qr = n == 1 ? 1 : std::max(1, cpu::kMaxAttendBatch / hb);
+// How one attention call is cut into tasks, each one batch for the attend kernel: qr query rows x kvb kv heads x hb
+// heads of each of their groups (hb < group only when kvb == 1). Each K/V block is then fetched once per batch, not
+// once per (row, head) pair. Decode batches whole GQA groups of neighbouring kv heads (their slices of a cache row
+// are contiguous); prefill batches rows of one group. Batches shrink (kv heads, heads, then rows) until every
+// thread has work. The plan depends only on n, the shape and the thread count, so a sequence's attention is cut the
+// same way whatever else runs in the step (the kernel's blocking, and so its bits, follow the batch shape).
+struct AttentionPlan {
+  int group = 1, hb = 1, kvb = 1, qr = 1;
   int64_t head_blocks = 0, kv_blocks = 0, row_blocks = 0, tasks = 0;
-  const auto count_tasks = [&] {
-    head_blocks = (group + hb - 1) / hb;
-    kv_blocks = (shape.n_kv_heads + kvb - 1) / kvb;
-    row_blocks = (n + qr - 1) / qr;
-    tasks = row_blocks * kv_blocks * head_blocks;
-  };
-  const auto shrink_until_enough_tasks = [&](int& size) {
-    for (count_tasks(); tasks < threads && size > 1; count_tasks()) size = (size + 1) / 2;
-  };
-  shrink_until_enough_tasks(kvb);
-  shrink_until_enough_tasks(hb);
-  shrink_until_enough_tasks(qr);
+  size_t scratch_floats = 0;
 
-  const auto run_task = [&](int64_t task, float* scratch) {
-    const int64_t hblk = task % head_blocks;
-    const int64_t kvblk = task / head_blocks % kv_blocks;
-    const int64_t rb = task / head_blocks / kv_blocks;
-    cpu::AttendBatch batch;
-    batch.kv_first = static_cast<int>(kvblk) * kvb;
-    batch.kv_count = std::min(shape.n_kv_heads - batch.kv_first, kvb);
-    batch.count = 0;
-    const int64_t i_end = std::min<int64_t>(n, (rb + 1) * qr);
-    for (int64_t i = rb * qr; i < i_end; ++i) {
-      for (int kvh = batch.kv_first; kvh < batch.kv_first + batch.kv_count; ++kvh) {
-        const int h_begin = kvh * group + static_cast<int>(hblk) * hb;
-        const int h_end = std::min(kvh * group + group, h_begin + hb);
-        for (int h = h_begin; h < h_end; ++h) {
-          const int64_t off = i * q_stride + static_cast<int64_t>(h) * hd;
-          batch.q[batch.count] = q + off;
-          batch.out[batch.count] = out + off;
-          batch.n_keys[batch.count] = pos0 + static_cast<int>(i) + 1;  // causal: sees cache rows 0..pos0+i
-          batch.kv_head[batch.count] = kvh;                            // GQA: head h reads kv head h / group
-          ++batch.count;
-        }
+  AttentionPlan(int n, const AttentionShape& shape, int threads) {
+    group = shape.n_heads / shape.n_kv_heads;
+    hb = std::min(group, cpu::kMaxAttendBatch);
+    kvb = n == 1 ? std::min(shape.n_kv_heads, std::max(1, cpu::kMaxAttendBatch / hb)) : 1;
+    qr = n == 1 ? 1 : std::max(1, cpu::kMaxAttendBatch / hb);
+    const auto count_tasks = [&] {
+      head_blocks = (group + hb - 1) / hb;
+      kv_blocks = (shape.n_kv_heads + kvb - 1) / kvb;
+      row_blocks = (n + qr - 1) / qr;
+      tasks = row_blocks * kv_blocks * head_blocks;
+    };
+    const auto shrink_until_enough_tasks = [&](int& size) {
+      for (count_tasks(); tasks < threads && size > 1; count_tasks()) size = (size + 1) / 2;
+    };
+    shrink_until_enough_tasks(kvb);
+    shrink_until_enough_tasks(hb);
+    shrink_until_enough_tasks(qr);
+    // The last kv block may be narrower, and a narrower span gets a longer key block: size for the worst span.
+    int64_t worst = 0;
+    for (int count = 1; count <= kvb; ++count) {
+      worst = std::max(worst, cpu::attend_scratch_floats(static_cast<int64_t>(count) * shape.head_dim));
+    }
+    scratch_floats = static_cast<size_t>(worst);
+  }
+};
+
+// Runs task `task` of call c under `plan`.
+void run_attention_task(const cpu::Kernels& k, const AttentionPlan& plan, const AttentionCall& c,
+                        const AttentionShape& shape, int64_t task, float* scratch) {
+  const int hd = shape.head_dim;
+  const int64_t q_stride = static_cast<int64_t>(shape.n_heads) * hd;
+  const int64_t hblk = task % plan.head_blocks;
+  const int64_t kvblk = task / plan.head_blocks % plan.kv_blocks;
+  const int64_t rb = task / plan.head_blocks / plan.kv_blocks;
+  cpu::AttendBatch batch;
+  batch.kv_first = static_cast<int>(kvblk) * plan.kvb;
+  batch.kv_count = std::min(shape.n_kv_heads - batch.kv_first, plan.kvb);
+  batch.count = 0;
+  const int64_t i_end = std::min<int64_t>(c.n, (rb + 1) * plan.qr);
+  for (int64_t i = rb * plan.qr; i < i_end; ++i) {
+    for (int kvh = batch.kv_first; kvh < batch.kv_first + batch.kv_count; ++kvh) {
+      const int h_begin = kvh * plan.group + static_cast<int>(hblk) * plan.hb;
+      const int h_end = std::min(kvh * plan.group + plan.group, h_begin + plan.hb);
+      for (int h = h_begin; h < h_end; ++h) {
+        const int64_t off = i * q_stride + static_cast<int64_t>(h) * hd;
+        batch.q[batch.count] = c.q + off;
+        batch.out[batch.count] = c.out + off;
+        batch.n_keys[batch.count] = c.pos0 + static_cast<int>(i) + 1;  // causal: sees cache rows 0..pos0+i
+        batch.kv_head[batch.count] = kvh;                              // GQA: head h reads kv head h / group
+        ++batch.count;
       }
     }
-    k.attend(batch, kv, hd, scale, scratch);
-  };
-  const int n_slots = static_cast<int>(std::min<int64_t>(threads, tasks));
-  // The last kv block may be narrower, and a narrower span gets a longer key block: size for the worst span.
-  int64_t worst_scratch = 0;
-  for (int count = 1; count <= kvb; ++count)
-    worst_scratch = std::max(worst_scratch, cpu::attend_scratch_floats(static_cast<int64_t>(count) * hd));
-  const auto scratch_floats = static_cast<size_t>(worst_scratch);
+  }
+  k.attend(batch, c.kv, hd, 1.0f / std::sqrt(static_cast<float>(hd)), scratch);
+}
+
+void check_attention_call(const AttentionCall& c, const AttentionShape& shape) {
+  TESSERA_CHECK(shape.n_heads > 0 && shape.n_kv_heads > 0 && shape.n_heads % shape.n_kv_heads == 0);
+  TESSERA_CHECK(shape.head_dim > 0);
+  TESSERA_CHECK(c.n >= 0 && c.pos0 >= 0 && c.pos0 + c.n <= c.kv.capacity);
+  TESSERA_CHECK_MSG(c.kv.stride == shape.n_kv_heads * shape.head_dim, "KV rows must be n_kv_heads * head_dim floats");
+}
+
+}  // namespace
+
+void CpuBackend::reserve_attend_scratch(int n_slots, size_t floats) {
   for (int t = 0; t < n_slots; ++t) {
     AlignedFloats& buf = impl_->slots[static_cast<size_t>(t)].attend;
-    if (buf.size() < scratch_floats) buf.resize(scratch_floats);
+    if (buf.size() < floats) buf.resize(floats);
   }
+}
+
+void CpuBackend::attention(const float* q, int n, int pos0, const KvLayer& kv, const AttentionShape& shape,
+                           float* out) {
+  const AttentionCall call{q, out, n, pos0, kv};
+  check_attention_call(call, shape);
+  if (n == 0) return;
+  const cpu::Kernels& k = *impl_->k;
+  const AttentionPlan plan(n, shape, pool_.size());
+  const int n_slots = static_cast<int>(std::min<int64_t>(pool_.size(), plan.tasks));
+  reserve_attend_scratch(n_slots, plan.scratch_floats);
   for_each_slot(pool_, n_slots, [&](int t) {
     float* scratch = impl_->slots[static_cast<size_t>(t)].attend.data();
-    const auto run = [&](int64_t task) { run_task(task, scratch); };
+    const auto run = [&](int64_t task) { run_attention_task(k, plan, call, shape, task, scratch); };
     if (n == 1) {
       // Decode: equal work per task; contiguous ranges.
-      const Range r = split(tasks, t, n_slots);
+      const Range r = split(plan.tasks, t, n_slots);
       for (int64_t task = r.begin; task < r.end; ++task) run(task);
     } else {
       // Prefill: later rows see more keys, so deal tasks round-robin to balance the causal triangle.
-      for (int64_t task = t; task < tasks; task += n_slots) run(task);
+      for (int64_t task = t; task < plan.tasks; task += n_slots) run(task);
+    }
+  });
+}
+
+// The single-row calls of a batch step (one decoded token per sequence) share one trip through the pool: each is
+// cut into tasks exactly as attention() cuts it, and the threads take contiguous ranges of all their tasks. Waking
+// the pool once per sequence and layer cost more than the attention itself at short contexts.
+void CpuBackend::attention_batch(std::span<const AttentionCall> calls, const AttentionShape& shape) {
+  int singles = 0;
+  for (const AttentionCall& c : calls) {
+    check_attention_call(c, shape);
+    if (c.n > 1) attention(c.q, c.n, c.pos0, c.kv, shape, c.out);
+    singles += c.n == 1 ? 1 : 0;
+  }
+  if (singles == 0) return;
+  const cpu::Kernels& k = *impl_->k;
+  const AttentionPlan plan(1, shape, pool_.size());
+  const int64_t tasks = plan.tasks * singles;
+  const int n_slots = static_cast<int>(std::min<int64_t>(pool_.size(), tasks));
+  reserve_attend_scratch(n_slots, plan.scratch_floats);
+  // Task u is task u % plan.tasks of the (u / plan.tasks)-th single-row call.
+  impl_->single_calls.clear();
+  for (const AttentionCall& c : calls) {
+    if (c.n == 1) impl_->single_calls.push_back(&c);
+  }
+  for_each_slot(pool_, n_slots, [&](int t) {
+    float* scratch = impl_->slots[static_cast<size_t>(t)].attend.data();
+    const Range r = split(tasks, t, n_slots);
+    for (int64_t u = r.begin; u < r.end; ++u) {
+      run_attention_task(k, plan, *impl_->single_calls[static_cast<size_t>(u / plan.tasks)], shape, u % plan.tasks, scratch);
     }
   });
 }

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <memory>
+#include <span>
 #include <string>
 
 #include "engine/backend/backend.h"
@@ -35,6 +36,7 @@ class CpuBackend final : public Backend {
   void rmsnorm(const float* x, const float* w, int n, int dim, float eps, float* y) override;
   void rope(float* x, int n, int n_heads, const int* positions, const RopeTable& table) override;
   void attention(const float* q, int n, int pos0, const KvLayer& kv, const AttentionShape& shape, float* out) override;
+  void attention_batch(std::span<const AttentionCall> calls, const AttentionShape& shape) override;
   void add(float* y, const float* x, size_t count) override;
   void embedding(const Matrix& table, const int* tokens, int n, float* out) override;
   int argmax(const float* x, int n) override;
@@ -43,6 +45,9 @@ class CpuBackend final : public Backend {
   // rowwise: the decode kernels for every row; otherwise the GEMM.
   void matmul_impl(const float* x, int n, const Matrix& w, const float* bias, float* y, bool rowwise);
   void matmul_silu_mul_impl(const float* x, int n, const Matrix& gate, const Matrix& up, float* out, bool rowwise);
+
+  // Makes the first n_slots pool slots' attend scratch hold `floats` (outside the hot loops; kept for later calls).
+  void reserve_attend_scratch(int n_slots, size_t floats);
 
   struct Impl;
   ThreadPool pool_;

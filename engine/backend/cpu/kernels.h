@@ -60,9 +60,13 @@ inline constexpr int attend_block_keys(int64_t span) {
   const int64_t keys = 2048 / (span < 1 ? 1 : span);
   return keys >= 64 ? 64 : keys <= 8 ? 8 : static_cast<int>(keys) / 8 * 8;
 }
+// Keys per block when each query of a batch has a kv head to itself (decode without GQA): the queries read the cache
+// in place, in blocks at fixed multiples of this many rows.
+inline constexpr int kAttendDirectKeys = 16;
 // Scratch the attend kernel needs for a batch spanning `span` floats of a cache row.
 inline constexpr int64_t attend_scratch_floats(int64_t span) {
-  return 2 * attend_block_keys(span) * span;
+  const int keys = attend_block_keys(span);
+  return 2 * (keys > kAttendDirectKeys ? keys : kAttendDirectKeys) * span;
 }
 
 // No default member initializers on purpose: the struct stays trivial, so neither kernel translation unit
@@ -145,7 +149,9 @@ struct Kernels {
   // The batch walks the keys in blocks: each block's rows (the batch's span of kv heads) are copied once into
   // scratch and every query of the batch reads them from there. Cache rows are kv_stride floats apart (often a
   // multiple of 4 KiB), so reading one head's slice of many rows in place would be a page-strided walk the
-  // hardware prefetchers do not follow and that aliases in L1; the copy walks rows sequentially instead.
+  // hardware prefetchers do not follow and that aliases in L1; the copy walks rows sequentially instead. A batch
+  // where every query has its own kv head (decode without GQA) has nothing to share: its queries read the cache
+  // in place, kAttendDirectKeys rows at a time.
   // n_keys[b] >= 1. out rows are the accumulators (overwritten, never read first). scratch holds
   // attend_scratch_floats(kv_count * head_dim) floats.
   void (*attend)(const AttendBatch& batch, const KvLayer& kv, int head_dim, float scale, float* scratch);

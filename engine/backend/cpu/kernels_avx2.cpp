@@ -529,7 +529,58 @@ inline void copy_floats(const float* src, int64_t n, float* dst) {
   for (; i < n; ++i) dst[i] = src[i];
 }
 
+// Rows pos, pos+1, ... that follow each other in memory, up to limit (KvLayer::contiguous_rows; not called from here
+// because it is an inline member of a shared header).
+inline int consecutive_rows(const KvLayer& kv, int pos, int limit) {
+  if (kv.blocks == nullptr) return limit;
+  const int left = (1 << kv.block_shift) - (pos & ((1 << kv.block_shift) - 1));
+  return left < limit ? left : limit;
+}
+
+// A batch whose queries each have a kv head to themselves: copying blocks would only add traffic, so each query
+// reads its head's rows in place. Blocks start at fixed multiples of kAttendDirectKeys whatever the cache layout, so
+// a paged cache gives the bits of a contiguous one; a block split across pages (pages shorter than a block) is
+// gathered into scratch first.
+void attend_direct(const AttendBatch& batch, const KvLayer& kv, int hd, float scale, float* scratch) {
+  float* k_copy = scratch;
+  float* v_copy = scratch + kAttendDirectKeys * hd;
+  for (int b = 0; b < batch.count; ++b) {
+    float* out = batch.out[b];
+    for (int d = 0; d < hd; ++d) out[d] = 0.0f;
+    float m = -INFINITY, l = 0.0f;
+    const size_t head = static_cast<size_t>(batch.kv_head[b]) * static_cast<size_t>(hd);
+    for (int j0 = 0; j0 < batch.n_keys[b]; j0 += kAttendDirectKeys) {
+      const int nb = min_int(kAttendDirectKeys, batch.n_keys[b] - j0);
+      if (consecutive_rows(kv, j0, nb) == nb) {
+        const size_t row = kv_row_offset(kv, j0) + head;
+        attend_block(batch.q[b], kv.k + row, kv.v + row, kv.stride, nb, hd, scale, out, m, l);
+        continue;
+      }
+      for (int j = 0; j < nb; ++j) {
+        const size_t row = kv_row_offset(kv, j0 + j) + head;
+        copy_floats(kv.k + row, hd, k_copy + j * hd);
+        copy_floats(kv.v + row, hd, v_copy + j * hd);
+      }
+      attend_block(batch.q[b], k_copy, v_copy, hd, nb, hd, scale, out, m, l);
+    }
+    const float inv_l = 1.0f / l;
+    const __m256 inv = _mm256_set1_ps(inv_l);
+    int d = 0;
+    for (; d + 8 <= hd; d += 8) _mm256_storeu_ps(out + d, _mm256_mul_ps(_mm256_loadu_ps(out + d), inv));
+    for (; d < hd; ++d) out[d] *= inv_l;
+  }
+}
+
+bool one_query_per_kv_head(const AttendBatch& batch) {
+  if (batch.count != batch.kv_count) return false;
+  for (int b = 0; b < batch.count; ++b) {
+    if (batch.kv_head[b] != batch.kv_first + b) return false;
+  }
+  return true;
+}
+
 void attend(const AttendBatch& batch, const KvLayer& kv, int head_dim, float scale, float* scratch) {
+  if (one_query_per_kv_head(batch)) return attend_direct(batch, kv, head_dim, scale, scratch);
   const int hd = head_dim;
   const int64_t span = static_cast<int64_t>(batch.kv_count) * hd;
   const int block = attend_block_keys(span);
