@@ -146,7 +146,7 @@ class LlamaModel {
   BackendBuffer x_, xb_, q_, k_, v_, att_, proj_, hidden_;
   BackendBuffer logits_;  // device backends: [max_batch_tokens][vocab], copied to the caller's host buffer
   std::vector<int> positions_;
-  std::vector<RowRun> row_runs_;  // reserved for max_batch_tokens runs: planning a step allocates nothing
+  std::vector<RowRun> row_runs_;                // reserved for max_batch_tokens runs: planning a step allocates nothing
   std::vector<AttentionCall> attention_calls_;  // one layer's calls, one per chunk (reserved likewise)
   std::vector<float> local_logits_, gathered_logits_;  // vocab-parallel lm_head (tp > 1), grown on first use
   std::vector<int> local_token_;                       // vocab-parallel embedding

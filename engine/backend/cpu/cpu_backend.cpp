@@ -867,7 +867,8 @@ void CpuBackend::attention_batch(std::span<const AttentionCall> calls, const Att
     float* scratch = impl_->slots[static_cast<size_t>(t)].attend.data();
     const Range r = split(tasks, t, n_slots);
     for (int64_t u = r.begin; u < r.end; ++u) {
-      run_attention_task(k, plan, *impl_->single_calls[static_cast<size_t>(u / plan.tasks)], shape, u % plan.tasks, scratch);
+      run_attention_task(k, plan, *impl_->single_calls[static_cast<size_t>(u / plan.tasks)], shape, u % plan.tasks,
+                         scratch);
     }
   });
 }

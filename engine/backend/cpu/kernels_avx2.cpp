@@ -219,12 +219,18 @@ template <typename L>
 void dot2xm(const float* x, int64_t ldx, int m, const void* const* rows, const void* const* next, int64_t cols,
             float* out, int64_t ldo) {
   switch (m) {
-    case 1: return dot2xm_fixed<L, 1>(x, ldx, rows, next, cols, out, ldo);
-    case 2: return dot2xm_fixed<L, 2>(x, ldx, rows, next, cols, out, ldo);
-    case 3: return dot2xm_fixed<L, 3>(x, ldx, rows, next, cols, out, ldo);
-    case 4: return dot2xm_fixed<L, 4>(x, ldx, rows, next, cols, out, ldo);
-    case 5: return dot2xm_fixed<L, 5>(x, ldx, rows, next, cols, out, ldo);
-    default: return dot2xm_fixed<L, 6>(x, ldx, rows, next, cols, out, ldo);
+    case 1:
+      return dot2xm_fixed<L, 1>(x, ldx, rows, next, cols, out, ldo);
+    case 2:
+      return dot2xm_fixed<L, 2>(x, ldx, rows, next, cols, out, ldo);
+    case 3:
+      return dot2xm_fixed<L, 3>(x, ldx, rows, next, cols, out, ldo);
+    case 4:
+      return dot2xm_fixed<L, 4>(x, ldx, rows, next, cols, out, ldo);
+    case 5:
+      return dot2xm_fixed<L, 5>(x, ldx, rows, next, cols, out, ldo);
+    default:
+      return dot2xm_fixed<L, 6>(x, ldx, rows, next, cols, out, ldo);
   }
 }
 
