@@ -104,8 +104,8 @@ class LlamaModel {
   // Rows in a batch of chunks; throws when it exceeds max_batch_tokens.
   int batch_rows(std::span<const SequenceChunk> chunks) const;
 
-  // Host bytes per batch row besides the activations (positions and row runs), for memory planning.
-  static size_t bookkeeping_bytes_per_row() { return sizeof(int) + sizeof(RowRun); }
+  // Host bytes per batch row besides the activations (positions, row runs, attention calls), for memory planning.
+  static size_t bookkeeping_bytes_per_row() { return sizeof(int) + sizeof(RowRun) + sizeof(AttentionCall); }
 
   // Calibration hook; null (the default) turns it off. Not owned. Throws tessera::Error on a device backend (the
   // observer reads host memory).

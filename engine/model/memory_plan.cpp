@@ -124,7 +124,7 @@ WorkspaceBytes workspace_bytes(const ModelConfig& c, const ModelShard& s, const 
   const size_t rows = sz(o.max_step_tokens);
   const size_t q = sz(s.heads.size() * c.head_dim), kv = sz(s.kv_heads.size() * c.head_dim);
   // LlamaModel's x_, xb_, proj_ [rows][dim]; q_, att_ [rows][q]; k_, v_ [rows][kv]; hidden_ [rows][hidden]; and
-  // its per-row bookkeeping (positions, row runs).
+  // its per-row bookkeeping (positions, row runs, attention calls).
   w.activations = rows * (3 * sz(c.dim) + 2 * q + 2 * kv + sz(s.hidden.size())) * sizeof(float) +
                   rows * LlamaModel::bookkeeping_bytes_per_row();
   // RopeCache(config, config.max_seq_len): cos and sin of head_dim / 2 frequencies per position.

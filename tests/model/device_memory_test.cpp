@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -28,10 +29,20 @@ class DeviceLikeBackend final : public Backend {
   std::string name() const override { return "device-like(cpu)"; }
   bool host_memory() const override { return false; }
 
+  // Freed buffers stop counting as backend memory: the host heap may hand their addresses out again (to a later
+  // model's host vectors, say). The backend outlives every buffer it allocates in these tests.
   BackendBuffer allocate(size_t bytes) override {
-    BackendBuffer b = allocate_host_buffer(bytes);
-    own(b.data(), bytes);
-    return b;
+    struct Tracked final : BackendBuffer::Owner {
+      BackendBuffer host;
+      DeviceLikeBackend* backend = nullptr;
+      ~Tracked() override { backend->disown(host.data()); }
+    };
+    auto owner = std::make_unique<Tracked>();
+    owner->host = allocate_host_buffer(bytes);
+    owner->backend = this;
+    void* data = owner->host.data();
+    own(data, bytes);
+    return BackendBuffer(data, bytes, std::move(owner));
   }
   void copy_to_backend(void* dst, const void* host_src, size_t bytes) override {
     expect_owned(dst, "copy_to_backend destination");
@@ -121,6 +132,9 @@ class DeviceLikeBackend final : public Backend {
   void own(const void* p, size_t bytes) {
     if (p != nullptr) ranges_.push_back({reinterpret_cast<uintptr_t>(p), reinterpret_cast<uintptr_t>(p) + bytes});
   }
+  void disown(const void* p) {
+    std::erase_if(ranges_, [a = reinterpret_cast<uintptr_t>(p)](const Range& r) { return r.begin == a; });
+  }
   bool owns(const void* p) const {
     const auto a = reinterpret_cast<uintptr_t>(p);
     for (const Range& r : ranges_)
@@ -138,7 +152,7 @@ class DeviceLikeBackend final : public Backend {
   }
 
   CpuBackend cpu_{1};
-  std::vector<Range> ranges_;  // never shrinks: a freed range stays "owned" (harmless for these checks)
+  std::vector<Range> ranges_;  // live allocations; declared before uploads_, which give theirs back first
   std::vector<BackendBuffer> uploads_;
 };
 
