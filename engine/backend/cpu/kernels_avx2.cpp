@@ -110,97 +110,43 @@ inline float dot_tail(float s, const float* x, const typename L::T* r, int64_t c
   return s;
 }
 
-// Four weight rows against M x rows (M = 1: decode of one sequence; M = 2: two sequences of a batch step). Each
-// group of 8 weight values is loaded and converted once and multiplied into all M x rows, so a batch pays the
-// conversion and the weight loads once per pair of sequences. Per x row the arithmetic is the same for every M
-// (one accumulator per weight row over 8 lanes, then the horizontal sums, then the ragged tail), so a row's dots
-// are bit for bit the same whether it is computed alone or paired. Rows are streamed one cache line per row per
-// step with software prefetch.
-template <typename L, int M>
-void dot4xm(const float* x, int64_t ldx, const void* const* rows, const void* const* next, int64_t cols, float* out,
+// W weight rows (4: dot4 / dot4x2; 2: the dot2xm batch tile) against M x rows. Each group of 8 weight values is
+// loaded and converted once and multiplied into all M x rows. Per (x row, weight row) the arithmetic is the same for
+// every W and M (one accumulator over 8 lanes, hsum4's reduction tree, then dot_tail), so a row's dots are bit for
+// bit the same whether it is computed alone, paired or in a tile, and drivers may group a batch's rows any way.
+// Rows are streamed one cache line per row per step with software prefetch. dot4x2 (W = 4, M = 2) keeps 8
+// accumulators in registers; the tile (W = 2, M = 6) 12, converting each weight vector once per six x rows.
+template <typename L, int W, int M>
+void dotwxm(const float* x, int64_t ldx, const void* const* rows, const void* const* next, int64_t cols, float* out,
             int64_t ldo) {
+  static_assert(W == 2 || W == 4);
   using T = typename L::T;
   constexpr int64_t kLine = 64 / sizeof(T);  // elements per cache line: 16 (f32) or 32 (16-bit types)
   constexpr int64_t kAhead = kGemvPrefetchBytes / sizeof(T);
-  const T* r0 = static_cast<const T*>(rows[0]);
-  const T* r1 = static_cast<const T*>(rows[1]);
-  const T* r2 = static_cast<const T*>(rows[2]);
-  const T* r3 = static_cast<const T*>(rows[3]);
-  __m256 acc[M][4];
+  const T* r[W];
+  for (int j = 0; j < W; ++j) r[j] = static_cast<const T*>(rows[j]);
+  __m256 acc[M][W];
   for (int m = 0; m < M; ++m)
-    for (int j = 0; j < 4; ++j) acc[m][j] = _mm256_setzero_ps();
+    for (int j = 0; j < W; ++j) acc[m][j] = _mm256_setzero_ps();
   const auto step = [&](int64_t c) {
-    const __m256 w0 = L::load8(r0 + c), w1 = L::load8(r1 + c), w2 = L::load8(r2 + c), w3 = L::load8(r3 + c);
+    __m256 w[W];
+    for (int j = 0; j < W; ++j) w[j] = L::load8(r[j] + c);
     for (int m = 0; m < M; ++m) {
       const __m256 xv = _mm256_loadu_ps(x + m * ldx + c);
-      acc[m][0] = _mm256_fmadd_ps(xv, w0, acc[m][0]);
-      acc[m][1] = _mm256_fmadd_ps(xv, w1, acc[m][1]);
-      acc[m][2] = _mm256_fmadd_ps(xv, w2, acc[m][2]);
-      acc[m][3] = _mm256_fmadd_ps(xv, w3, acc[m][3]);
+      for (int j = 0; j < W; ++j) acc[m][j] = _mm256_fmadd_ps(xv, w[j], acc[m][j]);
     }
   };
   int64_t c = 0;
   for (; c + kLine <= cols; c += kLine) {
     const int64_t pc = c + kAhead;
     if (pc < cols) {
-      _mm_prefetch(reinterpret_cast<const char*>(r0 + pc), _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(r1 + pc), _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(r2 + pc), _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(r3 + pc), _MM_HINT_T0);
+      for (int j = 0; j < W; ++j) _mm_prefetch(reinterpret_cast<const char*>(r[j] + pc), _MM_HINT_T0);
     } else if (next != nullptr) {
       // Near the end of the rows: start on the next group's rows, whose first lines the hardware prefetchers
       // would only find after a few misses (they do not cross into new pages).
-      _mm_prefetch(reinterpret_cast<const char*>(static_cast<const T*>(next[0]) + (pc - cols)), _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(static_cast<const T*>(next[1]) + (pc - cols)), _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(static_cast<const T*>(next[2]) + (pc - cols)), _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(static_cast<const T*>(next[3]) + (pc - cols)), _MM_HINT_T0);
-    }
-    for (int64_t u = 0; u < kLine; u += 8) step(c + u);
-  }
-  for (; c + 8 <= cols; c += 8) step(c);
-  for (int m = 0; m < M; ++m) {
-    float* o = out + m * ldo;
-    _mm_storeu_ps(o, hsum4(acc[m][0], acc[m][1], acc[m][2], acc[m][3]));
-    const float* xm = x + m * ldx;
-    o[0] = dot_tail<L>(o[0], xm, r0, c, cols);
-    o[1] = dot_tail<L>(o[1], xm, r1, c, cols);
-    o[2] = dot_tail<L>(o[2], xm, r2, c, cols);
-    o[3] = dot_tail<L>(o[3], xm, r3, c, cols);
-  }
-}
-
-// Two weight rows against M x rows (M <= kDotTileRows): the batched-decode tile. Per (x row, weight row) the
-// arithmetic is dot4xm's exactly (8 lane accumulators, hsum4's reduction tree, the same tail), so the drivers may
-// group a batch's rows into tiles any way they like and every row still gets what it gets alone. With M = 6 the
-// 12 accumulators, two weight vectors and one x vector fill the 16 registers: each weight vector is converted
-// once per 6 rows (dot4x2: once per 2), which is what lets a 16-row batch run near the FMA rate.
-template <typename L, int M>
-void dot2xm_fixed(const float* x, int64_t ldx, const void* const* rows, const void* const* next, int64_t cols,
-                  float* out, int64_t ldo) {
-  using T = typename L::T;
-  constexpr int64_t kLine = 64 / sizeof(T);
-  constexpr int64_t kAhead = kGemvPrefetchBytes / sizeof(T);
-  const T* r0 = static_cast<const T*>(rows[0]);
-  const T* r1 = static_cast<const T*>(rows[1]);
-  __m256 acc[M][2];
-  for (int m = 0; m < M; ++m) acc[m][0] = acc[m][1] = _mm256_setzero_ps();
-  const auto step = [&](int64_t c) {
-    const __m256 w0 = L::load8(r0 + c), w1 = L::load8(r1 + c);
-    for (int m = 0; m < M; ++m) {
-      const __m256 xv = _mm256_loadu_ps(x + m * ldx + c);
-      acc[m][0] = _mm256_fmadd_ps(xv, w0, acc[m][0]);
-      acc[m][1] = _mm256_fmadd_ps(xv, w1, acc[m][1]);
-    }
-  };
-  int64_t c = 0;
-  for (; c + kLine <= cols; c += kLine) {
-    const int64_t pc = c + kAhead;
-    if (pc < cols) {
-      _mm_prefetch(reinterpret_cast<const char*>(r0 + pc), _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(r1 + pc), _MM_HINT_T0);
-    } else if (next != nullptr) {
-      _mm_prefetch(reinterpret_cast<const char*>(static_cast<const T*>(next[0]) + (pc - cols)), _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(static_cast<const T*>(next[1]) + (pc - cols)), _MM_HINT_T0);
+      for (int j = 0; j < W; ++j) {
+        _mm_prefetch(reinterpret_cast<const char*>(static_cast<const T*>(next[j]) + (pc - cols)), _MM_HINT_T0);
+      }
     }
     for (int64_t u = 0; u < kLine; u += 8) step(c + u);
   }
@@ -208,10 +154,13 @@ void dot2xm_fixed(const float* x, int64_t ldx, const void* const* rows, const vo
   alignas(16) float sums[4];
   for (int m = 0; m < M; ++m) {
     // hsum4 reduces each of its four vectors with the same tree whatever the other three are.
-    _mm_store_ps(sums, hsum4(acc[m][0], acc[m][1], acc[m][0], acc[m][1]));
+    if constexpr (W == 4) {
+      _mm_store_ps(sums, hsum4(acc[m][0], acc[m][1], acc[m][2], acc[m][3]));
+    } else {
+      _mm_store_ps(sums, hsum4(acc[m][0], acc[m][1], acc[m][0], acc[m][1]));
+    }
     const float* xm = x + m * ldx;
-    out[m * ldo] = dot_tail<L>(sums[0], xm, r0, c, cols);
-    out[m * ldo + 1] = dot_tail<L>(sums[1], xm, r1, c, cols);
+    for (int j = 0; j < W; ++j) out[m * ldo + j] = dot_tail<L>(sums[j], xm, r[j], c, cols);
   }
 }
 
@@ -220,29 +169,29 @@ void dot2xm(const float* x, int64_t ldx, int m, const void* const* rows, const v
             float* out, int64_t ldo) {
   switch (m) {
     case 1:
-      return dot2xm_fixed<L, 1>(x, ldx, rows, next, cols, out, ldo);
+      return dotwxm<L, 2, 1>(x, ldx, rows, next, cols, out, ldo);
     case 2:
-      return dot2xm_fixed<L, 2>(x, ldx, rows, next, cols, out, ldo);
+      return dotwxm<L, 2, 2>(x, ldx, rows, next, cols, out, ldo);
     case 3:
-      return dot2xm_fixed<L, 3>(x, ldx, rows, next, cols, out, ldo);
+      return dotwxm<L, 2, 3>(x, ldx, rows, next, cols, out, ldo);
     case 4:
-      return dot2xm_fixed<L, 4>(x, ldx, rows, next, cols, out, ldo);
+      return dotwxm<L, 2, 4>(x, ldx, rows, next, cols, out, ldo);
     case 5:
-      return dot2xm_fixed<L, 5>(x, ldx, rows, next, cols, out, ldo);
+      return dotwxm<L, 2, 5>(x, ldx, rows, next, cols, out, ldo);
     default:
-      return dot2xm_fixed<L, 6>(x, ldx, rows, next, cols, out, ldo);
+      return dotwxm<L, 2, 6>(x, ldx, rows, next, cols, out, ldo);
   }
 }
 
 template <typename L>
 void dot4(const float* x, const void* const* rows, const void* const* next, int64_t cols, float* out) {
-  dot4xm<L, 1>(x, 0, rows, next, cols, out, 0);
+  dotwxm<L, 4, 1>(x, 0, rows, next, cols, out, 0);
 }
 
 template <typename L>
 void dot4x2(const float* x, int64_t ldx, const void* const* rows, const void* const* next, int64_t cols, float* out,
             int64_t ldo) {
-  dot4xm<L, 2>(x, ldx, rows, next, cols, out, ldo);
+  dotwxm<L, 4, 2>(x, ldx, rows, next, cols, out, ldo);
 }
 
 template <typename L>
