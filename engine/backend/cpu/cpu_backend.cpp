@@ -146,6 +146,23 @@ int64_t tile_block_rows(size_t row_bytes) {
   return std::max<int64_t>(2, static_cast<int64_t>(kTileBlockBytes / row_bytes) & ~int64_t{1});
 }
 
+// The tiled decode's order of calls over weight units [begin, end) (rows, `step` per call, or hidden units) and x rows
+// [0, n): visit(i, m, unit, first) for x rows i..i+m-1, where first marks the first tile over a block in this
+// pass (its rows come from memory: worth prefetching the next call's).
+template <typename Visit>
+void for_each_tile(int n, int64_t begin, int64_t end, int64_t step, int64_t block, const Visit& visit) {
+  for (int nb = 0; nb < n; nb += kTileXRows) {
+    const int ne = std::min(n, nb + kTileXRows);
+    for (int64_t ub = begin; ub < end; ub += block) {
+      const int64_t ue = std::min(ub + block, end);
+      for (int i = nb; i < ne; i += cpu::kDotTileRows) {
+        const int m = std::min(cpu::kDotTileRows, ne - i);
+        for (int64_t u = ub; u < ue; u += step) visit(i, m, u, i == nb);
+      }
+    }
+  }
+}
+
 // Decode: x rows (one per sequence of a batch step, or a single one) against every weight row.
 // Memory-bound, so threads take contiguous row ranges (each streams its own part of the matrix) and the kernel
 // reads R weight rows per call; each group of R rows is run against every x row while it is still in L1/L2, so
@@ -169,20 +186,11 @@ void gemv(ThreadPool& pool, const Matrix& w, int n, const float* bias, float* y,
     int64_t r = r_begin;
     if (tile.applies(n)) {
       const int64_t r_full = r_begin + (r_end - r_begin) / R * R;
-      for (int nb = 0; nb < n; nb += kTileXRows) {
-        const int ne = std::min(n, nb + kTileXRows);
-        for (int64_t rb = r_begin; rb < r_full; rb += block) {
-          const int64_t re = std::min(rb + block, r_full);
-          for (int i = nb; i < ne; i += cpu::kDotTileRows) {
-            const int m = std::min(cpu::kDotTileRows, ne - i);
-            for (int64_t p = rb; p < re; p += 2) {
-              const void* rows[2] = {w.row(p), w.row(p + 1)};
-              const void* next[2] = {w.row(p + 2), w.row(p + 3)};  // prefetch only
-              tile(i, m, rows, i == nb && p + 4 <= r_full ? next : nullptr, y + i * w.rows + p, w.rows);
-            }
-          }
-        }
-      }
+      for_each_tile(n, r_begin, r_full, 2, block, [&](int i, int m, int64_t p, bool first) {
+        const void* rows[2] = {w.row(p), w.row(p + 1)};
+        const void* next[2] = {w.row(p + 2), w.row(p + 3)};  // prefetch only
+        tile(i, m, rows, first && p + 4 <= r_full ? next : nullptr, y + i * w.rows + p, w.rows);
+      });
       r = r_full;
     }
     for (; r + R <= r_end; r += R) {
@@ -493,21 +501,12 @@ void gemv_silu_mul(ThreadPool& pool, const Matrix& gate, const Matrix& up, int n
     if (tile.applies(n)) {
       const int64_t h_full = h + (h_end - h) / kUnits * kUnits;
       float d[cpu::kDotTileRows * 2];
-      for (int nb = 0; nb < n; nb += kTileXRows) {
-        const int ne = std::min(n, nb + kTileXRows);
-        for (int64_t hb = h; hb < h_full; hb += block) {
-          const int64_t he = std::min(hb + block, h_full);
-          for (int i = nb; i < ne; i += cpu::kDotTileRows) {
-            const int m = std::min(cpu::kDotTileRows, ne - i);
-            for (int64_t u = hb; u < he; ++u) {
-              const void* rows[2] = {gate.row(u), up.row(u)};
-              const void* next[2] = {gate.row(u + 1), up.row(u + 1)};  // prefetch only
-              tile(i, m, rows, i == nb && u + 2 <= h_full ? next : nullptr, d, 2);
-              for (int e = 0; e < m; ++e) out[(i + e) * hidden + u] = silu_mul(d[2 * e], d[2 * e + 1]);
-            }
-          }
-        }
-      }
+      for_each_tile(n, h, h_full, 1, block, [&](int i, int m, int64_t u, bool first) {
+        const void* rows[2] = {gate.row(u), up.row(u)};
+        const void* next[2] = {gate.row(u + 1), up.row(u + 1)};  // prefetch only
+        tile(i, m, rows, first && u + 2 <= h_full ? next : nullptr, d, 2);
+        for (int e = 0; e < m; ++e) out[(i + e) * hidden + u] = silu_mul(d[2 * e], d[2 * e + 1]);
+      });
       h = h_full;
     }
     for (; h + kUnits <= h_end; h += kUnits) {
