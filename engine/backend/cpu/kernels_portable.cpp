@@ -82,7 +82,7 @@ inline float hsum4(V4 v) {
 // R weight rows against one x row: four lane accumulators per row, their sum, then the ragged tail in order. Each
 // row's arithmetic is the same for every R, which is what lets dot4, dot4x2 and dot2xm agree bit for bit.
 template <typename L, int R>
-void dot_rows(const float* x, const void* const* rows, int64_t cols, float* out, int64_t stride = 1) {
+void dot_rows(const float* x, const void* const* rows, int64_t cols, float* out) {
   using T = typename L::T;
   const T* r[R];
   V4 a[R];
@@ -98,7 +98,7 @@ void dot_rows(const float* x, const void* const* rows, int64_t cols, float* out,
   for (int j = 0; j < R; ++j) {
     float s = hsum4(a[j]);
     for (int64_t k = c; k < cols; ++k) s += x[k] * L::cvt(r[j][k]);
-    out[j * stride] = s;
+    out[j] = s;
   }
 }
 
