@@ -51,11 +51,7 @@ struct KvLayer {
   float* k_row(int pos) const { return k + row_offset(pos); }
   float* v_row(int pos) const { return v + row_offset(pos); }
   // Rows pos, pos+1, ... that follow each other in memory (up to `limit` of them): to the end of pos's block.
-  int contiguous_rows(int pos, int limit) const {
-    if (blocks == nullptr) return limit;
-    const int left = (1 << block_shift) - (pos & ((1 << block_shift) - 1));
-    return left < limit ? left : limit;
-  }
+  int contiguous_rows(int pos, int limit) const;
 };
 
 // KvLayer::row_offset. Internal linkage on purpose: the AVX2 kernel translation unit calls this directly, and its
@@ -69,8 +65,18 @@ static inline size_t kv_row_offset(const KvLayer& kv, int pos) {
   return row * static_cast<size_t>(kv.stride);
 }
 
+// KvLayer::contiguous_rows, with internal linkage for the same reason.
+static inline int kv_contiguous_rows(const KvLayer& kv, int pos, int limit) {
+  if (kv.blocks == nullptr) return limit;
+  const int left = (1 << kv.block_shift) - (pos & ((1 << kv.block_shift) - 1));
+  return left < limit ? left : limit;
+}
+
 inline size_t KvLayer::row_offset(int pos) const {
   return kv_row_offset(*this, pos);
+}
+inline int KvLayer::contiguous_rows(int pos, int limit) const {
+  return kv_contiguous_rows(*this, pos, limit);
 }
 
 // One sequence's attention call (see Backend::attention): n query rows at positions pos0.. against its cache.

@@ -306,7 +306,6 @@ void LlamaModel::head(std::span<const SequenceChunk> chunks, bool all_rows, floa
     logits_of(xb, rows, /*per_row=*/false, out);
   } else {
     int row = 0;
-    attention_calls_.clear();
     for (const SequenceChunk& ch : chunks) {
       row += ch.n_tokens;
       const int take = ch.all_logits ? ch.n_tokens : ch.logits ? 1 : 0;

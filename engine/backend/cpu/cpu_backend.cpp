@@ -97,7 +97,6 @@ struct CpuBackend::Impl {
   const cpu::Kernels* k = nullptr;
   std::vector<SlotScratch> slots;  // one per pool slot
   ActScratch act;
-  std::vector<const AttentionCall*> single_calls;  // attention_batch's single-row calls (capacity kept)
 };
 
 CpuBackend::CpuBackend(int n_threads, CpuKernels kernels)
@@ -857,17 +856,16 @@ void CpuBackend::attention_batch(std::span<const AttentionCall> calls, const Att
   const int64_t tasks = plan.tasks * singles;
   const int n_slots = static_cast<int>(std::min<int64_t>(pool_.size(), tasks));
   reserve_attend_scratch(n_slots, plan.scratch_floats);
-  // Task u is task u % plan.tasks of the (u / plan.tasks)-th single-row call.
-  impl_->single_calls.clear();
-  for (const AttentionCall& c : calls) {
-    if (c.n == 1) impl_->single_calls.push_back(&c);
-  }
+  // The single-row calls' tasks numbered in call order; each thread runs a contiguous range of them.
   for_each_slot(pool_, n_slots, [&](int t) {
     float* scratch = impl_->slots[static_cast<size_t>(t)].attend.data();
     const Range r = split(tasks, t, n_slots);
-    for (int64_t u = r.begin; u < r.end; ++u) {
-      run_attention_task(k, plan, *impl_->single_calls[static_cast<size_t>(u / plan.tasks)], shape, u % plan.tasks,
-                         scratch);
+    int64_t first = 0;  // number of the current call's task 0
+    for (const AttentionCall& c : calls) {
+      if (c.n != 1) continue;
+      const int64_t lo = std::max(r.begin, first), hi = std::min(r.end, first + plan.tasks);
+      for (int64_t u = lo; u < hi; ++u) run_attention_task(k, plan, c, shape, u - first, scratch);
+      first += plan.tasks;
     }
   });
 }

@@ -484,14 +484,6 @@ inline void copy_floats(const float* src, int64_t n, float* dst) {
   for (; i < n; ++i) dst[i] = src[i];
 }
 
-// Rows pos, pos+1, ... that follow each other in memory, up to limit (KvLayer::contiguous_rows; not called from here
-// because it is an inline member of a shared header).
-inline int consecutive_rows(const KvLayer& kv, int pos, int limit) {
-  if (kv.blocks == nullptr) return limit;
-  const int left = (1 << kv.block_shift) - (pos & ((1 << kv.block_shift) - 1));
-  return left < limit ? left : limit;
-}
-
 // A batch whose queries each have a kv head to themselves: copying blocks would only add traffic, so each query
 // reads its head's rows in place. Blocks start at fixed multiples of kAttendDirectKeys whatever the cache layout, so
 // a paged cache gives the bits of a contiguous one; a block split across pages (pages shorter than a block) is
@@ -506,7 +498,7 @@ void attend_direct(const AttendBatch& batch, const KvLayer& kv, int hd, float sc
     const size_t head = static_cast<size_t>(batch.kv_head[b]) * static_cast<size_t>(hd);
     for (int j0 = 0; j0 < batch.n_keys[b]; j0 += kAttendDirectKeys) {
       const int nb = min_int(kAttendDirectKeys, batch.n_keys[b] - j0);
-      if (consecutive_rows(kv, j0, nb) == nb) {
+      if (kv_contiguous_rows(kv, j0, nb) == nb) {
         const size_t row = kv_row_offset(kv, j0) + head;
         attend_block(batch.q[b], kv.k + row, kv.v + row, kv.stride, nb, hd, scale, out, m, l);
         continue;
