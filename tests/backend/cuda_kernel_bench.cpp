@@ -121,7 +121,8 @@ void gemv_table(CudaBackend& be, EventTimer& timer, const Args& args, double cop
                 "GB/s", "% copy", rpw == 0 ? "auto" : std::to_string(rpw).c_str());
     for (const Shape& s : shapes) {
       for (const Fmt& f : fmts) {
-        if (rpw != 0 && !is_quantized(f.t)) continue;
+        // Rows per warp is a knob of the Q8/NF4 GEMV only (Q4/Q4A take the tensor-core kernel).
+        if (rpw != 0 && (!is_quantized(f.t) || f.t == DType::Q4 || f.t == DType::Q4A)) continue;
         const auto host = random_host_matrix(rng, f.t, s.rows, s.cols, f.group);
         const Matrix hm{f.t, s.rows, s.cols, host.data(), f.group};
         cuda::DeviceWeightStore store;
@@ -246,8 +247,8 @@ void prefill_gemm(CudaBackend& be, EventTimer& timer, const Args& args) {
   TESSERA_CUDA_CHECK(cudaMemset(x.data(), 0x3c, x.bytes()));
   const double ms = timer.ms(be.stream(), std::max(3, args.iters / 5),
                              [&] { be.matmul(x.as<float>(), n, w, nullptr, y.as<float>()); });
-  std::printf("\nprefill GEMM int4 g128 %dx%d, %d rows: %.3f ms, %.1f TFLOP/s (tensor-core WMMA path)\n", rows, cols, n,
-              ms, 2.0 * rows * cols * n / (ms * 1e-3) / 1e12);
+  std::printf("\nprefill GEMM int4 g128 %dx%d, %d rows: %.3f ms, %.1f TFLOP/s (tensor-core mma_q4 path)\n", rows, cols,
+              n, ms, 2.0 * rows * cols * n / (ms * 1e-3) / 1e12);
 }
 
 int run(const Args& args) {

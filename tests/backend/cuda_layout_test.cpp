@@ -87,14 +87,17 @@ TEST_P(CudaLayoutTest, RepackDecodesToReferenceValues) {
   const auto [dtype, group] = GetParam();
   std::mt19937 rng(static_cast<unsigned>(static_cast<int>(dtype) * 131 + group));
   // 1000 and 2500 columns: rows of codes with full lane-interleaved 512-byte runs and a tail after them.
-  for (const auto& [rows, cols] :
-       std::vector<std::pair<int, int>>{{1, 1}, {3, 37}, {5, 64}, {4, 200}, {2, 129}, {2, 1000}, {2, 2500}}) {
+  for (const auto& [rows, cols] : std::vector<std::pair<int, int>>{
+           {1, 1}, {3, 37}, {5, 64}, {4, 200}, {2, 129}, {2, 1000}, {2, 2500}, {17, 200}, {33, 96}}) {
     test::OwnedMatrix w = test::any_matrix(rng, dtype, rows, cols, group);
     const cuda::RepackedMatrix rp = cuda::repack_for_device(w.m);
     const cuda::DeviceLayout& l = rp.layout;
     ASSERT_EQ(rp.bytes.size(), static_cast<size_t>(l.total_bytes()));
     ASSERT_FALSE(is_sparse24(l.dtype));
-    if (is_quantized(l.dtype)) {
+    if (l.tiled()) {
+      EXPECT_EQ(l.codes_bytes(), l.row_tiles() * l.kblocks() * 512);
+      EXPECT_EQ(l.scales_offset() % 16, 0);
+    } else if (is_quantized(l.dtype)) {
       // 16-byte aligned rows of codes and planes: what the kernels' vector loads rely on.
       EXPECT_EQ(l.code_row_bytes() % 16, 0);
       EXPECT_EQ(l.scales_offset() % 16, 0);
@@ -127,6 +130,52 @@ TEST(CudaLayout, CodeWordPositionsPermuteEachRow) {
       }
     }
     for (const int k : seen) ASSERT_EQ(k, 1) << words << " words";
+  }
+}
+
+// The tiled 4-bit layout against the operand fragments of mma.m16n8k16 (PTX ISA): register a_m of lane 4g + t
+// holds row g + 8 (m & 1) at k slots 2t + 8 (m >> 1) and one more (low, high half); b0 holds k slots 2t, 2t + 1
+// and b1 2t + 8, 2t + 9 of the lane's activation row. mma_q4.cu fills k-tile j of a block with each lane's
+// columns 16t + 4j + [0, 4): b0 = x at the first two, b1 = x at the last two, and builds a_m from nibbles m (low)
+// and m + 4 (high) of the lane's word j. So a_m must hold row g + 8 (m & 1) at the columns of b_(m >> 1). Every
+// code of the padded tile grid has its own position.
+TEST(CudaLayout, TiledPositionsAreMmaFragments) {
+  cuda::DeviceLayout l;
+  l.dtype = DType::Q4;
+  l.rows = 40;
+  l.cols = 200;
+  l.group = 32;
+  ASSERT_EQ(l.row_tiles(), 3);
+  ASSERT_EQ(l.kblocks(), 4);
+  std::vector<int> seen(static_cast<size_t>(l.codes_bytes() * 2), 0);
+  for (int64_t r = 0; r < l.row_tiles() * 16; ++r) {
+    for (int64_t c = 0; c < l.kblocks() * 64; ++c) {
+      int64_t word;
+      int shift;
+      cuda::tiled_code_position(l, r, c, &word, &shift);
+      ASSERT_TRUE(word >= 0 && word < l.codes_bytes() / 4 && shift % 4 == 0 && shift < 32);
+      ++seen[static_cast<size_t>(word * 8 + shift / 4)];
+    }
+  }
+  for (const int k : seen) ASSERT_EQ(k, 1);
+  for (int64_t rt = 0; rt < l.row_tiles(); ++rt) {
+    for (int64_t kt = 0; kt < l.kblocks() * 4; ++kt) {
+      for (int lane = 0; lane < 32; ++lane) {
+        const int g = lane / 4, t = lane % 4;
+        const int64_t word = ((rt * l.kblocks() + kt / 4) * 32 + lane) * 4 + kt % 4;
+        for (int m = 0; m < 4; ++m) {
+          const int64_t r = rt * 16 + g + 8 * (m & 1), c = kt / 4 * 64 + 16 * t + 4 * (kt % 4) + 2 * (m >> 1);
+          int64_t w_lo, w_hi;
+          int s_lo, s_hi;
+          cuda::tiled_code_position(l, r, c, &w_lo, &s_lo);
+          cuda::tiled_code_position(l, r, c + 1, &w_hi, &s_hi);
+          EXPECT_EQ(w_lo, word);
+          EXPECT_EQ(w_hi, word);
+          EXPECT_EQ(s_lo, 4 * m);
+          EXPECT_EQ(s_hi, 4 * (m + 4));
+        }
+      }
+    }
   }
 }
 

@@ -98,9 +98,16 @@ std::string describe(const Format& f) {
   return std::string(dtype_name(f.dtype)) + (f.group ? " g" + std::to_string(f.group) : "");
 }
 
-// Relative L2 tolerance of a matmul path: GEMV (n <= gemv_max_rows) is fp32 for every format; above it quantized
-// weights use fp16 tensor cores, F16/BF16 weights cuBLAS on activations rounded to that type, F32 plain cuBLAS.
+// Formats that live in the tiled 4-bit layout on the device and always go through the tensor-core mma_q4 path.
+bool tiled_on_device(DType t) {
+  return t == DType::Q4 || t == DType::Q4A || t == DType::S24Q4;
+}
+
+// Relative L2 tolerance of a matmul path: Q4/Q4A use fp16 tensor cores for every n; otherwise GEMV
+// (n <= gemv_max_rows) is fp32 for every format; above it quantized weights use fp16 tensor cores, F16/BF16
+// weights cuBLAS on activations rounded to that type, F32 plain cuBLAS.
 double matmul_tol(DType t, int n) {
+  if (tiled_on_device(t)) return 3e-3;
   if (n <= cuda::gemv_max_rows(t) || t == DType::F32) return 3e-5;
   if (t == DType::BF16) return 6e-3;
   return 3e-3;  // F16 and quantized (fp16 operands)
@@ -135,15 +142,15 @@ TEST_F(CudaOpsTest, MatmulEveryFormatRaggedShapes) {
   }
 }
 
-// The quantized GEMV's variants with several weight rows per warp (chosen by size, so the ragged shapes above
-// mostly take one): every variant, for rows that do and do not fill a warp's share, plain and fused.
+// The quantized GEMV's (Q8, NF4) variants with several weight rows per warp (chosen by size, so the ragged shapes
+// above mostly take one): every variant, for rows that do and do not fill a warp's share, plain and fused.
 TEST_F(CudaOpsTest, QuantGemvEveryRowsPerWarp) {
   SCOPED_TRACE(trace());
   struct Reset {
     ~Reset() { cuda::set_gemv_quant_rows_per_warp(0); }
   } reset;
   for (const Format& f : all_formats()) {
-    if (!is_quantized(f.dtype)) continue;
+    if (!is_quantized(f.dtype) || tiled_on_device(f.dtype)) continue;
     for (const auto& [rows, cols] : std::vector<std::pair<int, int>>{{37, 64}, {130, 200}, {67, 1000}}) {
       test::OwnedMatrix w = test::any_matrix(rng_, f.dtype, rows, cols, f.group);
       test::OwnedMatrix up = test::any_matrix(rng_, f.dtype, rows, cols, f.group);
@@ -164,6 +171,24 @@ TEST_F(CudaOpsTest, QuantGemvEveryRowsPerWarp) {
           EXPECT_TRUE(near_l2(to_host(b(), dmlp), want_mlp, 6e-5)) << describe(f) << " mlp rpw=" << rpw << " n=" << n;
         }
       }
+    }
+  }
+}
+
+// The tensor-core Q4 matmul splits K over warps and adds their partial sums in a fixed order: a repeated call
+// gives the same bits.
+TEST_F(CudaOpsTest, MmaQ4IsDeterministic) {
+  SCOPED_TRACE(trace());
+  for (const DType t : {DType::Q4, DType::Q4A}) {
+    test::OwnedMatrix w = test::any_matrix(rng_, t, 200, 4096, 64);
+    const Matrix dw = store_.upload_matrix(w.m);
+    for (const int n : {1, 16, 40}) {
+      const auto x = test::random_vec(rng_, static_cast<size_t>(n) * 4096);
+      const DevFloats dx = to_device(x), dy1 = poisoned_device(static_cast<size_t>(n) * 200),
+                      dy2 = poisoned_device(static_cast<size_t>(n) * 200);
+      b().matmul(dx.p(), n, dw, nullptr, dy1.p());
+      b().matmul(dx.p(), n, dw, nullptr, dy2.p());
+      EXPECT_EQ(to_host(b(), dy1), to_host(b(), dy2)) << dtype_name(t) << " n=" << n;
     }
   }
 }

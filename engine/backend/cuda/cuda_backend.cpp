@@ -200,7 +200,9 @@ void CudaBackend::matmul(const float* x, int n, const Matrix& w, const float* bi
   if (n == 0 || w.rows == 0) return;
   const DeviceLayout l = layout_of(w);
   TESSERA_CHECK_MSG(!is_sparse24(w.dtype), "CUDA matmul: upload 2:4 weights with DeviceWeightStore first");
-  if (n <= cuda::gemv_max_rows(w.dtype)) {
+  if (l.tiled()) {
+    cuda::launch_mma_q4(x, n, l, w.data, nullptr, bias, y, impl_->stream);
+  } else if (n <= cuda::gemv_max_rows(w.dtype)) {
     cuda::launch_gemv(x, n, l, w.data, nullptr, bias, y, impl_->stream);
   } else if (is_quantized(w.dtype)) {
     cuda::launch_gemm_quant(x, n, l, w.data, nullptr, bias, y, impl_->stream);
@@ -218,7 +220,9 @@ void CudaBackend::matmul_silu_mul(const float* x, int n, const Matrix& gate, con
   TESSERA_CHECK(gate.rows == up.rows && gate.cols == up.cols && gate.dtype == up.dtype && gate.group == up.group);
   if (n == 0 || gate.rows == 0) return;
   const DeviceLayout l = layout_of(gate);
-  if (n <= cuda::gemv_max_rows(gate.dtype)) {
+  if (l.tiled()) {
+    cuda::launch_mma_q4(x, n, l, gate.data, up.data, nullptr, out, impl_->stream);
+  } else if (n <= cuda::gemv_max_rows(gate.dtype)) {
     cuda::launch_gemv(x, n, l, gate.data, up.data, nullptr, out, impl_->stream);
   } else if (is_quantized(gate.dtype)) {
     cuda::launch_gemm_quant(x, n, l, gate.data, up.data, nullptr, out, impl_->stream);

@@ -68,6 +68,16 @@ static __constant__ float kNf4[16] = {-1.0f,
                                       0.7229568362236023f,
                                       1.0f};
 
+// 16 bytes of weight codes, bypassing L1: codes are read once, and streaming them through L1 would evict the
+// activations, which every warp reads again and must keep finding there.
+__device__ __forceinline__ uint4 load_codes16(const void* p) {
+  uint4 v;
+  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+      : "l"(p));
+  return v;
+}
+
 // Element (r, c) of a device-layout matrix (slow path: embedding rows, not GEMMs).
 __device__ __forceinline__ float weight_element(const DeviceLayout& l, const uint8_t* base, int64_t r, int64_t c) {
   const uint8_t* row = base + r * l.code_row_bytes();
@@ -82,17 +92,25 @@ __device__ __forceinline__ float weight_element(const DeviceLayout& l, const uin
       return reinterpret_cast<const float*>(base + l.scales_offset())[r] *
              static_cast<float>(static_cast<int8_t>(row[code_byte_position(l.code_row_bytes(), c)]));
     default: {
-      int64_t byte;
-      int high;
-      nibble_position(l.group, c, &byte, &high);
-      byte = code_byte_position(l.code_row_bytes(), byte);
-      const int q = high ? row[byte] >> 4 : row[byte] & 0x0f;
-      const int64_t gi = r * l.groups() + c / l.group;
-      const float d = half_bits_to_float(reinterpret_cast<const uint16_t*>(base + l.scales_offset())[gi]);
+      int q;
+      if (l.tiled()) {
+        int64_t word;
+        int shift;
+        tiled_code_position(l, r, c, &word, &shift);
+        q = static_cast<int>((reinterpret_cast<const uint32_t*>(base)[word] >> shift) & 0x0fu);
+      } else {
+        int64_t byte;
+        int high;
+        nibble_position(l.group, c, &byte, &high);
+        byte = code_byte_position(l.code_row_bytes(), byte);
+        q = high ? row[byte] >> 4 : row[byte] & 0x0f;
+      }
+      const int64_t gi = c / l.group;
+      const float d = half_bits_to_float(*reinterpret_cast<const uint16_t*>(base + l.scale_offset(r, gi)));
       if (l.dtype == DType::Q4) return d * static_cast<float>(q - 8);
       if (l.dtype == DType::NF4) return d * kNf4[q];
       return d * static_cast<float>(q) +
-             half_bits_to_float(reinterpret_cast<const uint16_t*>(base + l.mins_offset())[gi]);
+             half_bits_to_float(*reinterpret_cast<const uint16_t*>(base + l.min_offset(r, gi)));
     }
   }
 }
@@ -106,8 +124,8 @@ __device__ __forceinline__ uint4 load_code16(const uint8_t* row, int64_t row_byt
                     words[code_word_position(n, w + 2)], words[code_word_position(n, w + 3)]);
 }
 
-// Sixteen consecutive weights of row r starting at column c0 (a multiple of 16) of a quantized matrix, decoded
-// from 16 logical code bytes: Q8 codes are 16 consecutive bytes; 4-bit codes of 16 consecutive columns are
+// Sixteen consecutive weights of row r starting at column c0 (a multiple of 16) of a Q8 or NF4 matrix, decoded
+// from 16 logical code bytes: Q8 codes are 16 consecutive bytes; NF4 codes of 16 consecutive columns are
 // the low or the high nibbles of 16 consecutive bytes (device_layout.h). Columns >= cols read as 0.
 template <DType T>
 __device__ __forceinline__ void decode16(const DeviceLayout& l, const uint8_t* base, int64_t r, int64_t c0, float* w) {
@@ -127,17 +145,9 @@ __device__ __forceinline__ void decode16(const DeviceLayout& l, const uint8_t* b
     const int64_t gi = r * l.groups() + c0 / l.group;
     const float d = half_bits_to_float(reinterpret_cast<const uint16_t*>(base + l.scales_offset())[gi]);
     const int shift = high ? 4 : 0;
-    if constexpr (T == DType::NF4) {
+    static_assert(T == DType::NF4, "decode16: Q8 or NF4 (Q4/Q4A are tiled)");
 #pragma unroll
-      for (int j = 0; j < 16; ++j) w[j] = d * kNf4[(b[j] >> shift) & 0x0f];
-    } else {
-      // w = d * q + off: off = -8 d (Q4, exact: d * (q - 8) rounded once) or the group minimum (Q4A).
-      const float off = T == DType::Q4
-                            ? -8.0f * d
-                            : half_bits_to_float(reinterpret_cast<const uint16_t*>(base + l.mins_offset())[gi]);
-#pragma unroll
-      for (int j = 0; j < 16; ++j) w[j] = fmaf(d, static_cast<float>((b[j] >> shift) & 0x0f), off);
-    }
+    for (int j = 0; j < 16; ++j) w[j] = d * kNf4[(b[j] >> shift) & 0x0f];
   }
   if (c0 + 16 > l.cols) {
 #pragma unroll

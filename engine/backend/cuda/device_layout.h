@@ -15,6 +15,18 @@
 // 16-byte load per lane and lane L gets words L, L + 32, L + 64, L + 96. The GEMV then reads codes with wide loads
 // while the activations its lanes need stay contiguous across the warp (lane L's word covers 4 or 8 columns next
 // to lane L + 1's). Words after the row's last full run keep their order. code_byte_position maps.
+// Q4 and Q4A are stored instead in the tiled layout of the tensor-core matmul (mma_q4.cu), whose A operand is a
+// 16 x 16 tile of weights: rows are cut into tiles of 16 and columns into blocks of 64 (kblocks, the last one
+// zero padded). For row tile rt, block kb and lane L = 4 g + t, four words follow at word ((rt * kblocks + kb) * 32
+// + L) * 4; they hold rows g and g + 8 at the lane's own 16 columns 64 kb + 16 t + [0, 16): word j the four
+// columns 16 t + 4 j + [0, 4), nibble i (bits 4i) being row g + 8 (i & 1), column 16 t + 4 j + (i >> 2) +
+// 2 ((i >> 1) & 1). An mma sums over its 16 k slots in any order, so k-tile j of a block takes from each lane the
+// columns the lane holds: one 16-byte load brings a lane's codes for four k-tiles, its activations are 16
+// consecutive floats, its columns lie in one group (groups are >= 32 and aligned), and nibbles (i, i + 4) are
+// the two halves of one fragment register.
+// tiled_code_position maps. The scales follow as [row_tiles][groups][8][2] fp16: (row g, row g + 8) of the tile,
+// the half2 a lane applies to its fragment; Q4A as [row_tiles][groups][8][4]: that scale pair, then the minimum
+// pair. Rows past the end are padded with zero codes and scales.
 // The 2:4 sparse types are expanded at upload, exactly, into the dense type holding the same values (S24Q8 ->
 // Q8 with the row's scale, S24Q4 -> Q4 in groups of 64 with each block's scale), so a device Matrix never has a
 // sparse dtype. Matrix::row_bytes() does not describe device views of quantized types; use these functions.
@@ -45,7 +57,11 @@ struct DeviceLayout {
     return cols;
   }
   TESSERA_HD int64_t groups() const { return is_grouped(dtype) ? kpad() / group : 0; }
-  // Bytes of codes (or elements) of one row.
+  // The tiled 4-bit layout (Q4, Q4A) and its shape.
+  TESSERA_HD bool tiled() const { return dtype == DType::Q4 || dtype == DType::Q4A; }
+  TESSERA_HD int64_t row_tiles() const { return (rows + 15) / 16; }
+  TESSERA_HD int64_t kblocks() const { return (kpad() + 63) / 64; }
+  // Bytes of codes (or elements) of one row (row layouts: not Q4/Q4A).
   TESSERA_HD int64_t code_row_bytes() const {
     switch (dtype) {
       case DType::F32:
@@ -59,11 +75,22 @@ struct DeviceLayout {
         return kpad() / 2;
     }
   }
-  TESSERA_HD int64_t codes_bytes() const { return rows * code_row_bytes(); }
-  // Offset of the scale plane (Q8: float per row; 4-bit: fp16 per group) and of the Q4A minimum plane.
+  TESSERA_HD int64_t codes_bytes() const { return tiled() ? row_tiles() * kblocks() * 512 : rows * code_row_bytes(); }
+  // Offset of the scale plane (Q8: float per row; 4-bit: fp16 per group) and of the Q4A minimum plane (row
+  // layouts; tiled Q4A keeps minimums beside the scales).
   TESSERA_HD int64_t scales_offset() const { return codes_bytes(); }
   TESSERA_HD int64_t mins_offset() const { return codes_bytes() + rows * groups() * 2; }
+  // Byte offsets of the fp16 scale and (Q4A) minimum of row r, group grp (4-bit types).
+  TESSERA_HD int64_t scale_offset(int64_t r, int64_t grp) const {
+    if (!tiled()) return scales_offset() + 2 * (r * groups() + grp);
+    const int64_t pair = ((r / 16) * groups() + grp) * 8 + r % 8;
+    return scales_offset() + (dtype == DType::Q4A ? 8 : 4) * pair + 2 * ((r % 16) / 8);
+  }
+  TESSERA_HD int64_t min_offset(int64_t r, int64_t grp) const {
+    return tiled() ? scale_offset(r, grp) + 4 : mins_offset() + 2 * (r * groups() + grp);
+  }
   TESSERA_HD int64_t total_bytes() const {
+    if (tiled()) return codes_bytes() + row_tiles() * 16 * groups() * (dtype == DType::Q4A ? 4 : 2);
     if (dtype == DType::Q8) return codes_bytes() + rows * 4;
     if (dtype == DType::Q4A) return codes_bytes() + rows * groups() * 4;
     if (is_grouped(dtype)) return codes_bytes() + rows * groups() * 2;
@@ -89,6 +116,14 @@ TESSERA_HD void nibble_position(int group, int64_t c, int64_t* byte, int* high) 
   const int64_t g = c / group, j = c % group, half = group / 2;
   *byte = g * half + (j < half ? j : j - half);
   *high = j < half ? 0 : 1;
+}
+
+// Word index (into the codes as uint32) and bit shift of the code of row r, column c in the tiled layout.
+TESSERA_HD void tiled_code_position(const DeviceLayout& l, int64_t r, int64_t c, int64_t* word, int* shift) {
+  const int64_t rr = r % 16, cc = c % 64, e = cc % 4;
+  const int64_t lane = 4 * (rr % 8) + cc / 16;
+  *word = (((r / 16) * l.kblocks() + c / 64) * 32 + lane) * 4 + (cc % 16) / 4;
+  *shift = 4 * static_cast<int>(rr / 8 + 2 * (e / 2) + 4 * (e % 2));
 }
 
 }  // namespace tessera::cuda

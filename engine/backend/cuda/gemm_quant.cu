@@ -1,4 +1,4 @@
-// Prefill matmuls over quantized weights (n > kGemvMaxRows): a tiled GEMM on tensor cores. Each 128-thread block
+// Prefill matmuls over Q8 and NF4 weights (n > kGemvQuantMaxRows): a tiled GEMM on tensor cores. Each 128-thread block
 // computes a 64 (activation rows) x 64 (weight rows) tile of y; per 32-wide k step it converts the activation
 // tile to fp16 and dequantizes the weight tile (16-byte code loads) to fp16 in shared memory, and four warps
 // multiply them with WMMA m16n16k16 into fp32 accumulators (each warp a 32 x 32 sub-tile). The epilogue adds the
@@ -164,14 +164,10 @@ void launch_gemm_quant(const float* x, int n, const DeviceLayout& l, const void*
   switch (l.dtype) {
     case DType::Q8:
       return launch_typed<DType::Q8>(x, n, l, w, up, bias, y, stream);
-    case DType::Q4:
-      return launch_typed<DType::Q4>(x, n, l, w, up, bias, y, stream);
-    case DType::Q4A:
-      return launch_typed<DType::Q4A>(x, n, l, w, up, bias, y, stream);
     case DType::NF4:
       return launch_typed<DType::NF4>(x, n, l, w, up, bias, y, stream);
     default:
-      TESSERA_CHECK_MSG(false, "gemm_quant: quantized weights only (plain ones go through cuBLAS)");
+      TESSERA_CHECK_MSG(false, "gemm_quant: Q8 or NF4 only (plain weights go through cuBLAS, Q4/Q4A launch_mma_q4)");
   }
 }
 

@@ -131,6 +131,7 @@ void launch_silu(const float* x, int n, const DeviceLayout& l, const void* w, co
 void launch_gemv(const float* x, int n, const DeviceLayout& l, const void* w, const void* up, const float* bias,
                  float* y, cudaStream_t stream) {
   TESSERA_CHECK(n >= 1 && n <= gemv_max_rows(l.dtype));
+  TESSERA_CHECK_MSG(!l.tiled(), "gemv: Q4/Q4A weights go through launch_mma_q4");
   if (l.rows == 0) return;
   // Vector loads need every activation row (and plain weight row) 16-byte aligned.
   const bool vec = l.cols % 4 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0 &&

@@ -1,4 +1,5 @@
-// Decode matmuls over quantized weights (Q8, Q4, Q4A, NF4; n <= kGemvQuantMaxRows activation rows).
+// Decode matmuls over Q8 and NF4 weights (n <= kGemvQuantMaxRows activation rows; Q4/Q4A have their own tiled
+// layout and tensor-core kernel, mma_q4.cu).
 //
 // Memory-bound, so the point is to stream the codes at full bandwidth without the activation loads getting in
 // the way. Codes are lane-interleaved in runs of 512 bytes (device_layout.h): one 16-byte load per lane covers a
@@ -8,9 +9,10 @@
 // scales) before computing: Hopper needs tens of kilobytes in flight per SM to reach its bandwidth. A warp owns
 // RPW weight rows (and their `up` twins in the fused MLP), so each activation load serves RPW rows, and each word
 // is decoded once for all n activation rows.
-// Codes become floats with integer tricks rather than I2F (a quarter-rate instruction): or-ing q < 2^23 into the
-// mantissa of 2^23 gives the float 2^23 + q exactly; subtracting 2^23 (2^23 + 8 for Q4's offset) leaves q
-// (q - 8) exactly. Every product and sum is fp32: the result differs from the reference only in rounding order.
+// Q8 codes become floats with an integer trick rather than I2F (a quarter-rate instruction): placing the byte in
+// the mantissa of 2^23 gives the float 2^23 + q exactly, and subtracting 2^23 leaves q exactly; NF4 codes go
+// through a byte table in shared memory. Every product and sum is fp32: the result differs from the reference only in
+// rounding order.
 #include <cuda_runtime.h>
 
 #include "engine/backend/cuda/cuda_check.h"
@@ -25,24 +27,13 @@ constexpr int kWarps = 8;
 constexpr int kTilesInFlight = 4;  // 16-byte code loads a lane issues before computing, over all its streams
 constexpr float kTwo23 = 8388608.0f;
 
-// Code loads bypass L1: the codes are read once, and streaming them through L1 would evict the activations,
-// which every warp reads again (for int4, 8 bytes of fp32 activations per code byte) and must keep finding there.
-__device__ __forceinline__ uint4 load_codes16(const void* p) {
-  uint4 v;
-  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-      : "l"(p));
-  return v;
-}
+using dev::load_codes16;
+
+// Code loads bypass L1 (see load_codes16).
 __device__ __forceinline__ uint32_t load_codes4(const void* p) {
   uint32_t v;
   asm("ld.global.nc.L1::no_allocate.u32 %0, [%1];" : "=r"(v) : "l"(p));
   return v;
-}
-
-// Float value of the 4-bit code in bits [shift, shift + 4) of word, minus `bias` (exact).
-__device__ __forceinline__ float nibble(uint32_t word, int shift, float bias) {
-  return __uint_as_float(((word >> shift) & 0x0fu) | 0x4b000000u) - bias;
 }
 
 // Float value of signed byte k of word (exact): flipping the sign bits maps -128..127 to 0..255.
@@ -54,8 +45,7 @@ __device__ __forceinline__ float signed_byte(uint32_t word_flipped, int k) {
 // One weight stream of a warp: a row of W (or of up).
 struct Stream {
   const uint32_t* words;   // the row's codes
-  const uint16_t* scales;  // 4-bit: the row's fp16 group scales
-  const uint16_t* mins;    // Q4A: the row's fp16 group minimums
+  const uint16_t* scales;  // NF4: the row's fp16 group scales
   float row_scale;         // Q8
 };
 
@@ -67,7 +57,6 @@ __device__ __forceinline__ Stream stream_of(const DeviceLayout& l, const uint8_t
     s.row_scale = __ldg(reinterpret_cast<const float*>(base + l.scales_offset()) + r);
   } else {
     s.scales = reinterpret_cast<const uint16_t*>(base + l.scales_offset()) + r * l.groups();
-    if constexpr (T == DType::Q4A) s.mins = reinterpret_cast<const uint16_t*>(base + l.mins_offset()) + r * l.groups();
   }
   return s;
 }
@@ -75,7 +64,7 @@ __device__ __forceinline__ Stream stream_of(const DeviceLayout& l, const uint8_t
 // What a lane holds of one word of one stream.
 struct Word {
   uint32_t raw;
-  float d, m;  // 4-bit: the group's scale (and minimum)
+  float d;  // NF4: the group's scale
 };
 
 // Scale (and minimum) of logical word wi of a stream.
@@ -84,7 +73,6 @@ __device__ __forceinline__ void word_scales(const Stream& s, int64_t wi, int gsh
   if constexpr (T != DType::Q8) {
     const int64_t g = wi >> gshift;
     w->d = dev::half_bits_to_float(__ldg(s.scales + g));
-    if constexpr (T == DType::Q4A) w->m = dev::half_bits_to_float(__ldg(s.mins + g));
   }
 }
 
@@ -96,25 +84,19 @@ __device__ __forceinline__ Word load_word(const Stream& s, int64_t wi, int gshif
   return w;
 }
 
-// The word's weights: lo[k] at column c_lo + k, hi[k] at c_hi + k (Q8: lo only, the word's 4 columns). Q8, Q4 and
-// NF4 weights are the codes or levels without their scale (word_fma multiplies each word's dot product by it:
-// one FMA per word instead of one per weight); Q4A weights carry scale and minimum.
+// The word's weights: lo[k] at column c_lo + k, hi[k] at c_hi + k (Q8: lo only, the word's 4 columns): the codes
+// or levels without their scale (word_fma multiplies each word's dot product by it: one FMA per word instead of
+// one per weight).
 template <DType T>
 __device__ __forceinline__ void decode_word(const Word& w, const float2* __restrict__ lut, float* lo, float* hi) {
 #pragma unroll
   for (int k = 0; k < 4; ++k) {
     if constexpr (T == DType::Q8) {
       lo[k] = signed_byte(w.raw ^ 0x80808080u, k);
-    } else if constexpr (T == DType::NF4) {
+    } else {
       const float2 v = lut[(w.raw >> (8 * k)) & 0xffu];
       lo[k] = v.x;
       hi[k] = v.y;
-    } else if constexpr (T == DType::Q4) {
-      lo[k] = nibble(w.raw, 8 * k, kTwo23 + 8.0f);
-      hi[k] = nibble(w.raw, 8 * k + 4, kTwo23 + 8.0f);
-    } else {
-      lo[k] = fmaf(w.d, nibble(w.raw, 8 * k, kTwo23), w.m);
-      hi[k] = fmaf(w.d, nibble(w.raw, 8 * k + 4, kTwo23), w.m);
     }
   }
 }
@@ -161,13 +143,7 @@ __device__ __forceinline__ void word_fma(const Word (&wd)[S], int64_t wi, int gs
     } else {
       const float4 xh = load_x4(xr, c_hi, l.cols, vec);
 #pragma unroll
-      for (int s = 0; s < S; ++s) {
-        if constexpr (T == DType::Q4A) {
-          acc[i][s] = dot4(hi[s], xh, dot4(lo[s], xl, acc[i][s]));
-        } else {
-          acc[i][s] = fmaf(wd[s].d, dot4(hi[s], xh, dot4(lo[s], xl, 0.0f)), acc[i][s]);
-        }
-      }
+      for (int s = 0; s < S; ++s) acc[i][s] = fmaf(wd[s].d, dot4(hi[s], xh, dot4(lo[s], xl, 0.0f)), acc[i][s]);
     }
   }
 }
@@ -303,14 +279,10 @@ void launch_silu(const float* x, int n, const DeviceLayout& l, const uint8_t* w,
   switch (l.dtype) {
     case DType::Q8:
       return launch_typed<DType::Q8, SILU>(x, n, l, w, up, bias, y, vec, stream);
-    case DType::Q4:
-      return launch_typed<DType::Q4, SILU>(x, n, l, w, up, bias, y, vec, stream);
-    case DType::Q4A:
-      return launch_typed<DType::Q4A, SILU>(x, n, l, w, up, bias, y, vec, stream);
     case DType::NF4:
       return launch_typed<DType::NF4, SILU>(x, n, l, w, up, bias, y, vec, stream);
     default:
-      TESSERA_CHECK_MSG(false, "gemv_quant: not a quantized device dtype");
+      TESSERA_CHECK_MSG(false, "gemv_quant: Q8 or NF4 only (Q4/Q4A go through launch_mma_q4)");
   }
 }
 

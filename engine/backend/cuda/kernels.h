@@ -21,18 +21,24 @@ inline int gemv_max_rows(DType t) {
   return is_quantized(t) ? kGemvQuantMaxRows : kGemvMaxRows;
 }
 
-// y[i][r] = x[i] . W[r] (+ bias[r]) for i < n <= gemv_max_rows(dtype), any dtype. With `up` (silu != null): fused MLP,
-// y[i][r] = silu(x[i] . W[r]) * (x[i] . up[r]) where up has W's layout; bias must be null then.
+// y[i][r] = x[i] . W[r] (+ bias[r]) for i < n <= gemv_max_rows(dtype), any dtype but Q4/Q4A (launch_mma_q4). With `up`
+// (silu != null): fused MLP, y[i][r] = silu(x[i] . W[r]) * (x[i] . up[r]) where up has W's layout; bias must be null
+// then.
 void launch_gemv(const float* x, int n, const DeviceLayout& l, const void* w, const void* up, const float* bias,
                  float* y, cudaStream_t stream);
 
-// The quantized part of launch_gemv (Q8/Q4/Q4A/NF4; gemv_quant.cu). vec: x rows are 16-byte aligned.
+// The quantized part of launch_gemv (Q8/NF4; gemv_quant.cu). vec: x rows are 16-byte aligned.
 void launch_gemv_quant(const float* x, int n, const DeviceLayout& l, const void* w, const void* up, const float* bias,
                        float* y, bool vec, cudaStream_t stream);
 // Benchmark knob: weight rows per warp of the quantized GEMV (1, 2 or 4; 0 restores the per-call choice).
 void set_gemv_quant_rows_per_warp(int rpw);
 
-// The same for quantized W (Q8/Q4/Q4A/NF4) and any n: tiled GEMM on tensor cores (WMMA m16n16k16, fp16 operands
+// Q4/Q4A weights (tiled layout) and any n: tensor-core matmul (mma.sync m16n8k16, weights dequantized to fp16 in
+// registers, activations rounded to fp16, fp32 accumulation; mma_q4.cu). Same contract as launch_gemv.
+void launch_mma_q4(const float* x, int n, const DeviceLayout& l, const void* w, const void* up, const float* bias,
+                   float* y, cudaStream_t stream);
+
+// The same for Q8/NF4 W and any n: tiled GEMM on tensor cores (WMMA m16n16k16, fp16 operands
 // with fp32 accumulation; weights dequantized into shared memory, activations rounded to fp16).
 void launch_gemm_quant(const float* x, int n, const DeviceLayout& l, const void* w, const void* up, const float* bias,
                        float* y, cudaStream_t stream);

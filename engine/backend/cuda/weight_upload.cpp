@@ -1,7 +1,9 @@
 #include "engine/backend/cuda/weight_upload.h"
 
+#include <algorithm>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include "engine/backend/cuda/cuda_check.h"
 #include "quant/blocks.h"
@@ -20,14 +22,6 @@ float read_f32(const uint8_t* p) {
   float v;
   std::memcpy(&v, p, 4);
   return v;
-}
-
-// Sets 4-bit code q of input c in a planar row of codes.
-void put_nibble(uint8_t* row, int group, int64_t c, uint8_t q) {
-  int64_t byte;
-  int high;
-  nibble_position(group, c, &byte, &high);
-  row[byte] = high ? static_cast<uint8_t>((row[byte] & 0x0f) | (q << 4)) : static_cast<uint8_t>((row[byte] & 0xf0) | q);
 }
 
 // Puts every row's code words in the lane-interleaved order (device_layout.h); repacking writes logical order.
@@ -52,20 +46,55 @@ void repack_q8(const Matrix& h, const DeviceLayout& l, uint8_t* out) {
   }
 }
 
+// Writes the tiled layout (Q4/Q4A, device_layout.h) one row tile at a time: codes_of(r, q) fills q[0, kpad) with
+// row r's 4-bit codes, one per byte; rows past the end get code 8.
+template <class CodesOf>
+void pack_tiled(const DeviceLayout& l, uint8_t* out, CodesOf codes_of) {
+  const int64_t kb = l.kblocks(), width = kb * 64;
+  std::vector<uint8_t> q(static_cast<size_t>(16 * width));
+  auto* words = reinterpret_cast<uint32_t*>(out);
+  for (int64_t rt = 0; rt < l.row_tiles(); ++rt) {
+    std::fill(q.begin(), q.end(), uint8_t{8});
+    for (int64_t rr = 0; rr < 16 && rt * 16 + rr < l.rows; ++rr) codes_of(rt * 16 + rr, q.data() + rr * width);
+    for (int64_t b = 0; b < kb; ++b) {
+      for (int lane = 0; lane < 32; ++lane) {
+        const int g = lane / 4, t = lane % 4;
+        for (int j = 0; j < 4; ++j) {
+          uint32_t word = 0;
+          for (int i = 0; i < 8; ++i) {
+            const int64_t row = g + 8 * (i & 1), col = 64 * b + 16 * t + 4 * j + (i >> 2) + 2 * ((i >> 1) & 1);
+            word |= static_cast<uint32_t>(q[static_cast<size_t>(row * width + col)]) << (4 * i);
+          }
+          words[((rt * kb + b) * 32 + lane) * 4 + j] = word;
+        }
+      }
+    }
+  }
+}
+
 void repack_grouped(const Matrix& h, const DeviceLayout& l, uint8_t* out) {
   const int G = h.group;
   const size_t head = h.dtype == DType::Q4A ? 4 : 2, block = head + static_cast<size_t>(G) / 2;
-  auto* d = reinterpret_cast<uint16_t*>(out + l.scales_offset());
-  auto* m = reinterpret_cast<uint16_t*>(out + l.mins_offset());
   for (int64_t r = 0; r < h.rows; ++r) {
     const auto* src = static_cast<const uint8_t*>(h.row(r));
     for (int64_t g = 0; g < l.groups(); ++g) {
       const uint8_t* b = src + static_cast<size_t>(g) * block;
-      d[r * l.groups() + g] = read_u16(b);
-      if (h.dtype == DType::Q4A) m[r * l.groups() + g] = read_u16(b + 2);
-      std::memcpy(out + r * l.code_row_bytes() + g * (G / 2), b + head, static_cast<size_t>(G) / 2);
+      std::memcpy(out + l.scale_offset(r, g), b, 2);
+      if (h.dtype == DType::Q4A) std::memcpy(out + l.min_offset(r, g), b + 2, 2);
+      if (!l.tiled()) std::memcpy(out + r * l.code_row_bytes() + g * (G / 2), b + head, static_cast<size_t>(G) / 2);
     }
   }
+  if (!l.tiled()) return;
+  pack_tiled(l, out, [&](int64_t r, uint8_t* q) {
+    const auto* src = static_cast<const uint8_t*>(h.row(r));
+    for (int64_t g = 0; g < l.groups(); ++g) {
+      const uint8_t* codes = src + static_cast<size_t>(g) * block + head;
+      for (int j = 0; j < G / 2; ++j) {
+        q[g * G + j] = codes[j] & 0x0f;
+        q[g * G + j + G / 2] = codes[j] >> 4;
+      }
+    }
+  });
 }
 
 // S24Q8 -> Q8: the same scale, kept values at their positions, zeros elsewhere.
@@ -89,24 +118,20 @@ void expand_s24q8(const Matrix& h, const DeviceLayout& l, uint8_t* out) {
 
 // S24Q4 -> Q4 in groups of 64: each block's scale, kept codes at their positions, code 8 (zero) elsewhere.
 void expand_s24q4(const Matrix& h, const DeviceLayout& l, uint8_t* out) {
-  auto* d = reinterpret_cast<uint16_t*>(out + l.scales_offset());
-  uint8_t pos[quant::kSparse24Kept];
-  for (int64_t r = 0; r < h.rows; ++r) {
+  pack_tiled(l, out, [&](int64_t r, uint8_t* codes) {
     const auto* src = static_cast<const uint8_t*>(h.row(r));
-    uint8_t* codes = out + r * l.code_row_bytes();
-    std::memset(codes, 0x88, static_cast<size_t>(l.code_row_bytes()));
+    uint8_t pos[quant::kSparse24Kept];
     for (int64_t g = 0; g < l.groups(); ++g) {
       quant::BlockS24Q4 blk;
       std::memcpy(&blk, src + g * sizeof blk, sizeof blk);
-      d[r * l.groups() + g] = blk.d;
+      std::memcpy(out + l.scale_offset(r, g), &blk.d, 2);
       quant::sparse24_positions(blk.idx, pos);
       for (int s = 0; s < quant::kSparse24Kept; ++s) {
-        const uint8_t q = s < 16 ? blk.qs[s] & 0x0f : blk.qs[s - 16] >> 4;
         const int64_t c = g * quant::kSparse24Block + pos[s];
-        if (c < h.cols) put_nibble(codes, 64, c, q);
+        if (c < h.cols) codes[c] = s < 16 ? blk.qs[s] & 0x0f : blk.qs[s - 16] >> 4;
       }
     }
-  }
+  });
 }
 
 // cudaMemcpy from pageable memory may return before the DMA has landed, and it runs on the legacy default
@@ -161,7 +186,7 @@ RepackedMatrix repack_for_device(const Matrix& h) {
       expand_s24q4(h, l, out.bytes.data());
       break;
   }
-  if (is_quantized(l.dtype)) interleave_code_rows(l, out.bytes.data());
+  if (is_quantized(l.dtype) && !l.tiled()) interleave_code_rows(l, out.bytes.data());
   return out;
 }
 
@@ -178,16 +203,26 @@ float device_layout_element(const DeviceLayout& l, const uint8_t* bytes, int64_t
       return read_f32(bytes + l.scales_offset() + 4 * r) *
              static_cast<float>(static_cast<int8_t>(row[code_byte_position(l.code_row_bytes(), c)]));
     default: {
-      int64_t byte;
-      int high;
-      nibble_position(l.group, c, &byte, &high);
-      byte = code_byte_position(l.code_row_bytes(), byte);
-      const int q = high ? row[byte] >> 4 : row[byte] & 0x0f;
-      const int64_t gi = r * l.groups() + c / l.group;
-      const float d = f16_to_f32(read_u16(bytes + l.scales_offset() + 2 * gi));
+      int q;
+      if (l.tiled()) {
+        int64_t word;
+        int shift;
+        tiled_code_position(l, r, c, &word, &shift);
+        uint32_t w;
+        std::memcpy(&w, bytes + 4 * word, 4);
+        q = static_cast<int>((w >> shift) & 0x0f);
+      } else {
+        int64_t byte;
+        int high;
+        nibble_position(l.group, c, &byte, &high);
+        byte = code_byte_position(l.code_row_bytes(), byte);
+        q = high ? row[byte] >> 4 : row[byte] & 0x0f;
+      }
+      const int64_t gi = c / l.group;
+      const float d = f16_to_f32(read_u16(bytes + l.scale_offset(r, gi)));
       if (l.dtype == DType::Q4) return d * static_cast<float>(q - 8);
       if (l.dtype == DType::NF4) return d * quant::kNf4Levels[q];
-      return d * static_cast<float>(q) + f16_to_f32(read_u16(bytes + l.mins_offset() + 2 * gi));
+      return d * static_cast<float>(q) + f16_to_f32(read_u16(bytes + l.min_offset(r, gi)));
     }
   }
 }
