@@ -134,11 +134,16 @@ __device__ __forceinline__ void load_block(const Operand& o, int64_t kb, int grp
 }
 
 // Two blocks per SM (16 warps to hide the load latency) where the registers allow it without spilling.
+constexpr int min_blocks_per_sm(int nt, bool silu) {
+  return nt * (silu ? 2 : 1) >= 8 ? 1 : 2;
+}
+
 template <DType T, int NT, bool SILU>
-__global__ void __launch_bounds__(kWarps * 32, NT * (SILU ? 2 : 1) >= 8 ? 1 : 2)
+__global__ void __launch_bounds__(kWarps * 32, min_blocks_per_sm(NT, SILU))
     mma_q4_kernel(const float* __restrict__ x, int n, DeviceLayout l, const uint8_t* __restrict__ w,
                   const uint8_t* __restrict__ up, const float* __restrict__ bias, float* __restrict__ y, bool vec) {
-  constexpr int S = SILU ? 2 : 1;  // operands: W (and up)
+  // Operands: W (and up).
+  constexpr int S = SILU ? 2 : 1;
   constexpr int kUnroll = NT * S >= 4 ? 1 : 4 / (NT * S);  // 64-column blocks whose loads are in flight together
   // Independent accumulator chains (k-tile j adds into chain j % kChains): back-to-back mma.sync on one
   // accumulator wait for each other, and a warp has few other instructions to issue meanwhile.
