@@ -92,19 +92,7 @@ __device__ __forceinline__ float weight_element(const DeviceLayout& l, const uin
       return reinterpret_cast<const float*>(base + l.scales_offset())[r] *
              static_cast<float>(static_cast<int8_t>(row[code_byte_position(l.code_row_bytes(), c)]));
     default: {
-      int q;
-      if (l.tiled()) {
-        int64_t word;
-        int shift;
-        tiled_code_position(l, r, c, &word, &shift);
-        q = static_cast<int>((reinterpret_cast<const uint32_t*>(base)[word] >> shift) & 0x0fu);
-      } else {
-        int64_t byte;
-        int high;
-        nibble_position(l.group, c, &byte, &high);
-        byte = code_byte_position(l.code_row_bytes(), byte);
-        q = high ? row[byte] >> 4 : row[byte] & 0x0f;
-      }
+      const int q = code4_at(l, base, r, c);
       const int64_t gi = c / l.group;
       const float d = half_bits_to_float(*reinterpret_cast<const uint16_t*>(base + l.scale_offset(r, gi)));
       if (l.dtype == DType::Q4) return d * static_cast<float>(q - 8);

@@ -126,4 +126,22 @@ TESSERA_HD void tiled_code_position(const DeviceLayout& l, int64_t r, int64_t c,
   *shift = 4 * static_cast<int>(rr / 8 + 2 * (e / 2) + 4 * (e % 2));
 }
 
+// The 4-bit code (0..15) of row r, column c of a Q4/Q4A/NF4 matrix in its device layout (`bytes`: the matrix).
+TESSERA_HD int code4_at(const DeviceLayout& l, const uint8_t* bytes, int64_t r, int64_t c) {
+  int64_t byte;
+  int shift;
+  if (l.tiled()) {
+    int64_t word;
+    tiled_code_position(l, r, c, &word, &shift);
+    byte = 4 * word + shift / 8;  // words are little-endian
+    shift %= 8;
+  } else {
+    int high;
+    nibble_position(l.group, c, &byte, &high);
+    byte = r * l.code_row_bytes() + code_byte_position(l.code_row_bytes(), byte);
+    shift = 4 * high;
+  }
+  return (bytes[byte] >> shift) & 0x0f;
+}
+
 }  // namespace tessera::cuda

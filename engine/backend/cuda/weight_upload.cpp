@@ -203,21 +203,7 @@ float device_layout_element(const DeviceLayout& l, const uint8_t* bytes, int64_t
       return read_f32(bytes + l.scales_offset() + 4 * r) *
              static_cast<float>(static_cast<int8_t>(row[code_byte_position(l.code_row_bytes(), c)]));
     default: {
-      int q;
-      if (l.tiled()) {
-        int64_t word;
-        int shift;
-        tiled_code_position(l, r, c, &word, &shift);
-        uint32_t w;
-        std::memcpy(&w, bytes + 4 * word, 4);
-        q = static_cast<int>((w >> shift) & 0x0f);
-      } else {
-        int64_t byte;
-        int high;
-        nibble_position(l.group, c, &byte, &high);
-        byte = code_byte_position(l.code_row_bytes(), byte);
-        q = high ? row[byte] >> 4 : row[byte] & 0x0f;
-      }
+      const int q = code4_at(l, bytes, r, c);
       const int64_t gi = c / l.group;
       const float d = f16_to_f32(read_u16(bytes + l.scale_offset(r, gi)));
       if (l.dtype == DType::Q4) return d * static_cast<float>(q - 8);
