@@ -14,9 +14,9 @@
 // holds 16 consecutive columns of a block (device_layout.h): its activations are four float4 loads per block.
 //
 // Work: a block owns one tile of 16 weight rows (and the same rows of `up` in the fused MLP) for 8 x NT activation
-// rows; its warps take the 64-column blocks of K round robin, each issuing every load of 4 / (NT x operands)
-// blocks (codes, scale pairs, activations) before computing on them, and add their partial sums in shared memory
-// in a fixed order, so results do not depend on timing.
+// rows; its warps take the 64-column blocks of K round robin, each keeping the loads (codes, scale pairs,
+// activations) of 4 / (NT x operands) blocks in flight in a ring of register slots, and add their partial sums in
+// shared memory in a fixed order, so results do not depend on timing.
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -133,6 +133,21 @@ __device__ __forceinline__ void load_block(const Operand& o, int64_t kb, int grp
   }
 }
 
+// Issues every load of block kb for a lane: each operand's codes and scale pair, and its activations.
+template <DType T, int NT, int S>
+__device__ __forceinline__ void load_slot(const Operand (&op)[S], int64_t kb, int t, int gshift, int groups,
+                                          const float* const (&xr)[NT], const bool (&x_ok)[NT], int cols, bool vec,
+                                          Loaded (&ld)[S], float4 (&xv)[NT][4]) {
+  const int c0 = static_cast<int>(kb) * 64 + 16 * t;
+  const int grp = min(c0 >> gshift, groups - 1);  // past kpad (a last block of 32 columns): any group
+#pragma unroll
+  for (int s = 0; s < S; ++s) load_block<T>(op[s], kb, grp, &ld[s]);
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) xv[nt][j] = load_x4(xr[nt], c0 + 4 * j, cols, x_ok[nt], vec);
+}
+
 // Two blocks per SM (16 warps to hide the load latency) where the registers allow it without spilling.
 constexpr int min_blocks_per_sm(int nt, bool silu) {
   return nt * (silu ? 2 : 1) >= 8 ? 1 : 2;
@@ -176,26 +191,20 @@ __global__ void __launch_bounds__(kWarps * 32, min_blocks_per_sm(NT, SILU))
 #pragma unroll
         for (int i = 0; i < 4; ++i) acc[c][s][nt][i] = 0.0f;
 
+  // A ring of kUnroll slots: block kb0 + u * kWarps sits in slot u, and as soon as slot u is computed it is
+  // refilled with the block kUnroll steps later, so a warp keeps loads in flight while it computes.
+  Loaded ld[kUnroll][S];
+  float4 xv[kUnroll][NT][4];
+#pragma unroll
+  for (int u = 0; u < kUnroll; ++u) {
+    if (warp + u * kWarps < kblocks)
+      load_slot<T, NT, S>(op, warp + u * kWarps, t, gshift, groups, xr, x_ok, cols, vec, ld[u], xv[u]);
+  }
   for (int64_t kb0 = warp; kb0 < kblocks; kb0 += kWarps * kUnroll) {
-    Loaded ld[kUnroll][S];
-    float4 xv[kUnroll][NT][4];
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int64_t kb = kb0 + u * kWarps;
-      if (kb < kblocks) {
-        const int c0 = static_cast<int>(kb) * 64 + 16 * t;
-        const int grp = min(c0 >> gshift, groups - 1);  // past kpad (a last block of 32 columns): any group
-#pragma unroll
-        for (int s = 0; s < S; ++s) load_block<T>(op[s], kb, grp, &ld[u][s]);
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-          for (int j = 0; j < 4; ++j) xv[u][nt][j] = load_x4(xr[nt], c0 + 4 * j, cols, x_ok[nt], vec);
-      }
-    }
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      if (kb0 + u * kWarps >= kblocks) break;
+      if (kb >= kblocks) break;
       __half2 s_lo[S], s_hi[S], m_lo[S], m_hi[S];
 #pragma unroll
       for (int s = 0; s < S; ++s) {
@@ -223,6 +232,8 @@ __global__ void __launch_bounds__(kWarps * 32, min_blocks_per_sm(NT, SILU))
           for (int nt = 0; nt < NT; ++nt) mma16816(acc[j % kChains][s][nt], a, b[nt][0], b[nt][1]);
         }
       }
+      const int64_t next = kb + kWarps * kUnroll;
+      if (next < kblocks) load_slot<T, NT, S>(op, next, t, gshift, groups, xr, x_ok, cols, vec, ld[u], xv[u]);
     }
   }
 
