@@ -46,8 +46,8 @@ void repack_q8(const Matrix& h, const DeviceLayout& l, uint8_t* out) {
   }
 }
 
-// Writes the tiled layout (Q4/Q4A, device_layout.h) one row tile at a time: codes_of(r, q) fills q[0, kpad) with
-// row r's 4-bit codes, one per byte; rows past the end get code 8.
+// Writes the tiled layout (Q4/Q4A, device_layout.h) one row tile at a time: codes_of(r, q) writes row r's 4-bit
+// codes into q[0, kpad), one per byte, over a preset of code 8 (Q4's zero), which padding rows and columns keep.
 template <class CodesOf>
 void pack_tiled(const DeviceLayout& l, uint8_t* out, CodesOf codes_of) {
   const int64_t kb = l.kblocks(), width = kb * 64;
