@@ -130,8 +130,7 @@ __device__ __forceinline__ void decode16(const DeviceLayout& l, const uint8_t* b
     nibble_position(l.group, c0, &byte, &high);
     const uint4 raw = load_code16(row, l.code_row_bytes(), byte);
     const auto* b = reinterpret_cast<const uint8_t*>(&raw);
-    const int64_t gi = r * l.groups() + c0 / l.group;
-    const float d = half_bits_to_float(reinterpret_cast<const uint16_t*>(base + l.scales_offset())[gi]);
+    const float d = half_bits_to_float(*reinterpret_cast<const uint16_t*>(base + l.scale_offset(r, c0 / l.group)));
     const int shift = high ? 4 : 0;
     static_assert(T == DType::NF4, "decode16: Q8 or NF4 (Q4/Q4A are tiled)");
 #pragma unroll

@@ -17,7 +17,7 @@
 // to lane L + 1's). Words after the row's last full run keep their order. code_byte_position maps.
 // Q4 and Q4A are stored instead in the tiled layout of the tensor-core matmul (mma_q4.cu), whose A operand is a
 // 16 x 16 tile of weights: rows are cut into tiles of 16 and columns into blocks of 64 (kblocks, the last one
-// zero padded). For row tile rt, block kb and lane L = 4 g + t, four words follow at word ((rt * kblocks + kb) * 32
+// padded). For row tile rt, block kb and lane L = 4 g + t, four words follow at word ((rt * kblocks + kb) * 32
 // + L) * 4; they hold rows g and g + 8 at the lane's own 16 columns 64 kb + 16 t + [0, 16): word j the four
 // columns 16 t + 4 j + [0, 4), nibble i (bits 4i) being row g + 8 (i & 1), column 16 t + 4 j + (i >> 2) +
 // 2 ((i >> 1) & 1). An mma sums over its 16 k slots in any order, so k-tile j of a block takes from each lane the
@@ -26,7 +26,7 @@
 // the two halves of one fragment register.
 // tiled_code_position maps. The scales follow as [row_tiles][groups][8][2] fp16: (row g, row g + 8) of the tile,
 // the half2 a lane applies to its fragment; Q4A as [row_tiles][groups][8][4]: that scale pair, then the minimum
-// pair. Rows past the end are padded with zero codes and scales.
+// pair. Padding (rows past the end, columns past kpad) has code 8 and rows past the end zero scales.
 // The 2:4 sparse types are expanded at upload, exactly, into the dense type holding the same values (S24Q8 ->
 // Q8 with the row's scale, S24Q4 -> Q4 in groups of 64 with each block's scale), so a device Matrix never has a
 // sparse dtype. Matrix::row_bytes() does not describe device views of quantized types; use these functions.

@@ -56,7 +56,7 @@ __device__ __forceinline__ Stream stream_of(const DeviceLayout& l, const uint8_t
   if constexpr (T == DType::Q8) {
     s.row_scale = __ldg(reinterpret_cast<const float*>(base + l.scales_offset()) + r);
   } else {
-    s.scales = reinterpret_cast<const uint16_t*>(base + l.scales_offset()) + r * l.groups();
+    s.scales = reinterpret_cast<const uint16_t*>(base + l.scale_offset(r, 0));
   }
   return s;
 }
@@ -67,7 +67,7 @@ struct Word {
   float d;  // NF4: the group's scale
 };
 
-// Scale (and minimum) of logical word wi of a stream.
+// Scale of logical word wi of a stream (NF4).
 template <DType T>
 __device__ __forceinline__ void word_scales(const Stream& s, int64_t wi, int gshift, Word* w) {
   if constexpr (T != DType::Q8) {
