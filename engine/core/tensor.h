@@ -8,6 +8,15 @@
 
 namespace tessera {
 
+// How a matrix's rows lie in memory.
+enum class MatrixLayout : uint8_t {
+  kRows,  // row after row: row r at data + r * row_bytes() (the canonical form, also on disk)
+  // Q4/Q4A rows interleaved eight at a time for the CPU backend's kernels (engine/backend/cpu/panel8.h), made by
+  // CpuBackend::upload: rows 8p..8p+7 form one panel of 8 * row_bytes() bytes at row(8p); the rows are padded to a
+  // multiple of 8. Only the CPU backend reads this layout.
+  kPanels8,
+};
+
 // A row-major weight matrix [rows][cols] (for linear layers: [out_features][in_features]). Quantized types store
 // each row as blocks (quant/blocks.h); row r starts at data + r * row_bytes().
 struct Matrix {
@@ -16,6 +25,7 @@ struct Matrix {
   int64_t cols = 0;
   const void* data = nullptr;
   int group = 0;  // quantization group along cols for Q4/Q4A/NF4; 0 otherwise
+  MatrixLayout layout = MatrixLayout::kRows;
 
   size_t row_bytes() const { return dtype_row_bytes(dtype, cols, group); }
   size_t bytes() const { return static_cast<size_t>(rows) * row_bytes(); }

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "engine/backend/cpu/kernels.h"
+#include "engine/backend/cpu/panel8.h"
 #include "engine/core/check.h"
 #include "engine/core/cpu_features.h"
 #include "quant/blocks.h"
@@ -97,6 +98,7 @@ struct CpuBackend::Impl {
   const cpu::Kernels* k = nullptr;
   std::vector<SlotScratch> slots;  // one per pool slot
   ActScratch act;
+  std::vector<BackendBuffer> panels;  // the panel-layout copies upload() made
 };
 
 CpuBackend::CpuBackend(int n_threads, CpuKernels kernels)
@@ -111,6 +113,13 @@ CpuBackend::CpuBackend(int n_threads, CpuKernels kernels)
 }
 
 CpuBackend::~CpuBackend() = default;
+
+// Q4/Q4A weights go into the panel layout their decode kernel streams (panel8.h); everything else is read in place.
+Matrix CpuBackend::upload(const Matrix& host) {
+  if (!cpu::panel8_applies(host)) return host;
+  BackendBuffer& buf = impl_->panels.emplace_back(allocate_host_buffer(cpu::panel8_bytes(host)));
+  return cpu::repack_panel8(host, static_cast<uint8_t*>(buf.data()), pool_);
+}
 
 std::string CpuBackend::name() const {
   const int t = pool_.size();
@@ -215,6 +224,39 @@ void gemv(ThreadPool& pool, const Matrix& w, int n, const float* bias, float* y,
   });
 }
 
+// Decode over panel-layout weights (panel8.h): visit(q, i) for panel q (rows 8q..8q+7) and x row i. Threads take
+// contiguous panel ranges (each streams its own part of the matrix) and every x row is run against a panel while it
+// is in L1.
+template <typename Visit>
+void for_each_panel(ThreadPool& pool, int64_t rows, int n, const Visit& visit) {
+  const int64_t panels = (rows + cpu::kPanelRows - 1) / cpu::kPanelRows;
+  const int n_slots = static_cast<int>(std::min<int64_t>(pool.size(), panels));
+  for_each_slot(pool, n_slots, [&](int t) {
+    const Range p = split(panels, t, n_slots);
+    for (int64_t q = p.begin; q < p.end; ++q)
+      for (int i = 0; i < n; ++i) visit(q, i);
+  });
+}
+
+// GEMM packing of weight rows [r0, r0 + nr) (nr <= width), columns [k0, k0 + kc), into panel columns [0, width):
+// canonical rows through Kernels::pack, panel-layout ones (r0 a multiple of 8) a panel at a time. Both zero the
+// columns past nr.
+void pack_rows(const cpu::Kernels& k, const Matrix& w, int64_t r0, int nr, int width, int64_t k0, int64_t kc,
+               float* panel) {
+  const int dt = static_cast<int>(w.dtype);
+  if (w.layout != MatrixLayout::kPanels8) {
+    k.pack[dt](w.row(r0), w.row_bytes(), w.group, nr, width, k0, kc, panel);
+    return;
+  }
+  for (int h = 0; h < width; h += cpu::kPanelRows) {
+    if (h < nr) {
+      k.pack_panel[dt](w.row(r0 + h), w.group, k0, kc, panel + h);
+    } else {
+      for (int64_t kk = 0; kk < kc; ++kk) std::fill_n(panel + kk * kGemmNR + h, cpu::kPanelRows, 0.0f);
+    }
+  }
+}
+
 // How a GEMM-shaped op splits over threads: by output tiles when there are enough of them, else by x rows.
 struct GemmSplit {
   int n_slots;
@@ -243,9 +285,7 @@ GemmPart gemm_part_of(const GemmSplit& plan, int t, int64_t tiles, int n) {
 // an fp32 panel once and reused by every x row of the n block (6 rows per micro-kernel call).
 void gemm_part(const cpu::Kernels& k, SlotScratch& s, const float* x, int64_t n_begin, int64_t n_end,
                int64_t tile_begin, int64_t tile_end, const Matrix& w, const float* bias, float* y) {
-  const auto pack = k.pack[static_cast<int>(w.dtype)];
   const int64_t K = w.cols, rows = w.rows;
-  const size_t row_bytes = w.row_bytes();
   for (int64_t nb = n_begin; nb < n_end; nb += kMc) {
     const int64_t mb = std::min<int64_t>(kMc, n_end - nb);
     for (int64_t rt = tile_begin; rt < tile_end; ++rt) {
@@ -267,7 +307,7 @@ void gemm_part(const cpu::Kernels& k, SlotScratch& s, const float* x, int64_t n_
       const int64_t ldc = full ? rows : kGemmNR;
       for (int64_t kb = 0; kb < K; kb += kKc) {
         const int64_t kc = std::min(kKc, K - kb);
-        pack(w.row(r0), row_bytes, w.group, nr, kGemmNR, kb, kc, s.panel.data());
+        pack_rows(k, w, r0, nr, kGemmNR, kb, kc, s.panel.data());
         for (int64_t i = 0; i < mb; i += kGemmMR) {
           const int mr = static_cast<int>(std::min<int64_t>(kGemmMR, mb - i));
           k.gemm_tile(x + (nb + i) * K + kb, K, mr, s.panel.data(), kc, kb == 0 ? init : nullptr, c + i * ldc, ldc);
@@ -452,6 +492,21 @@ void CpuBackend::matmul_impl(const float* x, int n, const Matrix& w, const float
   const cpu::Kernels& k = *impl_->k;
   const bool int8_act = uses_int8_activations(w, rowwise, act_quant_);
   if (is_grouped(w.dtype)) TESSERA_CHECK_MSG(w.group == 32 || w.group == 64 || w.group == 128, "bad quant group");
+  if (rowwise && w.layout == MatrixLayout::kPanels8) {
+    quantize_rows(pool_, k, x, n, w.cols, false, impl_->act);
+    const auto qdot = k.qdot_panel[static_cast<int>(w.dtype)];
+    const quant::BlockQ8Act* xq = impl_->act.q.data();
+    const int64_t blocks = impl_->act.blocks;
+    for_each_panel(pool_, w.rows, n, [&](int64_t q, int i) {
+      const int64_t r0 = q * cpu::kPanelRows;
+      float out[cpu::kPanelRows];
+      qdot(xq + i * blocks, w.row(r0), w.cols, w.group, out);
+      float* yi = y + i * w.rows;
+      for (int64_t j = 0; j < cpu::kPanelRows && r0 + j < w.rows; ++j)
+        yi[r0 + j] = bias != nullptr ? out[j] + bias[r0 + j] : out[j];
+    });
+    return;
+  }
   if (rowwise) {
     dispatch_gemv(pool_, k, impl_->act, x, n, w, int8_act,
                   [&](auto rows, const auto& dotR, const auto& dotR2, const auto& dot1, const RowTile& tile) {
@@ -543,9 +598,7 @@ void gemv_silu_mul(ThreadPool& pool, const Matrix& gate, const Matrix& up, int n
 void gemm_silu_mul_part(const cpu::Kernels& k, SlotScratch& s, const float* x, int64_t n_begin, int64_t n_end,
                         int64_t tile_begin, int64_t tile_end, const Matrix& gate, const Matrix& up, float* out) {
   constexpr int kHalf = kGemmNR / 2;
-  const auto pack = k.pack[static_cast<int>(gate.dtype)];
   const int64_t K = gate.cols, hidden = gate.rows;
-  const size_t row_bytes = gate.row_bytes();
   for (int64_t nb = n_begin; nb < n_end; nb += kMc) {
     const int64_t mb = std::min<int64_t>(kMc, n_end - nb);
     for (int64_t ht = tile_begin; ht < tile_end; ++ht) {
@@ -553,8 +606,8 @@ void gemm_silu_mul_part(const cpu::Kernels& k, SlotScratch& s, const float* x, i
       const int nh = static_cast<int>(std::min<int64_t>(kHalf, hidden - h0));
       for (int64_t kb = 0; kb < K; kb += kKc) {
         const int64_t kc = std::min(kKc, K - kb);
-        pack(gate.row(h0), row_bytes, gate.group, nh, kHalf, kb, kc, s.panel.data());
-        pack(up.row(h0), row_bytes, up.group, nh, kHalf, kb, kc, s.panel.data() + kHalf);
+        pack_rows(k, gate, h0, nh, kHalf, kb, kc, s.panel.data());
+        pack_rows(k, up, h0, nh, kHalf, kb, kc, s.panel.data() + kHalf);
         for (int64_t i = 0; i < mb; i += kGemmMR) {
           const int mr = static_cast<int>(std::min<int64_t>(kGemmMR, mb - i));
           k.gemm_tile(x + (nb + i) * K + kb, K, mr, s.panel.data(), kc, kb == 0 ? kZeros : nullptr,
@@ -620,6 +673,22 @@ void CpuBackend::matmul_silu_mul_impl(const float* x, int n, const Matrix& gate,
   const bool int8_act = uses_int8_activations(gate, rowwise, act_quant_);
   if (is_grouped(gate.dtype)) {
     TESSERA_CHECK_MSG(gate.group == 32 || gate.group == 64 || gate.group == 128, "bad quant group");
+  }
+  TESSERA_CHECK_MSG(gate.layout == up.layout, "gate and up must share the weight layout");
+  if (rowwise && gate.layout == MatrixLayout::kPanels8) {
+    quantize_rows(pool_, k, x, n, gate.cols, false, impl_->act);
+    const auto qdot = k.qdot_panel[static_cast<int>(gate.dtype)];
+    const quant::BlockQ8Act* xq = impl_->act.q.data();
+    const int64_t blocks = impl_->act.blocks, hidden = gate.rows;
+    for_each_panel(pool_, hidden, n, [&](int64_t q, int i) {
+      const int64_t h0 = q * cpu::kPanelRows;
+      float g[cpu::kPanelRows], u[cpu::kPanelRows];
+      qdot(xq + i * blocks, gate.row(h0), gate.cols, gate.group, g);
+      qdot(xq + i * blocks, up.row(h0), up.cols, up.group, u);
+      float* oi = out + i * hidden;
+      for (int64_t j = 0; j < cpu::kPanelRows && h0 + j < hidden; ++j) oi[h0 + j] = silu_mul(g[j], u[j]);
+    });
+    return;
   }
   if (rowwise) {
     dispatch_gemv(pool_, k, impl_->act, x, n, gate, int8_act,
@@ -716,7 +785,12 @@ void CpuBackend::embedding(const Matrix& table, const int* tokens, int n, float*
   for (int i = 0; i < n; ++i) {
     TESSERA_CHECK_MSG(tokens[i] >= 0 && tokens[i] < table.rows,
                       "token id " + std::to_string(tokens[i]) + " out of range");
-    dequant(table.row(tokens[i]), table.group, 0, table.cols, out + static_cast<int64_t>(i) * table.cols);
+    float* row = out + static_cast<int64_t>(i) * table.cols;
+    if (table.layout == MatrixLayout::kPanels8) {
+      cpu::panel8_dequant_row(table, tokens[i], row);
+    } else {
+      dequant(table.row(tokens[i]), table.group, 0, table.cols, row);
+    }
   }
 }
 

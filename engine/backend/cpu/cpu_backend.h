@@ -26,6 +26,9 @@ class CpuBackend final : public Backend {
   std::string name() const override;  // e.g. "cpu(avx2, 2 threads)"
   int threads() const { return pool_.size(); }
   void set_activation_quant(ActQuant mode) { act_quant_ = mode; }
+  // Q4/Q4A matrices are copied into the panel layout (engine/backend/cpu/panel8.h, kept for the backend's
+  // lifetime); other weights are used in place. Not thread-safe (models upload at construction).
+  Matrix upload(const Matrix& host) override;
   ActQuant activation_quant() const { return act_quant_; }
 
   void matmul(const float* x, int n, const Matrix& w, const float* bias, float* y) override;

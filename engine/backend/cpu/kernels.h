@@ -104,6 +104,13 @@ struct Kernels {
   // use qdot4). Valid for every group of the dtype.
   void (*qdot8[kNumDtypes])(const quant::BlockQ8Act* x, const void* const* rows, const void* const* next, int64_t cols,
                             int group, float* out);
+  // Q4/Q4A in the panel layout (panel8.h): the eight rows of one panel against x (ceil(cols / 32) activation
+  // blocks), out[j] for j < 8. Per row the arithmetic of the dtype's canonical kernels of the same set (the AVX2
+  // one: qdot8's for 32-value groups), so the layouts agree to float rounding. Entries for Q4 and Q4A.
+  void (*qdot_panel[kNumDtypes])(const quant::BlockQ8Act* x, const void* panel, int64_t cols, int group, float* out);
+  // Kernels::pack from a panel: panel_out[k*kGemmNR + j] = fp32(row j, column k0 + k) for j < 8, k < kc, bit for
+  // bit the canonical dequantization. k0 is a multiple of `group`. Entries for Q4 and Q4A.
+  void (*pack_panel[kNumDtypes])(const void* panel, int group, int64_t k0, int64_t kc, float* panel_out);
   // Quantizes n activations into ceil(n / 32) blocks; bit-identical to quant::quantize_activations.
   void (*quantize_act)(const float* x, int64_t n, quant::BlockQ8Act* out);
 

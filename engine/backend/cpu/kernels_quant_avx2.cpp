@@ -22,6 +22,7 @@
 #include <cstdint>
 
 #include "engine/backend/cpu/kernels.h"
+#include "engine/backend/cpu/panel8.h"
 
 namespace tessera::cpu {
 
@@ -541,6 +542,118 @@ void qdot8_grouped(const BlockQ8Act* x, const void* const* rows, const void* con
   qdot4_grouped<DT>(x, rows + 4, next, cols, group, out + 4);
 }
 
+// ---- Q4 / Q4A panels (panel8.h) ----
+// Only panel8.h's constants are used here (its inline helpers stay out of this translation unit); the layout
+// arithmetic is repeated and checked against them at compile time.
+
+template <int DT>
+constexpr int64_t kPanelHdr = DT == kQ4A ? 32 : 16;
+static_assert(kPanelHdr<kQ4> == panel_header_bytes(DType::Q4) && kPanelHdr<kQ4A> == panel_header_bytes(DType::Q4A));
+static_assert(panel_code_pos(DType::Q4, 64, 3, 64 + 32 + 13).byte == (16 + 4 * 64) + 16 + 128 + 32 + 12 + 1);
+
+inline __m256i broadcast_i32(const int8_t* p) {
+  int32_t v;
+  __builtin_memcpy(&v, p, 4);
+  return _mm256_set1_epi32(v);
+}
+
+// Eight rows of a panel against the activation blocks: per 32 columns, four 32-byte loads give four columns of every
+// row per nibble half; vpmaddubsw against a broadcast of those four activations leaves per row two int16 pair sums,
+// eight of which add up in int16 (at most 8 * 2 * 15 * 127 = 30480) before one vpmaddwd makes the row's int32 sum,
+// already one per lane: no folding across rows. The float part is qdot8_g32's: acc += i * (d * s), corr += c * sum.
+template <int DT, int G>
+void qdot_panel_g(const BlockQ8Act* x, const void* panel, int64_t cols, float* out) {
+  constexpr int64_t kHdr = kPanelHdr<DT>;
+  constexpr int64_t kGroupBytes = kHdr + 4 * G;
+  constexpr int kPer = G / 32;
+  const auto* p = static_cast<const uint8_t*>(panel);
+  const int64_t act_blocks = (cols + 31) / 32;
+  const __m256i mask = _mm256_set1_epi8(0x0f);
+  __m256 acc = _mm256_setzero_ps(), corr = acc;
+  for (int64_t b0 = 0; b0 < act_blocks; b0 += kPer, p += kGroupBytes) {
+    const __m256 d8 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    __m256 c8 = d8;
+    if constexpr (DT == kQ4A) c8 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16)));
+    const int per = static_cast<int>(min64(kPer, act_blocks - b0));
+    for (int t = 0; t < per; ++t) {
+      const BlockQ8Act& xb = x[b0 + t];
+      const uint8_t* codes = p + kHdr + 128 * t;
+      _mm_prefetch(reinterpret_cast<const char*>(codes + kPrefetchBytes), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(codes + kPrefetchBytes + 64), _MM_HINT_T0);
+      __m256i s0 = _mm256_setzero_si256(), s1 = s0;
+#pragma GCC unroll 4
+      for (int c = 0; c < 4; ++c) {
+        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + 32 * c));
+        const __m256i lo = _mm256_and_si256(v, mask);
+        const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
+        s0 = _mm256_add_epi16(s0, _mm256_maddubs_epi16(lo, broadcast_i32(xb.q + 8 * c)));
+        s1 = _mm256_add_epi16(s1, _mm256_maddubs_epi16(hi, broadcast_i32(xb.q + 8 * c + 4)));
+      }
+      const __m256i i8 = _mm256_madd_epi16(_mm256_add_epi16(s0, s1), _mm256_set1_epi16(1));
+      acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i8), _mm256_mul_ps(d8, _mm256_set1_ps(xb.scale)), acc);
+      corr = _mm256_fmadd_ps(c8, _mm256_set1_ps(xb.sum), corr);
+    }
+  }
+  const __m256 v = DT == kQ4 ? _mm256_fnmadd_ps(_mm256_set1_ps(8.0f), corr, acc) : _mm256_add_ps(acc, corr);
+  _mm256_storeu_ps(out, v);
+}
+
+template <int DT>
+void qdot_panel(const BlockQ8Act* x, const void* panel, int64_t cols, int group, float* out) {
+  switch (group) {
+    case 32:
+      return qdot_panel_g<DT, 32>(x, panel, cols, out);
+    case 64:
+      return qdot_panel_g<DT, 64>(x, panel, cols, out);
+    default:
+      return qdot_panel_g<DT, 128>(x, panel, cols, out);
+  }
+}
+
+// GEMM packing from a panel. Per 32 columns: each 32-byte load of codes, split into nibbles, is reordered in lane
+// (byte 4r + i -> 4i + r) and across lanes (dwords 0 4 1 5 2 6 3 7) so that each 8-byte part holds one column of
+// all eight rows, then widened, converted and scaled: Q4 fma(q, d, -8d) = d * (q - 8) and Q4A fma(q, d, m) = d * q + m
+// round like the canonical dequantization (d * q is exact in both).
+template <int DT>
+void pack_panel(const void* panel, int group, int64_t k0, int64_t kc, float* out) {
+  constexpr int64_t kHdr = kPanelHdr<DT>;
+  const int64_t group_bytes = kHdr + 4 * static_cast<int64_t>(group);
+  const auto* p = static_cast<const uint8_t*>(panel);
+  const __m256i mask = _mm256_set1_epi8(0x0f);
+  const __m256i in_lane = _mm256_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15, 0, 4, 8, 12, 1, 5, 9,
+                                           13, 2, 6, 10, 14, 3, 7, 11, 15);
+  const __m256i across = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  alignas(32) float tail[32 * kGemmNR];
+  for (int64_t k = 0; k < kc; k += 32) {
+    const int64_t col = k0 + k;
+    const uint8_t* pg = p + (col / group) * group_bytes;
+    const __m256 d8 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(pg)));
+    const __m256 o8 = DT == kQ4A ? _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(pg + 16)))
+                                 : _mm256_mul_ps(d8, _mm256_set1_ps(-8.0f));
+    const uint8_t* codes = pg + kHdr + 128 * ((col % group) / 32);
+    const bool full = k + 32 <= kc;
+    float* dst = full ? out + k * kGemmNR : tail;
+    for (int c = 0; c < 4; ++c) {
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + 32 * c));
+      const __m256i halves[2] = {_mm256_and_si256(v, mask), _mm256_and_si256(_mm256_srli_epi16(v, 4), mask)};
+      for (int h = 0; h < 2; ++h) {
+        const __m256i cols4 = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(halves[h], in_lane), across);
+        const __m128i lo = _mm256_castsi256_si128(cols4), hi = _mm256_extracti128_si256(cols4, 1);
+        const __m128i parts[4] = {lo, _mm_unpackhi_epi64(lo, lo), hi, _mm_unpackhi_epi64(hi, hi)};
+        for (int i = 0; i < 4; ++i) {
+          const __m256 q = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(parts[i]));
+          _mm256_storeu_ps(dst + (8 * c + 4 * h + i) * kGemmNR, _mm256_fmadd_ps(q, d8, o8));
+        }
+      }
+    }
+    if (!full) {
+      for (int64_t j = 0; j < kc - k; ++j) {
+        for (int r = 0; r < kPanelRows; ++r) out[(k + j) * kGemmNR + r] = tail[j * kGemmNR + r];
+      }
+    }
+  }
+}
+
 // ---- Dequantization ----
 
 void dequant_q8(const void* row, int /*group*/, int64_t k0, int64_t kc, float* out) {
@@ -842,6 +955,10 @@ void add_quant_avx2_kernels(Kernels& k) {
   k.qdot4[kNF4] = qdot4_grouped<kNF4>;
   k.qdot8[kQ4] = qdot8_grouped<kQ4>;
   k.qdot8[kQ4A] = qdot8_grouped<kQ4A>;
+  k.qdot_panel[kQ4] = qdot_panel<kQ4>;
+  k.qdot_panel[kQ4A] = qdot_panel<kQ4A>;
+  k.pack_panel[kQ4] = pack_panel<kQ4>;
+  k.pack_panel[kQ4A] = pack_panel<kQ4A>;
   k.qdot1[kNF4] = qdot1_grouped<kNF4>;
   k.quantize_act = quantize_act;
   k.dequant[kQ8] = dequant_q8;

@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "engine/backend/cpu/kernels.h"
+#include "engine/backend/cpu/panel8.h"
 #include "quant/quant_traits.h"
 
 namespace tessera::cpu {
@@ -171,6 +172,50 @@ void pack_dequant(const void* w, size_t row_bytes, int group, int nr, int width,
   }
 }
 
+// ---- Q4 / Q4A panels (panel8.h) ----
+
+template <int DT>
+int panel_code(const uint8_t* panel, int group, int r, int64_t k) {
+  const PanelCodePos pos = panel_code_pos(static_cast<DType>(DT), group, r, k);
+  return pos.high ? panel[pos.byte] >> 4 : panel[pos.byte] & 0x0f;
+}
+
+// Each row as qdot1_grouped computes it (same products, same order).
+template <int DT>
+void qdot_panel(const BlockQ8Act* x, const void* panel, int64_t cols, int group, float* out) {
+  constexpr auto dt = static_cast<DType>(DT);
+  const auto* p = static_cast<const uint8_t*>(panel);
+  const int64_t act_blocks = (cols + 31) / 32;
+  const int per = group / 32;
+  for (int r = 0; r < kPanelRows; ++r) {
+    float acc = 0.0f, corr = 0.0f;
+    for (int64_t b = 0; b < act_blocks; ++b) {
+      const int64_t g = b / per;
+      const float d = half_at(p + panel_scale_pos(dt, group, r, g));
+      const float m = DT == kQ4A ? half_at(p + panel_min_pos(group, r, g)) : 0.0f;
+      int32_t isum = 0;
+      for (int i = 0; i < 32; ++i) isum += panel_code<DT>(p, group, r, 32 * b + i) * x[b].q[i];
+      acc += d * x[b].scale * static_cast<float>(isum);
+      corr += (DT == kQ4A ? m : d) * x[b].sum;
+    }
+    out[r] = DT == kQ4 ? acc - 8.0f * corr : acc + corr;
+  }
+}
+
+template <int DT>
+void pack_panel(const void* panel, int group, int64_t k0, int64_t kc, float* out) {
+  constexpr auto dt = static_cast<DType>(DT);
+  const auto* p = static_cast<const uint8_t*>(panel);
+  for (int64_t k = 0; k < kc; ++k) {
+    const int64_t col = k0 + k, g = col / group;
+    for (int r = 0; r < kPanelRows; ++r) {
+      const float d = half_at(p + panel_scale_pos(dt, group, r, g));
+      const auto q = static_cast<float>(panel_code<DT>(p, group, r, col));
+      out[k * kGemmNR + r] = DT == kQ4A ? d * q + half_at(p + panel_min_pos(group, r, g)) : d * (q - 8.0f);
+    }
+  }
+}
+
 // ---- Integer GEMM ----
 
 void expand_act(const BlockQ8Act* x, int64_t nblocks, int16_t* x16, float* xs) {
@@ -225,6 +270,10 @@ void add_quant_portable_kernels(Kernels& k) {
   k.qdot4[kQ4] = qdot4<qdot1_grouped<kQ4>>;
   k.qdot4[kQ4A] = qdot4<qdot1_grouped<kQ4A>>;
   k.qdot4[kNF4] = qdot4<qdot1_grouped<kNF4>>;
+  k.qdot_panel[kQ4] = qdot_panel<kQ4>;
+  k.qdot_panel[kQ4A] = qdot_panel<kQ4A>;
+  k.pack_panel[kQ4] = pack_panel<kQ4>;
+  k.pack_panel[kQ4A] = pack_panel<kQ4A>;
   k.quantize_act = quantize_act;
   k.dequant[kQ8] = dequant_q8;
   k.dequant[kQ4] = dequant_grouped<kQ4>;

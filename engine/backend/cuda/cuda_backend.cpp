@@ -187,6 +187,7 @@ void CudaBackend::copy(void* dst, const void* src, size_t bytes) {
 }
 
 Matrix CudaBackend::upload(const Matrix& host) {
+  TESSERA_CHECK_MSG(host.layout == MatrixLayout::kRows, "the CUDA backend uploads canonical rows only");
   TESSERA_CUDA_CHECK(cudaSetDevice(impl_->device));
   return impl_->weights.upload_matrix(host);
 }
