@@ -4,9 +4,11 @@
 //   (b) ReferenceBackend (dequantize, then fp32 with double accumulation): 1e-5 where activations stay fp32
 //       (Q8 by default, Q4/Q4A/NF4 prefill), and kInt8ActTol where they are quantized to int8 blocks (Q8 with
 //       ActQuant::kInt8, Q4/Q4A/NF4 decode; NF4 also rounds its levels to int8).
+// Q4/Q4A also through CpuBackend::upload (the panel layout, panel8.h) against the same backend on canonical rows.
 // Plus kernel-level checks of the individual table entries (AVX2 against portable).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <memory>
@@ -16,8 +18,10 @@
 
 #include "engine/backend/cpu/cpu_backend.h"
 #include "engine/backend/cpu/kernels.h"
+#include "engine/backend/cpu/panel8.h"
 #include "engine/backend/cpu/reference_ops.h"
 #include "engine/core/cpu_features.h"
+#include "engine/core/thread_pool.h"
 #include "quant/blocks.h"
 #include "quant/quant_traits.h"
 #include "test_util.h"
@@ -170,6 +174,69 @@ class QuantBackendTest : public ::testing::TestWithParam<Config> {
     }
   }
 
+  // Q4/Q4A uploaded into the panel layout against the same backend on the canonical rows: prefill packs the same
+  // fp32 panels (bit for bit); decode gives each row the arithmetic of the set's canonical kernels (bit for bit with
+  // the portable set; to rounding with AVX2, whose canonical kernel depends on the row count); and both against the
+  // reference. matmul and matmul_rows, the fused MLP op, and embedding.
+  void check_panels(const QuantCase& c, int rows, int cols, int n) {
+    SCOPED_TRACE(::testing::Message() << case_name(c) << " rows=" << rows << " cols=" << cols << " n=" << n);
+    const bool portable = GetParam().kernels == CpuKernels::kPortable;
+    const auto w = quantized_matrix(rng_, c.dtype, rows, cols, c.group);
+    const Matrix p = backend_->upload(w.m);
+    ASSERT_EQ(p.layout, MatrixLayout::kPanels8);
+    const auto x = random_vec(rng_, static_cast<size_t>(n) * cols);
+    const auto bias = random_vec(rng_, rows);
+    std::vector<float> want(static_cast<size_t>(n) * rows), canon(want.size()), got(want.size());
+    ref::matmul(x.data(), n, w.m, bias.data(), want.data());
+    const auto same_or_near = [&](bool int8_act, const std::vector<float>& a, const std::vector<float>& b) {
+      if (!int8_act || portable) {
+        EXPECT_EQ(a, b);
+      } else {
+        EXPECT_TRUE(near_l2(a, b, kExactTol));
+      }
+    };
+    for (bool per_row : {false, true}) {
+      SCOPED_TRACE(per_row ? "matmul_rows" : "matmul");
+      const bool int8_act = per_row || n == 1;
+      poison(canon);
+      poison(got);
+      if (per_row) {
+        backend_->matmul_rows(x.data(), n, w.m, bias.data(), canon.data());
+        backend_->matmul_rows(x.data(), n, p, bias.data(), got.data());
+      } else {
+        backend_->matmul(x.data(), n, w.m, bias.data(), canon.data());
+        backend_->matmul(x.data(), n, p, bias.data(), got.data());
+      }
+      same_or_near(int8_act, got, canon);
+      if (int8_act) {
+        EXPECT_TRUE(near_scaled(got, want, typical_dots(x, n, w.m), kInt8ActTol)) << "vs reference";
+      } else {
+        EXPECT_TRUE(near_l2(got, want, kExactTol)) << "vs reference";
+      }
+    }
+    const auto up = quantized_matrix(rng_, c.dtype, rows, cols, c.group);
+    const Matrix up_p = backend_->upload(up.m);
+    for (bool per_row : {false, true}) {
+      SCOPED_TRACE(per_row ? "matmul_silu_mul_rows" : "matmul_silu_mul");
+      poison(canon);
+      poison(got);
+      if (per_row) {
+        backend_->matmul_silu_mul_rows(x.data(), n, w.m, up.m, canon.data());
+        backend_->matmul_silu_mul_rows(x.data(), n, p, up_p, got.data());
+      } else {
+        backend_->matmul_silu_mul(x.data(), n, w.m, up.m, canon.data());
+        backend_->matmul_silu_mul(x.data(), n, p, up_p, got.data());
+      }
+      same_or_near(per_row || n == 1, got, canon);
+    }
+    const int tokens[] = {0, rows - 1, rows / 2, rows - 1};
+    std::vector<float> emb_want(4 * static_cast<size_t>(cols)), emb_got(emb_want.size());
+    ref::embedding(w.m, tokens, 4, emb_want.data());
+    poison(emb_got);
+    backend_->embedding(p, tokens, 4, emb_got.data());
+    EXPECT_EQ(emb_got, emb_want);
+  }
+
   std::mt19937 rng_{4321};
   std::unique_ptr<CpuBackend> backend_, portable_;
 };
@@ -239,6 +306,30 @@ TEST_P(QuantBackendTest, ActivationModeOnlyAffectsQ8) {
   set_act(ActQuant::kInt8);
   backend_->matmul(x.data(), 5, w.m, nullptr, b.data());
   EXPECT_EQ(a, b);
+}
+
+// Row counts below, at and past multiples of 8 (padded panels), ragged columns, several k blocks, ragged GEMM tiles.
+TEST_P(QuantBackendTest, PanelLayoutMatchesRows) {
+  struct Shape {
+    int rows, cols, n;
+  };
+  const Shape shapes[] = {{1, 7, 1},    {3, 33, 2},    {8, 64, 1},    {17, 100, 5},  {16, 257, 31},
+                          {65, 257, 1}, {40, 600, 13}, {130, 513, 7}, {67, 1100, 1}, {35, 2080, 3}};
+  for (const QuantCase& c : all_cases()) {
+    if (c.dtype != DType::Q4 && c.dtype != DType::Q4A) continue;
+    for (const Shape& sh : shapes) check_panels(c, sh.rows, sh.cols, sh.n);
+  }
+}
+
+// Other types are used in place.
+TEST_P(QuantBackendTest, UploadLeavesOtherTypesInPlace) {
+  for (const QuantCase& c : all_cases()) {
+    if (c.dtype == DType::Q4 || c.dtype == DType::Q4A) continue;
+    const auto w = quantized_matrix(rng_, c.dtype, 9, 64, c.group);
+    const Matrix u = backend_->upload(w.m);
+    EXPECT_EQ(u.data, w.m.data);
+    EXPECT_EQ(u.layout, MatrixLayout::kRows);
+  }
 }
 
 TEST_P(QuantBackendTest, ZeroColumnsIsBias) {
@@ -368,6 +459,85 @@ TEST_F(QuantKernelTest, QdotMatchesPortable) {
           fa[4] = avx2_.dot1[dt](x.data(), w.m.row(5), cols);
           fp[4] = port_.dot1[dt](x.data(), w.m.row(5), cols);
           EXPECT_TRUE(near_l2(fa, fp, kExactTol));
+        }
+      }
+    }
+  }
+}
+
+// The panel layout's positions against the canonical rows: every code, scale and minimum of a repacked matrix is
+// found where panel8.h says, padding rows are zero.
+TEST_F(QuantKernelTest, PanelRepackPlacesEveryValue) {
+  ThreadPool pool(2);
+  for (DType t : {DType::Q4, DType::Q4A}) {
+    for (int g : quant::kGroupSizes) {
+      for (int rows : {1, 8, 13}) {
+        const int cols = 2 * g + 32;
+        SCOPED_TRACE(::testing::Message() << dtype_name(t) << " g=" << g << " rows=" << rows);
+        const auto w = quantized_matrix(rng_, t, rows, cols, g);
+        std::vector<uint8_t> buf(cpu::panel8_bytes(w.m), 0xAB);
+        const Matrix p = cpu::repack_panel8(w.m, buf.data(), pool);
+        const int64_t blocks = (cols + g - 1) / g, hdr = t == DType::Q4A ? 4 : 2, block_bytes = hdr + g / 2;
+        for (int64_t r = 0; r < (rows + 7) / 8 * 8; ++r) {
+          const auto* panel = static_cast<const uint8_t*>(p.row(r / 8 * 8));
+          const int j = static_cast<int>(r % 8);
+          for (int64_t b = 0; b < blocks; ++b) {
+            const uint8_t* block = r < rows ? static_cast<const uint8_t*>(w.m.row(r)) + b * block_bytes : nullptr;
+            const auto word = [](const uint8_t* q) { return static_cast<int>(q[0] | q[1] << 8); };
+            EXPECT_EQ(word(panel + cpu::panel_scale_pos(t, g, j, b)), block ? word(block) : 0);
+            if (t == DType::Q4A) EXPECT_EQ(word(panel + cpu::panel_min_pos(g, j, b)), block ? word(block + 2) : 0);
+            for (int k = 0; k < g; ++k) {
+              const cpu::PanelCodePos pos = cpu::panel_code_pos(t, g, j, b * g + k);
+              const int got = pos.high ? panel[pos.byte] >> 4 : panel[pos.byte] & 15;
+              const int want = !block ? 0 : k < g / 2 ? block[hdr + k] & 15 : block[hdr + k - g / 2] >> 4;
+              ASSERT_EQ(got, want) << "row " << r << " col " << b * g + k;
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+// qdot_panel and pack_panel: AVX2 against portable, and against the canonical kernels on the same rows.
+TEST_F(QuantKernelTest, PanelKernelsMatchPortable) {
+  ThreadPool pool(1);
+  for (DType t : {DType::Q4, DType::Q4A}) {
+    for (int g : quant::kGroupSizes) {
+      for (int cols : {1, 7, 33, 64, 100, 172, 257, 2048}) {
+        SCOPED_TRACE(::testing::Message() << dtype_name(t) << " g=" << g << " cols=" << cols);
+        const auto w = quantized_matrix(rng_, t, 8, cols, g);
+        std::vector<uint8_t> buf(cpu::panel8_bytes(w.m));
+        const Matrix p = cpu::repack_panel8(w.m, buf.data(), pool);
+        const auto x = random_vec(rng_, static_cast<size_t>(cols));
+        std::vector<quant::BlockQ8Act> xq(static_cast<size_t>((cols + 31) / 32));
+        quant::quantize_activations(x.data(), cols, xq.data());
+        const int dt = static_cast<int>(t);
+        std::vector<float> a(8, std::nanf("")), pp(8, std::nanf("")), canon(8), canon8(8, std::nanf(""));
+        avx2_.qdot_panel[dt](xq.data(), p.data, cols, g, a.data());
+        port_.qdot_panel[dt](xq.data(), p.data, cols, g, pp.data());
+        for (int j = 0; j < 8; ++j) canon[j] = port_.qdot1[dt](xq.data(), w.m.row(j), cols, g);
+        EXPECT_EQ(pp, canon) << "portable panel vs portable rows";
+        EXPECT_TRUE(near_l2(a, pp, kExactTol)) << "avx2 vs portable";
+        if (g == 32) {  // the same arithmetic as the eight-row canonical kernel
+          const void* rows8[8];
+          for (int j = 0; j < 8; ++j) rows8[j] = w.m.row(j);
+          avx2_.qdot8[dt](xq.data(), rows8, nullptr, cols, g, canon8.data());
+          EXPECT_EQ(a, canon8) << "avx2 panel vs avx2 qdot8";
+        }
+        // Packing: every k block the GEMM asks for (k0 a multiple of 256), against the canonical pack.
+        for (int64_t k0 = 0; k0 < cols; k0 += 256) {
+          const int64_t kc = std::min<int64_t>(256, cols - k0);
+          std::vector<float> pa(static_cast<size_t>(kc) * cpu::kGemmNR, std::nanf(""));
+          std::vector<float> pport = pa, pcanon(pa.size(), std::nanf(""));
+          avx2_.pack_panel[dt](p.data, g, k0, kc, pa.data());
+          port_.pack_panel[dt](p.data, g, k0, kc, pport.data());
+          port_.pack[dt](w.m.data, w.m.row_bytes(), g, 8, 8, k0, kc, pcanon.data());
+          for (size_t i = 0; i < pa.size(); ++i) {
+            if (i % cpu::kGemmNR >= 8) continue;  // columns 8..15 are the other half's
+            ASSERT_EQ(pa[i], pcanon[i]) << "avx2 pack at " << i;
+            ASSERT_EQ(pport[i], pcanon[i]) << "portable pack at " << i;
+          }
         }
       }
     }
