@@ -1,6 +1,6 @@
 // Private measurement tool for the CPU backend (not a test): memory read bandwidth and clock of this machine, then
 // GEMV bandwidth (bf16/f16/f32 and the quantized types) and GEMM throughput (fp32, plus bf16, the fused MLP op and
-// the quantized prefill paths) of one kernel set.
+// the quantized prefill paths) of one kernel set. Weights are laid out as CpuBackend::upload lays out a model's.
 //
 //   kernel_bench [--kernels auto|portable|avx2] [--threads N] [--quick] [--quant-only] [--per-call-min]
 //
@@ -141,14 +141,18 @@ struct Weights {
 };
 
 // A weight format for the benchmarks: dtype, group, and (Q8) whether activations are quantized too.
+// Weights go through CpuBackend::upload as a model's do (Q4/Q4A into the panel layout) unless `rows` asks for the
+// canonical row layout (for comparison; shown as "/rows").
 struct Format {
   tessera::DType dtype;
   int group = 0;
   bool act_int8 = false;
+  bool rows = false;
   std::string name() const {
     std::string n(tessera::dtype_name(dtype));
     if (group) n += "-g" + std::to_string(group);
     if (act_int8) n += "+a8";
+    if (rows) n += "/rows";
     return n;
   }
 };
@@ -213,6 +217,9 @@ double bench_gemv(tessera::CpuBackend& be, const Format& f, int64_t rows, int64_
   } else {
     for (int c = 0; c < copies; ++c) ws.push_back(make_weights(t, rows, cols, 7u + static_cast<uint32_t>(c)));
   }
+  if (!f.rows) {
+    for (Weights& w : ws) w.m = be.upload(w.m);
+  }
   const auto x = make_x(static_cast<size_t>(cols));
   std::vector<float> y(static_cast<size_t>(rows));
 
@@ -257,8 +264,12 @@ double bench_gemm(tessera::CpuBackend& be, const Format& f, int n, int64_t rows,
                   bool fused, double fp32_gflops = 0) {
   const tessera::DType t = f.dtype;
   be.set_activation_quant(f.act_int8 ? tessera::ActQuant::kInt8 : tessera::ActQuant::kNone);
-  const auto w = make_weights(t, rows, cols, 11, f.group);
-  const auto w2 = make_weights(t, rows, cols, 13, f.group);
+  auto w = make_weights(t, rows, cols, 11, f.group);
+  auto w2 = make_weights(t, rows, cols, 13, f.group);
+  if (!f.rows) {
+    w.m = be.upload(w.m);
+    w2.m = be.upload(w2.m);
+  }
   const auto x = make_x(static_cast<size_t>(n) * cols);
   std::vector<float> y(static_cast<size_t>(n) * rows);
   const auto call = [&] {
@@ -365,8 +376,9 @@ int main(int argc, char** argv) {
   }
 
   // Quantized weights (tinyllama-1.1b shapes: w_gate/w_up 5632x2048, w_down 2048x5632).
-  const Format quant_formats[] = {{DType::Q8},      {DType::Q8, 0, true}, {DType::Q4, 32}, {DType::Q4, 128},
-                                  {DType::Q4A, 32}, {DType::NF4, 64},     {DType::NF4, 32}};
+  const Format quant_formats[] = {
+      {DType::Q8},      {DType::Q8, 0, true}, {DType::Q4, 32},  {DType::Q4, 128},
+      {DType::Q4A, 32}, {DType::NF4, 64},     {DType::NF4, 32}, {DType::Q4, 32, false, true}};
   for (const auto& [rows, cols] : {std::pair<int64_t, int64_t>{2048, 5632}, {5632, 2048}}) {
     const double bf16 = bench_gemv(be, {DType::BF16}, rows, cols, read_gbs, quick);
     for (const Format& f : quant_formats) bench_gemv(be, f, rows, cols, read_gbs, quick, bf16);
@@ -376,6 +388,7 @@ int main(int argc, char** argv) {
   bench_gemm(be, {DType::Q8, 0, true}, 512, 5632, 2048, peak, true, fp32);
   bench_gemm(be, {DType::Q8}, 512, 2048, 2048, peak, false, fp32);
   bench_gemm(be, {DType::Q4, 32}, 512, 2048, 2048, peak, false, fp32);
+  bench_gemm(be, {DType::Q4, 32, false, true}, 512, 2048, 2048, peak, false, fp32);
   bench_gemm(be, {DType::NF4, 64}, 512, 2048, 2048, peak, false, fp32);
   return 0;
 }
