@@ -1,5 +1,6 @@
 #include "server/api_server.h"
 
+#include <algorithm>
 #include <chrono>
 #include <ctime>
 
@@ -293,19 +294,28 @@ void ApiServer::respond_stream(const ParsedRequest& p, Streams& streams, HttpRes
         }
         emitted[i] = ready;
       } else if (!new_tokens.empty() || !delta.empty() || c.finished) {
-        json choice{{"index", i}, {"logprobs", nullptr}, {"finish_reason", nullptr}};
-        if (p.want_logprobs && !new_tokens.empty()) {
-          const size_t echoed = p.echo ? p.prompt_of(i).text.size() : 0;
-          choice["logprobs"] =
-              chat ? chat_logprobs(new_tokens) : completion_logprobs(new_tokens, echoed + c.text.size() - delta.size());
+        // One chunk per token (as vLLM streams), however many arrived since the last pass; the text held back for
+        // a stop string (the tail) and the finish reason go with the last. A pass with no token sends one chunk.
+        const size_t pieces = std::max<size_t>(new_tokens.size(), 1);
+        size_t offset = (p.echo ? p.prompt_of(i).text.size() : 0) + c.text.size() - delta.size();
+        for (size_t t = 0; t < pieces && ok; ++t) {
+          const bool last = t + 1 == pieces;
+          std::string text = t < new_tokens.size() ? new_tokens[t].text : std::string();
+          json choice{{"index", i}, {"logprobs", nullptr}, {"finish_reason", nullptr}};
+          if (p.want_logprobs && t < new_tokens.size()) {
+            const std::vector<serving::TokenOutput> one{new_tokens[t]};
+            choice["logprobs"] = chat ? chat_logprobs(one) : completion_logprobs(one, offset);
+          }
+          offset += text.size();
+          if (last) text += chunk.tail;
+          if (chat) {
+            choice["delta"] = text.empty() ? json::object() : json{{"content", text}};
+          } else {
+            choice["text"] = text;
+          }
+          if (last && c.finished) choice["finish_reason"] = std::string(serving::finish_reason_name(c.finish));
+          ok = responder.write(sse(chunk_json(json::array({choice}))));
         }
-        if (chat) {
-          choice["delta"] = delta.empty() ? json::object() : json{{"content", delta}};
-        } else {
-          choice["text"] = delta;
-        }
-        if (c.finished) choice["finish_reason"] = std::string(serving::finish_reason_name(c.finish));
-        ok = responder.write(sse(chunk_json(json::array({choice}))));
       }
       if (c.finished) ++n_done;
     }

@@ -7,6 +7,29 @@
 
 namespace tessera {
 
+namespace {
+
+// About 20-50 us of polling (a pause is tens of cycles) before a waiter blocks on its condition variable.
+constexpr int kSpinIterations = 4000;
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+
+// Polls `done` up to kSpinIterations times; true as soon as it holds.
+template <typename Done>
+bool spin_until(const Done& done) {
+  for (int i = 0; i < kSpinIterations; ++i) {
+    if (done()) return true;
+    cpu_relax();
+  }
+  return false;
+}
+
+}  // namespace
+
 ThreadPool::ThreadPool(int n_threads) : n_threads_(std::max(1, n_threads)) {
   workers_.reserve(static_cast<size_t>(n_threads_ - 1));
   for (int i = 1; i < n_threads_; ++i) workers_.emplace_back([this, i] { worker_loop(i); });
@@ -15,7 +38,7 @@ ThreadPool::ThreadPool(int n_threads) : n_threads_(std::max(1, n_threads)) {
 ThreadPool::~ThreadPool() {
   {
     std::lock_guard<std::mutex> lock(mu_);
-    stop_ = true;
+    stop_.store(true, std::memory_order_release);
   }
   start_cv_.notify_all();
   for (auto& t : workers_) t.join();
@@ -49,36 +72,41 @@ void ThreadPool::run(const Job& job) {
     job.call(job.ctx, 0, job.n);  // on the calling thread: exceptions propagate as usual
     return;
   }
+  job_ = &job;
+  pending_.store(n_threads_ - 1, std::memory_order_relaxed);
   {
+    // Under the lock, so a worker that found no new generation and is about to block cannot miss the notify.
     std::lock_guard<std::mutex> lock(mu_);
-    job_ = &job;
-    pending_ = n_threads_ - 1;
-    ++generation_;
+    generation_.fetch_add(1, std::memory_order_release);
   }
   start_cv_.notify_all();
   do_chunk(job, 0);
-  std::unique_lock<std::mutex> lock(mu_);
-  done_cv_.wait(lock, [this] { return pending_ == 0; });
+  const auto finished = [this] { return pending_.load(std::memory_order_acquire) == 0; };
+  if (!spin_until(finished)) {
+    std::unique_lock<std::mutex> lock(mu_);
+    done_cv_.wait(lock, finished);
+  }
   job_ = nullptr;
+  std::lock_guard<std::mutex> lock(mu_);  // error_ is written under it by the chunks
   if (error_) std::rethrow_exception(std::exchange(error_, nullptr));
 }
 
 void ThreadPool::worker_loop(int index) {
   uint64_t seen = 0;
+  const auto woken = [&] {
+    return stop_.load(std::memory_order_acquire) || generation_.load(std::memory_order_acquire) != seen;
+  };
   for (;;) {
-    const Job* job;
-    {
+    if (!spin_until(woken)) {
       std::unique_lock<std::mutex> lock(mu_);
-      start_cv_.wait(lock, [&] { return stop_ || generation_ != seen; });
-      if (stop_) return;
-      seen = generation_;
-      job = job_;
+      start_cv_.wait(lock, woken);
     }
-    do_chunk(*job, index);
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      --pending_;
-      if (pending_ == 0) done_cv_.notify_one();
+    if (stop_.load(std::memory_order_acquire)) return;
+    seen = generation_.load(std::memory_order_acquire);
+    do_chunk(*job_, index);
+    if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+      std::lock_guard<std::mutex> lock(mu_);  // the caller checks pending_ under it before it blocks
+      done_cv_.notify_one();
     }
   }
 }

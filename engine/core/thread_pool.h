@@ -1,7 +1,10 @@
 // Fork-join thread pool for data-parallel loops over a range. The calling thread takes part in the work.
 // run() does not allocate: the job is passed by reference and workers wait on a generation counter.
+// Waiting spins briefly before it blocks: a decode step makes a few hundred calls a few tens of microseconds long,
+// and waking a blocked thread costs about as much as a call (measured ~12 us per call on the reference VM).
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <exception>
@@ -57,10 +60,11 @@ class ThreadPool {
   std::mutex mu_;
   std::condition_variable start_cv_;
   std::condition_variable done_cv_;
+  // Written by run() before generation_ is advanced (release), read by workers after they see it (acquire).
   const Job* job_ = nullptr;
-  uint64_t generation_ = 0;
-  int pending_ = 0;
-  bool stop_ = false;
+  std::atomic<uint64_t> generation_{0};
+  std::atomic<int> pending_{0};
+  std::atomic<bool> stop_{false};
   std::exception_ptr error_;  // first exception thrown by a chunk of the current job
 };
 

@@ -485,7 +485,9 @@ TEST_F(QuantKernelTest, PanelRepackPlacesEveryValue) {
             const uint8_t* block = r < rows ? static_cast<const uint8_t*>(w.m.row(r)) + b * block_bytes : nullptr;
             const auto word = [](const uint8_t* q) { return static_cast<int>(q[0] | q[1] << 8); };
             EXPECT_EQ(word(panel + cpu::panel_scale_pos(t, g, j, b)), block ? word(block) : 0);
-            if (t == DType::Q4A) EXPECT_EQ(word(panel + cpu::panel_min_pos(g, j, b)), block ? word(block + 2) : 0);
+            if (t == DType::Q4A) {
+              EXPECT_EQ(word(panel + cpu::panel_min_pos(g, j, b)), block ? word(block + 2) : 0);
+            }
             for (int k = 0; k < g; ++k) {
               const cpu::PanelCodePos pos = cpu::panel_code_pos(t, g, j, b * g + k);
               const int got = pos.high ? panel[pos.byte] >> 4 : panel[pos.byte] & 15;
