@@ -66,7 +66,13 @@ bool valid_group(int g) {
   return g == 32 || g == 64 || g == 128;
 }
 
+// std::nearbyint (current rounding mode: ties to even), inline. Adding and subtracting 1.5 * 2^23 rounds a float
+// below 2^22 in magnitude to an integer in the current mode; the libm call it replaces (one per weight per
+// candidate scale) was most of a 1.1B model's quantization time. Checked equal to std::nearbyint for every float
+// below 1e9 in magnitude.
 int round_int(float x) {
+  constexpr float kMagic = 12582912.0f;
+  if (std::fabs(x) < 4194304.0f) return static_cast<int>((x + kMagic) - kMagic);
   return static_cast<int>(std::nearbyint(x));
 }
 
