@@ -287,12 +287,14 @@ int run_bench(BenchOptions o, const CLI::App& app) {
     m.model.clear();
     m.dummy_weights = true;
     m.preset = p;
+    m.cpu_layout = !o.device.cuda();
     targets.push_back(m);
   }
   if (!o.model.model.empty()) {
     ModelOptions m = o.model;
     m.dummy_weights = false;
     m.preset.clear();
+    m.cpu_layout = !o.device.cuda();
     targets.push_back(m);
   }
   report["models"] = json::array();

@@ -44,8 +44,10 @@ int generate_on_this_rank(const GenerateOptions& o, ParallelJob& job) {
   job.check_consistent("the options", options_fingerprint(o.model, job.options()));
   const ShardRequest shard = job.shard_request();
   const bool leader = job.leader();
+  ModelOptions model_options = o.model;
+  model_options.cpu_layout = !o.device.cuda();
   LoadedModel loaded =
-      load(o.model, /*need_tokenizer=*/leader && (!o.prompt.empty() || !o.stop.empty()), &shard, job.tp_data());
+      load(model_options, /*need_tokenizer=*/leader && (!o.prompt.empty() || !o.stop.empty()), &shard, job.tp_data());
   job.check_consistent("the model " + loaded.data.source, config_fingerprint(loaded.data.config));
   const ModelConfig& config = loaded.data.config;
   const std::unique_ptr<Backend> backend = make_backend(o.device, o.model.threads, loaded.act_quant);

@@ -34,7 +34,9 @@ int run_quantize(const QuantizeOptions& o) {
   if (!o.force && (fs::exists(out / "model.safetensors", ec) || fs::exists(out / "config.json", ec)))
     throw Error(o.out + " already holds a model: pass --force to replace it");
 
-  const LoadedModel loaded = load(o.model, /*need_tokenizer=*/false);
+  ModelOptions model = o.model;
+  model.cpu_layout = false;  // saved as canonical rows
+  const LoadedModel loaded = load(model, /*need_tokenizer=*/false);
   const auto t0 = std::chrono::steady_clock::now();
   save_quantized_checkpoint(loaded.data, o.out, loaded.tokenizer_path);
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

@@ -10,7 +10,9 @@
 #include <sstream>
 
 #include "cli/progress.h"
+#include "engine/backend/cpu/panel8.h"
 #include "engine/core/check.h"
+#include "engine/core/thread_pool.h"
 #include "loaders/dummy_model.h"
 #include "loaders/model_loader.h"
 #include "loaders/shard_weights.h"
@@ -207,6 +209,34 @@ int shard_prune_group(const quant::CompressOptions& compress) {
 
 }  // namespace
 
+namespace {
+
+// Replaces every int4 matrix view by its panel-layout copy (one matrix at a time) and gives the rows' memory back, so
+// the CPU backend's upload uses the panels in place instead of copying them next to the rows. A tied lm_head is the
+// embedding table's view and moves with it. Returns the bytes of the matrices converted.
+size_t use_cpu_panel_layout(ModelData& m, int threads) {
+  ThreadPool pool(threads > 0 ? threads : ThreadPool::default_threads());
+  ModelWeights& w = m.weights;
+  std::vector<Matrix*> views = {&w.tok_embeddings, &w.lm_head};
+  for (LayerWeights& l : w.layers) {
+    for (Matrix* v : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) views.push_back(v);
+  }
+  size_t converted = 0;
+  for (Matrix* v : views) {
+    if (!cpu::panel8_applies(*v)) continue;  // also skips the second view of a tied table, already converted
+    const Matrix old = *v;
+    const Matrix panels = cpu::repack_panel8(old, m.store->allocate(cpu::panel8_bytes(old)), pool);
+    for (Matrix* u : views) {
+      if (u->data == old.data && u->dtype == old.dtype && u->rows == old.rows && u->layout == old.layout) *u = panels;
+    }
+    m.store->release_if_unused(old, w);
+    converted += old.bytes();
+  }
+  return converted;
+}
+
+}  // namespace
+
 LoadedModel load(const ModelOptions& options, bool need_tokenizer, const ShardRequest* shard, Communicator* tp_group) {
   options.validate();
   // Rules files are read before the model too: a typo should not cost a long load.
@@ -313,6 +343,7 @@ LoadedModel load(const ModelOptions& options, bool need_tokenizer, const ShardRe
           "--act-quant int8 needs int8 weights: add --quant int8 (or a rule such as --quant-rule 'layers.*=int8')");
     out.act_quant = ActQuant::kInt8;
   }
+  if (options.cpu_layout) use_cpu_panel_layout(out.data, options.threads);
   out.load_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return out;
 }

@@ -37,6 +37,10 @@ struct ModelOptions {
   std::string prune;                     // default pruning spec (quant/prune.h); empty = none
   std::vector<std::string> prune_rules;  // "PATTERN=SPEC", later ones win
   int prune_multiple = 2;                // kept FFN channels / KV groups divisible by this
+  // After compression, load() stores int4 (Q4/Q4A) matrices in the CPU backend's panel layout in place of their
+  // rows (engine/backend/cpu/panel8.h), so the backend reads them without a copy. Off for what needs the canonical
+  // rows: `tessera quantize` (it saves them) and runs on another device.
+  bool cpu_layout = true;
 
   // Registers --model/--tokenizer/--dummy-weights/--preset/--dtype/--threads and the compression options.
   void add_to(CLI::App& app, bool with_tokenizer = true);
