@@ -390,6 +390,14 @@ void gemm_i8_part(const cpu::Kernels& k, SlotScratch& s, const ActScratch& act, 
 }
 
 // Makes every slot's int16 panel hold kp x kGemmNR values (outside the hot loops; kept for later calls).
+// Decode over panel-layout weights: quantizes the n x rows of x to int8 blocks once, and returns dot(i, panel, out):
+// the eight dots of one panel of w's type and shape (or another matrix of the same ones) for x row i.
+auto panel_dots(ThreadPool& pool, const cpu::Kernels& k, ActScratch& act, const float* x, int n, const Matrix& w) {
+  quantize_rows(pool, k, x, n, w.cols, false, act);
+  return [qdot = k.qdot_panel[static_cast<int>(w.dtype)], xq = act.q.data(), blocks = act.blocks, cols = w.cols,
+          group = w.group](int i, const void* panel, float* out) { qdot(xq + i * blocks, panel, cols, group, out); };
+}
+
 void reserve_panels(std::vector<SlotScratch>& slots, int n_slots, int64_t kp) {
   for (int t = 0; t < n_slots; ++t) {
     AlignedInt16s& p = slots[static_cast<size_t>(t)].panel16;
@@ -493,14 +501,11 @@ void CpuBackend::matmul_impl(const float* x, int n, const Matrix& w, const float
   const bool int8_act = uses_int8_activations(w, rowwise, act_quant_);
   if (is_grouped(w.dtype)) TESSERA_CHECK_MSG(w.group == 32 || w.group == 64 || w.group == 128, "bad quant group");
   if (rowwise && w.layout == MatrixLayout::kPanels8) {
-    quantize_rows(pool_, k, x, n, w.cols, false, impl_->act);
-    const auto qdot = k.qdot_panel[static_cast<int>(w.dtype)];
-    const quant::BlockQ8Act* xq = impl_->act.q.data();
-    const int64_t blocks = impl_->act.blocks;
+    const auto dot = panel_dots(pool_, k, impl_->act, x, n, w);
     for_each_panel(pool_, w.rows, n, [&](int64_t q, int i) {
       const int64_t r0 = q * cpu::kPanelRows;
       float out[cpu::kPanelRows];
-      qdot(xq + i * blocks, w.row(r0), w.cols, w.group, out);
+      dot(i, w.row(r0), out);
       float* yi = y + i * w.rows;
       for (int64_t j = 0; j < cpu::kPanelRows && r0 + j < w.rows; ++j)
         yi[r0 + j] = bias != nullptr ? out[j] + bias[r0 + j] : out[j];
@@ -676,15 +681,13 @@ void CpuBackend::matmul_silu_mul_impl(const float* x, int n, const Matrix& gate,
   }
   TESSERA_CHECK_MSG(gate.layout == up.layout, "gate and up must share the weight layout");
   if (rowwise && gate.layout == MatrixLayout::kPanels8) {
-    quantize_rows(pool_, k, x, n, gate.cols, false, impl_->act);
-    const auto qdot = k.qdot_panel[static_cast<int>(gate.dtype)];
-    const quant::BlockQ8Act* xq = impl_->act.q.data();
-    const int64_t blocks = impl_->act.blocks, hidden = gate.rows;
+    const auto dot = panel_dots(pool_, k, impl_->act, x, n, gate);
+    const int64_t hidden = gate.rows;
     for_each_panel(pool_, hidden, n, [&](int64_t q, int i) {
       const int64_t h0 = q * cpu::kPanelRows;
       float g[cpu::kPanelRows], u[cpu::kPanelRows];
-      qdot(xq + i * blocks, gate.row(h0), gate.cols, gate.group, g);
-      qdot(xq + i * blocks, up.row(h0), up.cols, up.group, u);
+      dot(i, gate.row(h0), g);
+      dot(i, up.row(h0), u);
       float* oi = out + i * hidden;
       for (int64_t j = 0; j < cpu::kPanelRows && h0 + j < hidden; ++j) oi[h0 + j] = silu_mul(g[j], u[j]);
     });
