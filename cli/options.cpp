@@ -207,21 +207,16 @@ int shard_prune_group(const quant::CompressOptions& compress) {
   return m;
 }
 
-}  // namespace
-
-namespace {
-
 // Replaces every int4 matrix view by its panel-layout copy (one matrix at a time) and gives the rows' memory back, so
 // the CPU backend's upload uses the panels in place instead of copying them next to the rows. A tied lm_head is the
-// embedding table's view and moves with it. Returns the bytes of the matrices converted.
-size_t use_cpu_panel_layout(ModelData& m, int threads) {
+// embedding table's view and moves with it.
+void use_cpu_panel_layout(ModelData& m, int threads) {
   ThreadPool pool(threads > 0 ? threads : ThreadPool::default_threads());
   ModelWeights& w = m.weights;
   std::vector<Matrix*> views = {&w.tok_embeddings, &w.lm_head};
   for (LayerWeights& l : w.layers) {
     for (Matrix* v : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) views.push_back(v);
   }
-  size_t converted = 0;
   for (Matrix* v : views) {
     if (!cpu::panel8_applies(*v)) continue;  // also skips the second view of a tied table, already converted
     const Matrix old = *v;
@@ -230,9 +225,7 @@ size_t use_cpu_panel_layout(ModelData& m, int threads) {
       if (u->data == old.data && u->dtype == old.dtype && u->rows == old.rows && u->layout == old.layout) *u = panels;
     }
     m.store->release_if_unused(old, w);
-    converted += old.bytes();
   }
-  return converted;
 }
 
 }  // namespace

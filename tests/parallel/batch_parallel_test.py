@@ -116,8 +116,8 @@ def main():
     # One sequence at a time, so the job is still running when it is stopped; results do not depend on the batch
     # (decodes are batch-invariant), so the restart may batch as it likes.
     one_at_a_time = long_batch[:long_batch.index("--max-num-seqs")] + ["--max-num-seqs", "1"]
-    # On a loaded machine this process may not run again before the short job is done (seen once in CI: all 600
-    # lines written, nothing signalled); that says nothing about stopping, so such a start is retried.
+    # On a loaded machine this process may not run again before the short job is done or nearly done (seen in CI:
+    # all 600 lines written, signalled or not); that says nothing about stopping, so such a start is retried.
     signalled = False
     for attempt in range(3):
         if os.path.exists(stopped):
@@ -129,19 +129,24 @@ def main():
             if os.path.exists(stopped) and open(stopped).read().count("\n") >= 10:
                 break
             time.sleep(0.005)
+        at_signal = None
         if proc.poll() is None:
             # SIGTERM to mpirun and to its ranks at once: mpirun alone forwards it only after a delay in which the
             # ranks may finish the whole job (seen: a third of it), and then nothing was stopped midway.
-            signalled = True
+            at_signal = open(stopped).read().count("\n") if os.path.exists(stopped) else 0
             for pid in [proc.pid] + descendants(proc.pid):
                 try:
                     os.kill(pid, signal.SIGTERM)
                 except ProcessLookupError:
                     pass
         proc.wait(timeout=60)
+        # A signal sent when most of the job is already written (this process not scheduled for a while: seen in
+        # CI, 600 of 600 lines) says nothing about stopping either.
+        signalled = at_signal is not None and at_signal <= n_long // 2
         if signalled:
             break
-        print(f"attempt {attempt + 1}: the job ended (exit {proc.returncode}) before it could be signalled; again")
+        print(f"attempt {attempt + 1}: the job ended (exit {proc.returncode}) or had written {at_signal} of {n_long} "
+              "lines before it could be signalled; again")
     written = open(stopped).read().count("\n")
     check(signalled and 10 <= written < n_long, f"stopped midway ({written} of {n_long} lines, signalled: {signalled})")
     r = subprocess.run(mpi + ["-np", "2"] + long_batch + ["--output", stopped, "--sorted"], capture_output=True,
