@@ -212,11 +212,7 @@ int shard_prune_group(const quant::CompressOptions& compress) {
 // embedding table's view and moves with it.
 void use_cpu_panel_layout(ModelData& m, int threads) {
   ThreadPool pool(threads > 0 ? threads : ThreadPool::default_threads());
-  ModelWeights& w = m.weights;
-  std::vector<Matrix*> views = {&w.tok_embeddings, &w.lm_head};
-  for (LayerWeights& l : w.layers) {
-    for (Matrix* v : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) views.push_back(v);
-  }
+  const std::vector<Matrix*> views = m.weights.matrices();
   for (Matrix* v : views) {
     if (!cpu::panel8_applies(*v)) continue;  // also skips the second view of a tied table, already converted
     const Matrix old = *v;
@@ -224,7 +220,7 @@ void use_cpu_panel_layout(ModelData& m, int threads) {
     for (Matrix* u : views) {
       if (u->data == old.data && u->dtype == old.dtype && u->rows == old.rows && u->layout == old.layout) *u = panels;
     }
-    m.store->release_if_unused(old, w);
+    m.store->release_if_unused(old, m.weights);
   }
 }
 

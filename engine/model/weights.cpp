@@ -98,11 +98,16 @@ size_t WeightStore::mapped_bytes() const {
   return total;
 }
 
-std::vector<const Matrix*> ModelWeights::matrices() const {
-  std::vector<const Matrix*> out{&tok_embeddings, &lm_head};
-  for (const LayerWeights& l : layers)
-    for (const Matrix* w : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) out.push_back(w);
+std::vector<Matrix*> ModelWeights::matrices() {
+  std::vector<Matrix*> out{&tok_embeddings, &lm_head};
+  for (LayerWeights& l : layers)
+    for (Matrix* w : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) out.push_back(w);
   return out;
+}
+
+std::vector<const Matrix*> ModelWeights::matrices() const {
+  const std::vector<Matrix*> views = const_cast<ModelWeights*>(this)->matrices();  // only read through
+  return {views.begin(), views.end()};
 }
 
 size_t ModelData::weight_bytes() const {

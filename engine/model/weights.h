@@ -34,6 +34,7 @@ struct ModelWeights {
 
   // Every weight matrix view: tok_embeddings, lm_head, then each layer's seven projections.
   std::vector<const Matrix*> matrices() const;
+  std::vector<Matrix*> matrices();
 };
 
 // Owns the bytes that Matrix views point into: memory-mapped files and heap buffers (converted or generated
