@@ -132,7 +132,10 @@ void dotwxm(const float* x, int64_t ldx, const void* const* rows, const void* co
     __m256 w[W];
     for (int j = 0; j < W; ++j) w[j] = L::load8(r[j] + c);
     for (int m = 0; m < M; ++m) {
-      const __m256 xv = _mm256_loadu_ps(x + m * ldx + c);
+      __m256 xv = _mm256_loadu_ps(x + m * ldx + c);
+      // Keep xv in a register: folded into each FMA as a memory operand it would be loaded W times, and with
+      // M * W FMAs per step the loads, not the FMAs, would set the pace (two 256-bit loads per cycle on Zen 3).
+      __asm__("" : "+x"(xv));
       for (int j = 0; j < W; ++j) acc[m][j] = _mm256_fmadd_ps(xv, w[j], acc[m][j]);
     }
   };
@@ -151,16 +154,24 @@ void dotwxm(const float* x, int64_t ldx, const void* const* rows, const void* co
     for (int64_t u = 0; u < kLine; u += 8) step(c + u);
   }
   for (; c + 8 <= cols; c += 8) step(c);
-  alignas(16) float sums[4];
-  for (int m = 0; m < M; ++m) {
-    // hsum4 reduces each of its four vectors with the same tree whatever the other three are.
-    if constexpr (W == 4) {
-      _mm_store_ps(sums, hsum4(acc[m][0], acc[m][1], acc[m][2], acc[m][3]));
-    } else {
-      _mm_store_ps(sums, hsum4(acc[m][0], acc[m][1], acc[m][0], acc[m][1]));
+  // hsum4 reduces each of its four vectors with the same tree whatever the other three are, so with W = 2 one call
+  // takes two x rows' sums.
+  alignas(16) float sums[M][W];
+  if constexpr (W == 4) {
+    for (int m = 0; m < M; ++m) _mm_store_ps(sums[m], hsum4(acc[m][0], acc[m][1], acc[m][2], acc[m][3]));
+  } else {
+    int m = 0;
+    for (; m + 2 <= M; m += 2) _mm_store_ps(sums[m], hsum4(acc[m][0], acc[m][1], acc[m + 1][0], acc[m + 1][1]));
+    if (m < M) {
+      alignas(16) float last[4];
+      _mm_store_ps(last, hsum4(acc[m][0], acc[m][1], acc[m][0], acc[m][1]));
+      sums[m][0] = last[0];
+      sums[m][1] = last[1];
     }
+  }
+  for (int m = 0; m < M; ++m) {
     const float* xm = x + m * ldx;
-    for (int j = 0; j < W; ++j) out[m * ldo + j] = dot_tail<L>(sums[j], xm, r[j], c, cols);
+    for (int j = 0; j < W; ++j) out[m * ldo + j] = dot_tail<L>(sums[m][j], xm, r[j], c, cols);
   }
 }
 
