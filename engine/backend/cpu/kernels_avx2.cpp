@@ -154,24 +154,16 @@ void dotwxm(const float* x, int64_t ldx, const void* const* rows, const void* co
     for (int64_t u = 0; u < kLine; u += 8) step(c + u);
   }
   for (; c + 8 <= cols; c += 8) step(c);
-  // hsum4 reduces each of its four vectors with the same tree whatever the other three are, so with W = 2 one call
-  // takes two x rows' sums.
-  alignas(16) float sums[M][W];
-  if constexpr (W == 4) {
-    for (int m = 0; m < M; ++m) _mm_store_ps(sums[m], hsum4(acc[m][0], acc[m][1], acc[m][2], acc[m][3]));
-  } else {
-    int m = 0;
-    for (; m + 2 <= M; m += 2) _mm_store_ps(sums[m], hsum4(acc[m][0], acc[m][1], acc[m + 1][0], acc[m + 1][1]));
-    if (m < M) {
-      alignas(16) float last[4];
-      _mm_store_ps(last, hsum4(acc[m][0], acc[m][1], acc[m][0], acc[m][1]));
-      sums[m][0] = last[0];
-      sums[m][1] = last[1];
-    }
-  }
+  alignas(16) float sums[4];
   for (int m = 0; m < M; ++m) {
+    // hsum4 reduces each of its four vectors with the same tree whatever the other three are.
+    if constexpr (W == 4) {
+      _mm_store_ps(sums, hsum4(acc[m][0], acc[m][1], acc[m][2], acc[m][3]));
+    } else {
+      _mm_store_ps(sums, hsum4(acc[m][0], acc[m][1], acc[m][0], acc[m][1]));
+    }
     const float* xm = x + m * ldx;
-    for (int j = 0; j < W; ++j) out[m * ldo + j] = dot_tail<L>(sums[m][j], xm, r[j], c, cols);
+    for (int j = 0; j < W; ++j) out[m * ldo + j] = dot_tail<L>(sums[j], xm, r[j], c, cols);
   }
 }
 
