@@ -34,9 +34,12 @@ struct Config {
   int threads;
 };
 
+std::string kernels_name(CpuKernels k) {
+  return k == CpuKernels::kAvx512 ? "avx512" : k == CpuKernels::kAvx2 ? "avx2" : "portable";
+}
+
 std::string config_name(const ::testing::TestParamInfo<Config>& info) {
-  return std::string(info.param.kernels == CpuKernels::kAvx2 ? "avx2" : "portable") + "_" +
-         std::to_string(info.param.threads) + "threads";
+  return kernels_name(info.param.kernels) + "_" + std::to_string(info.param.threads) + "threads";
 }
 
 class CpuBackendTest : public ::testing::TestWithParam<Config> {
@@ -44,6 +47,9 @@ class CpuBackendTest : public ::testing::TestWithParam<Config> {
   void SetUp() override {
     if (GetParam().kernels == CpuKernels::kAvx2 && !cpu_features().has_avx2_fma()) {
       GTEST_SKIP() << "CPU lacks AVX2+FMA+F16C";
+    }
+    if (GetParam().kernels == CpuKernels::kAvx512 && !cpu_features().has_avx512()) {
+      GTEST_SKIP() << "CPU lacks AVX-512 F+BW+VL+VNNI";
     }
     backend_ = std::make_unique<CpuBackend>(GetParam().threads, GetParam().kernels);
   }
@@ -58,7 +64,7 @@ class CpuBackendTest : public ::testing::TestWithParam<Config> {
 
 TEST_P(CpuBackendTest, Name) {
   const std::string name = cpu().name();
-  EXPECT_NE(name.find(GetParam().kernels == CpuKernels::kAvx2 ? "avx2" : "portable"), std::string::npos) << name;
+  EXPECT_NE(name.find(kernels_name(GetParam().kernels)), std::string::npos) << name;
   EXPECT_NE(name.find(std::to_string(GetParam().threads) + " thread"), std::string::npos) << name;
 }
 
@@ -384,16 +390,21 @@ TEST_P(CpuBackendTest, Argmax) {
 
 INSTANTIATE_TEST_SUITE_P(Kernels, CpuBackendTest,
                          ::testing::Values(Config{CpuKernels::kPortable, 1}, Config{CpuKernels::kPortable, 3},
-                                           Config{CpuKernels::kAvx2, 1}, Config{CpuKernels::kAvx2, 3}),
+                                           Config{CpuKernels::kAvx2, 1}, Config{CpuKernels::kAvx2, 3},
+                                           Config{CpuKernels::kAvx512, 1}, Config{CpuKernels::kAvx512, 3}),
                          config_name);
 
 TEST(CpuBackend, AutoPicksBestKernels) {
   CpuBackend auto_backend(2);
-  const bool avx2 = cpu_features().has_avx2_fma();
-  EXPECT_NE(auto_backend.name().find(avx2 ? "avx2" : "portable"), std::string::npos) << auto_backend.name();
+  const bool avx2 = cpu_features().has_avx2_fma(), avx512 = cpu_features().has_avx512();
+  const char* best = avx512 ? "avx512" : avx2 ? "avx2" : "portable";
+  EXPECT_NE(auto_backend.name().find(best), std::string::npos) << auto_backend.name();
   EXPECT_EQ(auto_backend.threads(), 2);
   if (!avx2) {
     EXPECT_THROW(CpuBackend(1, CpuKernels::kAvx2), Error);
+  }
+  if (!avx512) {
+    EXPECT_THROW(CpuBackend(1, CpuKernels::kAvx512), Error);
   }
 }
 

@@ -335,6 +335,7 @@ int main(int argc, char** argv) {
       const std::string k = argv[++i];
       kernels = k == "portable" ? tessera::CpuKernels::kPortable
                 : k == "avx2"   ? tessera::CpuKernels::kAvx2
+                : k == "avx512" ? tessera::CpuKernels::kAvx512
                                 : tessera::CpuKernels::kAuto;
     } else if (a == "--threads" && i + 1 < argc) {
       threads = std::stoi(argv[++i]);

@@ -45,6 +45,7 @@ std::vector<std::unique_ptr<CpuBackend>> backends() {
   for (int threads : {1, 3}) {
     out.push_back(std::make_unique<CpuBackend>(threads, CpuKernels::kPortable));
     if (cpu_features().has_avx2_fma()) out.push_back(std::make_unique<CpuBackend>(threads, CpuKernels::kAvx2));
+    if (cpu_features().has_avx512()) out.push_back(std::make_unique<CpuBackend>(threads, CpuKernels::kAvx512));
   }
   return out;
 }

@@ -108,9 +108,12 @@ struct Config {
   int threads;
 };
 
+std::string kernels_name(CpuKernels k) {
+  return k == CpuKernels::kAvx512 ? "avx512" : k == CpuKernels::kAvx2 ? "avx2" : "portable";
+}
+
 std::string config_name(const ::testing::TestParamInfo<Config>& info) {
-  return std::string(info.param.kernels == CpuKernels::kAvx2 ? "avx2" : "portable") + "_" +
-         std::to_string(info.param.threads) + "threads";
+  return kernels_name(info.param.kernels) + "_" + std::to_string(info.param.threads) + "threads";
 }
 
 class QuantBackendTest : public ::testing::TestWithParam<Config> {
@@ -118,6 +121,9 @@ class QuantBackendTest : public ::testing::TestWithParam<Config> {
   void SetUp() override {
     if (GetParam().kernels == CpuKernels::kAvx2 && !cpu_features().has_avx2_fma()) {
       GTEST_SKIP() << "CPU lacks AVX2+FMA+F16C";
+    }
+    if (GetParam().kernels == CpuKernels::kAvx512 && !cpu_features().has_avx512()) {
+      GTEST_SKIP() << "CPU lacks AVX-512 F+BW+VL+VNNI";
     }
     backend_ = std::make_unique<CpuBackend>(GetParam().threads, GetParam().kernels);
     portable_ = std::make_unique<CpuBackend>(1, CpuKernels::kPortable);
@@ -342,7 +348,8 @@ TEST_P(QuantBackendTest, ZeroColumnsIsBias) {
 
 INSTANTIATE_TEST_SUITE_P(Kernels, QuantBackendTest,
                          ::testing::Values(Config{CpuKernels::kPortable, 1}, Config{CpuKernels::kPortable, 3},
-                                           Config{CpuKernels::kAvx2, 1}, Config{CpuKernels::kAvx2, 3}),
+                                           Config{CpuKernels::kAvx2, 1}, Config{CpuKernels::kAvx2, 3},
+                                           Config{CpuKernels::kAvx512, 1}, Config{CpuKernels::kAvx512, 3}),
                          config_name);
 
 TEST(QuantBackendDeathTest, SiluMulNeedsMatchingGroups) {
@@ -585,6 +592,87 @@ TEST_F(QuantKernelTest, IntegerGemmPiecesMatchPortable) {
       EXPECT_TRUE(near_l2(ca, cp, 1e-6)) << "mr=" << mr << " first=" << first;
       for (int i = 0; i < mr; ++i) {
         for (int j = 16; j < 20; ++j) EXPECT_EQ(ca[i * 20 + j], 0.5f) << "wrote past the tile";
+      }
+    }
+  }
+}
+
+// ---- The AVX-512 set's GEMM micro-kernels against their AVX2 twins (bit for bit) ----
+
+class Avx512KernelTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!cpu_features().has_avx512()) GTEST_SKIP() << "CPU lacks AVX-512 F+BW+VL+VNNI";
+  }
+  const cpu::Kernels& avx2_ = cpu::avx2_kernels();
+  const cpu::Kernels& avx512_ = cpu::avx512_kernels();
+  std::mt19937 rng_{7};
+};
+
+TEST_F(Avx512KernelTest, Fp32TileBitIdenticalToAvx2) {
+  const int64_t kc = 37;
+  const int64_t ldx = 41, ldc = 20;
+  const auto x = random_vec(rng_, cpu::kGemmMR * ldx);
+  const auto panel = random_vec(rng_, kc * cpu::kGemmNR);
+  const auto init = random_vec(rng_, cpu::kGemmNR);
+  const auto c0 = random_vec(rng_, cpu::kGemmMR * ldc);
+  for (int mr = 1; mr <= cpu::kGemmMR; ++mr) {
+    for (const float* in : {static_cast<const float*>(nullptr), init.data()}) {
+      std::vector<float> a = c0, b = c0;
+      avx2_.gemm_tile(x.data(), ldx, mr, panel.data(), kc, in, a.data(), ldc);
+      avx512_.gemm_tile(x.data(), ldx, mr, panel.data(), kc, in, b.data(), ldc);
+      EXPECT_EQ(a, b) << "mr=" << mr << " init=" << (in != nullptr);
+    }
+  }
+}
+
+// The AVX-512 set keeps its own activation and panel formats (vpdpbusd: unsigned activations, int8 quads and
+// column sums), so its pieces are checked together: expand + pack + tile must give the AVX2 pieces' floats exactly,
+// for ragged row counts and columns, packs split over k like the driver's, and the two half-width packs the fused
+// gate/up GEMM makes.
+TEST_F(Avx512KernelTest, IntegerGemmBitIdenticalToAvx2) {
+  const int cols = 300;  // 10 activation blocks: the last one ragged
+  const int64_t blocks = 10, kp = 320;
+  const auto w = quantized_matrix(rng_, DType::Q8, 16, cols, 0);
+  const auto w2 = quantized_matrix(rng_, DType::Q8, 16, cols, 0);
+  constexpr int kRowsX = cpu::kGemmI8MR;
+  const auto x = random_vec(rng_, kRowsX * static_cast<size_t>(cols));
+  std::vector<quant::BlockQ8Act> xq(kRowsX * blocks);
+  std::vector<int16_t> xa(kRowsX * kp, 3), xb(xa.size(), 3);
+  std::vector<float> sa(kRowsX * blocks), sb(sa.size());
+  for (int i = 0; i < kRowsX; ++i) {
+    quant::quantize_activations(x.data() + i * cols, cols, xq.data() + i * blocks);
+    avx2_.expand_act(xq.data() + i * blocks, blocks, xa.data() + i * kp, sa.data() + i * blocks);
+    avx512_.expand_act(xq.data() + i * blocks, blocks, xb.data() + i * kp, sb.data() + i * blocks);
+  }
+  EXPECT_EQ(sa, sb);
+  for (int nr : {16, 9}) {
+    for (bool halves : {false, true}) {
+      // Pack in two k pieces (0..256, 256..320), as the driver does with its kKc blocks.
+      std::vector<int16_t> pa(static_cast<size_t>(kp) * cpu::kGemmNR, 5), pb(pa.size(), 5);
+      std::vector<float> wa(16, -1), wb(16, -1);
+      for (int64_t k0 : {int64_t{0}, int64_t{256}}) {
+        const int64_t kc = std::min<int64_t>(256, kp - k0);
+        for (const cpu::Kernels* ks : {&avx2_, &avx512_}) {
+          int16_t* panel = (ks == &avx2_ ? pa : pb).data() + k0 * cpu::kGemmNR;
+          float* scales = (ks == &avx2_ ? wa : wb).data();
+          if (halves) {  // gate rows 0..7 and up rows (another matrix) side by side
+            ks->pack_i8(w.m.data, w.m.row_bytes(), cols, std::min(nr, 8), 8, k0, kc, panel, scales);
+            ks->pack_i8(w2.m.data, w2.m.row_bytes(), cols, std::min(nr, 8), 8, k0, kc, panel + cpu::kGemmNR,
+                        scales + 8);
+          } else {
+            ks->pack_i8(w.m.data, w.m.row_bytes(), cols, nr, cpu::kGemmNR, k0, kc, panel, scales);
+          }
+        }
+      }
+      EXPECT_EQ(wa, wb);
+      for (int mr = 1; mr <= kRowsX; ++mr) {
+        for (bool first : {true, false}) {
+          std::vector<float> ca(static_cast<size_t>(mr) * 20, 0.5f), cb(ca.size(), 0.5f);
+          avx2_.gemm_i8_tile(xa.data(), kp, sa.data(), blocks, mr, pa.data(), kp, first, ca.data(), 20);
+          avx512_.gemm_i8_tile(xb.data(), kp, sb.data(), blocks, mr, pb.data(), kp, first, cb.data(), 20);
+          EXPECT_EQ(ca, cb) << "nr=" << nr << " halves=" << halves << " mr=" << mr << " first=" << first;
+        }
       }
     }
   }

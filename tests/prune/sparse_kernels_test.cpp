@@ -162,6 +162,7 @@ std::vector<float> exact_int8_gemv(const Matrix& w, const std::vector<float>& x)
 std::vector<CpuKernels> kernel_sets() {
   std::vector<CpuKernels> s{CpuKernels::kPortable};
   if (cpu_features().has_avx2_fma()) s.push_back(CpuKernels::kAvx2);
+  if (cpu_features().has_avx512()) s.push_back(CpuKernels::kAvx512);
   return s;
 }
 

@@ -104,11 +104,22 @@ struct CpuBackend::Impl {
 CpuBackend::CpuBackend(int n_threads, CpuKernels kernels)
     : pool_(n_threads <= 0 ? ThreadPool::default_threads() : n_threads), impl_(std::make_unique<Impl>()) {
   const bool avx2 = cpu_features().has_avx2_fma();
+  const bool avx512 = cpu_features().has_avx512();
   if (kernels == CpuKernels::kAvx2 && !avx2) {
     throw Error("AVX2 kernels requested, but this CPU (or TESSERA_CPU_FEATURES) does not offer AVX2+FMA+F16C");
   }
-  const bool use_avx2 = kernels == CpuKernels::kAvx2 || (kernels == CpuKernels::kAuto && avx2);
-  impl_->k = use_avx2 ? &cpu::avx2_kernels() : &cpu::portable_kernels();
+  if (kernels == CpuKernels::kAvx512 && !avx512) {
+    throw Error(
+        "AVX-512 kernels requested, but this CPU (or TESSERA_CPU_FEATURES) does not offer "
+        "AVX-512 F+BW+VL+VNNI with AVX2+FMA+F16C");
+  }
+  if (kernels == CpuKernels::kAvx512 || (kernels == CpuKernels::kAuto && avx512)) {
+    impl_->k = &cpu::avx512_kernels();
+  } else if (kernels == CpuKernels::kAvx2 || (kernels == CpuKernels::kAuto && avx2)) {
+    impl_->k = &cpu::avx2_kernels();
+  } else {
+    impl_->k = &cpu::portable_kernels();
+  }
   impl_->slots.resize(static_cast<size_t>(pool_.size()));
 }
 

@@ -1,5 +1,5 @@
 // The CPU backend: multithreaded ops over a ThreadPool, inner loops from the best kernel set the CPU supports
-// (AVX2+FMA+F16C or portable), picked once at construction from cpuid.
+// (AVX-512, AVX2+FMA+F16C or portable), picked once at construction from cpuid.
 #pragma once
 
 #include <memory>
@@ -11,7 +11,7 @@
 
 namespace tessera {
 
-enum class CpuKernels { kAuto, kPortable, kAvx2 };
+enum class CpuKernels { kAuto, kPortable, kAvx2, kAvx512 };
 
 // Dynamic activation quantization for int8 (Q8) weights: kInt8 quantizes each activation row to int8 at run time
 // so the dot products run in int8 (--act-quant int8). Int4/NF4 GEMV always uses int8 activation blocks.
@@ -19,7 +19,8 @@ enum class ActQuant { kNone, kInt8 };
 
 class CpuBackend final : public Backend {
  public:
-  // n_threads <= 0 means ThreadPool::default_threads(). Asking for kAvx2 on a CPU without it throws tessera::Error.
+  // n_threads <= 0 means ThreadPool::default_threads(). Asking for kAvx2 or kAvx512 on a CPU without it throws
+  // tessera::Error.
   explicit CpuBackend(int n_threads = 0, CpuKernels kernels = CpuKernels::kAuto);
   ~CpuBackend() override;
 

@@ -131,7 +131,9 @@ struct Kernels {
   void (*gemm_tile)(const float* x, int64_t ldx, int mr, const float* panel, int64_t kc, const float* init, float* c,
                     int64_t ldc);
 
-  // Integer GEMM for Q8 weights with int8 activations (prefill with ActQuant::kInt8).
+  // Integer GEMM for Q8 weights with int8 activations (prefill with ActQuant::kInt8). The formats below are the
+  // portable and AVX2 sets'; the AVX-512 set stores its own (unsigned activation bytes, int8 quads and column sums
+  // for vpdpbusd) in the same storage, so a driver must take expand_act, pack_i8 and gemm_i8_tile from one set.
   // Activations: each row's BlockQ8Act blocks widened to int16 values (x16, kc-padded with zeros) plus one float
   // scale per 32 values (xs): expand_act(blocks, nblocks, x16 + i*ldx, xs + i*ldxs).
   void (*expand_act)(const quant::BlockQ8Act* x, int64_t nblocks, int16_t* x16, float* xs);
@@ -176,6 +178,9 @@ struct Kernels {
 const Kernels& portable_kernels();
 // Only valid to call when cpu_features().has_avx2_fma().
 const Kernels& avx2_kernels();
+// The AVX2 set with 512-bit GEMM micro-kernels (kernels_avx512.cpp), bit for bit the AVX2 results. Only valid to
+// call when cpu_features().has_avx512().
+const Kernels& avx512_kernels();
 
 // The quantized-weight entries (qdot8, qdot4, qdot1, quantize_act, dequant and pack for Q8/Q4/Q4A/NF4, dot4/dot1 for
 // Q8, expand_act, pack_i8, gemm_i8_tile), filled in by kernels_quant_portable.cpp and kernels_quant_avx2.cpp (the

@@ -1,0 +1,194 @@
+// AVX-512 kernel set (F, BW, VL, VNNI): the AVX2 set with the GEMM micro-kernels replaced by 512-bit ones. This
+// translation unit alone is compiled with the AVX-512 flags and is only entered through avx512_kernels(), after
+// cpu_features().has_avx512() (CpuBackend checks). As in kernels_avx2.cpp it calls no inline function or template
+// from a shared header: the linker could keep this copy, with its AVX-512 instructions, for the whole program.
+//
+// A kGemmNR-wide panel row (16 fp32, or 16 int16 pairs) is exactly one zmm register, so each tile row needs one
+// accumulator where AVX2 needs two. Both tiles are bit for bit their AVX2 twins: the fp32 tile performs the same
+// fused multiply-add per (row, k, output) in the same order, and the integer tile's int32 sums are exact whatever
+// the order, converted and scaled per 32 values exactly as the AVX2 tile does. Decode kernels stay AVX2: they are
+// bound by memory bandwidth, not by vector width.
+#include <immintrin.h>
+
+#include <cstdint>
+
+// GCC 12 reports _mm512_cvtepi32_ps's deliberately undefined pass-through operand as maybe-uninitialized.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+#include "engine/backend/cpu/kernels.h"
+#include "quant/blocks.h"
+
+namespace tessera::cpu {
+
+namespace {
+
+// ---- fp32 GEMM tile ----
+
+// MR rows of x times a 16-wide panel, one zmm accumulator per row kept in registers over all of k.
+template <int MR>
+void gemm_tile_mr(const float* x, int64_t ldx, const float* panel, int64_t kc, const float* init, float* c,
+                  int64_t ldc) {
+  __m512 acc[MR];
+#pragma GCC unroll 6
+  for (int r = 0; r < MR; ++r) acc[r] = _mm512_loadu_ps(init != nullptr ? init : c + r * ldc);
+  for (int64_t k = 0; k < kc; ++k) {
+    const __m512 p = _mm512_loadu_ps(panel + k * kGemmNR);
+#pragma GCC unroll 6
+    for (int r = 0; r < MR; ++r) acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(x[r * ldx + k]), p, acc[r]);
+  }
+#pragma GCC unroll 6
+  for (int r = 0; r < MR; ++r) _mm512_storeu_ps(c + r * ldc, acc[r]);
+}
+
+void gemm_tile(const float* x, int64_t ldx, int mr, const float* panel, int64_t kc, const float* init, float* c,
+               int64_t ldc) {
+  static_assert(kGemmMR == 6 && kGemmNR == 16);
+  switch (mr) {
+    case 6:
+      return gemm_tile_mr<6>(x, ldx, panel, kc, init, c, ldc);
+    case 5:
+      return gemm_tile_mr<5>(x, ldx, panel, kc, init, c, ldc);
+    case 4:
+      return gemm_tile_mr<4>(x, ldx, panel, kc, init, c, ldc);
+    case 3:
+      return gemm_tile_mr<3>(x, ldx, panel, kc, init, c, ldc);
+    case 2:
+      return gemm_tile_mr<2>(x, ldx, panel, kc, init, c, ldc);
+    case 1:
+      return gemm_tile_mr<1>(x, ldx, panel, kc, init, c, ldc);
+    default:
+      return;
+  }
+}
+
+// ---- Integer GEMM (int8 weights x int8 activations) with vpdpbusd ----
+//
+// vpdpbusd multiplies unsigned bytes by signed bytes, four products per int32 lane: 64 per instruction, twice
+// vpdpwssd's 32. The activations become unsigned by adding 128 (u = q + 128, 1..255); the 128 * sum(w) that adds is
+// taken off per 32 values with the panel's column sums, leaving exactly the integer sum of q * w the AVX2 tile
+// computes, so the result is bit for bit the same. These formats live in the storage the Kernels interface gives
+// the int16 ones (kernels.h) and are only ever produced and consumed by the three functions below:
+//   activations: block b of a row (32 values) is the 32 bytes u at byte 64 b of the row's int16 storage;
+//   panel: the 32 values k of a block are the 1024 bytes at int16 offset 32 * kGemmNR * b; its first 512 bytes
+//   hold quad t (values 4t..4t+3) of output j at byte 64 t + 4 j, then 16 int32 column sums sum_k w(k, j).
+// A width-8 pack at panel + kGemmNR (32 bytes on) thus fills outputs 8..15 of both parts, as the interface wants.
+constexpr int64_t kI8BlockStride = 32 * kGemmNR * 2;  // bytes between blocks of the panel (the int16 format's)
+constexpr int64_t kI8SumsOffset = 8 * 64;
+
+void expand_act_u8(const quant::BlockQ8Act* x, int64_t nblocks, int16_t* x16, float* xs) {
+  auto* out = reinterpret_cast<uint8_t*>(x16);
+  const __m256i bias = _mm256_set1_epi8(static_cast<char>(0x80));
+  for (int64_t b = 0; b < nblocks; ++b) {
+    xs[b] = x[b].scale;
+    const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[b].q));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 64 * b), _mm256_xor_si256(q, bias));  // q + 128 as u8
+  }
+}
+
+void pack_u8(const void* w, size_t row_bytes, int64_t cols, int nr, int width, int64_t k0, int64_t kc, int16_t* panel,
+             float* scales) {
+  auto* base = reinterpret_cast<uint8_t*>(panel);
+  const __m512i ones = _mm512_set1_epi8(1);
+  for (int j = 0; j < width; ++j) {
+    const auto* row = static_cast<const uint8_t*>(w) + static_cast<size_t>(j) * row_bytes;
+    float scale = 0.0f;
+    if (j < nr) __builtin_memcpy(&scale, row, 4);
+    scales[j] = scale;
+  }
+  for (int64_t b = 0; b < kc / 32; ++b) {
+    uint8_t* p = base + b * kI8BlockStride;
+    const int64_t c = k0 + 32 * b;
+    for (int j = 0; j < width; ++j) {
+      alignas(32) int8_t v[32] = {};
+      if (j < nr && c < cols) {
+        const auto* q = reinterpret_cast<const int8_t*>(static_cast<const uint8_t*>(w) + j * row_bytes + 4) + c;
+        __builtin_memcpy(v, q, static_cast<size_t>(cols - c < 32 ? cols - c : 32));
+      }
+      for (int t = 0; t < 8; ++t) __builtin_memcpy(p + 64 * t + 4 * j, v + 4 * t, 4);
+    }
+    // Column sums over the quads just written: vpdpbusd against all-ones bytes adds each lane's four values.
+    __m512i sums = _mm512_setzero_si512();
+    for (int t = 0; t < 8; ++t) sums = _mm512_dpbusd_epi32(sums, ones, _mm512_loadu_si512(p + 64 * t));
+    alignas(64) int32_t lanes[16];
+    _mm512_store_si512(lanes, sums);
+    __builtin_memcpy(p + kI8SumsOffset, lanes, 4 * static_cast<size_t>(width));
+  }
+}
+
+// Per quad of k: one panel load (16 outputs x 4 values) and per row a broadcast of the four activation bytes and
+// one vpdpbusd. Even and odd quads go to separate accumulators (two independent chains per row); per 32 values,
+// 128 * column sum is taken off, and the exact integer sums are converted and scaled as in the AVX2 tile.
+template <int MR>
+void gemm_u8_tile_mr(const int16_t* x, int64_t ldx, const float* xs, int64_t ldxs, const int16_t* panel, int64_t kc,
+                     bool first, float* c, int64_t ldc) {
+  const auto* xbytes = reinterpret_cast<const uint8_t*>(x);
+  const int64_t ldx_bytes = 2 * ldx;
+  for (int64_t b = 0; b < kc / 32; ++b) {
+    const uint8_t* p = reinterpret_cast<const uint8_t*>(panel) + b * kI8BlockStride;
+    const uint8_t* xb = xbytes + 64 * b;
+    __m512i even[MR], odd[MR];
+#pragma GCC unroll 6
+    for (int r = 0; r < MR; ++r) even[r] = odd[r] = _mm512_setzero_si512();
+#pragma GCC unroll 4
+    for (int t = 0; t < 8; t += 2) {
+      const __m512i p0 = _mm512_loadu_si512(p + 64 * t);
+      const __m512i p1 = _mm512_loadu_si512(p + 64 * (t + 1));
+#pragma GCC unroll 6
+      for (int r = 0; r < MR; ++r) {
+        int32_t quad0, quad1;
+        __builtin_memcpy(&quad0, xb + r * ldx_bytes + 4 * t, 4);
+        __builtin_memcpy(&quad1, xb + r * ldx_bytes + 4 * t + 4, 4);
+        even[r] = _mm512_dpbusd_epi32(even[r], _mm512_set1_epi32(quad0), p0);
+        odd[r] = _mm512_dpbusd_epi32(odd[r], _mm512_set1_epi32(quad1), p1);
+      }
+    }
+    const __m512i offset = _mm512_slli_epi32(_mm512_loadu_si512(p + kI8SumsOffset), 7);  // 128 * sum_k w
+#pragma GCC unroll 6
+    for (int r = 0; r < MR; ++r) {
+      const __m512 s = _mm512_set1_ps(xs[r * ldxs + b]);
+      const __m512 v = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_add_epi32(even[r], odd[r]), offset));
+      float* cr = c + r * ldc;
+      _mm512_storeu_ps(cr, first && b == 0 ? _mm512_mul_ps(v, s) : _mm512_fmadd_ps(v, s, _mm512_loadu_ps(cr)));
+    }
+  }
+}
+
+void gemm_u8_tile(const int16_t* x, int64_t ldx, const float* xs, int64_t ldxs, int mr, const int16_t* panel,
+                  int64_t kc, bool first, float* c, int64_t ldc) {
+  static_assert(kGemmI8MR <= 6 && kGemmNR == 16);
+  switch (mr) {
+    case 6:
+      return gemm_u8_tile_mr<6>(x, ldx, xs, ldxs, panel, kc, first, c, ldc);
+    case 5:
+      return gemm_u8_tile_mr<5>(x, ldx, xs, ldxs, panel, kc, first, c, ldc);
+    case 4:
+      return gemm_u8_tile_mr<4>(x, ldx, xs, ldxs, panel, kc, first, c, ldc);
+    case 3:
+      return gemm_u8_tile_mr<3>(x, ldx, xs, ldxs, panel, kc, first, c, ldc);
+    case 2:
+      return gemm_u8_tile_mr<2>(x, ldx, xs, ldxs, panel, kc, first, c, ldc);
+    case 1:
+      return gemm_u8_tile_mr<1>(x, ldx, xs, ldxs, panel, kc, first, c, ldc);
+    default:
+      return;
+  }
+}
+
+Kernels make() {
+  Kernels k = avx2_kernels();
+  k.name = "avx512";
+  k.gemm_tile = gemm_tile;
+  k.expand_act = expand_act_u8;
+  k.pack_i8 = pack_u8;
+  k.gemm_i8_tile = gemm_u8_tile;
+  return k;
+}
+
+}  // namespace
+
+const Kernels& avx512_kernels() {
+  static const Kernels kernels = make();
+  return kernels;
+}
+
+}  // namespace tessera::cpu
