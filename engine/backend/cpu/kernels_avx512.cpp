@@ -22,6 +22,31 @@ namespace tessera::cpu {
 
 namespace {
 
+template <int N>
+struct Rows {
+  static constexpr int value = N;
+};
+// Calls f(Rows<mr>{}) for 1 <= mr <= 6: the tiles are templates on their row count.
+template <typename F>
+void with_rows(int mr, const F& f) {
+  switch (mr) {
+    case 6:
+      return f(Rows<6>{});
+    case 5:
+      return f(Rows<5>{});
+    case 4:
+      return f(Rows<4>{});
+    case 3:
+      return f(Rows<3>{});
+    case 2:
+      return f(Rows<2>{});
+    case 1:
+      return f(Rows<1>{});
+    default:
+      return;
+  }
+}
+
 // ---- fp32 GEMM tile ----
 
 // MR rows of x times a 16-wide panel, one zmm accumulator per row kept in registers over all of k.
@@ -43,22 +68,7 @@ void gemm_tile_mr(const float* x, int64_t ldx, const float* panel, int64_t kc, c
 void gemm_tile(const float* x, int64_t ldx, int mr, const float* panel, int64_t kc, const float* init, float* c,
                int64_t ldc) {
   static_assert(kGemmMR == 6 && kGemmNR == 16);
-  switch (mr) {
-    case 6:
-      return gemm_tile_mr<6>(x, ldx, panel, kc, init, c, ldc);
-    case 5:
-      return gemm_tile_mr<5>(x, ldx, panel, kc, init, c, ldc);
-    case 4:
-      return gemm_tile_mr<4>(x, ldx, panel, kc, init, c, ldc);
-    case 3:
-      return gemm_tile_mr<3>(x, ldx, panel, kc, init, c, ldc);
-    case 2:
-      return gemm_tile_mr<2>(x, ldx, panel, kc, init, c, ldc);
-    case 1:
-      return gemm_tile_mr<1>(x, ldx, panel, kc, init, c, ldc);
-    default:
-      return;
-  }
+  with_rows(mr, [&](auto rows) { gemm_tile_mr<decltype(rows)::value>(x, ldx, panel, kc, init, c, ldc); });
 }
 
 // ---- Integer GEMM (int8 weights x int8 activations) with vpdpbusd ----
@@ -156,22 +166,7 @@ void gemm_u8_tile_mr(const int16_t* x, int64_t ldx, const float* xs, int64_t ldx
 void gemm_u8_tile(const int16_t* x, int64_t ldx, const float* xs, int64_t ldxs, int mr, const int16_t* panel,
                   int64_t kc, bool first, float* c, int64_t ldc) {
   static_assert(kGemmI8MR <= 6 && kGemmNR == 16);
-  switch (mr) {
-    case 6:
-      return gemm_u8_tile_mr<6>(x, ldx, xs, ldxs, panel, kc, first, c, ldc);
-    case 5:
-      return gemm_u8_tile_mr<5>(x, ldx, xs, ldxs, panel, kc, first, c, ldc);
-    case 4:
-      return gemm_u8_tile_mr<4>(x, ldx, xs, ldxs, panel, kc, first, c, ldc);
-    case 3:
-      return gemm_u8_tile_mr<3>(x, ldx, xs, ldxs, panel, kc, first, c, ldc);
-    case 2:
-      return gemm_u8_tile_mr<2>(x, ldx, xs, ldxs, panel, kc, first, c, ldc);
-    case 1:
-      return gemm_u8_tile_mr<1>(x, ldx, xs, ldxs, panel, kc, first, c, ldc);
-    default:
-      return;
-  }
+  with_rows(mr, [&](auto rows) { gemm_u8_tile_mr<decltype(rows)::value>(x, ldx, xs, ldxs, panel, kc, first, c, ldc); });
 }
 
 Kernels make() {
