@@ -626,6 +626,19 @@ TEST_F(Avx512KernelTest, Fp32TileBitIdenticalToAvx2) {
   }
 }
 
+TEST_F(Avx512KernelTest, Q8DecodeBitIdenticalToAvx2) {
+  for (int cols : {1, 7, 8, 15, 16, 63, 64, 65, 100, 200, 777, 2048}) {
+    const auto w = quantized_matrix(rng_, DType::Q8, 8, cols, 0);
+    const auto x = random_vec(rng_, static_cast<size_t>(cols));
+    const void* rows[4] = {w.m.row(0), w.m.row(1), w.m.row(2), w.m.row(3)};
+    const void* next[4] = {w.m.row(4), w.m.row(5), w.m.row(6), w.m.row(7)};
+    std::vector<float> a(4), b(4);
+    avx2_.dot4[cpu::kQ8](x.data(), rows, next, cols, a.data());
+    avx512_.dot4[cpu::kQ8](x.data(), rows, next, cols, b.data());
+    EXPECT_EQ(a, b) << "cols=" << cols;
+  }
+}
+
 // The AVX-512 set keeps its own activation and panel formats (vpdpbusd: unsigned activations, int8 quads and
 // column sums), so its pieces are checked together: expand + pack + tile must give the AVX2 pieces' floats exactly,
 // for ragged row counts and columns, packs split over k like the driver's, and the two half-width packs the fused
