@@ -178,8 +178,8 @@ struct Kernels {
 const Kernels& portable_kernels();
 // Only valid to call when cpu_features().has_avx2_fma().
 const Kernels& avx2_kernels();
-// The AVX2 set with 512-bit GEMM micro-kernels (kernels_avx512.cpp), bit for bit the AVX2 results. Only valid to
-// call when cpu_features().has_avx512().
+// The AVX2 set with 512-bit GEMM micro-kernels and Q8 GEMV (kernels_avx512.cpp), bit for bit the AVX2 results. Only
+// valid to call when cpu_features().has_avx512().
 const Kernels& avx512_kernels();
 
 // The quantized-weight entries (qdot8, qdot4, qdot1, quantize_act, dequant and pack for Q8/Q4/Q4A/NF4, dot4/dot1 for

@@ -1,13 +1,14 @@
-// AVX-512 kernel set (F, BW, VL, VNNI): the AVX2 set with the GEMM micro-kernels replaced by 512-bit ones. This
-// translation unit alone is compiled with the AVX-512 flags and is only entered through avx512_kernels(), after
-// cpu_features().has_avx512() (CpuBackend checks). As in kernels_avx2.cpp it calls no inline function or template
-// from a shared header: the linker could keep this copy, with its AVX-512 instructions, for the whole program.
+// AVX-512 kernel set (F, BW, VL, VNNI): the AVX2 set with the GEMM micro-kernels and the Q8 fp32-activation GEMV
+// replaced by 512-bit ones. This translation unit alone is compiled with the AVX-512 flags and is only entered
+// through avx512_kernels(), after cpu_features().has_avx512() (CpuBackend checks). As in kernels_avx2.cpp it calls no
+// inline function or template from a shared header: the linker could keep this copy, with its AVX-512 instructions,
+// for the whole program.
 //
-// A kGemmNR-wide panel row (16 fp32, or 16 int16 pairs) is exactly one zmm register, so each tile row needs one
-// accumulator where AVX2 needs two. Both tiles are bit for bit their AVX2 twins: the fp32 tile performs the same
-// fused multiply-add per (row, k, output) in the same order, and the integer tile's int32 sums are exact whatever
-// the order, converted and scaled per 32 values exactly as the AVX2 tile does. Decode kernels stay AVX2: they are
-// bound by memory bandwidth, not by vector width.
+// A kGemmNR-wide panel row (16 fp32, or 16 outputs' int8 quads) is exactly one zmm register, so each tile row needs
+// one accumulator where AVX2 needs two. Every kernel here gives its AVX2 twin's results bit for bit: the fp32 tile
+// and the GEMV perform the same fused multiply-adds per lane in the same order, and the integer tile's int32 sums
+// are exact whatever the order, converted and scaled per 32 values exactly as the AVX2 tile does. The other decode
+// kernels stay AVX2: memory bandwidth, not vector width, bounds them.
 #include <immintrin.h>
 
 #include <cstdint>
