@@ -288,6 +288,38 @@ TEST(SparseKernels, Avx2MatchesPortableKernelByKernel) {
   }
 }
 
+// The AVX-512 decode kernels (two rows per zmm, vpdpbusd) give the AVX2 ones' floats bit for bit: eight-, four- and
+// one-row calls, ragged widths (a row ending inside a block's first activation block included), with prefetch rows.
+TEST(SparseKernels, Avx512DecodeBitIdenticalToAvx2) {
+  if (!cpu_features().has_avx512()) GTEST_SKIP() << "CPU lacks AVX-512 F+BW+VL+VNNI";
+  const cpu::Kernels& a = cpu::avx2_kernels();
+  const cpu::Kernels& v = cpu::avx512_kernels();
+  std::mt19937 rng(16);
+  for (DType t : kSparseTypes) {
+    const int dt = static_cast<int>(t);
+    ASSERT_NE(v.qdot8[dt], nullptr);
+    for (int64_t cols : kCols) {
+      Owned w = sparse_matrix(rng, t, 16, cols);
+      const std::vector<float> x = random_vec(rng, static_cast<size_t>(cols));
+      std::vector<quant::BlockQ8Act> xq(static_cast<size_t>((cols + 31) / 32));
+      a.quantize_act(x.data(), cols, xq.data());
+      const void* rows[16];
+      for (int j = 0; j < 16; ++j) rows[j] = w.m.row(j);
+      std::vector<float> ya(8), y8(8), y4(8);
+      a.qdot4[dt](xq.data(), rows, rows + 4, cols, 0, ya.data());
+      a.qdot4[dt](xq.data(), rows + 4, nullptr, cols, 0, ya.data() + 4);
+      v.qdot8[dt](xq.data(), rows, rows + 8, cols, 0, y8.data());
+      v.qdot4[dt](xq.data(), rows, rows + 4, cols, 0, y4.data());
+      v.qdot4[dt](xq.data(), rows + 4, nullptr, cols, 0, y4.data() + 4);
+      EXPECT_EQ(y8, ya) << dtype_name(t) << " cols " << cols;
+      EXPECT_EQ(y4, ya) << dtype_name(t) << " cols " << cols;
+      for (int j = 0; j < 8; ++j)
+        EXPECT_EQ(v.qdot1[dt](xq.data(), rows[j], cols, 0), a.qdot1[dt](xq.data(), rows[j], cols, 0))
+            << dtype_name(t) << " cols " << cols << " row " << j;
+    }
+  }
+}
+
 TEST(SparseKernels, EmbeddingLookupDecodesRows) {
   std::mt19937 rng(15);
   for (DType t : kSparseTypes) {

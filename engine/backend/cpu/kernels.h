@@ -178,7 +178,8 @@ struct Kernels {
 const Kernels& portable_kernels();
 // Only valid to call when cpu_features().has_avx2_fma().
 const Kernels& avx2_kernels();
-// The AVX2 set with 512-bit GEMM micro-kernels and Q8 GEMV (kernels_avx512.cpp), bit for bit the AVX2 results. Only
+// The AVX2 set with 512-bit GEMM micro-kernels, Q8 GEMV and 2:4 GEMVs (kernels_avx512.cpp), bit for bit the AVX2
+// results. Only
 // valid to call when cpu_features().has_avx512().
 const Kernels& avx512_kernels();
 
@@ -192,6 +193,9 @@ void add_quant_avx2_kernels(Kernels& k);
 // kernels_sparse_avx2.cpp (AVX2 flags; its decode kernels replace the portable ones, the rest are shared).
 void add_sparse_portable_kernels(Kernels& k);
 void add_sparse_avx2_kernels(Kernels& k);
+// The AVX-512 2:4 decode kernels (qdot1, qdot4, qdot8 for S24Q8/S24Q4; kernels_sparse_avx512.cpp, AVX-512 flags), bit
+// for bit the AVX2 ones; avx512_kernels() puts them over the AVX2 set's.
+void add_sparse_avx512_kernels(Kernels& k);
 
 // A row dequantizer, as in Kernels::dequant.
 using DequantRowFn = void (*)(const void* row, int group, int64_t k0, int64_t kc, float* out);

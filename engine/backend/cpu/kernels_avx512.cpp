@@ -1,5 +1,6 @@
-// AVX-512 kernel set (F, BW, VL, VNNI): the AVX2 set with the GEMM micro-kernels and the Q8 fp32-activation GEMV
-// replaced by 512-bit ones. This translation unit alone is compiled with the AVX-512 flags and is only entered
+// AVX-512 kernel set (F, BW, VL, VNNI): the AVX2 set with the GEMM micro-kernels, the Q8 fp32-activation GEMV and
+// the 2:4 sparse GEMVs (kernels_sparse_avx512.cpp) replaced by 512-bit ones. This translation unit and that one alone
+// are compiled with the AVX-512 flags and are only entered
 // through avx512_kernels(), after cpu_features().has_avx512() (CpuBackend checks). As in kernels_avx2.cpp it calls no
 // inline function or template from a shared header: the linker could keep this copy, with its AVX-512 instructions,
 // for the whole program.
@@ -8,7 +9,7 @@
 // one accumulator where AVX2 needs two. Every kernel here gives its AVX2 twin's results bit for bit: the fp32 tile
 // and the GEMV perform the same fused multiply-adds per lane in the same order, and the integer tile's int32 sums
 // are exact whatever the order, converted and scaled per 32 values exactly as the AVX2 tile does. The other decode
-// kernels stay AVX2: memory bandwidth, not vector width, bounds them.
+// kernels stay AVX2.
 #include <immintrin.h>
 
 #include <cstdint>
@@ -246,6 +247,7 @@ Kernels make() {
   k.expand_act = expand_act_u8;
   k.pack_i8 = pack_u8;
   k.gemm_i8_tile = gemm_u8_tile;
+  add_sparse_avx512_kernels(k);
   return k;
 }
 
