@@ -639,6 +639,54 @@ TEST_F(Avx512KernelTest, Q8DecodeBitIdenticalToAvx2) {
   }
 }
 
+// Q8 decode with int8 activations: eight-, four- and one-row calls against AVX2's four- and one-row kernels,
+// ragged widths (rows ending inside a 32-value block), with prefetch rows.
+TEST_F(Avx512KernelTest, Q8Int8ActDecodeBitIdenticalToAvx2) {
+  const int dt = cpu::kQ8;
+  ASSERT_NE(avx512_.qdot8[dt], nullptr);
+  for (int cols : {1, 7, 31, 32, 33, 64, 100, 200, 777, 2048}) {
+    const auto w = quantized_matrix(rng_, DType::Q8, 16, cols, 0);
+    const auto x = random_vec(rng_, static_cast<size_t>(cols));
+    std::vector<quant::BlockQ8Act> xq(static_cast<size_t>((cols + 31) / 32));
+    quant::quantize_activations(x.data(), cols, xq.data());
+    const void* rows[16];
+    for (int j = 0; j < 16; ++j) rows[j] = w.m.row(j);
+    std::vector<float> a(8), b8(8), b4(8);
+    avx2_.qdot4[dt](xq.data(), rows, rows + 4, cols, 0, a.data());
+    avx2_.qdot4[dt](xq.data(), rows + 4, nullptr, cols, 0, a.data() + 4);
+    avx512_.qdot8[dt](xq.data(), rows, rows + 8, cols, 0, b8.data());
+    avx512_.qdot4[dt](xq.data(), rows, rows + 4, cols, 0, b4.data());
+    avx512_.qdot4[dt](xq.data(), rows + 4, nullptr, cols, 0, b4.data() + 4);
+    EXPECT_EQ(a, b8) << "cols=" << cols;
+    EXPECT_EQ(a, b4) << "cols=" << cols;
+    for (int j = 0; j < 8; ++j)
+      EXPECT_EQ(avx2_.qdot1[dt](xq.data(), rows[j], cols, 0), avx512_.qdot1[dt](xq.data(), rows[j], cols, 0))
+          << "cols=" << cols << " row " << j;
+  }
+}
+
+// Q4/Q4A decode over the panel layout, every group size, ragged widths (a last group cut short included).
+TEST_F(Avx512KernelTest, Q4PanelDecodeBitIdenticalToAvx2) {
+  ThreadPool pool(1);
+  for (DType t : {DType::Q4, DType::Q4A}) {
+    for (int g : quant::kGroupSizes) {
+      for (int cols : {1, 7, 33, 64, 100, 172, 257, 2048}) {
+        const auto w = quantized_matrix(rng_, t, 8, cols, g);
+        std::vector<uint8_t> buf(cpu::panel8_bytes(w.m));
+        const Matrix p = cpu::repack_panel8(w.m, buf.data(), pool);
+        const auto x = random_vec(rng_, static_cast<size_t>(cols));
+        std::vector<quant::BlockQ8Act> xq(static_cast<size_t>((cols + 31) / 32));
+        quant::quantize_activations(x.data(), cols, xq.data());
+        const int dt = static_cast<int>(t);
+        std::vector<float> a(8, std::nanf("")), b(8, std::nanf(""));
+        avx2_.qdot_panel[dt](xq.data(), p.data, cols, g, a.data());
+        avx512_.qdot_panel[dt](xq.data(), p.data, cols, g, b.data());
+        EXPECT_EQ(a, b) << dtype_name(t) << " g=" << g << " cols=" << cols;
+      }
+    }
+  }
+}
+
 // The AVX-512 set keeps its own activation and panel formats (vpdpbusd: unsigned activations, int8 quads and
 // column sums), so its pieces are checked together: expand + pack + tile must give the AVX2 pieces' floats exactly,
 // for ragged row counts and columns, packs split over k like the driver's, and the two half-width packs the fused

@@ -178,9 +178,9 @@ struct Kernels {
 const Kernels& portable_kernels();
 // Only valid to call when cpu_features().has_avx2_fma().
 const Kernels& avx2_kernels();
-// The AVX2 set with 512-bit GEMM micro-kernels, Q8 GEMV and 2:4 GEMVs (kernels_avx512.cpp), bit for bit the AVX2
-// results. Only
-// valid to call when cpu_features().has_avx512().
+// The AVX2 set with 512-bit GEMM micro-kernels and GEMVs for Q8 (fp32 and int8 activations), Q4/Q4A panels and 2:4
+// (kernels_avx512.cpp, kernels_quant_avx512.cpp, kernels_sparse_avx512.cpp), bit for bit the AVX2 results. Only valid
+// to call when cpu_features().has_avx512().
 const Kernels& avx512_kernels();
 
 // The quantized-weight entries (qdot8, qdot4, qdot1, quantize_act, dequant and pack for Q8/Q4/Q4A/NF4, dot4/dot1 for
@@ -193,8 +193,10 @@ void add_quant_avx2_kernels(Kernels& k);
 // kernels_sparse_avx2.cpp (AVX2 flags; its decode kernels replace the portable ones, the rest are shared).
 void add_sparse_portable_kernels(Kernels& k);
 void add_sparse_avx2_kernels(Kernels& k);
-// The AVX-512 2:4 decode kernels (qdot1, qdot4, qdot8 for S24Q8/S24Q4; kernels_sparse_avx512.cpp, AVX-512 flags), bit
-// for bit the AVX2 ones; avx512_kernels() puts them over the AVX2 set's.
+// The AVX-512 int8-activation decode kernels (qdot1/4/8 for Q8, qdot_panel for Q4/Q4A; kernels_quant_avx512.cpp) and
+// 2:4 decode kernels (qdot1, qdot4, qdot8 for S24Q8/S24Q4; kernels_sparse_avx512.cpp), built with the AVX-512 flags,
+// bit for bit the AVX2 ones; avx512_kernels() puts them over the AVX2 set's.
+void add_quant_avx512_kernels(Kernels& k);
 void add_sparse_avx512_kernels(Kernels& k);
 
 // A row dequantizer, as in Kernels::dequant.

@@ -1,6 +1,7 @@
-// AVX-512 kernel set (F, BW, VL, VNNI): the AVX2 set with the GEMM micro-kernels, the Q8 fp32-activation GEMV and
-// the 2:4 sparse GEMVs (kernels_sparse_avx512.cpp) replaced by 512-bit ones. This translation unit and that one alone
-// are compiled with the AVX-512 flags and are only entered
+// AVX-512 kernel set (F, BW, VL, VNNI): the AVX2 set with the GEMM micro-kernels and the Q8 fp32-activation GEMV
+// replaced by 512-bit ones here, and the int8-activation GEMVs (kernels_quant_avx512.cpp: Q8, Q4/Q4A panels) and 2:4
+// sparse GEMVs (kernels_sparse_avx512.cpp) there. These three translation units alone are compiled with the AVX-512
+// flags and are only entered
 // through avx512_kernels(), after cpu_features().has_avx512() (CpuBackend checks). As in kernels_avx2.cpp it calls no
 // inline function or template from a shared header: the linker could keep this copy, with its AVX-512 instructions,
 // for the whole program.
@@ -247,6 +248,7 @@ Kernels make() {
   k.expand_act = expand_act_u8;
   k.pack_i8 = pack_u8;
   k.gemm_i8_tile = gemm_u8_tile;
+  add_quant_avx512_kernels(k);
   add_sparse_avx512_kernels(k);
   return k;
 }
