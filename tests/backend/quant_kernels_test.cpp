@@ -665,6 +665,25 @@ TEST_F(Avx512KernelTest, Q8Int8ActDecodeBitIdenticalToAvx2) {
   }
 }
 
+// NF4 rows with int8 activations (four-row calls), every group size, ragged widths.
+TEST_F(Avx512KernelTest, Nf4DecodeBitIdenticalToAvx2) {
+  const int dt = cpu::kNF4;
+  for (int g : quant::kGroupSizes) {
+    for (int cols : {1, 7, 33, 64, 100, 172, 257, 2048}) {
+      const auto w = quantized_matrix(rng_, DType::NF4, 8, cols, g);
+      const auto x = random_vec(rng_, static_cast<size_t>(cols));
+      std::vector<quant::BlockQ8Act> xq(static_cast<size_t>((cols + 31) / 32));
+      quant::quantize_activations(x.data(), cols, xq.data());
+      const void* rows[8];
+      for (int j = 0; j < 8; ++j) rows[j] = w.m.row(j);
+      std::vector<float> a(4, std::nanf("")), b(4, std::nanf(""));
+      avx2_.qdot4[dt](xq.data(), rows, rows + 4, cols, g, a.data());
+      avx512_.qdot4[dt](xq.data(), rows, rows + 4, cols, g, b.data());
+      EXPECT_EQ(a, b) << "g=" << g << " cols=" << cols;
+    }
+  }
+}
+
 // Q4/Q4A decode over the panel layout, every group size, ragged widths (a last group cut short included).
 TEST_F(Avx512KernelTest, Q4PanelDecodeBitIdenticalToAvx2) {
   ThreadPool pool(1);

@@ -186,12 +186,166 @@ void qdot_panel(const BlockQ8Act* x, const void* panel, int64_t cols, int group,
   }
 }
 
+// ---- NF4 rows ----
+//
+// kernels_quant_avx2.cpp's qdot4_g for NF4 with vpdpbusd. The code -> level lookup (vpshufb) yields the levels as
+// unsigned bytes kNf4Int8[q] + 128 against signed activations, so sum((level + 128) * x) - 128 * sum(x), where the
+// second term depends on the activations only and is formed once per activation block for every row. The int32
+// lanes hold the AVX2 kernel's lane sums: with 32-value blocks four lanes per row (values 4k.. and 16 + 4k..), four
+// rows per zmm; with wider blocks eight lanes per row, two rows per zmm.
+
+inline uint64_t load_u16(const uint8_t* p) {
+  uint16_t h;
+  __builtin_memcpy(&h, p, 2);
+  return h;
+}
+// The fp16 words at p0..p3 as four floats (the AVX2 kernel's halves4, the same values).
+inline __m128 halves4(const uint8_t* p0, const uint8_t* p1, const uint8_t* p2, const uint8_t* p3) {
+  const uint64_t h = load_u16(p0) | load_u16(p1) << 16 | load_u16(p2) << 32 | load_u16(p3) << 48;
+  return _mm_cvtph_ps(_mm_cvtsi64_si128(static_cast<long long>(h)));
+}
+inline __m128 hsum4(__m256 a, __m256 b, __m256 c, __m256 d) {
+  const __m256 ab = _mm256_hadd_ps(a, b);
+  const __m256 cd = _mm256_hadd_ps(c, d);
+  const __m256 abcd = _mm256_hadd_ps(ab, cd);
+  return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
+}
+inline __m128i load16(const uint8_t* p) {
+  return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+}
+inline __m512i nf4_levels_u8() {
+  alignas(16) uint8_t lut[16];
+  for (int i = 0; i < 16; ++i) lut[i] = static_cast<uint8_t>(kNf4Int8[i] + 128);
+  return _mm512_broadcast_i32x4(_mm_load_si128(reinterpret_cast<const __m128i*>(lut)));
+}
+
+constexpr int64_t kNf4Qs = 2;  // block: fp16 scale, then G / 2 bytes of nibbles
+
+// Four rows, 32-value blocks: lanes 4r..4r+3 are row r's.
+void qdot4_nf4_g32(const BlockQ8Act* x, const void* const* rows, const void* const* next, int64_t cols, float* out) {
+  constexpr int64_t kBytes = kNf4Qs + 16;
+  const uint8_t* r[4];
+  for (int j = 0; j < 4; ++j) r[j] = static_cast<const uint8_t*>(rows[j]);
+  const int64_t nb = (cols + 31) / 32;
+  const int64_t row_bytes = nb * kBytes;
+  const __m512i lut = nf4_levels_u8(), mask = _mm512_set1_epi8(0x0f);
+  const __m512i c128 = _mm512_set1_epi8(static_cast<char>(0x80)), zero = _mm512_setzero_si512();
+  const __m512i spread = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+  __m512 acc = _mm512_setzero_ps();
+  int64_t next_prefetch = 0;
+  for (int64_t wb = 0; wb < nb; ++wb) {
+    const int64_t off = wb * kBytes;
+    if (off >= next_prefetch) {  // one prefetch per row and cache line
+      next_prefetch = off + 64;
+      const int64_t pc = off + kPrefetchBytes;
+      for (int j = 0; j < 4; ++j) {
+        if (pc < row_bytes) {
+          _mm_prefetch(reinterpret_cast<const char*>(r[j] + pc), _MM_HINT_T0);
+        } else if (next != nullptr) {
+          _mm_prefetch(static_cast<const char*>(next[j]) + (pc - row_bytes), _MM_HINT_T0);
+        }
+      }
+    }
+    const BlockQ8Act& xb = x[wb];
+    const __m512i a_lo = _mm512_broadcast_i32x4(load16(reinterpret_cast<const uint8_t*>(xb.q)));
+    const __m512i a_hi = _mm512_broadcast_i32x4(load16(reinterpret_cast<const uint8_t*>(xb.q + 16)));
+    const __m512i bias = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, c128, a_lo), c128, a_hi);
+    const __m512i v = _mm512_inserti32x4(
+        _mm512_inserti32x4(
+            _mm512_inserti32x4(_mm512_castsi128_si512(load16(r[0] + off + kNf4Qs)), load16(r[1] + off + kNf4Qs), 1),
+            load16(r[2] + off + kNf4Qs), 2),
+        load16(r[3] + off + kNf4Qs), 3);
+    const __m512i w_lo = _mm512_shuffle_epi8(lut, _mm512_and_si512(v, mask));
+    const __m512i w_hi = _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16(v, 4), mask));
+    const __m512i sums = _mm512_sub_epi32(_mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, w_lo, a_lo), w_hi, a_hi), bias);
+    const __m128 d4 = _mm_mul_ps(halves4(r[0] + off, r[1] + off, r[2] + off, r[3] + off), _mm_set1_ps(1.0f / 127.0f));
+    const __m128 ds = _mm_mul_ps(d4, _mm_set1_ps(xb.scale));
+    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(ds)), acc);
+  }
+  // The AVX2 kernel's fold of [row 0 x4 | row 1 x4] and [row 2 | row 3].
+  const __m256 h = _mm256_hadd_ps(_mm512_castps512_ps256(acc), upper_half(acc));  // [r0 r0 r2 r2 | r1 r1 r3 r3]
+  const __m256 h2 = _mm256_hadd_ps(h, h);                                         // [r0 r2 r0 r2 | r1 r3 r1 r3]
+  _mm_storeu_ps(out, _mm_unpacklo_ps(_mm256_castps256_ps128(h2), _mm256_extractf128_ps(h2, 1)));
+}
+
+// Four rows, G = 64 or 128: two rows per zmm, eight lanes each; per weight block the rows' sums over its activation
+// blocks are scaled by the activation scales, then by the rows' block scales.
+template <int G>
+void qdot4_nf4_g(const BlockQ8Act* x, const void* const* rows, const void* const* next, int64_t cols, float* out) {
+  constexpr int64_t kBytes = kNf4Qs + G / 2;
+  constexpr int kPer = G / 32, kHalf = G / 2;
+  const uint8_t* r[4];
+  for (int j = 0; j < 4; ++j) r[j] = static_cast<const uint8_t*>(rows[j]);
+  const int64_t act_blocks = (cols + 31) / 32;
+  const int64_t wblocks = (act_blocks + kPer - 1) / kPer;
+  const int64_t row_bytes = wblocks * kBytes;
+  const __m512i lut = nf4_levels_u8(), mask = _mm512_set1_epi8(0x0f);
+  const __m512i c128 = _mm512_set1_epi8(static_cast<char>(0x80)), zero = _mm512_setzero_si512();
+  __m512 acc01 = _mm512_setzero_ps(), acc23 = acc01;
+  int64_t next_prefetch = 0;
+  for (int64_t wb = 0; wb < wblocks; ++wb) {
+    const int64_t off = wb * kBytes;
+    if (off >= next_prefetch) {
+      next_prefetch = off + 64;
+      const int64_t pc = off + kPrefetchBytes;
+      for (int j = 0; j < 4; ++j) {
+        if (pc < row_bytes) {
+          _mm_prefetch(reinterpret_cast<const char*>(r[j] + pc), _MM_HINT_T0);
+        } else if (next != nullptr) {
+          _mm_prefetch(static_cast<const char*>(next[j]) + (pc - row_bytes), _MM_HINT_T0);
+        }
+      }
+    }
+    __m512 k01 = _mm512_setzero_ps(), k23 = k01;
+    const int per = static_cast<int>(act_blocks - wb * kPer < kPer ? act_blocks - wb * kPer : kPer);
+    for (int t = 0; t < per; ++t) {
+      const BlockQ8Act& xb = x[wb * kPer + t];
+      const __m512i a = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb.q)));
+      const __m512i bias = _mm512_dpbusd_epi32(zero, c128, a);
+      const __m512 s = _mm512_set1_ps(xb.scale);
+      // Values [32t, 32t + 32): the low nibbles of bytes 32t.. for the first half of the block, else the high ones.
+      const int64_t q = off + kNf4Qs + (32 * t) % kHalf;
+      const auto pair = [&](int ja, int jb) {
+        __m512i v =
+            _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(r[ja] + q))),
+                               _mm256_loadu_si256(reinterpret_cast<const __m256i*>(r[jb] + q)), 1);
+        if (32 * t >= kHalf) v = _mm512_srli_epi16(v, 4);
+        const __m512i w = _mm512_shuffle_epi8(lut, _mm512_and_si512(v, mask));
+        return _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_dpbusd_epi32(zero, w, a), bias));
+      };
+      k01 = _mm512_fmadd_ps(pair(0, 1), s, k01);
+      k23 = _mm512_fmadd_ps(pair(2, 3), s, k23);
+    }
+    const __m128 d4 = _mm_mul_ps(halves4(r[0] + off, r[1] + off, r[2] + off, r[3] + off), _mm_set1_ps(1.0f / 127.0f));
+    const __m512 d = _mm512_castps128_ps512(d4);
+    acc01 = _mm512_fmadd_ps(
+        k01, _mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1), d), acc01);
+    acc23 = _mm512_fmadd_ps(
+        k23, _mm512_permutexvar_ps(_mm512_setr_epi32(2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3), d), acc23);
+  }
+  _mm_storeu_ps(
+      out, hsum4(_mm512_castps512_ps256(acc01), upper_half(acc01), _mm512_castps512_ps256(acc23), upper_half(acc23)));
+}
+
+void qdot4_nf4(const BlockQ8Act* x, const void* const* rows, const void* const* next, int64_t cols, int group,
+               float* out) {
+  switch (group) {
+    case 32:
+      return qdot4_nf4_g32(x, rows, next, cols, out);
+    case 64:
+      return qdot4_nf4_g<64>(x, rows, next, cols, out);
+    default:
+      return qdot4_nf4_g<128>(x, rows, next, cols, out);
+  }
+}
+
 }  // namespace
 
 void add_quant_avx512_kernels(Kernels& k) {
   k.qdot1[kQ8] = qdot1_q8;
   k.qdot4[kQ8] = qdot4_q8;
   k.qdot8[kQ8] = qdot8_q8;
+  k.qdot4[kNF4] = qdot4_nf4;
   k.qdot_panel[kQ4] = qdot_panel<kQ4>;
   k.qdot_panel[kQ4A] = qdot_panel<kQ4A>;
 }
