@@ -221,6 +221,21 @@ inline __m512i nf4_levels_u8() {
   return _mm512_broadcast_i32x4(_mm_load_si128(reinterpret_cast<const __m128i*>(lut)));
 }
 
+// One prefetch per row and cache line, kPrefetchBytes ahead of block offset off (into the next rows past the end).
+inline void prefetch_rows4(const uint8_t* const* r, const void* const* next, int64_t off, int64_t row_bytes,
+                           int64_t& next_prefetch) {
+  if (off < next_prefetch) return;
+  next_prefetch = off + 64;
+  const int64_t pc = off + kPrefetchBytes;
+  for (int j = 0; j < 4; ++j) {
+    if (pc < row_bytes) {
+      _mm_prefetch(reinterpret_cast<const char*>(r[j] + pc), _MM_HINT_T0);
+    } else if (next != nullptr) {
+      _mm_prefetch(static_cast<const char*>(next[j]) + (pc - row_bytes), _MM_HINT_T0);
+    }
+  }
+}
+
 constexpr int64_t kNf4Qs = 2;  // block: fp16 scale, then G / 2 bytes of nibbles
 
 // Four rows, 32-value blocks: lanes 4r..4r+3 are row r's.
@@ -237,17 +252,7 @@ void qdot4_nf4_g32(const BlockQ8Act* x, const void* const* rows, const void* con
   int64_t next_prefetch = 0;
   for (int64_t wb = 0; wb < nb; ++wb) {
     const int64_t off = wb * kBytes;
-    if (off >= next_prefetch) {  // one prefetch per row and cache line
-      next_prefetch = off + 64;
-      const int64_t pc = off + kPrefetchBytes;
-      for (int j = 0; j < 4; ++j) {
-        if (pc < row_bytes) {
-          _mm_prefetch(reinterpret_cast<const char*>(r[j] + pc), _MM_HINT_T0);
-        } else if (next != nullptr) {
-          _mm_prefetch(static_cast<const char*>(next[j]) + (pc - row_bytes), _MM_HINT_T0);
-        }
-      }
-    }
+    prefetch_rows4(r, next, off, row_bytes, next_prefetch);
     const BlockQ8Act& xb = x[wb];
     const __m512i a_lo = _mm512_broadcast_i32x4(load16(reinterpret_cast<const uint8_t*>(xb.q)));
     const __m512i a_hi = _mm512_broadcast_i32x4(load16(reinterpret_cast<const uint8_t*>(xb.q + 16)));
@@ -287,17 +292,7 @@ void qdot4_nf4_g(const BlockQ8Act* x, const void* const* rows, const void* const
   int64_t next_prefetch = 0;
   for (int64_t wb = 0; wb < wblocks; ++wb) {
     const int64_t off = wb * kBytes;
-    if (off >= next_prefetch) {
-      next_prefetch = off + 64;
-      const int64_t pc = off + kPrefetchBytes;
-      for (int j = 0; j < 4; ++j) {
-        if (pc < row_bytes) {
-          _mm_prefetch(reinterpret_cast<const char*>(r[j] + pc), _MM_HINT_T0);
-        } else if (next != nullptr) {
-          _mm_prefetch(static_cast<const char*>(next[j]) + (pc - row_bytes), _MM_HINT_T0);
-        }
-      }
-    }
+    prefetch_rows4(r, next, off, row_bytes, next_prefetch);
     __m512 k01 = _mm512_setzero_ps(), k23 = k01;
     const int per = static_cast<int>(act_blocks - wb * kPer < kPer ? act_blocks - wb * kPer : kPer);
     for (int t = 0; t < per; ++t) {
