@@ -597,7 +597,7 @@ TEST_F(QuantKernelTest, IntegerGemmPiecesMatchPortable) {
   }
 }
 
-// ---- The AVX-512 set's GEMM micro-kernels against their AVX2 twins (bit for bit) ----
+// ---- The AVX-512 set's GEMM micro-kernels and GEMVs against their AVX2 twins (bit for bit) ----
 
 class Avx512KernelTest : public ::testing::Test {
  protected:

@@ -123,9 +123,9 @@ float qdot1_q8(const BlockQ8Act* x, const void* row, int64_t cols, int /*group*/
 // kernels_quant_avx2.cpp's qdot_panel with 64-byte loads: a load holds two 32-byte chunks, i.e. four columns of all
 // eight rows per nibble half for each chunk, so dword r of the low 256 bits is row r and dword 8 + r row r again.
 // The codes are unsigned nibbles, the activations signed bytes: exactly vpdpbusd's operands, four products per
-// lane with no int16 stage. The activation quads each lane needs come from one vpermd of the block. Per 32 columns
-// the two halves' int32 sums add up to each row's exact sum, which is then scaled and accumulated in 256-bit lanes
-// as the AVX2 kernel does, so the results are its results bit for bit.
+// lane with no int16 stage. The activation quads each lane needs come from the block by vpermd (four per 32 values).
+// Per 32 columns the two halves' int32 sums add up to each row's exact sum, which is then scaled and accumulated in
+// 256-bit lanes as the AVX2 kernel does, so the results are its results bit for bit.
 
 template <int DT>
 constexpr int64_t kPanelHdr = DT == kQ4A ? 32 : 16;
