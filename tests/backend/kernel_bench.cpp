@@ -298,6 +298,27 @@ double bench_gemm(tessera::CpuBackend& be, const Format& f, int n, int64_t rows,
   return best;
 }
 
+// Batched decode (Backend::matmul_rows: one x row per sequence, each bit for bit its single-row result): the
+// serving engine's decode step at batch n. Reports the flop rate; the weights stay in cache across calls.
+void bench_batched_decode(tessera::CpuBackend& be, tessera::DType t, int n, int64_t rows, int64_t cols,
+                          double peak_gflops) {
+  auto w = make_weights(t, rows, cols, 17);
+  w.m = be.upload(w.m);
+  const auto x = make_x(static_cast<size_t>(n) * cols);
+  std::vector<float> y(static_cast<size_t>(n) * rows);
+  be.matmul_rows(x.data(), n, w.m, nullptr, y.data());
+  double best = 0;
+  for (int rep = 0; rep < (g_per_call_min ? 20 : 5); ++rep) {
+    const int inner = g_per_call_min ? 1 : 5;
+    const auto t0 = Clock::now();
+    for (int i = 0; i < inner; ++i) be.matmul_rows(x.data(), n, w.m, nullptr, y.data());
+    best = std::max(best, 2.0 * n * rows * cols * inner / seconds_since(t0) / 1e9);
+  }
+  std::printf("decode batch %-6s n=%-4d %5lldx%-5lld %7.1f GFLOP/s  (%3.0f%% of fp32 peak)\n",
+              std::string(tessera::dtype_name(t)).c_str(), n, static_cast<long long>(rows),
+              static_cast<long long>(cols), best, 100.0 * best / (peak_gflops * be.threads()));
+}
+
 // Attention over a filled cache: decode reports the K/V read rate, prefill the flop rate (QK and PV, causal).
 void bench_attention(tessera::CpuBackend& be, int n, int pos0) {
   const tessera::AttentionShape shape{32, 8, 128};
@@ -371,6 +392,10 @@ int main(int argc, char** argv) {
     bench_gemm(be, {DType::BF16}, 128, 2048, 2048, peak, false);
     bench_gemm(be, {DType::BF16}, 128, 5632, 2048, peak, true);
     bench_gemm(be, {DType::F32}, 4, 2048, 2048, peak, false);
+    for (int n : {4, 16, 32, 64}) bench_batched_decode(be, DType::BF16, n, 768, 768, peak);
+    for (int n : {16, 32, 64}) bench_gemm(be, {DType::BF16}, n, 768, 768, peak, false);
+    bench_batched_decode(be, DType::BF16, 16, 2048, 768, peak);
+    bench_batched_decode(be, DType::F32, 16, 768, 768, peak);
     bench_attention(be, 1, 4095);
     bench_attention(be, 128, 0);
     bench_attention(be, 128, 1024);

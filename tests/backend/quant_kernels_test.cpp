@@ -626,6 +626,44 @@ TEST_F(Avx512KernelTest, Fp32TileBitIdenticalToAvx2) {
   }
 }
 
+// fp32-activation decode (f32/f16/bf16 weights): the AVX-512 set accumulates 16 lanes per row, so its results
+// differ from AVX2's in rounding only; within the set, the batched tile (1..dot_tile_rows x rows) and the two-row
+// kernel give every row exactly dot4's bits. Ragged widths, with prefetch rows.
+TEST_F(Avx512KernelTest, Fp16xDecodeFormsAgreeBitForBit) {
+  for (DType t : {DType::F32, DType::F16, DType::BF16}) {
+    const int dt = static_cast<int>(t);
+    for (int64_t cols : {1, 7, 8, 9, 16, 31, 40, 64, 100, 777, 2048}) {
+      const auto w = test::random_matrix(rng_, t, 8, cols);
+      const int64_t ldx = cols + 3;
+      const auto x = random_vec(rng_, cpu::kMaxDotTileRows * static_cast<size_t>(ldx));
+      const void* rows[4] = {w.m.row(0), w.m.row(1), w.m.row(2), w.m.row(3)};
+      const void* next[4] = {w.m.row(4), w.m.row(5), w.m.row(6), w.m.row(7)};
+      // dot4 per x row: the reference bits; and AVX2's dot4, equal to rounding.
+      std::vector<float> want(4 * cpu::kMaxDotTileRows);
+      for (int i = 0; i < cpu::kMaxDotTileRows; ++i) {
+        avx512_.dot4[dt](x.data() + i * ldx, rows, next, cols, want.data() + 4 * i);
+        std::vector<float> a(4), b(want.begin() + 4 * i, want.begin() + 4 * i + 4);
+        avx2_.dot4[dt](x.data() + i * ldx, rows, next, cols, a.data());
+        EXPECT_TRUE(near_l2(b, a, 1e-5)) << dtype_name(t) << " cols=" << cols;
+      }
+      std::vector<float> pair(8, std::nanf(""));
+      avx512_.dot4x2[dt](x.data(), ldx, rows, next, cols, pair.data(), 4);
+      EXPECT_EQ(pair, std::vector<float>(want.begin(), want.begin() + 8)) << dtype_name(t) << " cols=" << cols;
+      ASSERT_EQ(avx512_.dot_tile_rows, cpu::kMaxDotTileRows);
+      for (int m = 1; m <= avx512_.dot_tile_rows; ++m) {
+        for (int half : {0, 1}) {  // weight rows 0,1 and 2,3
+          std::vector<float> got(2 * m, std::nanf(""));
+          avx512_.dot2xm[dt](x.data(), ldx, m, rows + 2 * half, next, cols, got.data(), 2);
+          for (int i = 0; i < m; ++i) {
+            EXPECT_EQ(got[2 * i], want[4 * i + 2 * half]) << dtype_name(t) << " cols=" << cols << " m=" << m;
+            EXPECT_EQ(got[2 * i + 1], want[4 * i + 2 * half + 1]) << dtype_name(t) << " cols=" << cols << " m=" << m;
+          }
+        }
+      }
+    }
+  }
+}
+
 TEST_F(Avx512KernelTest, Q8DecodeBitIdenticalToAvx2) {
   for (int cols : {1, 7, 8, 15, 16, 63, 64, 65, 100, 200, 777, 2048}) {
     const auto w = quantized_matrix(rng_, DType::Q8, 8, cols, 0);

@@ -148,6 +148,7 @@ struct RowTile {
   Fn fn = nullptr;
   const float* x = nullptr;
   int64_t cols = 0;
+  int max_rows = 0;  // most x rows per call (Kernels::dot_tile_rows)
 
   // Worth it from three rows on (two go through dotR2 as well).
   bool applies(int n) const { return fn != nullptr && n >= 3; }
@@ -167,15 +168,15 @@ int64_t tile_block_rows(size_t row_bytes) {
 
 // The tiled decode's order of calls over weight units [begin, end) (rows, `step` per call, or hidden units) and x rows
 // [0, n): visit(i, m, unit, first) for x rows i..i+m-1, where first marks the first tile over a block in this
-// pass (its rows come from memory: worth prefetching the next call's).
+// pass (the one that prefetches the next block, unit + block, while it runs).
 template <typename Visit>
-void for_each_tile(int n, int64_t begin, int64_t end, int64_t step, int64_t block, const Visit& visit) {
+void for_each_tile(int n, int tile_rows, int64_t begin, int64_t end, int64_t step, int64_t block, const Visit& visit) {
   for (int nb = 0; nb < n; nb += kTileXRows) {
     const int ne = std::min(n, nb + kTileXRows);
     for (int64_t ub = begin; ub < end; ub += block) {
       const int64_t ue = std::min(ub + block, end);
-      for (int i = nb; i < ne; i += cpu::kDotTileRows) {
-        const int m = std::min(cpu::kDotTileRows, ne - i);
+      for (int i = nb; i < ne; i += tile_rows) {
+        const int m = std::min(tile_rows, ne - i);
         for (int64_t u = ub; u < ue; u += step) visit(i, m, u, i == nb);
       }
     }
@@ -205,10 +206,10 @@ void gemv(ThreadPool& pool, const Matrix& w, int n, const float* bias, float* y,
     int64_t r = r_begin;
     if (tile.applies(n)) {
       const int64_t r_full = r_begin + (r_end - r_begin) / R * R;
-      for_each_tile(n, r_begin, r_full, 2, block, [&](int i, int m, int64_t p, bool first) {
+      for_each_tile(n, tile.max_rows, r_begin, r_full, 2, block, [&](int i, int m, int64_t p, bool first) {
         const void* rows[2] = {w.row(p), w.row(p + 1)};
-        const void* next[2] = {w.row(p + 2), w.row(p + 3)};  // prefetch only
-        tile(i, m, rows, first && p + 4 <= r_full ? next : nullptr, y + i * w.rows + p, w.rows);
+        const void* ahead[2] = {w.row(p + block), w.row(p + block + 1)};  // prefetch only
+        tile(i, m, rows, first && p + block + 2 <= r_full ? ahead : nullptr, y + i * w.rows + p, w.rows);
       });
       r = r_full;
     }
@@ -451,7 +452,8 @@ void dispatch_gemv(ThreadPool& pool, const cpu::Kernels& k, ActScratch& act, con
             dot4(x + (i + 1) * cols, rows, nullptr, cols, out + ldo);
           }
         },
-        [&](int i, const void* row) { return dot1(x + i * cols, row, cols); }, RowTile{k.dot2xm[dt], x, cols});
+        [&](int i, const void* row) { return dot1(x + i * cols, row, cols); },
+        RowTile{k.dot2xm[dt], x, cols, k.dot_tile_rows});
     return;
   }
   quantize_rows(pool, k, x, n, cols, false, act);
@@ -570,11 +572,11 @@ void gemv_silu_mul(ThreadPool& pool, const Matrix& gate, const Matrix& up, int n
     int64_t h = p.begin * kUnits;
     if (tile.applies(n)) {
       const int64_t h_full = h + (h_end - h) / kUnits * kUnits;
-      float d[cpu::kDotTileRows * 2];
-      for_each_tile(n, h, h_full, 1, block, [&](int i, int m, int64_t u, bool first) {
+      float d[cpu::kMaxDotTileRows * 2];
+      for_each_tile(n, tile.max_rows, h, h_full, 1, block, [&](int i, int m, int64_t u, bool first) {
         const void* rows[2] = {gate.row(u), up.row(u)};
-        const void* next[2] = {gate.row(u + 1), up.row(u + 1)};  // prefetch only
-        tile(i, m, rows, first && u + 2 <= h_full ? next : nullptr, d, 2);
+        const void* ahead[2] = {gate.row(u + block), up.row(u + block)};  // prefetch only
+        tile(i, m, rows, first && u + block + 1 <= h_full ? ahead : nullptr, d, 2);
         for (int e = 0; e < m; ++e) out[(i + e) * hidden + u] = silu_mul(d[2 * e], d[2 * e + 1]);
       });
       h = h_full;

@@ -37,8 +37,9 @@ inline constexpr int kQ8ActBlock = 32;  // values per quant::BlockQ8Act
 // w ~= (d / 127) * kNf4Int8[q], which differs from the stored level by at most d / 254.
 inline constexpr int8_t kNf4Int8[16] = {-127, -88, -67, -50, -36, -23, -12, 0, 10, 20, 31, 43, 56, 71, 92, 127};
 
-// Most x rows one dot2xm call takes (12 accumulators in the AVX2 kernel).
-inline constexpr int kDotTileRows = 6;
+// Most x rows one dot2xm call takes in any kernel set (Kernels::dot_tile_rows is the set's own limit: 6 in AVX2,
+// whose tile holds 12 ymm accumulators; 12 in AVX-512, one zmm per x row).
+inline constexpr int kMaxDotTileRows = 12;
 
 inline constexpr int kMaxAttendBatch = 64;
 
@@ -86,12 +87,15 @@ struct Kernels {
   // F32, F16 and BF16; null otherwise (drivers then call dot4 per row).
   void (*dot4x2[kNumDtypes])(const float* x, int64_t ldx, const void* const* rows, const void* const* next,
                              int64_t cols, float* out, int64_t ldo);
-  // Batched decode tile: two weight rows (rows[0], rows[1]) against m x rows (1 <= m <= kDotTileRows, x + i*ldx):
+  // Batched decode tile: two weight rows (rows[0], rows[1]) against m x rows (1 <= m <= dot_tile_rows, x + i*ldx):
   // out[i*ldo + j] = x_i . rows[j]. Every result is bit for bit dot4's for that x row and weight row, so a driver
-  // may tile a batch any way it likes. next (may be null) names the two rows of the next call (prefetch only).
+  // may tile a batch any way it likes. next (may be null) names two rows of the same length to bring into cache, a
+  // line of each per line of rows (prefetch only): the tiled drivers pass rows one cache block ahead, so the block
+  // after this one arrives from memory while this one is computed on.
   // Entries for F32, F16 and BF16; null otherwise.
   void (*dot2xm[kNumDtypes])(const float* x, int64_t ldx, int m, const void* const* rows, const void* const* next,
                              int64_t cols, float* out, int64_t ldo);
+  int dot_tile_rows;  // <= kMaxDotTileRows
 
   // GEMV with int8 activations: x is ceil(cols / 32) BlockQ8Act blocks (zero-padded), rows are stored rows of
   // the dtype with quantization group `group`. out[j] ~= dequant(x) . dequant(rows[j]), computed with integer

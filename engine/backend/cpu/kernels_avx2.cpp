@@ -103,10 +103,11 @@ inline __m256 exp8(__m256 x) {
 constexpr int64_t kGemvPrefetchBytes = 768;
 
 // The ragged end (cols % 8 values) of one dot, added in order to s. Every decode kernel ends a row with this one
-// function, so the same row gets the same bits from each of them.
+// function, so the same row gets the same bits from each of them. The fused multiply-add is explicit: left as
+// `s += x * w`, GCC contracts it in some inlined copies and vectorizes the multiplies apart in others.
 template <typename L>
 inline float dot_tail(float s, const float* x, const typename L::T* r, int64_t c, int64_t cols) {
-  for (; c < cols; ++c) s += x[c] * L::cvt(r[c]);
+  for (; c < cols; ++c) s = __builtin_fmaf(x[c], L::cvt(r[c]), s);
   return s;
 }
 
@@ -116,7 +117,9 @@ inline float dot_tail(float s, const float* x, const typename L::T* r, int64_t c
 // bit the same whether it is computed alone, paired or in a tile, and drivers may group a batch's rows any way.
 // Rows are streamed one cache line per row per step with software prefetch. dot4x2 (W = 4, M = 2) keeps 8
 // accumulators in registers; the tile (W = 2, M = 6) 12, converting each weight vector once per six x rows.
-template <typename L, int W, int M>
+// next: with kWholeNext (the tile) rows to bring into cache line by line alongside (see Kernels::dot2xm), else the
+// rows of the following call, whose first lines are prefetched near the end.
+template <typename L, int W, int M, bool kWholeNext = false>
 void dotwxm(const float* x, int64_t ldx, const void* const* rows, const void* const* next, int64_t cols, float* out,
             int64_t ldo) {
   static_assert(W == 2 || W == 4);
@@ -142,9 +145,13 @@ void dotwxm(const float* x, int64_t ldx, const void* const* rows, const void* co
   int64_t c = 0;
   for (; c + kLine <= cols; c += kLine) {
     const int64_t pc = c + kAhead;
+    if (kWholeNext && next != nullptr) {
+      for (int j = 0; j < W; ++j)
+        _mm_prefetch(reinterpret_cast<const char*>(static_cast<const T*>(next[j]) + c), _MM_HINT_T0);
+    }
     if (pc < cols) {
       for (int j = 0; j < W; ++j) _mm_prefetch(reinterpret_cast<const char*>(r[j] + pc), _MM_HINT_T0);
-    } else if (next != nullptr) {
+    } else if (!kWholeNext && next != nullptr) {
       // Near the end of the rows: start on the next group's rows, whose first lines the hardware prefetchers
       // would only find after a few misses (they do not cross into new pages).
       for (int j = 0; j < W; ++j) {
@@ -172,17 +179,17 @@ void dot2xm(const float* x, int64_t ldx, int m, const void* const* rows, const v
             float* out, int64_t ldo) {
   switch (m) {
     case 1:
-      return dotwxm<L, 2, 1>(x, ldx, rows, next, cols, out, ldo);
+      return dotwxm<L, 2, 1, true>(x, ldx, rows, next, cols, out, ldo);
     case 2:
-      return dotwxm<L, 2, 2>(x, ldx, rows, next, cols, out, ldo);
+      return dotwxm<L, 2, 2, true>(x, ldx, rows, next, cols, out, ldo);
     case 3:
-      return dotwxm<L, 2, 3>(x, ldx, rows, next, cols, out, ldo);
+      return dotwxm<L, 2, 3, true>(x, ldx, rows, next, cols, out, ldo);
     case 4:
-      return dotwxm<L, 2, 4>(x, ldx, rows, next, cols, out, ldo);
+      return dotwxm<L, 2, 4, true>(x, ldx, rows, next, cols, out, ldo);
     case 5:
-      return dotwxm<L, 2, 5>(x, ldx, rows, next, cols, out, ldo);
+      return dotwxm<L, 2, 5, true>(x, ldx, rows, next, cols, out, ldo);
     default:
-      return dotwxm<L, 2, 6>(x, ldx, rows, next, cols, out, ldo);
+      return dotwxm<L, 2, 6, true>(x, ldx, rows, next, cols, out, ldo);
   }
 }
 
@@ -649,6 +656,7 @@ Kernels make() {
   k.dot2xm[kF32] = dot2xm<LoadF32>;
   k.dot2xm[kF16] = dot2xm<LoadF16>;
   k.dot2xm[kBF16] = dot2xm<LoadBF16>;
+  k.dot_tile_rows = 6;
   k.dot1[kF32] = dot1<LoadF32>;
   k.dot1[kF16] = dot1<LoadF16>;
   k.dot1[kBF16] = dot1<LoadBF16>;

@@ -1,19 +1,21 @@
-// AVX-512 kernel set (F, BW, VL, VNNI): the AVX2 set with the GEMM micro-kernels and the Q8 fp32-activation GEMV
-// replaced by 512-bit ones here, and the int8-activation GEMVs (kernels_quant_avx512.cpp: Q8, Q4/Q4A panels) and 2:4
-// sparse GEMVs (kernels_sparse_avx512.cpp) there. These three translation units alone are compiled with the AVX-512
-// flags and are only entered
-// through avx512_kernels(), after cpu_features().has_avx512() (CpuBackend checks). As in kernels_avx2.cpp it calls no
-// inline function or template from a shared header: the linker could keep this copy, with its AVX-512 instructions,
-// for the whole program.
+// AVX-512 kernel set (F, BW, VL, VNNI): the AVX2 set with the GEMM micro-kernels, the Q8 fp32-activation GEMV and the
+// fp32-activation decode kernels for f32/f16/bf16 weights (dot4, dot4x2 and the batched tile dot2xm) replaced by
+// 512-bit ones here, and the int8-activation GEMVs (kernels_quant_avx512.cpp: Q8, Q4/Q4A panels) and 2:4 sparse
+// GEMVs (kernels_sparse_avx512.cpp) there. These three translation units alone are compiled with the AVX-512 flags
+// and are only entered through avx512_kernels(), after cpu_features().has_avx512() (CpuBackend checks). As in
+// kernels_avx2.cpp it calls no inline function or template from a shared header: the linker could keep this copy,
+// with its AVX-512 instructions, for the whole program.
 //
 // A kGemmNR-wide panel row (16 fp32, or 16 outputs' int8 quads) is exactly one zmm register, so each tile row needs
-// one accumulator where AVX2 needs two. Every kernel here gives its AVX2 twin's results bit for bit: the fp32 tile
-// and the GEMV perform the same fused multiply-adds per lane in the same order, and the integer tile's int32 sums
-// are exact whatever the order, converted and scaled per 32 values exactly as the AVX2 tile does. The other decode
-// kernels stay AVX2.
+// one accumulator where AVX2 needs two. The GEMM tiles and the Q8 GEMV give their AVX2 twins' results bit for bit:
+// the fp32 tile and the GEMV perform the same fused multiply-adds per lane in the same order, and the integer tile's
+// int32 sums are exact whatever the order, converted and scaled per 32 values exactly as the AVX2 tile does. The
+// f32/f16/bf16 decode kernels accumulate 16 lanes per row instead of 8 and so round differently from AVX2's; they
+// agree bit for bit with one another, which is what batched decode needs.
 #include <immintrin.h>
 
 #include <cstdint>
+#include <utility>
 
 // GCC 12 reports the deliberately undefined pass-through operand of some 512-bit intrinsics (_mm512_cvtepi32_ps,
 // _mm512_shuffle_f32x4) as uninitialized.
@@ -240,11 +242,156 @@ void dot4_q8(const float* x, const void* const* rows, const void* const* next, i
   }
 }
 
+// ---- Decode with fp32 activations: f32, f16 and bf16 weights ----
+//
+// One 16-lane accumulator per (x row, weight row), so every x load and every weight load feeds full 512-bit FMAs
+// (the AVX2 kernels' 8-lane accumulators would need each x row's 8 values broadcast to both halves: one load per
+// FMA, which bounds the batched tile at about one FMA per cycle on Zen 5). dot4, dot4x2 and the batched tile
+// dot2xm below share this per-row arithmetic (16-lane FMAs in column order, hsum16's tree, then the tail
+// value by value with fused multiply-adds), so a row's result is bit for bit the same whichever of them computes it
+// (the contract in kernels.h); it differs from the AVX2 set's in float rounding only.
+
+inline float f16_scalar(uint16_t h) {
+  return _cvtsh_ss(h);
+}
+inline float bf16_scalar(uint16_t h) {
+  const uint32_t bits = static_cast<uint32_t>(h) << 16;
+  float f;
+  __builtin_memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+// Weight loaders: 16 elements of the storage type to 16 fp32 lanes, converted in registers.
+struct Load16F32 {
+  using T = float;
+  static __m512 load(const float* p) { return _mm512_loadu_ps(p); }
+  static float cvt(float v) { return v; }
+};
+struct Load16F16 {
+  using T = uint16_t;
+  static __m512 load(const uint16_t* p) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  }
+  static float cvt(uint16_t v) { return f16_scalar(v); }
+};
+struct Load16BF16 {
+  using T = uint16_t;
+  // bf16 is the top half of an fp32: widen to 32 bits and shift into place.
+  static __m512 load(const uint16_t* p) {
+    const __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+  }
+  static float cvt(uint16_t v) { return bf16_scalar(v); }
+};
+
+// A 16-lane accumulator folded to 8 lanes (the upper half added to the lower); hsum4 then reduces four of those.
+inline __m256 fold16(__m512 v) {
+  return _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+}
+
+// W weight rows against M x rows. Rows are streamed one cache line per row per step with software prefetch. next:
+// with kWholeNext (the tile) rows to bring into cache line by line alongside (see Kernels::dot2xm), else the
+// following call's rows, whose first lines are prefetched near the end. Each x vector is loaded once per step and
+// kept in a register for the W FMAs that use it.
+template <typename L, int W, int M, bool kWholeNext = false>
+void dotwxm16(const float* x, int64_t ldx, const void* const* rows, const void* const* next, int64_t cols, float* out,
+              int64_t ldo) {
+  static_assert(W == 2 || W == 4);
+  using T = typename L::T;
+  constexpr int64_t kLine = 64 / sizeof(T);  // elements per cache line: 16 (f32) or 32 (16-bit types)
+  constexpr int64_t kAhead = kPrefetchBytes / sizeof(T);
+  const T* r[W];
+  for (int j = 0; j < W; ++j) r[j] = static_cast<const T*>(rows[j]);
+  __m512 acc[M][W];
+  for (int m = 0; m < M; ++m)
+    for (int j = 0; j < W; ++j) acc[m][j] = _mm512_setzero_ps();
+  const auto step = [&](int64_t c) {
+    __m512 w[W];
+    for (int j = 0; j < W; ++j) w[j] = L::load(r[j] + c);
+#pragma GCC unroll 12
+    for (int m = 0; m < M; ++m) {
+      __m512 xv = _mm512_loadu_ps(x + m * ldx + c);
+      __asm__("" : "+v"(xv));  // one load, not one per FMA as a folded memory operand
+      for (int j = 0; j < W; ++j) acc[m][j] = _mm512_fmadd_ps(xv, w[j], acc[m][j]);
+    }
+  };
+  int64_t c = 0;
+  for (; c + kLine <= cols; c += kLine) {
+    const int64_t pc = c + kAhead;
+    for (int j = 0; j < W; ++j) {
+      if (kWholeNext && next != nullptr) {
+        _mm_prefetch(reinterpret_cast<const char*>(static_cast<const T*>(next[j]) + c), _MM_HINT_T0);
+      }
+      if (pc < cols) {
+        _mm_prefetch(reinterpret_cast<const char*>(r[j] + pc), _MM_HINT_T0);
+      } else if (!kWholeNext && next != nullptr) {
+        _mm_prefetch(reinterpret_cast<const char*>(static_cast<const T*>(next[j]) + (pc - cols)), _MM_HINT_T0);
+      }
+    }
+    for (int64_t u = 0; u < kLine; u += 16) step(c + u);
+  }
+  for (; c + 16 <= cols; c += 16) step(c);
+  alignas(16) float sums[4];
+  for (int m = 0; m < M; ++m) {
+    // hsum4 reduces each of its four vectors with the same tree whatever the other three are.
+    if constexpr (W == 4) {
+      _mm_store_ps(sums, hsum4(fold16(acc[m][0]), fold16(acc[m][1]), fold16(acc[m][2]), fold16(acc[m][3])));
+    } else {
+      const __m256 a = fold16(acc[m][0]), b = fold16(acc[m][1]);
+      _mm_store_ps(sums, hsum4(a, b, a, b));
+    }
+    const float* xm = x + m * ldx;
+    for (int j = 0; j < W; ++j) {
+      float s = sums[j];
+      for (int64_t k = c; k < cols; ++k) s = __builtin_fmaf(xm[k], L::cvt(r[j][k]), s);
+      out[m * ldo + j] = s;
+    }
+  }
+}
+
+template <typename L>
+void dot4_fp(const float* x, const void* const* rows, const void* const* next, int64_t cols, float* out) {
+  dotwxm16<L, 4, 1>(x, 0, rows, next, cols, out, 0);
+}
+
+template <typename L>
+void dot4x2_fp(const float* x, int64_t ldx, const void* const* rows, const void* const* next, int64_t cols, float* out,
+               int64_t ldo) {
+  dotwxm16<L, 4, 2>(x, ldx, rows, next, cols, out, ldo);
+}
+
+template <typename L, int... M>
+void dot2xm_dispatch(const float* x, int64_t ldx, int m, const void* const* rows, const void* const* next, int64_t cols,
+                     float* out, int64_t ldo, std::integer_sequence<int, M...>) {
+  using Fn = void (*)(const float*, int64_t, const void* const*, const void* const*, int64_t, float*, int64_t);
+  static constexpr Fn kByRows[] = {dotwxm16<L, 2, M + 1, true>...};
+  kByRows[m - 1](x, ldx, rows, next, cols, out, ldo);
+}
+
+// The batched decode tile: 2 weight rows x up to 12 x rows, 24 accumulators.
+template <typename L>
+void dot2xm_fp(const float* x, int64_t ldx, int m, const void* const* rows, const void* const* next, int64_t cols,
+               float* out, int64_t ldo) {
+  static_assert(kMaxDotTileRows == 12);
+  dot2xm_dispatch<L>(x, ldx, m, rows, next, cols, out, ldo, std::make_integer_sequence<int, 12>{});
+}
+
+template <typename L>
+void set_fp_decode(Kernels& k, int dt) {
+  k.dot4[dt] = dot4_fp<L>;
+  k.dot4x2[dt] = dot4x2_fp<L>;
+  k.dot2xm[dt] = dot2xm_fp<L>;
+}
+
 Kernels make() {
   Kernels k = avx2_kernels();
   k.name = "avx512";
   k.gemm_tile = gemm_tile;
   k.dot4[kQ8] = dot4_q8;
+  set_fp_decode<Load16F32>(k, kF32);
+  set_fp_decode<Load16F16>(k, kF16);
+  set_fp_decode<Load16BF16>(k, kBF16);
+  k.dot_tile_rows = 12;
   k.expand_act = expand_act_u8;
   k.pack_i8 = pack_u8;
   k.gemm_i8_tile = gemm_u8_tile;
