@@ -612,14 +612,18 @@ class Avx512KernelTest : public ::testing::Test {
 TEST_F(Avx512KernelTest, Fp32TileBitIdenticalToAvx2) {
   const int64_t kc = 37;
   const int64_t ldx = 41, ldc = 20;
-  const auto x = random_vec(rng_, cpu::kGemmMR * ldx);
+  const auto x = random_vec(rng_, cpu::kMaxGemmMR * ldx);
   const auto panel = random_vec(rng_, kc * cpu::kGemmNR);
   const auto init = random_vec(rng_, cpu::kGemmNR);
-  const auto c0 = random_vec(rng_, cpu::kGemmMR * ldc);
-  for (int mr = 1; mr <= cpu::kGemmMR; ++mr) {
+  const auto c0 = random_vec(rng_, cpu::kMaxGemmMR * ldc);
+  ASSERT_EQ(avx512_.gemm_tile_rows, cpu::kMaxGemmMR);
+  for (int mr = 1; mr <= avx512_.gemm_tile_rows; ++mr) {
     for (const float* in : {static_cast<const float*>(nullptr), init.data()}) {
       std::vector<float> a = c0, b = c0;
-      avx2_.gemm_tile(x.data(), ldx, mr, panel.data(), kc, in, a.data(), ldc);
+      for (int i = 0; i < mr; i += avx2_.gemm_tile_rows) {  // the taller tile against AVX2's in pieces
+        avx2_.gemm_tile(x.data() + i * ldx, ldx, std::min(mr - i, avx2_.gemm_tile_rows), panel.data(), kc, in,
+                        a.data() + i * ldc, ldc);
+      }
       avx512_.gemm_tile(x.data(), ldx, mr, panel.data(), kc, in, b.data(), ldc);
       EXPECT_EQ(a, b) << "mr=" << mr << " init=" << (in != nullptr);
     }

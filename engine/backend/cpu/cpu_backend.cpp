@@ -24,8 +24,8 @@ using cpu::kGemmNR;
 // GEMM blocking. A kKc x kGemmNR fp32 panel (16 KiB) stays in L1 while every row of an n block streams past it;
 // an n block of x (kMc rows x kKc) is small enough to stay in L2 across the panels of one thread.
 constexpr int64_t kKc = 256;
-constexpr int kMc = 96;  // multiple of kGemmMR
-static_assert(kMc % kGemmMR == 0);
+constexpr int kMc = 96;  // multiple of every tile height
+static_assert(kMc % kGemmMR == 0 && kMc % cpu::kMaxGemmMR == 0);
 
 // Below this many elements an element-wise op is not worth waking the pool for.
 constexpr int64_t kMinParallelElems = 1 << 15;
@@ -320,8 +320,8 @@ void gemm_part(const cpu::Kernels& k, SlotScratch& s, const float* x, int64_t n_
       for (int64_t kb = 0; kb < K; kb += kKc) {
         const int64_t kc = std::min(kKc, K - kb);
         pack_rows(k, w, r0, nr, kGemmNR, kb, kc, s.panel.data());
-        for (int64_t i = 0; i < mb; i += kGemmMR) {
-          const int mr = static_cast<int>(std::min<int64_t>(kGemmMR, mb - i));
+        for (int64_t i = 0; i < mb; i += k.gemm_tile_rows) {
+          const int mr = static_cast<int>(std::min<int64_t>(k.gemm_tile_rows, mb - i));
           k.gemm_tile(x + (nb + i) * K + kb, K, mr, s.panel.data(), kc, kb == 0 ? init : nullptr, c + i * ldc, ldc);
         }
       }
@@ -626,8 +626,8 @@ void gemm_silu_mul_part(const cpu::Kernels& k, SlotScratch& s, const float* x, i
         const int64_t kc = std::min(kKc, K - kb);
         pack_rows(k, gate, h0, nh, kHalf, kb, kc, s.panel.data());
         pack_rows(k, up, h0, nh, kHalf, kb, kc, s.panel.data() + kHalf);
-        for (int64_t i = 0; i < mb; i += kGemmMR) {
-          const int mr = static_cast<int>(std::min<int64_t>(kGemmMR, mb - i));
+        for (int64_t i = 0; i < mb; i += k.gemm_tile_rows) {
+          const int mr = static_cast<int>(std::min<int64_t>(k.gemm_tile_rows, mb - i));
           k.gemm_tile(x + (nb + i) * K + kb, K, mr, s.panel.data(), kc, kb == 0 ? kZeros : nullptr,
                       s.tile.data() + i * kGemmNR, kGemmNR);
         }

@@ -14,8 +14,10 @@
 
 namespace tessera::cpu {
 
-// GEMM register tile: kGemmMR activation rows x kGemmNR outputs (two ymm of 8 floats) per micro-kernel call.
+// GEMM register tile: kGemmMR activation rows x kGemmNR outputs (two ymm of 8 floats) per micro-kernel call, or
+// Kernels::gemm_tile_rows rows (up to kMaxGemmMR) in sets with a taller tile.
 inline constexpr int kGemmMR = 6;
+inline constexpr int kMaxGemmMR = 12;
 inline constexpr int kGemmNR = 16;
 
 // Per-dtype entries are indexed by the DType value.
@@ -129,11 +131,12 @@ struct Kernels {
   void (*pack[kNumDtypes])(const void* w, size_t row_bytes, int group, int nr, int width, int64_t k0, int64_t kc,
                            float* panel);
 
-  // GEMM micro-kernel: for i < mr (mr <= kGemmMR), c[i*ldc + j] = s + sum_k x[i*ldx + k] * panel[k*kGemmNR + j]
+  // GEMM micro-kernel: for i < mr (mr <= gemm_tile_rows), c[i*ldc + j] = s + sum_k x[i*ldx + k] * panel[k*kGemmNR + j]
   // for j < kGemmNR, where s = init[j] when init is non-null and the previous c[i*ldc + j] otherwise.
   // c rows must have kGemmNR writable floats.
   void (*gemm_tile)(const float* x, int64_t ldx, int mr, const float* panel, int64_t kc, const float* init, float* c,
                     int64_t ldc);
+  int gemm_tile_rows;  // kGemmMR, or up to kMaxGemmMR
 
   // Integer GEMM for Q8 weights with int8 activations (prefill with ActQuant::kInt8). The formats below are the
   // portable and AVX2 sets'; the AVX-512 set stores its own (unsigned activation bytes, int8 quads and column sums

@@ -657,6 +657,7 @@ Kernels make() {
   k.dot2xm[kF16] = dot2xm<LoadF16>;
   k.dot2xm[kBF16] = dot2xm<LoadBF16>;
   k.dot_tile_rows = 6;
+  k.gemm_tile_rows = kGemmMR;
   k.dot1[kF32] = dot1<LoadF32>;
   k.dot1[kF16] = dot1<LoadF16>;
   k.dot1[kBF16] = dot1<LoadBF16>;
