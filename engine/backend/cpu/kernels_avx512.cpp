@@ -33,25 +33,13 @@ template <int N>
 struct Rows {
   static constexpr int value = N;
 };
-// Calls f(Rows<mr>{}) for 1 <= mr <= 6: the tiles are templates on their row count.
-template <typename F>
+// Calls f(Rows<mr>{}) for 1 <= mr <= kMax (nothing otherwise): the tiles are templates on their row count.
+template <int kMax, typename F>
 void with_rows(int mr, const F& f) {
-  switch (mr) {
-    case 6:
-      return f(Rows<6>{});
-    case 5:
-      return f(Rows<5>{});
-    case 4:
-      return f(Rows<4>{});
-    case 3:
-      return f(Rows<3>{});
-    case 2:
-      return f(Rows<2>{});
-    case 1:
-      return f(Rows<1>{});
-    default:
-      return;
+  [&]<int... I>(std::integer_sequence<int, I...>) {
+    (void)((mr == I + 1 ? (f(Rows<I + 1>{}), true) : false) || ...);
   }
+  (std::make_integer_sequence<int, kMax>{});
 }
 
 // ---- fp32 GEMM tile ----
@@ -73,18 +61,10 @@ void gemm_tile_mr(const float* x, int64_t ldx, const float* panel, int64_t kc, c
   for (int r = 0; r < MR; ++r) _mm512_storeu_ps(c + r * ldc, acc[r]);
 }
 
-template <int... MR>
-void gemm_tile_dispatch(const float* x, int64_t ldx, int mr, const float* panel, int64_t kc, const float* init,
-                        float* c, int64_t ldc, std::integer_sequence<int, MR...>) {
-  using Fn = void (*)(const float*, int64_t, const float*, int64_t, const float*, float*, int64_t);
-  static constexpr Fn kByRows[] = {gemm_tile_mr<MR + 1>...};
-  kByRows[mr - 1](x, ldx, panel, kc, init, c, ldc);
-}
-
 void gemm_tile(const float* x, int64_t ldx, int mr, const float* panel, int64_t kc, const float* init, float* c,
                int64_t ldc) {
-  static_assert(kMaxGemmMR == 12 && kGemmNR == 16);
-  gemm_tile_dispatch(x, ldx, mr, panel, kc, init, c, ldc, std::make_integer_sequence<int, 12>{});
+  static_assert(kGemmNR == 16);
+  with_rows<kMaxGemmMR>(mr, [&](auto rows) { gemm_tile_mr<decltype(rows)::value>(x, ldx, panel, kc, init, c, ldc); });
 }
 
 // ---- Integer GEMM (int8 weights x int8 activations) with vpdpbusd ----
@@ -182,7 +162,8 @@ void gemm_u8_tile_mr(const int16_t* x, int64_t ldx, const float* xs, int64_t ldx
 void gemm_u8_tile(const int16_t* x, int64_t ldx, const float* xs, int64_t ldxs, int mr, const int16_t* panel,
                   int64_t kc, bool first, float* c, int64_t ldc) {
   static_assert(kGemmI8MR <= 6 && kGemmNR == 16);
-  with_rows(mr, [&](auto rows) { gemm_u8_tile_mr<decltype(rows)::value>(x, ldx, xs, ldxs, panel, kc, first, c, ldc); });
+  with_rows<kGemmI8MR>(
+      mr, [&](auto rows) { gemm_u8_tile_mr<decltype(rows)::value>(x, ldx, xs, ldxs, panel, kc, first, c, ldc); });
 }
 
 // ---- Q8 decode with fp32 activations ----
@@ -256,7 +237,7 @@ void dot4_q8(const float* x, const void* const* rows, const void* const* next, i
 // One 16-lane accumulator per (x row, weight row), so every x load and every weight load feeds full 512-bit FMAs
 // (the AVX2 kernels' 8-lane accumulators would need each x row's 8 values broadcast to both halves: one load per
 // FMA, which bounds the batched tile at about one FMA per cycle on Zen 5). dot4, dot4x2 and the batched tile
-// dot2xm below share this per-row arithmetic (16-lane FMAs in column order, hsum16's tree, then the tail
+// dot2xm below share this per-row arithmetic (16-lane FMAs in column order, fold16 then hsum4's tree, then the tail
 // value by value with fused multiply-adds), so a row's result is bit for bit the same whichever of them computes it
 // (the contract in kernels.h); it differs from the AVX2 set's in float rounding only.
 
@@ -369,20 +350,12 @@ void dot4x2_fp(const float* x, int64_t ldx, const void* const* rows, const void*
   dotwxm16<L, 4, 2>(x, ldx, rows, next, cols, out, ldo);
 }
 
-template <typename L, int... M>
-void dot2xm_dispatch(const float* x, int64_t ldx, int m, const void* const* rows, const void* const* next, int64_t cols,
-                     float* out, int64_t ldo, std::integer_sequence<int, M...>) {
-  using Fn = void (*)(const float*, int64_t, const void* const*, const void* const*, int64_t, float*, int64_t);
-  static constexpr Fn kByRows[] = {dotwxm16<L, 2, M + 1, true>...};
-  kByRows[m - 1](x, ldx, rows, next, cols, out, ldo);
-}
-
 // The batched decode tile: 2 weight rows x up to 12 x rows, 24 accumulators.
 template <typename L>
 void dot2xm_fp(const float* x, int64_t ldx, int m, const void* const* rows, const void* const* next, int64_t cols,
                float* out, int64_t ldo) {
-  static_assert(kMaxDotTileRows == 12);
-  dot2xm_dispatch<L>(x, ldx, m, rows, next, cols, out, ldo, std::make_integer_sequence<int, 12>{});
+  with_rows<kMaxDotTileRows>(
+      m, [&](auto r) { dotwxm16<L, 2, decltype(r)::value, true>(x, ldx, rows, next, cols, out, ldo); });
 }
 
 template <typename L>
@@ -401,7 +374,7 @@ Kernels make() {
   set_fp_decode<Load16F32>(k, kF32);
   set_fp_decode<Load16F16>(k, kF16);
   set_fp_decode<Load16BF16>(k, kBF16);
-  k.dot_tile_rows = 12;
+  k.dot_tile_rows = kMaxDotTileRows;
   k.expand_act = expand_act_u8;
   k.pack_i8 = pack_u8;
   k.gemm_i8_tile = gemm_u8_tile;
