@@ -597,7 +597,8 @@ TEST_F(QuantKernelTest, IntegerGemmPiecesMatchPortable) {
   }
 }
 
-// ---- The AVX-512 set's GEMM micro-kernels and GEMVs against their AVX2 twins (bit for bit) ----
+// ---- The AVX-512 set's GEMM micro-kernels and GEMVs against their AVX2 twins (bit for bit, but for the fp decode
+// kernels, which agree bit for bit among themselves) ----
 
 class Avx512KernelTest : public ::testing::Test {
  protected:
