@@ -86,22 +86,6 @@ __device__ __forceinline__ void dequant(uint32_t w, __half2 s_lo, __half2 s_hi, 
   }
 }
 
-// x[c .. c + 4) of one activation row; zeros past the row's end or for rows past n (ok false).
-__device__ __forceinline__ float4 load_x4(const float* __restrict__ xr, int c, int cols, bool ok, bool vec) {
-  float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-  if (ok && c < cols) {
-    if (vec) {
-      v = __ldg(reinterpret_cast<const float4*>(xr + c));  // cols % 4 == 0: all four are in the row
-    } else {
-      v.x = __ldg(xr + c);
-      if (c + 1 < cols) v.y = __ldg(xr + c + 1);
-      if (c + 2 < cols) v.z = __ldg(xr + c + 2);
-      if (c + 3 < cols) v.w = __ldg(xr + c + 3);
-    }
-  }
-  return v;
-}
-
 // One weight matrix as a lane sees it: its codes of the block's row tile and its scale pairs (device_layout.h).
 struct Operand {
   const uint4* codes;
@@ -133,10 +117,18 @@ __device__ __forceinline__ void load_block(const Operand& o, int64_t kb, int grp
   }
 }
 
-// Out of line: the element-by-element loads (a block past the row's end, unaligned rows) keep their registers and
-// instructions out of the main loop.
-__device__ __noinline__ float4 load_x4_slow(const float* xr, int c, int cols, bool ok) {
-  return load_x4(xr, c, cols, ok, false);
+// x[c .. c + 4) of one activation row element by element; zeros past the row's end or for rows past n (ok false).
+// Out of line: these loads (a block past the row's end, unaligned rows) keep their registers and instructions out
+// of the main loop.
+__device__ __noinline__ float4 load_x4_slow(const float* __restrict__ xr, int c, int cols, bool ok) {
+  float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  if (ok && c < cols) {
+    v.x = __ldg(xr + c);
+    if (c + 1 < cols) v.y = __ldg(xr + c + 1);
+    if (c + 2 < cols) v.z = __ldg(xr + c + 2);
+    if (c + 3 < cols) v.w = __ldg(xr + c + 3);
+  }
+  return v;
 }
 
 // Issues every load of block kb for a lane: each operand's codes and scale pair, and its activations. A block
