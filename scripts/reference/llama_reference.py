@@ -25,7 +25,7 @@ import math
 import os
 import struct
 import sys
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -113,8 +113,16 @@ def apply_rope(x: np.ndarray, positions: np.ndarray, cfg: Config) -> np.ndarray:
     return out
 
 
-def logits(cfg: Config, weights: Dict[str, np.ndarray], tokens: Sequence[int]) -> np.ndarray:
-    """Full causal forward over `tokens` at positions 0..n-1; returns logits [n][vocab] in float64."""
+def logits(
+    cfg: Config,
+    weights: Dict[str, np.ndarray],
+    tokens: Sequence[int],
+    act_round: Optional[Callable[[np.ndarray], np.ndarray]] = None,
+) -> np.ndarray:
+    """Full causal forward over `tokens` at positions 0..n-1; returns logits [n][vocab] in float64.
+
+    act_round, when given, is applied to the input of every linear layer (to model kernels that round the
+    activations, e.g. to bfloat16, before multiplying)."""
     tokens = np.asarray(tokens, dtype=np.int64)
     n = len(tokens)
     if n == 0:
@@ -126,15 +134,19 @@ def logits(cfg: Config, weights: Dict[str, np.ndarray], tokens: Sequence[int]) -
     H, KV, hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
     group = H // KV
     positions = np.arange(n)
+
+    def linear(a: np.ndarray, w: np.ndarray) -> np.ndarray:
+        return (a if act_round is None else act_round(a)) @ w.T
+
     causal = np.triu(np.ones((n, n), dtype=bool), k=1)  # True above the diagonal = future = masked
 
     x = weights["tok_embeddings"][tokens].astype(np.float64)  # [n][dim]
     for l in range(cfg.n_layers):
         p = f"layers.{l}."
         h = rmsnorm(x, weights[p + "attn_norm"], cfg.rms_eps)
-        q = h @ weights[p + "wq"].T
-        k = h @ weights[p + "wk"].T
-        v = h @ weights[p + "wv"].T
+        q = linear(h, weights[p + "wq"])
+        k = linear(h, weights[p + "wk"])
+        v = linear(h, weights[p + "wv"])
         if cfg.qkv_bias:
             q = q + weights[p + "bq"]
             k = k + weights[p + "bk"]
@@ -151,12 +163,12 @@ def logits(cfg: Config, weights: Dict[str, np.ndarray], tokens: Sequence[int]) -
             prob = np.exp(scores)
             prob /= prob.sum(axis=1, keepdims=True)
             att[:, head, :] = prob @ v[:, kvh, :]
-        x = x + att.reshape(n, H * hd) @ weights[p + "wo"].T
+        x = x + linear(att.reshape(n, H * hd), weights[p + "wo"])
         h = rmsnorm(x, weights[p + "ffn_norm"], cfg.rms_eps)
-        ffn = silu(h @ weights[p + "w_gate"].T) * (h @ weights[p + "w_up"].T)
-        x = x + ffn @ weights[p + "w_down"].T
+        ffn = silu(linear(h, weights[p + "w_gate"])) * linear(h, weights[p + "w_up"])
+        x = x + linear(ffn, weights[p + "w_down"])
     x = rmsnorm(x, weights["final_norm"], cfg.rms_eps)
-    return x @ weights["lm_head"].T
+    return linear(x, weights["lm_head"])
 
 
 class Model:
