@@ -14,6 +14,7 @@
 #include "engine/backend/cpu/reference_ops.h"
 #include "engine/core/check.h"
 #include "engine/core/cpu_features.h"
+#include "kernel_sets.h"
 #include "test_util.h"
 
 namespace tessera {
@@ -29,28 +30,14 @@ constexpr int kRows[] = {1, 3, 17, 65};
 constexpr int kCols[] = {1, 7, 33, 100, 257};
 constexpr int kNs[] = {1, 2, 5, 31};
 
-struct Config {
-  CpuKernels kernels;
-  int threads;
-};
-
-std::string kernels_name(CpuKernels k) {
-  return k == CpuKernels::kAvx512 ? "avx512" : k == CpuKernels::kAvx2 ? "avx2" : "portable";
-}
-
-std::string config_name(const ::testing::TestParamInfo<Config>& info) {
-  return kernels_name(info.param.kernels) + "_" + std::to_string(info.param.threads) + "threads";
-}
+using Config = test::BackendConfig;
+using test::config_name;
+using test::kernels_name;
 
 class CpuBackendTest : public ::testing::TestWithParam<Config> {
  protected:
   void SetUp() override {
-    if (GetParam().kernels == CpuKernels::kAvx2 && !cpu_features().has_avx2_fma()) {
-      GTEST_SKIP() << "CPU lacks AVX2+FMA+F16C";
-    }
-    if (GetParam().kernels == CpuKernels::kAvx512 && !cpu_features().has_avx512()) {
-      GTEST_SKIP() << "CPU lacks AVX-512 F+BW+VL+VNNI";
-    }
+    if (const std::string why = test::missing_cpu_features(GetParam().kernels); !why.empty()) GTEST_SKIP() << why;
     backend_ = std::make_unique<CpuBackend>(GetParam().threads, GetParam().kernels);
   }
 

@@ -22,6 +22,7 @@
 #include "engine/backend/cpu/reference_ops.h"
 #include "engine/core/cpu_features.h"
 #include "engine/core/thread_pool.h"
+#include "kernel_sets.h"
 #include "quant/blocks.h"
 #include "quant/quant_traits.h"
 #include "test_util.h"
@@ -103,28 +104,35 @@ bool int8_activations(const QuantCase& c, int n) {
   return c.dtype == DType::Q8 ? c.act == ActQuant::kInt8 : n == 1;
 }
 
-struct Config {
-  CpuKernels kernels;
-  int threads;
+// kGemmI8MR random activation rows of `cols` values, quantized and expanded for the integer GEMM by two kernel sets,
+// each into its own storage: a / b hold kp values per row, sa / sb `blocks` scales per row.
+struct ExpandedActs {
+  std::vector<int16_t> a, b;
+  std::vector<float> sa, sb;
 };
-
-std::string kernels_name(CpuKernels k) {
-  return k == CpuKernels::kAvx512 ? "avx512" : k == CpuKernels::kAvx2 ? "avx2" : "portable";
+ExpandedActs expand_acts(std::mt19937& rng, const cpu::Kernels& ka, const cpu::Kernels& kb, int cols, int64_t blocks,
+                         int64_t kp) {
+  constexpr int kRowsX = cpu::kGemmI8MR;
+  const auto x = random_vec(rng, kRowsX * static_cast<size_t>(cols));
+  std::vector<quant::BlockQ8Act> xq(kRowsX * blocks);
+  ExpandedActs e{std::vector<int16_t>(kRowsX * kp, 3), std::vector<int16_t>(kRowsX * kp, 3),
+                 std::vector<float>(kRowsX * blocks), std::vector<float>(kRowsX * blocks)};
+  for (int i = 0; i < kRowsX; ++i) {
+    quant::quantize_activations(x.data() + i * cols, cols, xq.data() + i * blocks);
+    ka.expand_act(xq.data() + i * blocks, blocks, e.a.data() + i * kp, e.sa.data() + i * blocks);
+    kb.expand_act(xq.data() + i * blocks, blocks, e.b.data() + i * kp, e.sb.data() + i * blocks);
+  }
+  return e;
 }
 
-std::string config_name(const ::testing::TestParamInfo<Config>& info) {
-  return kernels_name(info.param.kernels) + "_" + std::to_string(info.param.threads) + "threads";
-}
+using Config = test::BackendConfig;
+using test::config_name;
+using test::kernels_name;
 
 class QuantBackendTest : public ::testing::TestWithParam<Config> {
  protected:
   void SetUp() override {
-    if (GetParam().kernels == CpuKernels::kAvx2 && !cpu_features().has_avx2_fma()) {
-      GTEST_SKIP() << "CPU lacks AVX2+FMA+F16C";
-    }
-    if (GetParam().kernels == CpuKernels::kAvx512 && !cpu_features().has_avx512()) {
-      GTEST_SKIP() << "CPU lacks AVX-512 F+BW+VL+VNNI";
-    }
+    if (const std::string why = test::missing_cpu_features(GetParam().kernels); !why.empty()) GTEST_SKIP() << why;
     backend_ = std::make_unique<CpuBackend>(GetParam().threads, GetParam().kernels);
     portable_ = std::make_unique<CpuBackend>(1, CpuKernels::kPortable);
   }
@@ -367,7 +375,7 @@ TEST(QuantBackendDeathTest, SiluMulNeedsMatchingGroups) {
 class QuantKernelTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (!cpu_features().has_avx2_fma()) GTEST_SKIP() << "CPU lacks AVX2+FMA+F16C";
+    if (const std::string why = test::missing_cpu_features(CpuKernels::kAvx2); !why.empty()) GTEST_SKIP() << why;
   }
   const cpu::Kernels& port_ = cpu::portable_kernels();
   const cpu::Kernels& avx2_ = cpu::avx2_kernels();
@@ -568,19 +576,12 @@ TEST_F(QuantKernelTest, IntegerGemmPiecesMatchPortable) {
       EXPECT_EQ(sa, sp);
     }
   }
-  constexpr int kRowsX = cpu::kGemmI8MR;
-  // Activations: kRowsX rows, widened; then the tile for mr = 1..kGemmI8MR, fresh and accumulating.
-  const auto x = random_vec(rng_, kRowsX * static_cast<size_t>(cols));
-  std::vector<quant::BlockQ8Act> xq(kRowsX * blocks);
-  std::vector<int16_t> xa(kRowsX * kp, 3), xp(xa.size(), 3);
-  std::vector<float> ta(kRowsX * blocks), tp(ta.size());
-  for (int i = 0; i < kRowsX; ++i) {
-    quant::quantize_activations(x.data() + i * cols, cols, xq.data() + i * blocks);
-    avx2_.expand_act(xq.data() + i * blocks, blocks, xa.data() + i * kp, ta.data() + i * blocks);
-    port_.expand_act(xq.data() + i * blocks, blocks, xp.data() + i * kp, tp.data() + i * blocks);
-  }
-  EXPECT_EQ(xa, xp);
-  EXPECT_EQ(ta, tp);
+  // Activations widened; then the tile for mr = 1..kGemmI8MR, fresh and accumulating.
+  const ExpandedActs e = expand_acts(rng_, avx2_, port_, cols, blocks, kp);
+  EXPECT_EQ(e.a, e.b);
+  EXPECT_EQ(e.sa, e.sb);
+  const std::vector<int16_t>& xp = e.b;
+  const std::vector<float>& tp = e.sb;
   std::vector<int16_t> panel(static_cast<size_t>(kp) * cpu::kGemmNR);
   std::vector<float> ws(16);
   port_.pack_i8(w.m.data, w.m.row_bytes(), cols, 16, cpu::kGemmNR, 0, kp, panel.data(), ws.data());
@@ -603,7 +604,7 @@ TEST_F(QuantKernelTest, IntegerGemmPiecesMatchPortable) {
 class Avx512KernelTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (!cpu_features().has_avx512()) GTEST_SKIP() << "CPU lacks AVX-512 F+BW+VL+VNNI";
+    if (const std::string why = test::missing_cpu_features(CpuKernels::kAvx512); !why.empty()) GTEST_SKIP() << why;
   }
   const cpu::Kernels& avx2_ = cpu::avx2_kernels();
   const cpu::Kernels& avx512_ = cpu::avx512_kernels();
@@ -758,17 +759,9 @@ TEST_F(Avx512KernelTest, IntegerGemmBitIdenticalToAvx2) {
   const int64_t blocks = 10, kp = 320;
   const auto w = quantized_matrix(rng_, DType::Q8, 16, cols, 0);
   const auto w2 = quantized_matrix(rng_, DType::Q8, 16, cols, 0);
-  constexpr int kRowsX = cpu::kGemmI8MR;
-  const auto x = random_vec(rng_, kRowsX * static_cast<size_t>(cols));
-  std::vector<quant::BlockQ8Act> xq(kRowsX * blocks);
-  std::vector<int16_t> xa(kRowsX * kp, 3), xb(xa.size(), 3);
-  std::vector<float> sa(kRowsX * blocks), sb(sa.size());
-  for (int i = 0; i < kRowsX; ++i) {
-    quant::quantize_activations(x.data() + i * cols, cols, xq.data() + i * blocks);
-    avx2_.expand_act(xq.data() + i * blocks, blocks, xa.data() + i * kp, sa.data() + i * blocks);
-    avx512_.expand_act(xq.data() + i * blocks, blocks, xb.data() + i * kp, sb.data() + i * blocks);
-  }
-  EXPECT_EQ(sa, sb);
+  // Each set expands into its own storage (int16 pairs for vpmaddwd, unsigned bytes for vpdpbusd); the scales agree.
+  const ExpandedActs e = expand_acts(rng_, avx2_, avx512_, cols, blocks, kp);
+  EXPECT_EQ(e.sa, e.sb);
   for (int nr : {16, 9}) {
     for (bool halves : {false, true}) {
       // Pack in two k pieces (0..256, 256..320), as the driver does with its kKc blocks.
@@ -789,11 +782,11 @@ TEST_F(Avx512KernelTest, IntegerGemmBitIdenticalToAvx2) {
         }
       }
       EXPECT_EQ(wa, wb);
-      for (int mr = 1; mr <= kRowsX; ++mr) {
+      for (int mr = 1; mr <= cpu::kGemmI8MR; ++mr) {
         for (bool first : {true, false}) {
           std::vector<float> ca(static_cast<size_t>(mr) * 20, 0.5f), cb(ca.size(), 0.5f);
-          avx2_.gemm_i8_tile(xa.data(), kp, sa.data(), blocks, mr, pa.data(), kp, first, ca.data(), 20);
-          avx512_.gemm_i8_tile(xb.data(), kp, sb.data(), blocks, mr, pb.data(), kp, first, cb.data(), 20);
+          avx2_.gemm_i8_tile(e.a.data(), kp, e.sa.data(), blocks, mr, pa.data(), kp, first, ca.data(), 20);
+          avx512_.gemm_i8_tile(e.b.data(), kp, e.sb.data(), blocks, mr, pb.data(), kp, first, cb.data(), 20);
           EXPECT_EQ(ca, cb) << "nr=" << nr << " halves=" << halves << " mr=" << mr << " first=" << first;
         }
       }

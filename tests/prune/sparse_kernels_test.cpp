@@ -21,6 +21,7 @@
 #include "quant/blocks.h"
 #include "quant/quant_traits.h"
 #include "quant/sparse_formats.h"
+#include "tests/backend/kernel_sets.h"
 #include "tests/backend/test_util.h"
 
 namespace tessera {
@@ -291,7 +292,7 @@ TEST(SparseKernels, Avx2MatchesPortableKernelByKernel) {
 // The AVX-512 decode kernels (two rows per zmm, vpdpbusd) give the AVX2 ones' floats bit for bit: eight-, four- and
 // one-row calls, ragged widths (a row ending inside a block's first activation block included), with prefetch rows.
 TEST(SparseKernels, Avx512DecodeBitIdenticalToAvx2) {
-  if (!cpu_features().has_avx512()) GTEST_SKIP() << "CPU lacks AVX-512 F+BW+VL+VNNI";
+  if (const std::string why = test::missing_cpu_features(CpuKernels::kAvx512); !why.empty()) GTEST_SKIP() << why;
   const cpu::Kernels& a = cpu::avx2_kernels();
   const cpu::Kernels& v = cpu::avx512_kernels();
   std::mt19937 rng(16);
