@@ -31,6 +31,7 @@ namespace tessera {
 namespace {
 
 using test::near_l2;
+using test::OwnedMatrix;
 using test::poison;
 using test::quantized_matrix;
 using test::random_vec;
@@ -102,6 +103,24 @@ std::vector<QuantCase> all_cases() {
 // Whether this case computes with int8 activations for n rows.
 bool int8_activations(const QuantCase& c, int n) {
   return c.dtype == DType::Q8 ? c.act == ActQuant::kInt8 : n == 1;
+}
+
+// An 8-row Q4/Q4A matrix of `cols` columns, its panel-layout copy (p, stored in buf) and one activation row
+// quantized to int8 blocks.
+struct PanelCase {
+  OwnedMatrix w;
+  std::vector<uint8_t> buf;
+  Matrix p;
+  std::vector<quant::BlockQ8Act> xq;
+};
+PanelCase panel_case(std::mt19937& rng, ThreadPool& pool, DType t, int cols, int g) {
+  PanelCase c{quantized_matrix(rng, t, 8, cols, g), {}, {}, {}};
+  c.buf.resize(cpu::panel8_bytes(c.w.m));
+  c.p = cpu::repack_panel8(c.w.m, c.buf.data(), pool);
+  const auto x = random_vec(rng, static_cast<size_t>(cols));
+  c.xq.resize(static_cast<size_t>((cols + 31) / 32));
+  quant::quantize_activations(x.data(), cols, c.xq.data());
+  return c;
 }
 
 // kGemmI8MR random activation rows of `cols` values, quantized and expanded for the integer GEMM by two kernel sets,
@@ -523,12 +542,10 @@ TEST_F(QuantKernelTest, PanelKernelsMatchPortable) {
     for (int g : quant::kGroupSizes) {
       for (int cols : {1, 7, 33, 64, 100, 172, 257, 2048}) {
         SCOPED_TRACE(::testing::Message() << dtype_name(t) << " g=" << g << " cols=" << cols);
-        const auto w = quantized_matrix(rng_, t, 8, cols, g);
-        std::vector<uint8_t> buf(cpu::panel8_bytes(w.m));
-        const Matrix p = cpu::repack_panel8(w.m, buf.data(), pool);
-        const auto x = random_vec(rng_, static_cast<size_t>(cols));
-        std::vector<quant::BlockQ8Act> xq(static_cast<size_t>((cols + 31) / 32));
-        quant::quantize_activations(x.data(), cols, xq.data());
+        const PanelCase pc = panel_case(rng_, pool, t, cols, g);
+        const OwnedMatrix& w = pc.w;
+        const Matrix& p = pc.p;
+        const std::vector<quant::BlockQ8Act>& xq = pc.xq;
         const int dt = static_cast<int>(t);
         std::vector<float> a(8, std::nanf("")), pp(8, std::nanf("")), canon(8), canon8(8, std::nanf(""));
         avx2_.qdot_panel[dt](xq.data(), p.data, cols, g, a.data());
@@ -734,12 +751,9 @@ TEST_F(Avx512KernelTest, Q4PanelDecodeBitIdenticalToAvx2) {
   for (DType t : {DType::Q4, DType::Q4A}) {
     for (int g : quant::kGroupSizes) {
       for (int cols : {1, 7, 33, 64, 100, 172, 257, 2048}) {
-        const auto w = quantized_matrix(rng_, t, 8, cols, g);
-        std::vector<uint8_t> buf(cpu::panel8_bytes(w.m));
-        const Matrix p = cpu::repack_panel8(w.m, buf.data(), pool);
-        const auto x = random_vec(rng_, static_cast<size_t>(cols));
-        std::vector<quant::BlockQ8Act> xq(static_cast<size_t>((cols + 31) / 32));
-        quant::quantize_activations(x.data(), cols, xq.data());
+        const PanelCase pc = panel_case(rng_, pool, t, cols, g);
+        const Matrix& p = pc.p;
+        const std::vector<quant::BlockQ8Act>& xq = pc.xq;
         const int dt = static_cast<int>(t);
         std::vector<float> a(8, std::nanf("")), b(8, std::nanf(""));
         avx2_.qdot_panel[dt](xq.data(), p.data, cols, g, a.data());
