@@ -45,7 +45,7 @@ def main(argv=None) -> int:
     with open(args.text, encoding="utf-8") as f:
         ids = [sp.bos_id()] + sp.encode(f.read())
     ids = ids[: args.tokens]
-    kl_sum, agree, scored, nll = 0.0, 0, 0, [0.0, 0.0]
+    kl_sum, agree, scored, predicted, nll = 0.0, 0, 0, 0, [0.0, 0.0]
     for start in range(0, len(ids), args.window):
         t = ids[start : start + args.window]
         if len(t) < 2:
@@ -54,9 +54,9 @@ def main(argv=None) -> int:
         kl_sum += float((np.exp(lp[0]) * (lp[0] - lp[1])).sum(axis=-1).sum())
         agree += int((lp[0].argmax(-1) == lp[1].argmax(-1)).sum())
         scored += len(t)
+        predicted += len(t) - 1
         for j in range(2):
             nll[j] += -sum(lp[j][i, t[i + 1]] for i in range(len(t) - 1))
-    predicted = scored - math.ceil(len(ids) / args.window)
     print(f"{scored} positions: KL(fp32 act || bf16 act) {kl_sum / scored:.3e} nats/token, "
           f"top-1 agreement {100.0 * agree / scored:.2f} %, perplexity fp32 act {math.exp(nll[0] / predicted):.5f}, "
           f"bf16 act {math.exp(nll[1] / predicted):.5f}")

@@ -146,7 +146,6 @@ ExpandedActs expand_acts(std::mt19937& rng, const cpu::Kernels& ka, const cpu::K
 
 using Config = test::BackendConfig;
 using test::config_name;
-using test::kernels_name;
 
 class QuantBackendTest : public ::testing::TestWithParam<Config> {
  protected:
