@@ -25,6 +25,7 @@ CpuFeatures detect() {
   if (force != nullptr && std::strcmp(force, "avx2") == 0) {
     f.avx512f = f.avx512bw = f.avx512vl = f.avx512vnni = f.avx512bf16 = false;
   }
+  if (force != nullptr && std::strcmp(force, "avx512") == 0) f.avx512bf16 = false;
   return f;
 }
 

@@ -42,6 +42,7 @@ class CpuBackendTest : public ::testing::TestWithParam<Config> {
   }
 
   Backend& cpu() { return *backend_; }
+  CpuBackend& cpu_backend() { return *backend_; }
 
   std::mt19937 rng_{1234};
 
@@ -120,6 +121,54 @@ TEST_P(CpuBackendTest, MatmulSiluMul) {
     check_silu_mul(cpu(), rng_, t, 70, 600, 100);
     check_silu_mul(cpu(), rng_, t, 301, 40, 9);
   }
+}
+
+// bf16 activations (set_bf16_activations): a BF16 weight's matmuls read x rounded to bf16, on every kernel set (the
+// AVX512_BF16 one through its bf16 x bf16 decode kernels, the others through the fp32 kernels on the rounded values).
+// The reference is the double-precision matmul of the rounded x; it must also differ measurably from the matmul of
+// the unrounded x, or the rounding did not happen.
+TEST_P(CpuBackendTest, MatmulBf16Activations) {
+  CpuBackend& be = cpu_backend();
+  be.set_bf16_activations(true);
+  const auto rounded = [](std::vector<float> v) {
+    for (float& f : v) f = bf16_to_f32(f32_to_bf16(f));
+    return v;
+  };
+  struct Shape {
+    int rows, cols, n;
+  };
+  for (const Shape& s : {Shape{17, 33, 1}, Shape{65, 257, 1}, Shape{65, 257, 2}, Shape{40, 600, 5}, Shape{130, 513, 16},
+                         Shape{96, 256, 31}, Shape{48, 300, 100}}) {
+    SCOPED_TRACE(::testing::Message() << s.rows << "x" << s.cols << " n=" << s.n);
+    const auto w = random_matrix(rng_, DType::BF16, s.rows, s.cols);
+    const auto up = random_matrix(rng_, DType::BF16, s.rows, s.cols);
+    const auto x = random_vec(rng_, static_cast<size_t>(s.n) * s.cols);
+    const auto bias = random_vec(rng_, s.rows);
+    const size_t count = static_cast<size_t>(s.n) * s.rows;
+    std::vector<float> want(count), unrounded(count), got = test::poisoned(count);
+    ref::matmul(rounded(x).data(), s.n, w.m, bias.data(), want.data());
+    ref::matmul(x.data(), s.n, w.m, bias.data(), unrounded.data());
+    be.matmul(x.data(), s.n, w.m, bias.data(), got.data());
+    EXPECT_TRUE(near_l2(got, want));
+    EXPECT_FALSE(near_l2(got, unrounded, 1e-4));
+    test::poison(got);
+    be.matmul_rows(x.data(), s.n, w.m, bias.data(), got.data());
+    EXPECT_TRUE(near_l2(got, want));
+    ref::matmul_silu_mul(rounded(x).data(), s.n, w.m, up.m, want.data());
+    test::poison(got);
+    be.matmul_silu_mul(x.data(), s.n, w.m, up.m, got.data());
+    EXPECT_TRUE(near_l2(got, want));
+    test::poison(got);
+    be.matmul_silu_mul_rows(x.data(), s.n, w.m, up.m, got.data());
+    EXPECT_TRUE(near_l2(got, want));
+  }
+  // Other weight types keep fp32 activations.
+  const auto w = random_matrix(rng_, DType::F32, 20, 100);
+  const auto x = random_vec(rng_, 3 * 100);
+  std::vector<float> want(60), got = test::poisoned(60);
+  ref::matmul(x.data(), 3, w.m, nullptr, want.data());
+  be.matmul(x.data(), 3, w.m, nullptr, got.data());
+  EXPECT_TRUE(near_l2(got, want));
 }
 
 TEST_P(CpuBackendTest, Rmsnorm) {
@@ -378,13 +427,15 @@ TEST_P(CpuBackendTest, Argmax) {
 INSTANTIATE_TEST_SUITE_P(Kernels, CpuBackendTest,
                          ::testing::Values(Config{CpuKernels::kPortable, 1}, Config{CpuKernels::kPortable, 3},
                                            Config{CpuKernels::kAvx2, 1}, Config{CpuKernels::kAvx2, 3},
-                                           Config{CpuKernels::kAvx512, 1}, Config{CpuKernels::kAvx512, 3}),
+                                           Config{CpuKernels::kAvx512, 1}, Config{CpuKernels::kAvx512, 3},
+                                           Config{CpuKernels::kAvx512Bf16, 1}, Config{CpuKernels::kAvx512Bf16, 3}),
                          config_name);
 
 TEST(CpuBackend, AutoPicksBestKernels) {
   CpuBackend auto_backend(2);
   const bool avx2 = cpu_features().has_avx2_fma(), avx512 = cpu_features().has_avx512();
-  const char* best = avx512 ? "avx512" : avx2 ? "avx2" : "portable";
+  const bool bf16 = cpu_features().has_avx512_bf16();
+  const char* best = bf16 ? "avx512bf16" : avx512 ? "avx512" : avx2 ? "avx2" : "portable";
   EXPECT_NE(auto_backend.name().find(best), std::string::npos) << auto_backend.name();
   EXPECT_EQ(auto_backend.threads(), 2);
   if (!avx2) {
@@ -392,6 +443,9 @@ TEST(CpuBackend, AutoPicksBestKernels) {
   }
   if (!avx512) {
     EXPECT_THROW(CpuBackend(1, CpuKernels::kAvx512), Error);
+  }
+  if (!bf16) {
+    EXPECT_THROW(CpuBackend(1, CpuKernels::kAvx512Bf16), Error);
   }
 }
 

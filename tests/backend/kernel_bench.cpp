@@ -2,7 +2,8 @@
 // GEMV bandwidth (bf16/f16/f32 and the quantized types) and GEMM throughput (fp32, plus bf16, the fused MLP op and
 // the quantized prefill paths) of one kernel set. Weights are laid out as CpuBackend::upload lays out a model's.
 //
-//   kernel_bench [--kernels auto|portable|avx2] [--threads N] [--quick] [--quant-only] [--per-call-min]
+//   kernel_bench [--kernels auto|portable|avx2|avx512|avx512bf16] [--threads N] [--quick] [--quant-only]
+//   [--per-call-min]
 //
 // --per-call-min (for a busy machine): every rate is taken from the fastest single call instead of the average
 // over a loop of calls; calls are shorter than a scheduler time slice, so the fastest ones ran undisturbed. The
@@ -140,7 +141,8 @@ struct Weights {
   tessera::Matrix m;
 };
 
-// A weight format for the benchmarks: dtype, group, and (Q8) whether activations are quantized too.
+// A weight format for the benchmarks: dtype, group, and whether activations are quantized too (Q8: int8; BF16:
+// rounded to bf16, CpuBackend::set_bf16_activations).
 // Weights go through CpuBackend::upload as a model's do (Q4/Q4A into the panel layout) unless `rows` asks for the
 // canonical row layout (for comparison; shown as "/rows").
 struct Format {
@@ -148,10 +150,12 @@ struct Format {
   int group = 0;
   bool act_int8 = false;
   bool rows = false;
+  bool act_bf16 = false;
   std::string name() const {
     std::string n(tessera::dtype_name(dtype));
     if (group) n += "-g" + std::to_string(group);
     if (act_int8) n += "+a8";
+    if (act_bf16) n += "+b16";
     if (rows) n += "/rows";
     return n;
   }
@@ -197,11 +201,16 @@ std::vector<float> make_x(size_t n) {
   return x;
 }
 
+void set_activations(tessera::CpuBackend& be, const Format& f) {
+  be.set_activation_quant(f.act_int8 ? tessera::ActQuant::kInt8 : tessera::ActQuant::kNone);
+  be.set_bf16_activations(f.act_bf16);
+}
+
 // Returns the cold time per matrix in seconds.
 double bench_gemv(tessera::CpuBackend& be, const Format& f, int64_t rows, int64_t cols, double dram_gbs, bool quick,
                   double bf16_seconds = 0) {
   const tessera::DType t = f.dtype;
-  be.set_activation_quant(f.act_int8 ? tessera::ActQuant::kInt8 : tessera::ActQuant::kNone);
+  set_activations(be, f);
   const size_t bytes = static_cast<size_t>(rows) * tessera::dtype_row_bytes(t, cols, f.group);
   const int copies = quick ? 2 : static_cast<int>(std::max<size_t>(2, ((size_t{256} << 20) + bytes - 1) / bytes));
   std::vector<Weights> ws;
@@ -256,14 +265,14 @@ double bench_gemv(tessera::CpuBackend& be, const Format& f, int64_t rows, int64_
               100.0 * cold / dram_gbs, seconds * 1e6);
   if (bf16_seconds > 0) std::printf("  %.2fx bf16", bf16_seconds / seconds);
   std::printf("\n");
-  be.set_activation_quant(tessera::ActQuant::kNone);
+  set_activations(be, {});
   return seconds;
 }
 
 double bench_gemm(tessera::CpuBackend& be, const Format& f, int n, int64_t rows, int64_t cols, double peak_gflops,
                   bool fused, double fp32_gflops = 0) {
   const tessera::DType t = f.dtype;
-  be.set_activation_quant(f.act_int8 ? tessera::ActQuant::kInt8 : tessera::ActQuant::kNone);
+  set_activations(be, f);
   auto w = make_weights(t, rows, cols, 11, f.group);
   auto w2 = make_weights(t, rows, cols, 13, f.group);
   if (!f.rows) {
@@ -294,15 +303,16 @@ double bench_gemm(tessera::CpuBackend& be, const Format& f, int n, int64_t rows,
               best / be.threads());
   if (fp32_gflops > 0) std::printf("  %.2fx fp32", best / fp32_gflops);
   std::printf("\n");
-  be.set_activation_quant(tessera::ActQuant::kNone);
+  set_activations(be, {});
   return best;
 }
 
 // Batched decode (Backend::matmul_rows: one x row per sequence, each bit for bit its single-row result): the
 // serving engine's decode step at batch n. Reports the flop rate; the weights stay in cache across calls.
-void bench_batched_decode(tessera::CpuBackend& be, tessera::DType t, int n, int64_t rows, int64_t cols,
+void bench_batched_decode(tessera::CpuBackend& be, const Format& f, int n, int64_t rows, int64_t cols,
                           double peak_gflops) {
-  auto w = make_weights(t, rows, cols, 17);
+  set_activations(be, f);
+  auto w = make_weights(f.dtype, rows, cols, 17);
   w.m = be.upload(w.m);
   const auto x = make_x(static_cast<size_t>(n) * cols);
   std::vector<float> y(static_cast<size_t>(n) * rows);
@@ -314,9 +324,10 @@ void bench_batched_decode(tessera::CpuBackend& be, tessera::DType t, int n, int6
     for (int i = 0; i < inner; ++i) be.matmul_rows(x.data(), n, w.m, nullptr, y.data());
     best = std::max(best, 2.0 * n * rows * cols * inner / seconds_since(t0) / 1e9);
   }
-  std::printf("decode batch %-6s n=%-4d %5lldx%-5lld %7.1f GFLOP/s  (%3.0f%% of fp32 peak)\n",
-              std::string(tessera::dtype_name(t)).c_str(), n, static_cast<long long>(rows),
-              static_cast<long long>(cols), best, 100.0 * best / (peak_gflops * be.threads()));
+  std::printf("decode batch %-9s n=%-4d %5lldx%-5lld %7.1f GFLOP/s  (%3.0f%% of fp32 peak)\n", f.name().c_str(), n,
+              static_cast<long long>(rows), static_cast<long long>(cols), best,
+              100.0 * best / (peak_gflops * be.threads()));
+  set_activations(be, {});
 }
 
 // Attention over a filled cache: decode reports the K/V read rate, prefill the flop rate (QK and PV, causal).
@@ -354,10 +365,11 @@ int main(int argc, char** argv) {
     const std::string a = argv[i];
     if (a == "--kernels" && i + 1 < argc) {
       const std::string k = argv[++i];
-      kernels = k == "portable" ? tessera::CpuKernels::kPortable
-                : k == "avx2"   ? tessera::CpuKernels::kAvx2
-                : k == "avx512" ? tessera::CpuKernels::kAvx512
-                                : tessera::CpuKernels::kAuto;
+      kernels = k == "portable"     ? tessera::CpuKernels::kPortable
+                : k == "avx2"       ? tessera::CpuKernels::kAvx2
+                : k == "avx512"     ? tessera::CpuKernels::kAvx512
+                : k == "avx512bf16" ? tessera::CpuKernels::kAvx512Bf16
+                                    : tessera::CpuKernels::kAuto;
     } else if (a == "--threads" && i + 1 < argc) {
       threads = std::stoi(argv[++i]);
     } else if (a == "--quick") {
@@ -367,9 +379,10 @@ int main(int argc, char** argv) {
     } else if (a == "--per-call-min") {
       g_per_call_min = true;
     } else {
-      std::fprintf(stderr,
-                   "usage: kernel_bench [--kernels auto|portable|avx2] [--threads N] [--quick] [--quant-only] "
-                   "[--per-call-min]\n");
+      std::fprintf(
+          stderr,
+          "usage: kernel_bench [--kernels auto|portable|avx2|avx512|avx512bf16] [--threads N] [--quick] [--quant-only] "
+          "[--per-call-min]\n");
       return 2;
     }
   }
@@ -384,18 +397,26 @@ int main(int argc, char** argv) {
 
   using tessera::DType;
   if (!quant_only) {
-    for (DType t : {DType::BF16, DType::F16, DType::F32}) {
-      bench_gemv(be, {t}, 2048, 5632, read_gbs, quick);
-      bench_gemv(be, {t}, 5632, 2048, read_gbs, quick);
+    for (const Format& f :
+         {Format{DType::BF16}, Format{DType::BF16, 0, false, false, true}, Format{DType::F16}, Format{DType::F32}}) {
+      bench_gemv(be, f, 2048, 5632, read_gbs, quick);
+      bench_gemv(be, f, 5632, 2048, read_gbs, quick);
     }
     bench_gemm(be, {DType::F32}, 128, 2048, 2048, peak, false);
-    bench_gemm(be, {DType::BF16}, 128, 2048, 2048, peak, false);
-    bench_gemm(be, {DType::BF16}, 128, 5632, 2048, peak, true);
+    for (const Format& f : {Format{DType::BF16}, Format{DType::BF16, 0, false, false, true}}) {
+      bench_gemm(be, f, 128, 2048, 2048, peak, false);
+      bench_gemm(be, f, 128, 5632, 2048, peak, true);
+      bench_gemm(be, f, 32, 768, 768, peak, false);
+    }
     bench_gemm(be, {DType::F32}, 4, 2048, 2048, peak, false);
-    for (int n : {4, 16, 32, 64}) bench_batched_decode(be, DType::BF16, n, 768, 768, peak);
+    const Format bf16_b16{DType::BF16, 0, false, false, true};
+    for (const Format& f : {Format{DType::BF16}, bf16_b16}) {
+      for (int n : {4, 16, 32, 64}) bench_batched_decode(be, f, n, 768, 768, peak);
+    }
     for (int n : {16, 32, 64}) bench_gemm(be, {DType::BF16}, n, 768, 768, peak, false);
-    bench_batched_decode(be, DType::BF16, 16, 2048, 768, peak);
-    bench_batched_decode(be, DType::F32, 16, 768, 768, peak);
+    bench_batched_decode(be, {DType::BF16}, 16, 2048, 768, peak);
+    bench_batched_decode(be, bf16_b16, 16, 2048, 768, peak);
+    bench_batched_decode(be, {DType::F32}, 16, 768, 768, peak);
     bench_attention(be, 1, 4095);
     bench_attention(be, 128, 0);
     bench_attention(be, 128, 1024);

@@ -17,7 +17,10 @@ struct BackendConfig {
 };
 
 inline std::string kernels_name(CpuKernels k) {
-  return k == CpuKernels::kAvx512 ? "avx512" : k == CpuKernels::kAvx2 ? "avx2" : "portable";
+  return k == CpuKernels::kAvx512Bf16 ? "avx512bf16"
+         : k == CpuKernels::kAvx512   ? "avx512"
+         : k == CpuKernels::kAvx2     ? "avx2"
+                                      : "portable";
 }
 
 inline std::string config_name(const ::testing::TestParamInfo<BackendConfig>& info) {
@@ -28,6 +31,7 @@ inline std::string config_name(const ::testing::TestParamInfo<BackendConfig>& in
 inline std::string missing_cpu_features(CpuKernels k) {
   if (k == CpuKernels::kAvx2 && !cpu_features().has_avx2_fma()) return "CPU lacks AVX2+FMA+F16C";
   if (k == CpuKernels::kAvx512 && !cpu_features().has_avx512()) return "CPU lacks AVX-512 F+BW+VL+VNNI";
+  if (k == CpuKernels::kAvx512Bf16 && !cpu_features().has_avx512_bf16()) return "CPU lacks AVX512_BF16";
   return "";
 }
 

@@ -1,5 +1,5 @@
 // Backend::matmul_rows / matmul_silu_mul_rows: every row's result is bit for bit what matmul gives for that row
-// alone, for every weight type and activation mode, both kernel sets and any thread count. This is what makes a
+// alone, for every weight type and activation mode, every kernel set and any thread count. This is what makes a
 // sequence's output independent of the batch it is decoded in.
 #include <gtest/gtest.h>
 
@@ -22,14 +22,13 @@ struct WeightCase {
   DType dtype;
   int group;
   ActQuant act;
+  bool bf16_act = false;  // CpuBackend::set_bf16_activations
 };
 
 std::vector<WeightCase> weight_cases() {
-  std::vector<WeightCase> cases{{DType::F32, 0, ActQuant::kNone},
-                                {DType::F16, 0, ActQuant::kNone},
-                                {DType::BF16, 0, ActQuant::kNone},
-                                {DType::Q8, 0, ActQuant::kNone},
-                                {DType::Q8, 0, ActQuant::kInt8}};
+  std::vector<WeightCase> cases{{DType::F32, 0, ActQuant::kNone},  {DType::F16, 0, ActQuant::kNone},
+                                {DType::BF16, 0, ActQuant::kNone}, {DType::BF16, 0, ActQuant::kNone, true},
+                                {DType::Q8, 0, ActQuant::kNone},   {DType::Q8, 0, ActQuant::kInt8}};
   for (DType t : {DType::Q4, DType::Q4A, DType::NF4})
     for (int g : {32, 128}) cases.push_back({t, g, ActQuant::kNone});
   return cases;
@@ -46,6 +45,9 @@ std::vector<std::unique_ptr<CpuBackend>> backends() {
     out.push_back(std::make_unique<CpuBackend>(threads, CpuKernels::kPortable));
     if (cpu_features().has_avx2_fma()) out.push_back(std::make_unique<CpuBackend>(threads, CpuKernels::kAvx2));
     if (cpu_features().has_avx512()) out.push_back(std::make_unique<CpuBackend>(threads, CpuKernels::kAvx512));
+    if (cpu_features().has_avx512_bf16()) {
+      out.push_back(std::make_unique<CpuBackend>(threads, CpuKernels::kAvx512Bf16));
+    }
   }
   return out;
 }
@@ -59,6 +61,7 @@ TEST(MatmulRows, EachRowAsIfAlone) {
   for (auto& be : backends()) {
     for (const WeightCase& c : weight_cases()) {
       be->set_activation_quant(c.act);
+      be->set_bf16_activations(c.bf16_act);
       for (int64_t rows : {1, 17, 70}) {
         for (int64_t cols : {7, 33, 256, 300}) {
           const OwnedMatrix w = weights(rng, c, rows, cols);
@@ -66,7 +69,8 @@ TEST(MatmulRows, EachRowAsIfAlone) {
           for (int n : {1, 2, 3, 5, 6, 7, 13, 16}) {
             SCOPED_TRACE(::testing::Message()
                          << be->name() << " " << dtype_name(c.dtype) << " g" << c.group
-                         << (c.act == ActQuant::kInt8 ? " act-int8" : "") << " " << rows << "x" << cols << " n=" << n);
+                         << (c.act == ActQuant::kInt8 ? " act-int8" : "") << (c.bf16_act ? " act-bf16" : "") << " "
+                         << rows << "x" << cols << " n=" << n);
             const auto x = test::random_vec(rng, static_cast<size_t>(n * cols));
             std::vector<float> got = test::poisoned(static_cast<size_t>(n * rows)), one(static_cast<size_t>(rows));
             be->matmul_rows(x.data(), n, w.m, bias.data(), got.data());
@@ -87,6 +91,7 @@ TEST(MatmulRows, FusedSiluMulEachRowAsIfAlone) {
   for (auto& be : backends()) {
     for (const WeightCase& c : weight_cases()) {
       be->set_activation_quant(c.act);
+      be->set_bf16_activations(c.bf16_act);
       const int64_t hidden = 45, dim = 256;
       const OwnedMatrix g = weights(rng, c, hidden, dim), u = weights(rng, c, hidden, dim);
       for (int n : {1, 2, 3, 7, 9, 16}) {

@@ -43,14 +43,16 @@ struct AlignedAllocator {
 };
 using AlignedFloats = std::vector<float, AlignedAllocator<float>>;
 using AlignedInt16s = std::vector<int16_t, AlignedAllocator<int16_t>>;
+using AlignedUint32s = std::vector<uint32_t, AlignedAllocator<uint32_t>>;
 
 // Scratch owned by one pool slot; fixed sizes (set by the blocking constants), allocated once.
 struct SlotScratch {
   AlignedFloats panel = AlignedFloats(static_cast<size_t>(kKc) * kGemmNR);
-  AlignedFloats tile = AlignedFloats(static_cast<size_t>(kMc) * kGemmNR);     // C of ragged, fused and int8 tiles
-  AlignedFloats init = AlignedFloats(kGemmNR);                                // zero-padded bias of a ragged tile
-  AlignedInt16s panel16 = AlignedInt16s(static_cast<size_t>(kKc) * kGemmNR);  // int8 GEMM weight panel
-  AlignedFloats wscale = AlignedFloats(kGemmNR);                              // its rows' Q8 scales
+  AlignedFloats tile = AlignedFloats(static_cast<size_t>(kMc) * kGemmNR);         // C of ragged, fused and int8 tiles
+  AlignedFloats init = AlignedFloats(kGemmNR);                                    // zero-padded bias of a ragged tile
+  AlignedInt16s panel16 = AlignedInt16s(static_cast<size_t>(kKc) * kGemmNR);      // int8 GEMM weight panel
+  AlignedFloats wscale = AlignedFloats(kGemmNR);                                  // its rows' Q8 scales
+  AlignedUint32s pairs = AlignedUint32s(static_cast<size_t>(kKc / 2) * kGemmNR);  // bf16 pair panel
   AlignedFloats attend;  // K/V block copies; grown (outside the hot loop) when a wider batch span appears
 };
 static_assert(kKc % cpu::kQ8ActBlock == 0 && kMc % cpu::kGemmI8MR == 0);
@@ -92,6 +94,10 @@ struct ActScratch {
   AlignedInt16s q16;
   AlignedFloats scales;
   int64_t blocks = 0;  // per row
+  // bf16 activations (BF16 weights with set_bf16_activations): the rows as bf16 bits for the bf16 x bf16 kernels,
+  // or as bf16 values in fp32 for the fp32-activation kernels (GEMM, and sets without bf16 dot products).
+  std::vector<uint16_t, AlignedAllocator<uint16_t>> bf16;
+  AlignedFloats rounded;
 };
 
 struct CpuBackend::Impl {
@@ -105,6 +111,7 @@ CpuBackend::CpuBackend(int n_threads, CpuKernels kernels)
     : pool_(n_threads <= 0 ? ThreadPool::default_threads() : n_threads), impl_(std::make_unique<Impl>()) {
   const bool avx2 = cpu_features().has_avx2_fma();
   const bool avx512 = cpu_features().has_avx512();
+  const bool avx512_bf16 = cpu_features().has_avx512_bf16();
   if (kernels == CpuKernels::kAvx2 && !avx2) {
     throw Error("AVX2 kernels requested, but this CPU (or TESSERA_CPU_FEATURES) does not offer AVX2+FMA+F16C");
   }
@@ -113,7 +120,14 @@ CpuBackend::CpuBackend(int n_threads, CpuKernels kernels)
         "AVX-512 kernels requested, but this CPU (or TESSERA_CPU_FEATURES) does not offer "
         "AVX-512 F+BW+VL+VNNI with AVX2+FMA+F16C");
   }
-  if (kernels == CpuKernels::kAvx512 || (kernels == CpuKernels::kAuto && avx512)) {
+  if (kernels == CpuKernels::kAvx512Bf16 && !avx512_bf16) {
+    throw Error(
+        "AVX-512 BF16 kernels requested, but this CPU (or TESSERA_CPU_FEATURES) does not offer AVX512_BF16 with "
+        "the AVX-512 set's features");
+  }
+  if (kernels == CpuKernels::kAvx512Bf16 || (kernels == CpuKernels::kAuto && avx512_bf16)) {
+    impl_->k = &cpu::avx512_bf16_kernels();
+  } else if (kernels == CpuKernels::kAvx512 || (kernels == CpuKernels::kAuto && avx512)) {
     impl_->k = &cpu::avx512_kernels();
   } else if (kernels == CpuKernels::kAvx2 || (kernels == CpuKernels::kAuto && avx2)) {
     impl_->k = &cpu::avx2_kernels();
@@ -141,12 +155,14 @@ std::string CpuBackend::name() const {
 
 namespace {
 
-// Batched decode through Kernels::dot2xm: x rows i..i+m-1 against two weight rows. fn is null for weight types
-// without the tile kernel (the drivers then keep to dotR / dotR2).
+// Batched decode through Kernels::dot2xm (X = float) or bdot2xm (X = uint16_t, bf16 activations): x rows i..i+m-1
+// against two weight rows. fn is null for weight types without the tile kernel (the drivers then keep to dotR /
+// dotR2).
+template <typename X>
 struct RowTile {
-  using Fn = void (*)(const float*, int64_t, int, const void* const*, const void* const*, int64_t, float*, int64_t);
+  using Fn = void (*)(const X*, int64_t, int, const void* const*, const void* const*, int64_t, float*, int64_t);
   Fn fn = nullptr;
-  const float* x = nullptr;
+  const X* x = nullptr;
   int64_t cols = 0;
   int max_rows = 0;  // most x rows per call (Kernels::dot_tile_rows)
 
@@ -193,9 +209,9 @@ void for_each_tile(int n, int tile_rows, int64_t begin, int64_t end, int64_t ste
 // With three or more x rows and a tile kernel, the rows the R-row kernel would take go through dot2xm instead, in
 // blocks of weight rows with every tile of x rows run against a block (same arithmetic per row, fewer weight
 // conversions and loads per FMA); the ragged rows stay with dot1 either way.
-template <int R, typename DotR, typename DotR2, typename Dot1>
+template <int R, typename DotR, typename DotR2, typename Dot1, typename Tile>
 void gemv(ThreadPool& pool, const Matrix& w, int n, const float* bias, float* y, const DotR& dotR, const DotR2& dotR2,
-          const Dot1& dot1, const RowTile& tile) {
+          const Dot1& dot1, const Tile& tile) {
   static_assert(R % 2 == 0);
   const int64_t groups = (w.rows + R - 1) / R;
   const int n_slots = static_cast<int>(std::min<int64_t>(pool.size(), groups));
@@ -293,9 +309,80 @@ GemmPart gemm_part_of(const GemmSplit& plan, int t, int64_t tiles, int n) {
   return {g.begin * kGemmMR, std::min<int64_t>(n, g.end * kGemmMR), 0, tiles};
 }
 
+// bf16 activations: the n rows of x (cols values each) rounded to bf16 (to nearest even) into `out`, rows ld >= cols
+// apart and zero-padded, as bf16 bits (Out = uint16_t, for the bf16 x bf16 kernels) or as those values in fp32
+// (Out = float, for the fp32-activation kernels). Every kernel set rounds with this one function, so the sets differ
+// only in how they sum the (exact) products.
+template <typename Out>
+Out* round_to_bf16(ThreadPool& pool, const float* x, int64_t n, int64_t cols, int64_t ld,
+                   std::vector<Out, AlignedAllocator<Out>>& out) {
+  if (out.size() < static_cast<size_t>(n * ld)) out.resize(static_cast<size_t>(n * ld));  // never in the hot loops
+  Out* o = out.data();
+  const auto run = [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      for (int64_t c = 0; c < cols; ++c) {
+        const uint16_t h = f32_to_bf16(x[i * cols + c]);
+        if constexpr (std::is_same_v<Out, uint16_t>) {
+          o[i * ld + c] = h;
+        } else {
+          o[i * ld + c] = bf16_to_f32(h);
+        }
+      }
+      std::fill(o + i * ld + cols, o + (i + 1) * ld, Out{0});
+    }
+  };
+  if (n == 1 || n * cols < kMinParallelElems) {
+    run(0, n);
+  } else {
+    pool.parallel_for(n, 1, run);
+  }
+  return o;
+}
+
+// The GEMM's activations: fp32 rows (x, K values apart) for Kernels::gemm_tile, or with bf16 activations on a set
+// with gemm_bf16_tile, bf16 rows (xb, ldxb apart: K rounded up to even, as the tile reads pairs), each packed
+// panel then turned into pairs.
+struct GemmInput {
+  const float* x = nullptr;
+  const uint16_t* xb = nullptr;
+  int64_t ldxb = 0;
+};
+
+// One k block [kb, kb + kc) of a 16-wide weight tile packed into s.panel, against x rows [row0, row0 + mb):
+// c[i*ldc + j] for i < mb starts from init (null: from c) as in Kernels::gemm_tile.
+void gemm_block(const cpu::Kernels& k, SlotScratch& s, const GemmInput& in, int64_t K, int64_t row0, int64_t mb,
+                int64_t kb, int64_t kc, const float* init, float* c, int64_t ldc) {
+  if (in.xb != nullptr) k.pair_panel(s.panel.data(), kc, s.pairs.data());
+  for (int64_t i = 0; i < mb; i += k.gemm_tile_rows) {
+    const int mr = static_cast<int>(std::min<int64_t>(k.gemm_tile_rows, mb - i));
+    if (in.xb != nullptr) {
+      k.gemm_bf16_tile(in.xb + (row0 + i) * in.ldxb + kb, in.ldxb, mr, s.pairs.data(), kc, init, c + i * ldc, ldc);
+    } else {
+      k.gemm_tile(in.x + (row0 + i) * K + kb, K, mr, s.panel.data(), kc, init, c + i * ldc, ldc);
+    }
+  }
+}
+
+// The GEMM input for x's n rows of K values: fp32 as they are, or (bf16_kernels) rounded to bf16 in the scratch.
+GemmInput gemm_input(ThreadPool& pool, ActScratch& act, const float* x, int64_t n, int64_t K, bool bf16_kernels) {
+  if (!bf16_kernels) return {x};
+  const int64_t ld = K + (K & 1);
+  return {nullptr, round_to_bf16(pool, x, n, K, ld, act.bf16), ld};
+}
+
+// How a matmul with a BF16 weight reads bf16 activations: not at all (fp32 activations, or another weight type),
+// through the set's bf16 x bf16 kernels, or as bf16 values in fp32 through the fp32-activation kernels (sets
+// without bf16 kernels for this path).
+enum class BfActivations { kNone, kBf16Kernels, kRoundedFp32 };
+BfActivations bf16_activations_for(const cpu::Kernels& k, bool bf16_act, bool rowwise) {
+  if (!bf16_act) return BfActivations::kNone;
+  const bool native = rowwise ? k.bdot4 != nullptr : k.gemm_bf16_tile != nullptr;
+  return native ? BfActivations::kBf16Kernels : BfActivations::kRoundedFp32;
+}
+
 // Prefill: y[n][rows] = x[n][K] w^T (+ bias). For each 16-row tile of w and k block, the weights are converted to
 // an fp32 panel once and reused by every x row of the n block (6 rows per micro-kernel call).
-void gemm_part(const cpu::Kernels& k, SlotScratch& s, const float* x, int64_t n_begin, int64_t n_end,
+void gemm_part(const cpu::Kernels& k, SlotScratch& s, const GemmInput& in, int64_t n_begin, int64_t n_end,
                int64_t tile_begin, int64_t tile_end, const Matrix& w, const float* bias, float* y) {
   const int64_t K = w.cols, rows = w.rows;
   for (int64_t nb = n_begin; nb < n_end; nb += kMc) {
@@ -320,10 +407,7 @@ void gemm_part(const cpu::Kernels& k, SlotScratch& s, const float* x, int64_t n_
       for (int64_t kb = 0; kb < K; kb += kKc) {
         const int64_t kc = std::min(kKc, K - kb);
         pack_rows(k, w, r0, nr, kGemmNR, kb, kc, s.panel.data());
-        for (int64_t i = 0; i < mb; i += k.gemm_tile_rows) {
-          const int mr = static_cast<int>(std::min<int64_t>(k.gemm_tile_rows, mb - i));
-          k.gemm_tile(x + (nb + i) * K + kb, K, mr, s.panel.data(), kc, kb == 0 ? init : nullptr, c + i * ldc, ldc);
-        }
+        gemm_block(k, s, in, K, nb, mb, kb, kc, kb == 0 ? init : nullptr, c, ldc);
       }
       if (!full) {
         for (int64_t i = 0; i < mb; ++i) std::copy_n(s.tile.data() + i * kGemmNR, nr, y + (nb + i) * rows + r0);
@@ -424,7 +508,8 @@ bool uses_int8_activations(const Matrix& w, bool rowwise, ActQuant mode) {
   return w.dtype == DType::Q8 ? mode == ActQuant::kInt8 : is_grouped(w.dtype) && rowwise;
 }
 
-// Decode (one x row, or matmul_rows): picks the row-dot functors for w's type and activation handling and calls
+// Decode (one x row, or matmul_rows): picks the row-dot functors for w's type and activation handling (bf16_dots: the
+// set's bf16 x bf16 kernels for a BF16 weight under bf16 activations) and calls
 // drive(std::integral_constant<int, R>{}, dotR, dotR2, dot1, tile), where dotR(i, ...) computes R rows per call for
 // x row i, dotR2(i, ..., out, ldo) the same for x rows i and i + 1, dot1(i, row) one row, and tile is the batched
 // decode tile (RowTile; no kernel for the int8-activation forms). Shared by matmul and
@@ -432,9 +517,24 @@ bool uses_int8_activations(const Matrix& w, bool rowwise, ActQuant mode) {
 // sequence's logits do not depend on the batch around it.
 template <typename Drive>
 void dispatch_gemv(ThreadPool& pool, const cpu::Kernels& k, ActScratch& act, const float* x, int n, const Matrix& w,
-                   bool int8_act, const Drive& drive) {
+                   bool int8_act, bool bf16_dots, const Drive& drive) {
   const int dt = static_cast<int>(w.dtype);
   const int64_t cols = w.cols;
+  if (bf16_dots) {
+    TESSERA_CHECK(w.dtype == DType::BF16 && k.bdot4 != nullptr);
+    const uint16_t* xb = round_to_bf16(pool, x, n, cols, cols, act.bf16);
+    drive(
+        std::integral_constant<int, 4>{},
+        [&](int i, const void* const* rows, const void* const* next, float* out) {
+          k.bdot4(xb + i * cols, rows, next, cols, out);
+        },
+        [&](int i, const void* const* rows, const void* const* next, float* out, int64_t ldo) {
+          k.bdot4x2(xb + i * cols, cols, rows, next, cols, out, ldo);
+        },
+        [&](int i, const void* row) { return k.bdot1(xb + i * cols, row, cols); },
+        RowTile<uint16_t>{k.bdot2xm, xb, cols, k.dot_tile_rows});
+    return;
+  }
   if (!int8_act) {
     const auto dot4 = k.dot4[dt];
     const auto dot4x2 = k.dot4x2[dt];
@@ -453,7 +553,7 @@ void dispatch_gemv(ThreadPool& pool, const cpu::Kernels& k, ActScratch& act, con
           }
         },
         [&](int i, const void* row) { return dot1(x + i * cols, row, cols); },
-        RowTile{k.dot2xm[dt], x, cols, k.dot_tile_rows});
+        RowTile<float>{k.dot2xm[dt], x, cols, k.dot_tile_rows});
     return;
   }
   quantize_rows(pool, k, x, n, cols, false, act);
@@ -471,12 +571,12 @@ void dispatch_gemv(ThreadPool& pool, const cpu::Kernels& k, ActScratch& act, con
     const auto dotR = [&](int i, const void* const* rows, const void* const* next, float* out) {
       qdot8(xq + i * blocks, rows, next, cols, w.group, out);
     };
-    drive(std::integral_constant<int, 8>{}, dotR, pair(dotR), qdot1, RowTile{});
+    drive(std::integral_constant<int, 8>{}, dotR, pair(dotR), qdot1, RowTile<float>{});
   } else {
     const auto dotR = [&, qdot4 = k.qdot4[dt]](int i, const void* const* rows, const void* const* next, float* out) {
       qdot4(xq + i * blocks, rows, next, cols, w.group, out);
     };
-    drive(std::integral_constant<int, 4>{}, dotR, pair(dotR), qdot1, RowTile{});
+    drive(std::integral_constant<int, 4>{}, dotR, pair(dotR), qdot1, RowTile<float>{});
   }
 }
 
@@ -512,6 +612,8 @@ void CpuBackend::matmul_impl(const float* x, int n, const Matrix& w, const float
   }
   const cpu::Kernels& k = *impl_->k;
   const bool int8_act = uses_int8_activations(w, rowwise, act_quant_);
+  const BfActivations bf16 = bf16_activations_for(k, bf16_act_ && w.dtype == DType::BF16, rowwise);
+  if (bf16 == BfActivations::kRoundedFp32) x = round_to_bf16(pool_, x, n, w.cols, w.cols, impl_->act.rounded);
   if (is_grouped(w.dtype)) TESSERA_CHECK_MSG(w.group == 32 || w.group == 64 || w.group == 128, "bad quant group");
   if (rowwise && w.layout == MatrixLayout::kPanels8) {
     const auto dot = panel_dots(pool_, k, impl_->act, x, n, w);
@@ -526,14 +628,15 @@ void CpuBackend::matmul_impl(const float* x, int n, const Matrix& w, const float
     return;
   }
   if (rowwise) {
-    dispatch_gemv(pool_, k, impl_->act, x, n, w, int8_act,
-                  [&](auto rows, const auto& dotR, const auto& dotR2, const auto& dot1, const RowTile& tile) {
+    dispatch_gemv(pool_, k, impl_->act, x, n, w, int8_act, bf16 == BfActivations::kBf16Kernels,
+                  [&](auto rows, const auto& dotR, const auto& dotR2, const auto& dot1, const auto& tile) {
                     gemv<decltype(rows)::value>(pool_, w, n, bias, y, dotR, dotR2, dot1, tile);
                   });
     return;
   }
   const int64_t tiles = (w.rows + kGemmNR - 1) / kGemmNR;
   const GemmSplit plan = plan_gemm(pool_.size(), tiles, n);
+  const GemmInput in = gemm_input(pool_, impl_->act, x, n, w.cols, bf16 == BfActivations::kBf16Kernels);
   if (int8_act) {
     quantize_rows(pool_, k, x, n, w.cols, true, impl_->act);
     reserve_panels(impl_->slots, plan.n_slots, impl_->act.blocks * cpu::kQ8ActBlock);
@@ -544,7 +647,7 @@ void CpuBackend::matmul_impl(const float* x, int n, const Matrix& w, const float
     if (int8_act) {
       gemm_i8_part(k, s, impl_->act, n_begin, n_end, t_begin, t_end, w, bias, y);
     } else {
-      gemm_part(k, s, x, n_begin, n_end, t_begin, t_end, w, bias, y);
+      gemm_part(k, s, in, n_begin, n_end, t_begin, t_end, w, bias, y);
     }
   });
 }
@@ -558,9 +661,9 @@ namespace {
 // dotR / dot1 as for gemv; out is [n][hidden].
 // With a tile kernel and three or more x rows, each dot2xm call takes one hidden unit's gate and up rows, blocked as
 // in gemv.
-template <int R, typename DotR, typename DotR2, typename Dot1>
+template <int R, typename DotR, typename DotR2, typename Dot1, typename Tile>
 void gemv_silu_mul(ThreadPool& pool, const Matrix& gate, const Matrix& up, int n, float* out, const DotR& dotR,
-                   const DotR2& dotR2, const Dot1& dot1, const RowTile& tile) {
+                   const DotR2& dotR2, const Dot1& dot1, const Tile& tile) {
   constexpr int kUnits = R / 2;
   const int64_t hidden = gate.rows;
   const int64_t groups = (hidden + kUnits - 1) / kUnits;
@@ -613,7 +716,7 @@ void gemv_silu_mul(ThreadPool& pool, const Matrix& gate, const Matrix& up, int n
 // Prefill: a panel holds 8 gate rows in columns 0..7 and the matching 8 up rows in columns 8..15, so one micro-kernel
 // pass yields both dots of 8 hidden units; the 16-wide partial sums live in the slot's small tile scratch across k
 // blocks and only silu(g) * u is written out.
-void gemm_silu_mul_part(const cpu::Kernels& k, SlotScratch& s, const float* x, int64_t n_begin, int64_t n_end,
+void gemm_silu_mul_part(const cpu::Kernels& k, SlotScratch& s, const GemmInput& in, int64_t n_begin, int64_t n_end,
                         int64_t tile_begin, int64_t tile_end, const Matrix& gate, const Matrix& up, float* out) {
   constexpr int kHalf = kGemmNR / 2;
   const int64_t K = gate.cols, hidden = gate.rows;
@@ -626,11 +729,7 @@ void gemm_silu_mul_part(const cpu::Kernels& k, SlotScratch& s, const float* x, i
         const int64_t kc = std::min(kKc, K - kb);
         pack_rows(k, gate, h0, nh, kHalf, kb, kc, s.panel.data());
         pack_rows(k, up, h0, nh, kHalf, kb, kc, s.panel.data() + kHalf);
-        for (int64_t i = 0; i < mb; i += k.gemm_tile_rows) {
-          const int mr = static_cast<int>(std::min<int64_t>(k.gemm_tile_rows, mb - i));
-          k.gemm_tile(x + (nb + i) * K + kb, K, mr, s.panel.data(), kc, kb == 0 ? kZeros : nullptr,
-                      s.tile.data() + i * kGemmNR, kGemmNR);
-        }
+        gemm_block(k, s, in, K, nb, mb, kb, kc, kb == 0 ? kZeros : nullptr, s.tile.data(), kGemmNR);
       }
       for (int64_t i = 0; i < mb; ++i) {
         const float* c = s.tile.data() + i * kGemmNR;
@@ -689,6 +788,8 @@ void CpuBackend::matmul_silu_mul_impl(const float* x, int n, const Matrix& gate,
   }
   const cpu::Kernels& k = *impl_->k;
   const bool int8_act = uses_int8_activations(gate, rowwise, act_quant_);
+  const BfActivations bf16 = bf16_activations_for(k, bf16_act_ && gate.dtype == DType::BF16, rowwise);
+  if (bf16 == BfActivations::kRoundedFp32) x = round_to_bf16(pool_, x, n, gate.cols, gate.cols, impl_->act.rounded);
   if (is_grouped(gate.dtype)) {
     TESSERA_CHECK_MSG(gate.group == 32 || gate.group == 64 || gate.group == 128, "bad quant group");
   }
@@ -707,14 +808,15 @@ void CpuBackend::matmul_silu_mul_impl(const float* x, int n, const Matrix& gate,
     return;
   }
   if (rowwise) {
-    dispatch_gemv(pool_, k, impl_->act, x, n, gate, int8_act,
-                  [&](auto rows, const auto& dotR, const auto& dotR2, const auto& dot1, const RowTile& tile) {
+    dispatch_gemv(pool_, k, impl_->act, x, n, gate, int8_act, bf16 == BfActivations::kBf16Kernels,
+                  [&](auto rows, const auto& dotR, const auto& dotR2, const auto& dot1, const auto& tile) {
                     gemv_silu_mul<decltype(rows)::value>(pool_, gate, up, n, out, dotR, dotR2, dot1, tile);
                   });
     return;
   }
   const int64_t tiles = (gate.rows + kGemmNR / 2 - 1) / (kGemmNR / 2);
   const GemmSplit plan = plan_gemm(pool_.size(), tiles, n);
+  const GemmInput in = gemm_input(pool_, impl_->act, x, n, gate.cols, bf16 == BfActivations::kBf16Kernels);
   if (int8_act) {
     quantize_rows(pool_, k, x, n, gate.cols, true, impl_->act);
     reserve_panels(impl_->slots, plan.n_slots, impl_->act.blocks * cpu::kQ8ActBlock);
@@ -725,7 +827,7 @@ void CpuBackend::matmul_silu_mul_impl(const float* x, int n, const Matrix& gate,
     if (int8_act) {
       gemm_i8_silu_mul_part(k, s, impl_->act, n_begin, n_end, t_begin, t_end, gate, up, out);
     } else {
-      gemm_silu_mul_part(k, s, x, n_begin, n_end, t_begin, t_end, gate, up, out);
+      gemm_silu_mul_part(k, s, in, n_begin, n_end, t_begin, t_end, gate, up, out);
     }
   });
 }

@@ -1,5 +1,5 @@
 // The CPU backend: multithreaded ops over a ThreadPool, inner loops from the best kernel set the CPU supports
-// (AVX-512, AVX2+FMA+F16C or portable), picked once at construction from cpuid.
+// (AVX-512 with BF16, AVX-512, AVX2+FMA+F16C or portable), picked once at construction from cpuid.
 #pragma once
 
 #include <memory>
@@ -11,7 +11,7 @@
 
 namespace tessera {
 
-enum class CpuKernels { kAuto, kPortable, kAvx2, kAvx512 };
+enum class CpuKernels { kAuto, kPortable, kAvx2, kAvx512, kAvx512Bf16 };
 
 // Dynamic activation quantization for int8 (Q8) weights: kInt8 quantizes each activation row to int8 at run time
 // so the dot products run in int8 (--act-quant int8). Int4/NF4 GEMV always uses int8 activation blocks.
@@ -27,6 +27,12 @@ class CpuBackend final : public Backend {
   std::string name() const override;  // e.g. "cpu(avx2, 2 threads)"
   int threads() const { return pool_.size(); }
   void set_activation_quant(ActQuant mode) { act_quant_ = mode; }
+  // bf16 activations for BF16 weights: every matmul with a BF16 weight first rounds its input rows to bf16, so
+  // each product is of two bf16 values (exact in fp32) and the sums are fp32, as llama.cpp and cuBLAS compute bf16
+  // models. On CPUs with AVX512_BF16 the decode kernels then use vdpbf16ps (about twice the batched throughput);
+  // elsewhere the fp32-activation kernels read the rounded values. Off (the default here): fp32 activations.
+  void set_bf16_activations(bool on) { bf16_act_ = on; }
+  bool bf16_activations() const { return bf16_act_; }
   // Q4/Q4A matrices are copied into the panel layout (engine/backend/cpu/panel8.h, kept for the backend's
   // lifetime); other weights are used in place. Not thread-safe (models upload at construction).
   Matrix upload(const Matrix& host) override;
@@ -57,6 +63,7 @@ class CpuBackend final : public Backend {
   ThreadPool pool_;
   std::unique_ptr<Impl> impl_;
   ActQuant act_quant_ = ActQuant::kNone;
+  bool bf16_act_ = false;
 };
 
 }  // namespace tessera

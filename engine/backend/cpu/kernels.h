@@ -99,6 +99,27 @@ struct Kernels {
                              int64_t cols, float* out, int64_t ldo);
   int dot_tile_rows;  // <= kMaxDotTileRows
 
+  // Decode for BF16 weights with bf16 activations (x rows rounded to bf16 once per matmul): dot4, dot4x2, dot2xm and
+  // dot1 with uint16_t bf16 x rows, the same shapes and the same contract (every x row's results are bit for bit
+  // the same whichever of the four computes them). Products of two bf16 values are exact in fp32; they are summed
+  // in pairs into fp32 lanes (vdpbf16ps). Only the set built for AVX512_BF16 has them (null elsewhere: drivers
+  // then round x to bf16 values in fp32 and call the fp32-activation kernels).
+  void (*bdot4)(const uint16_t* x, const void* const* rows, const void* const* next, int64_t cols, float* out);
+  float (*bdot1)(const uint16_t* x, const void* row, int64_t cols);
+  void (*bdot4x2)(const uint16_t* x, int64_t ldx, const void* const* rows, const void* const* next, int64_t cols,
+                  float* out, int64_t ldo);
+  void (*bdot2xm)(const uint16_t* x, int64_t ldx, int m, const void* const* rows, const void* const* next, int64_t cols,
+                  float* out, int64_t ldo);
+  // GEMM with bf16 activations (the same set; null elsewhere). pair_panel turns a Kernels::pack panel of a BF16
+  // weight (kc rows of kGemmNR fp32 values, each a bf16 value) into kGemmNR-wide rows of bf16 pairs:
+  // pairs[p*kGemmNR + j] = bf16(panel[2p][j]) | bf16(panel[2p+1][j]) << 16 for p < ceil(kc / 2), the missing row of an
+  // odd kc as zero. gemm_bf16_tile is gemm_tile over such pairs with bf16 x rows (x + i*ldx, read in pairs: a row
+  // with an odd kc needs one readable value past it, and a zero weight makes its product zero); each lane adds its
+  // pair's two products in turn.
+  void (*pair_panel)(const float* panel, int64_t kc, uint32_t* pairs);
+  void (*gemm_bf16_tile)(const uint16_t* x, int64_t ldx, int mr, const uint32_t* pairs, int64_t kc, const float* init,
+                         float* c, int64_t ldc);
+
   // GEMV with int8 activations: x is ceil(cols / 32) BlockQ8Act blocks (zero-padded), rows are stored rows of
   // the dtype with quantization group `group`. out[j] ~= dequant(x) . dequant(rows[j]), computed with integer
   // dot products per 32 values and one float scale per (row block, activation block). NF4 uses kNf4Int8.
@@ -189,6 +210,10 @@ const Kernels& avx2_kernels();
 // (kernels_avx512.cpp, kernels_quant_avx512.cpp, kernels_sparse_avx512.cpp), bit for bit the AVX2 results. Only valid
 // to call when cpu_features().has_avx512().
 const Kernels& avx512_kernels();
+
+// The AVX-512 set plus the bf16 x bf16 decode kernels (kernels_bf16_avx512.cpp, the one translation unit built with
+// -mavx512bf16). Only valid to call when cpu_features().has_avx512_bf16().
+const Kernels& avx512_bf16_kernels();
 
 // The quantized-weight entries (qdot8, qdot4, qdot1, quantize_act, dequant and pack for Q8/Q4/Q4A/NF4, dot4/dot1 for
 // Q8, expand_act, pack_i8, gemm_i8_tile), filled in by kernels_quant_portable.cpp and kernels_quant_avx2.cpp (the

@@ -3,8 +3,9 @@
 // 512-bit ones here, and the int8-activation GEMVs (kernels_quant_avx512.cpp: Q8, Q4/Q4A panels) and 2:4 sparse
 // GEMVs (kernels_sparse_avx512.cpp) there. These three translation units alone are compiled with the AVX-512 flags
 // and are only entered through avx512_kernels(), after cpu_features().has_avx512() (CpuBackend checks). As in
-// kernels_avx2.cpp it calls no inline function or template from a shared header: the linker could keep this copy,
-// with its AVX-512 instructions, for the whole program.
+// kernels_avx2.cpp it calls no inline function or template with external linkage from a shared header: the linker
+// could keep this copy, with its AVX-512 instructions, for the whole program (avx512_inline.h's helpers have
+// internal linkage, a copy per unit).
 //
 // A kGemmNR-wide panel row (16 fp32, or 16 outputs' int8 quads) is exactly one zmm register, so each tile row needs
 // one accumulator where AVX2 needs two. The GEMM tiles and the Q8 GEMV give their AVX2 twins' results bit for bit:
@@ -15,32 +16,19 @@
 #include <immintrin.h>
 
 #include <cstdint>
-#include <utility>
 
 // GCC 12 reports the deliberately undefined pass-through operand of some 512-bit intrinsics (_mm512_cvtepi32_ps,
 // _mm512_shuffle_f32x4) as uninitialized.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
 
+#include "engine/backend/cpu/avx512_inline.h"
 #include "engine/backend/cpu/kernels.h"
 #include "quant/blocks.h"
 
 namespace tessera::cpu {
 
 namespace {
-
-template <int N>
-struct Rows {
-  static constexpr int value = N;
-};
-// Calls f(Rows<mr>{}) for 1 <= mr <= kMax (nothing otherwise): the tiles are templates on their row count.
-template <int kMax, typename F>
-void with_rows(int mr, const F& f) {
-  [&]<int... I>(std::integer_sequence<int, I...>) {
-    (void)((mr == I + 1 ? (f(Rows<I + 1>{}), true) : false) || ...);
-  }
-  (std::make_integer_sequence<int, kMax>{});
-}
 
 // ---- fp32 GEMM tile ----
 
@@ -174,13 +162,6 @@ inline __m512 q8_load16(const int8_t* p) {
   return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
 }
 
-inline __m128 hsum4(__m256 a, __m256 b, __m256 c, __m256 d) {
-  const __m256 ab = _mm256_hadd_ps(a, b);
-  const __m256 cd = _mm256_hadd_ps(c, d);
-  const __m256 abcd = _mm256_hadd_ps(ab, cd);
-  return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
-}
-
 // The AVX2 dot4_q8 with its two 8-lane accumulators per row (columns 16i..16i+7 and 16i+8..16i+15) as the two
 // halves of one zmm: the same fused multiply-adds per lane, the same tail and reduction, so the same bits, with half
 // the instructions for the int8 -> fp32 conversion that makes the AVX2 kernel barely faster than memory.
@@ -273,11 +254,6 @@ struct Load16BF16 {
   }
   static float cvt(uint16_t v) { return bf16_scalar(v); }
 };
-
-// A 16-lane accumulator folded to 8 lanes (the upper half added to the lower); hsum4 then reduces four of those.
-inline __m256 fold16(__m512 v) {
-  return _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
-}
 
 // W weight rows against M x rows. Rows are streamed one cache line per row per step with software prefetch. next:
 // with kWholeNext (the tile) rows to bring into cache line by line alongside (see Kernels::dot2xm), else the

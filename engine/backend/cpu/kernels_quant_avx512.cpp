@@ -12,6 +12,7 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
 
+#include "engine/backend/cpu/avx512_inline.h"
 #include "engine/backend/cpu/kernels.h"
 #include "quant/blocks.h"
 
@@ -205,12 +206,6 @@ inline uint64_t load_u16(const uint8_t* p) {
 inline __m128 halves4(const uint8_t* p0, const uint8_t* p1, const uint8_t* p2, const uint8_t* p3) {
   const uint64_t h = load_u16(p0) | load_u16(p1) << 16 | load_u16(p2) << 32 | load_u16(p3) << 48;
   return _mm_cvtph_ps(_mm_cvtsi64_si128(static_cast<long long>(h)));
-}
-inline __m128 hsum4(__m256 a, __m256 b, __m256 c, __m256 d) {
-  const __m256 ab = _mm256_hadd_ps(a, b);
-  const __m256 cd = _mm256_hadd_ps(c, d);
-  const __m256 abcd = _mm256_hadd_ps(ab, cd);
-  return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
 }
 inline __m128i load16(const uint8_t* p) {
   return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
