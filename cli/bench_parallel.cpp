@@ -186,6 +186,7 @@ json make_row(const ParallelJob& job, const LoadedModel& loaded, const ParallelB
               {"weights", stored_weight_format(loaded, o.model)},
               {"quant", o.model.quant.empty() ? "none" : o.model.quant},
               {"act_quant", o.model.act_quant},
+              {"act_dtype", o.model.act_dtype},
               {"tp", job.options().tp},
               {"pp", job.options().pp},
               {"ranks", job.world_size()},
@@ -271,7 +272,7 @@ ParallelBenchResult run_parallel_bench(const ParallelBenchOptions& o, const std:
                   ") exceeds the model's context of " + std::to_string(loaded.data.config.max_seq_len));
     for (int threads : o.threads) {
       CpuBackend backend(threads);
-      backend.set_activation_quant(loaded.act_quant);
+      configure_activations(backend, loaded);
       LlamaModel model(loaded.data, backend, max_rows, job.tp_data());
       for (int batch : o.batches) {
         for (int prompt_len : o.prompt_lens) {

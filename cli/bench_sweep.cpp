@@ -207,6 +207,7 @@ void write_bench_csv(const std::string& path, const json& metadata, const std::v
                                         "weights",
                                         "quant",
                                         "act_quant",
+                                        "act_dtype",
                                         "tp",
                                         "pp",
                                         "ranks",

@@ -89,7 +89,8 @@ std::vector<int> random_tokens(int n, int vocab, uint64_t seed) {
 json bench_one(const LoadedModel& loaded, int threads, const BenchOptions& o, double bandwidth_gbs, double fma_gflops) {
   const ModelData& m = loaded.data;
   const ModelConfig& c = m.config;
-  const std::unique_ptr<Backend> backend_ptr = make_backend(o.device, threads, loaded.act_quant);
+  const std::unique_ptr<Backend> backend_ptr =
+      make_backend(o.device, threads, loaded.act_quant, loaded.bf16_activations);
   Backend& backend = *backend_ptr;
   const int max_prompt = *std::max_element(o.prompt_lens.begin(), o.prompt_lens.end());
   LlamaModel model(m, backend, std::min(max_prompt, 512));
@@ -310,6 +311,7 @@ int run_bench(BenchOptions o, const CLI::App& app) {
       entry["weight_bytes_before_quant"] = static_cast<double>(loaded.compression->bytes_before);
     }
     entry["act_quant"] = target.act_quant;
+    entry["act_dtype"] = target.act_dtype;
     entry["runs"] = json::array();
     for (int t : o.threads) {
       const double b = bw.contains(std::to_string(t)) ? bw[std::to_string(t)].get<double>() : 0.0;

@@ -111,7 +111,7 @@ int run_eval(const EvalCliOptions& o) {
   const std::string text = read_text(o.text);
   LoadedModel loaded = load(o.model, /*need_tokenizer=*/true);
   CpuBackend backend(o.model.threads);
-  backend.set_activation_quant(loaded.act_quant);
+  configure_activations(backend, loaded);
   LlamaModel model(loaded.data, backend, std::min(o.ctx, 256));
 
   std::vector<int> tokens = loaded.tokenizer->encode(text, /*add_bos=*/true);
@@ -169,6 +169,7 @@ int run_eval(const EvalCliOptions& o) {
   if (!o.model.quant_rules_file.empty()) out["quant_rules_file"] = o.model.quant_rules_file;
   if (!o.model.calib.empty()) out["calib"] = o.model.calib;
   out["act_quant"] = o.model.act_quant;
+  out["act_dtype"] = o.model.act_dtype;
   out["weights"] = describe_weights(loaded.data);
   out["weight_bytes"] = static_cast<double>(loaded.data.weight_bytes());
   if (loaded.compression) {

@@ -37,7 +37,7 @@ void DeviceOptions::check(int ranks, const std::string& act_quant) const {
                 " is a CPU kernel path with no GPU equivalent (the GPU keeps fp32 activations); drop --act-quant");
 }
 
-std::unique_ptr<Backend> make_backend(const DeviceOptions& o, int threads, ActQuant act_quant) {
+std::unique_ptr<Backend> make_backend(const DeviceOptions& o, int threads, ActQuant act_quant, bool bf16_activations) {
 #ifdef TESSERA_WITH_CUDA
   if (o.cuda()) {
     TESSERA_CHECK_MSG(act_quant == ActQuant::kNone, "DeviceOptions::check refuses --act-quant with cuda");
@@ -48,6 +48,7 @@ std::unique_ptr<Backend> make_backend(const DeviceOptions& o, int threads, ActQu
 #endif
   auto cpu = std::make_unique<CpuBackend>(threads);
   cpu->set_activation_quant(act_quant);
+  cpu->set_bf16_activations(bf16_activations);
   return cpu;
 }
 

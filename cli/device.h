@@ -25,7 +25,8 @@ struct DeviceOptions {
 // True when this executable was built with the CUDA backend.
 bool cuda_built();
 
-// The backend of `o`: CpuBackend(threads) with `act_quant`, or CudaBackend on device 0. Call o.check() first.
-std::unique_ptr<Backend> make_backend(const DeviceOptions& o, int threads, ActQuant act_quant);
+// The backend of `o`: CpuBackend(threads) with `act_quant` and bf16 activations for bf16 weights when
+// `bf16_activations` (CpuBackend::set_bf16_activations), or CudaBackend on device 0. Call o.check() first.
+std::unique_ptr<Backend> make_backend(const DeviceOptions& o, int threads, ActQuant act_quant, bool bf16_activations);
 
 }  // namespace tessera::cli

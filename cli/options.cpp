@@ -108,6 +108,13 @@ void ModelOptions::add_quant_options(CLI::App& app) {
                  "time so the dot products run in int8; needs int8 weights)")
       ->check(CLI::IsMember({"none", "int8"}))
       ->capture_default_str();
+  app.add_option("--act-dtype", act_dtype,
+                 "Activations read by bf16-weight matmuls on the CPU: bf16 (rounded once per matmul, as llama.cpp "
+                 "and cuBLAS compute bf16 models; on CPUs with AVX512_BF16 the dot products then run as bf16 pairs, "
+                 "about 2.5x the batched decode throughput) or fp32 (exact activations). Other weight types always "
+                 "read fp32 (or --act-quant int8) activations")
+      ->check(CLI::IsMember({"bf16", "fp32"}))
+      ->capture_default_str();
   app.add_option("--prune", prune,
                  "Prune the weights at load, before quantizing them: METHOD:SPARSITY with METHOD magnitude | "
                  "magnitude-global | wanda | sparsegpt (wanda and sparsegpt need --calib) | structured | "
@@ -332,9 +339,15 @@ LoadedModel load(const ModelOptions& options, bool need_tokenizer, const ShardRe
           "--act-quant int8 needs int8 weights: add --quant int8 (or a rule such as --quant-rule 'layers.*=int8')");
     out.act_quant = ActQuant::kInt8;
   }
+  out.bf16_activations = options.act_dtype == "bf16";
   if (options.cpu_layout) use_cpu_panel_layout(out.data, options.threads);
   out.load_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return out;
+}
+
+void configure_activations(CpuBackend& backend, const LoadedModel& loaded) {
+  backend.set_activation_quant(loaded.act_quant);
+  backend.set_bf16_activations(loaded.bf16_activations);
 }
 
 }  // namespace tessera::cli

@@ -34,6 +34,7 @@ struct ModelOptions {
   int calib_tokens = 1024;               // calibration tokens used at most
   std::string quant_report;              // JSON report path
   std::string act_quant = "none";        // none | int8
+  std::string act_dtype = "bf16";        // bf16 | fp32: the activations bf16-weight matmuls read (CPU)
   std::string prune;                     // default pruning spec (quant/prune.h); empty = none
   std::vector<std::string> prune_rules;  // "PATTERN=SPEC", later ones win
   int prune_multiple = 2;                // kept FFN channels / KV groups divisible by this
@@ -62,9 +63,13 @@ struct LoadedModel {
   double load_seconds = 0.0;                         // everything, quantization included
   double quantize_seconds = 0.0;                     // the compression pipeline alone (0 when it did not run)
   std::optional<quant::CompressReport> compression;  // set when the compression pipeline ran
-  // --act-quant: subcommands pass it to CpuBackend::set_activation_quant.
+  // --act-quant and --act-dtype: subcommands pass them on with configure_activations.
   ActQuant act_quant = ActQuant::kNone;
+  bool bf16_activations = false;
 };
+
+// Applies the loaded model's activation options (--act-quant, --act-dtype) to a CPU backend.
+void configure_activations(CpuBackend& backend, const LoadedModel& loaded);
 
 // Loads the model and tokenizer, then compresses the weights as the options ask (progress bar on stderr when it
 // is a terminal, one summary line on stderr). need_tokenizer: fail when no tokenizer is found (--calib needs one

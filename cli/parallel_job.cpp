@@ -163,7 +163,11 @@ void ParallelJob::reset_comm_seconds() {
 uint64_t options_fingerprint(const ModelOptions& m, const ParallelOptions& p) {
   Fingerprint f;
   f.add(m.dummy_weights ? "dummy:" + m.preset + ":" + m.dtype + ":" + std::to_string(m.dummy_seed) : m.model);
-  f.add(m.quant).add(m.quant_rules_file).add(m.act_quant).add(static_cast<uint64_t>(m.quant_rules.size()));
+  f.add(m.quant)
+      .add(m.quant_rules_file)
+      .add(m.act_quant)
+      .add(m.act_dtype)
+      .add(static_cast<uint64_t>(m.quant_rules.size()));
   for (const std::string& r : m.quant_rules) f.add(r);
   f.add(m.prune).add(static_cast<uint64_t>(m.prune_rules.size()));
   for (const std::string& r : m.prune_rules) f.add(r);

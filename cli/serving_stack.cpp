@@ -85,7 +85,7 @@ struct ServingStack::Parts {
         model(loaded.data, backend, max_step_tokens, job.tp_data()),
         runner(model, job.groups(), /*max_in_flight=*/4, kv),
         step_model(runner) {
-    backend.set_activation_quant(loaded.act_quant);  // read at run time only
+    configure_activations(backend, loaded);  // read at run time only
   }
 };
 
@@ -147,7 +147,7 @@ void run_replica_worker(const ModelOptions& mo, const EngineOptions& eo, Paralle
   LoadedModel loaded = load(mo, /*need_tokenizer=*/false, &shard, job.tp_data());
   job.check_consistent("the model " + loaded.data.source, config_fingerprint(loaded.data.config));
   CpuBackend backend(mo.threads);
-  backend.set_activation_quant(loaded.act_quant);
+  configure_activations(backend, loaded);
   LlamaModel model(loaded.data, backend, eo.max_step_tokens, job.tp_data());
   ModelRunner runner(model, job.groups(), /*max_in_flight=*/4,
                      PagedKvOptions{kv_pool_blocks(eo, loaded.data.config, job), eo.block_size});

@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import random
+import shlex
 import statistics
 import subprocess
 import sys
@@ -96,6 +97,7 @@ def main():
     ap.add_argument("--api-key", default=None)
     ap.add_argument("--preset", default="llama-110m")
     ap.add_argument("--threads", type=int, default=0, help="server threads (0: all cores)")
+    ap.add_argument("--server-args", default="", help="more arguments for tessera serve, e.g. '--act-dtype fp32'")
     ap.add_argument("--concurrency", default="1,4,16,64")
     ap.add_argument("--requests-per-client", type=int, default=2)
     ap.add_argument("--min-requests", type=int, default=8)
@@ -114,6 +116,7 @@ def main():
                port_file, "--max-num-seqs", "64", "--kv-memory", "2GiB"]
         if args.threads:
             cmd += ["--threads", str(args.threads)]
+        cmd += shlex.split(args.server_args)
         proc = subprocess.Popen(cmd, stderr=open(os.path.join(tmp.name, "log"), "w"))
         while not (os.path.exists(port_file) and open(port_file).read().strip()):
             if proc.poll() is not None:

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """End-to-end checks of load-time quantization on the command line (stories260K):
---quant/--quant-rule/--quant-rules/--calib/--quant-report/--act-quant on generate, and tessera quantize --out."""
+--quant/--quant-rule/--quant-rules/--calib/--quant-report/--act-quant/--act-dtype on generate and eval, and
+tessera quantize --out."""
 import json
 import os
 import subprocess
@@ -40,7 +41,8 @@ GEN = ["generate", "--prompt", "Once upon a time", "-n", "60", "--temperature", 
 BASE = [*GEN, "--model", STORY, "--tokenizer", TOK]
 
 # Help documents every flag on every subcommand that loads a model.
-flags = ["--quant", "--quant-rule", "--quant-rules", "--calib", "--calib-tokens", "--quant-report", "--act-quant"]
+flags = ["--quant", "--quant-rule", "--quant-rules", "--calib", "--calib-tokens", "--quant-report", "--act-quant",
+         "--act-dtype"]
 for sub, extra in (("generate", []), ("bench", []), ("quantize", ["--out", "--force"])):
     r = run(sub, "--help")
     missing = [f for f in flags + extra if f not in r.stdout]
@@ -81,6 +83,21 @@ with tempfile.TemporaryDirectory() as d:
     r = run(*BASE, "--quant", "int8", "--act-quant", "int8")
     check("--act-quant int8 with int8 weights works", r.returncode == 0 and r.stdout.startswith("Once upon a time"),
           r.stderr)
+    r = run(*BASE, "--act-dtype", "fp16")
+    check("--act-dtype refuses an unknown precision", r.returncode != 0 and "--act-dtype" in r.stderr, r.stderr)
+    # bf16 weights read bf16-rounded activations unless --act-dtype fp32: the perplexity moves, but only a little.
+    text = os.path.join(d, "text.txt")
+    with open(text, "w") as f:
+        f.write(FALLBACK_CALIB)
+    ppl = {}
+    for act in ("bf16", "fp32"):
+        r = run("eval", "--model", STORY, "--tokenizer", TOK, "--text", text, "--json", "--threads", "2",
+                "--quant", "bf16", "--act-dtype", act)
+        out = json.loads(r.stdout) if r.returncode == 0 else {}
+        check(f"eval --quant bf16 --act-dtype {act} works", out.get("act_dtype") == act, r.stderr)
+        ppl[act] = out.get("perplexity", 0.0)
+    check("bf16 activations change the bf16 model's perplexity slightly",
+          ppl["bf16"] != ppl["fp32"] and abs(ppl["bf16"] / max(ppl["fp32"], 1e-9) - 1) < 0.01, str(ppl))
     r = run(*BASE, "--quant", "int8", "--calib", os.path.join(d, "missing.txt"))
     check("--calib with a missing file fails clearly", r.returncode == 1 and "missing.txt" in r.stderr, r.stderr)
 
