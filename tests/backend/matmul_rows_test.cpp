@@ -109,6 +109,31 @@ TEST(MatmulRows, FusedSiluMulEachRowAsIfAlone) {
   }
 }
 
+// Under bf16 activations the prefill ops (matmul, matmul_silu_mul with many rows) give every row its single-row
+// bits too: a bf16-rounded activation would turn a GEMM-vs-decode last-bit difference into a bf16 step, so a
+// sequence's output would depend on how it was chunked or whether it was recomputed after preemption.
+TEST(MatmulRows, Bf16ActivationsPrefillRowsAsIfAlone) {
+  std::mt19937 rng(34);
+  for (auto& be : backends()) {
+    be->set_bf16_activations(true);
+    const OwnedMatrix w = test::random_matrix(rng, DType::BF16, 70, 300),
+                      u = test::random_matrix(rng, DType::BF16, 70, 300);
+    for (int n : {2, 7, 40, 130}) {
+      SCOPED_TRACE(::testing::Message() << be->name() << " n=" << n);
+      const auto x = test::random_vec(rng, static_cast<size_t>(n * 300));
+      std::vector<float> got = test::poisoned(static_cast<size_t>(n * 70)), fused = got, one(70), one_fused(70);
+      be->matmul(x.data(), n, w.m, nullptr, got.data());
+      be->matmul_silu_mul(x.data(), n, w.m, u.m, fused.data());
+      for (int i = 0; i < n; ++i) {
+        be->matmul(x.data() + i * 300, 1, w.m, nullptr, one.data());
+        be->matmul_silu_mul(x.data() + i * 300, 1, w.m, u.m, one_fused.data());
+        ASSERT_TRUE(same_bits(got.data() + i * 70, one.data(), 70)) << "row " << i;
+        ASSERT_TRUE(same_bits(fused.data() + i * 70, one_fused.data(), 70)) << "fused row " << i;
+      }
+    }
+  }
+}
+
 // The base class's loop (what backends without few-row kernels inherit) has the same contract.
 TEST(MatmulRows, DefaultImplementationLoopsOverRows) {
   std::mt19937 rng(33);

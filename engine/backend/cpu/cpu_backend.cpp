@@ -43,16 +43,14 @@ struct AlignedAllocator {
 };
 using AlignedFloats = std::vector<float, AlignedAllocator<float>>;
 using AlignedInt16s = std::vector<int16_t, AlignedAllocator<int16_t>>;
-using AlignedUint32s = std::vector<uint32_t, AlignedAllocator<uint32_t>>;
 
 // Scratch owned by one pool slot; fixed sizes (set by the blocking constants), allocated once.
 struct SlotScratch {
   AlignedFloats panel = AlignedFloats(static_cast<size_t>(kKc) * kGemmNR);
-  AlignedFloats tile = AlignedFloats(static_cast<size_t>(kMc) * kGemmNR);         // C of ragged, fused and int8 tiles
-  AlignedFloats init = AlignedFloats(kGemmNR);                                    // zero-padded bias of a ragged tile
-  AlignedInt16s panel16 = AlignedInt16s(static_cast<size_t>(kKc) * kGemmNR);      // int8 GEMM weight panel
-  AlignedFloats wscale = AlignedFloats(kGemmNR);                                  // its rows' Q8 scales
-  AlignedUint32s pairs = AlignedUint32s(static_cast<size_t>(kKc / 2) * kGemmNR);  // bf16 pair panel
+  AlignedFloats tile = AlignedFloats(static_cast<size_t>(kMc) * kGemmNR);     // C of ragged, fused and int8 tiles
+  AlignedFloats init = AlignedFloats(kGemmNR);                                // zero-padded bias of a ragged tile
+  AlignedInt16s panel16 = AlignedInt16s(static_cast<size_t>(kKc) * kGemmNR);  // int8 GEMM weight panel
+  AlignedFloats wscale = AlignedFloats(kGemmNR);                              // its rows' Q8 scales
   AlignedFloats attend;  // K/V block copies; grown (outside the hot loop) when a wider batch span appears
 };
 static_assert(kKc % cpu::kQ8ActBlock == 0 && kMc % cpu::kGemmI8MR == 0);
@@ -339,50 +337,19 @@ Out* round_to_bf16(ThreadPool& pool, const float* x, int64_t n, int64_t cols, in
   return o;
 }
 
-// The GEMM's activations: fp32 rows (x, K values apart) for Kernels::gemm_tile, or with bf16 activations on a set
-// with gemm_bf16_tile, bf16 rows (xb, ldxb apart: K rounded up to even, as the tile reads pairs), each packed
-// panel then turned into pairs.
-struct GemmInput {
-  const float* x = nullptr;
-  const uint16_t* xb = nullptr;
-  int64_t ldxb = 0;
-};
-
-// One k block [kb, kb + kc) of a 16-wide weight tile packed into s.panel, against x rows [row0, row0 + mb):
-// c[i*ldc + j] for i < mb starts from init (null: from c) as in Kernels::gemm_tile.
-void gemm_block(const cpu::Kernels& k, SlotScratch& s, const GemmInput& in, int64_t K, int64_t row0, int64_t mb,
-                int64_t kb, int64_t kc, const float* init, float* c, int64_t ldc) {
-  if (in.xb != nullptr) k.pair_panel(s.panel.data(), kc, s.pairs.data());
+// One k block [kb, kb + kc) of a 16-wide weight tile packed into s.panel, against x rows [row0, row0 + mb) (K values
+// apart): c[i*ldc + j] for i < mb starts from init (null: from c) as in Kernels::gemm_tile.
+void gemm_block(const cpu::Kernels& k, SlotScratch& s, const float* x, int64_t K, int64_t row0, int64_t mb, int64_t kb,
+                int64_t kc, const float* init, float* c, int64_t ldc) {
   for (int64_t i = 0; i < mb; i += k.gemm_tile_rows) {
     const int mr = static_cast<int>(std::min<int64_t>(k.gemm_tile_rows, mb - i));
-    if (in.xb != nullptr) {
-      k.gemm_bf16_tile(in.xb + (row0 + i) * in.ldxb + kb, in.ldxb, mr, s.pairs.data(), kc, init, c + i * ldc, ldc);
-    } else {
-      k.gemm_tile(in.x + (row0 + i) * K + kb, K, mr, s.panel.data(), kc, init, c + i * ldc, ldc);
-    }
+    k.gemm_tile(x + (row0 + i) * K + kb, K, mr, s.panel.data(), kc, init, c + i * ldc, ldc);
   }
-}
-
-// The GEMM input for x's n rows of K values: fp32 as they are, or (bf16_kernels) rounded to bf16 in the scratch.
-GemmInput gemm_input(ThreadPool& pool, ActScratch& act, const float* x, int64_t n, int64_t K, bool bf16_kernels) {
-  if (!bf16_kernels) return {x};
-  const int64_t ld = K + (K & 1);
-  return {nullptr, round_to_bf16(pool, x, n, K, ld, act.bf16), ld};
-}
-
-// How a matmul with a BF16 weight reads bf16 activations: not at all (fp32 activations, or another weight type),
-// through the set's bf16 x bf16 kernels, or as bf16 values in fp32 through the fp32-activation kernels (sets
-// without bf16 kernels for this path).
-enum class BfActivations { kNone, kBf16Kernels, kRoundedFp32 };
-BfActivations bf16_activations_for(const cpu::Kernels& k, bool bf16_act, bool rowwise) {
-  if (!bf16_act) return BfActivations::kNone;
-  const bool native = rowwise ? k.bdot4 != nullptr : k.gemm_bf16_tile != nullptr;
-  return native ? BfActivations::kBf16Kernels : BfActivations::kRoundedFp32;
 }
 
 // Prefill: y[n][rows] = x[n][K] w^T (+ bias). For each 16-row tile of w and k block, the weights are converted to
 // an fp32 panel once and reused by every x row of the n block (6 rows per micro-kernel call).
-void gemm_part(const cpu::Kernels& k, SlotScratch& s, const GemmInput& in, int64_t n_begin, int64_t n_end,
+void gemm_part(const cpu::Kernels& k, SlotScratch& s, const float* x, int64_t n_begin, int64_t n_end,
                int64_t tile_begin, int64_t tile_end, const Matrix& w, const float* bias, float* y) {
   const int64_t K = w.cols, rows = w.rows;
   for (int64_t nb = n_begin; nb < n_end; nb += kMc) {
@@ -407,7 +374,7 @@ void gemm_part(const cpu::Kernels& k, SlotScratch& s, const GemmInput& in, int64
       for (int64_t kb = 0; kb < K; kb += kKc) {
         const int64_t kc = std::min(kKc, K - kb);
         pack_rows(k, w, r0, nr, kGemmNR, kb, kc, s.panel.data());
-        gemm_block(k, s, in, K, nb, mb, kb, kc, kb == 0 ? init : nullptr, c, ldc);
+        gemm_block(k, s, x, K, nb, mb, kb, kc, kb == 0 ? init : nullptr, c, ldc);
       }
       if (!full) {
         for (int64_t i = 0; i < mb; ++i) std::copy_n(s.tile.data() + i * kGemmNR, nr, y + (nb + i) * rows + r0);
@@ -612,8 +579,9 @@ void CpuBackend::matmul_impl(const float* x, int n, const Matrix& w, const float
   }
   const cpu::Kernels& k = *impl_->k;
   const bool int8_act = uses_int8_activations(w, rowwise, act_quant_);
-  const BfActivations bf16 = bf16_activations_for(k, bf16_act_ && w.dtype == DType::BF16, rowwise);
-  if (bf16 == BfActivations::kRoundedFp32) x = round_to_bf16(pool_, x, n, w.cols, w.cols, impl_->act.rounded);
+  const bool bf16_act = bf16_act_ && w.dtype == DType::BF16;
+  rowwise = rowwise || bf16_act;  // see CpuBackend::set_bf16_activations
+  if (bf16_act && k.bdot4 == nullptr) x = round_to_bf16(pool_, x, n, w.cols, w.cols, impl_->act.rounded);
   if (is_grouped(w.dtype)) TESSERA_CHECK_MSG(w.group == 32 || w.group == 64 || w.group == 128, "bad quant group");
   if (rowwise && w.layout == MatrixLayout::kPanels8) {
     const auto dot = panel_dots(pool_, k, impl_->act, x, n, w);
@@ -628,7 +596,7 @@ void CpuBackend::matmul_impl(const float* x, int n, const Matrix& w, const float
     return;
   }
   if (rowwise) {
-    dispatch_gemv(pool_, k, impl_->act, x, n, w, int8_act, bf16 == BfActivations::kBf16Kernels,
+    dispatch_gemv(pool_, k, impl_->act, x, n, w, int8_act, bf16_act && k.bdot4 != nullptr,
                   [&](auto rows, const auto& dotR, const auto& dotR2, const auto& dot1, const auto& tile) {
                     gemv<decltype(rows)::value>(pool_, w, n, bias, y, dotR, dotR2, dot1, tile);
                   });
@@ -636,7 +604,6 @@ void CpuBackend::matmul_impl(const float* x, int n, const Matrix& w, const float
   }
   const int64_t tiles = (w.rows + kGemmNR - 1) / kGemmNR;
   const GemmSplit plan = plan_gemm(pool_.size(), tiles, n);
-  const GemmInput in = gemm_input(pool_, impl_->act, x, n, w.cols, bf16 == BfActivations::kBf16Kernels);
   if (int8_act) {
     quantize_rows(pool_, k, x, n, w.cols, true, impl_->act);
     reserve_panels(impl_->slots, plan.n_slots, impl_->act.blocks * cpu::kQ8ActBlock);
@@ -647,7 +614,7 @@ void CpuBackend::matmul_impl(const float* x, int n, const Matrix& w, const float
     if (int8_act) {
       gemm_i8_part(k, s, impl_->act, n_begin, n_end, t_begin, t_end, w, bias, y);
     } else {
-      gemm_part(k, s, in, n_begin, n_end, t_begin, t_end, w, bias, y);
+      gemm_part(k, s, x, n_begin, n_end, t_begin, t_end, w, bias, y);
     }
   });
 }
@@ -716,7 +683,7 @@ void gemv_silu_mul(ThreadPool& pool, const Matrix& gate, const Matrix& up, int n
 // Prefill: a panel holds 8 gate rows in columns 0..7 and the matching 8 up rows in columns 8..15, so one micro-kernel
 // pass yields both dots of 8 hidden units; the 16-wide partial sums live in the slot's small tile scratch across k
 // blocks and only silu(g) * u is written out.
-void gemm_silu_mul_part(const cpu::Kernels& k, SlotScratch& s, const GemmInput& in, int64_t n_begin, int64_t n_end,
+void gemm_silu_mul_part(const cpu::Kernels& k, SlotScratch& s, const float* x, int64_t n_begin, int64_t n_end,
                         int64_t tile_begin, int64_t tile_end, const Matrix& gate, const Matrix& up, float* out) {
   constexpr int kHalf = kGemmNR / 2;
   const int64_t K = gate.cols, hidden = gate.rows;
@@ -729,7 +696,7 @@ void gemm_silu_mul_part(const cpu::Kernels& k, SlotScratch& s, const GemmInput& 
         const int64_t kc = std::min(kKc, K - kb);
         pack_rows(k, gate, h0, nh, kHalf, kb, kc, s.panel.data());
         pack_rows(k, up, h0, nh, kHalf, kb, kc, s.panel.data() + kHalf);
-        gemm_block(k, s, in, K, nb, mb, kb, kc, kb == 0 ? kZeros : nullptr, s.tile.data(), kGemmNR);
+        gemm_block(k, s, x, K, nb, mb, kb, kc, kb == 0 ? kZeros : nullptr, s.tile.data(), kGemmNR);
       }
       for (int64_t i = 0; i < mb; ++i) {
         const float* c = s.tile.data() + i * kGemmNR;
@@ -788,8 +755,9 @@ void CpuBackend::matmul_silu_mul_impl(const float* x, int n, const Matrix& gate,
   }
   const cpu::Kernels& k = *impl_->k;
   const bool int8_act = uses_int8_activations(gate, rowwise, act_quant_);
-  const BfActivations bf16 = bf16_activations_for(k, bf16_act_ && gate.dtype == DType::BF16, rowwise);
-  if (bf16 == BfActivations::kRoundedFp32) x = round_to_bf16(pool_, x, n, gate.cols, gate.cols, impl_->act.rounded);
+  const bool bf16_act = bf16_act_ && gate.dtype == DType::BF16;
+  rowwise = rowwise || bf16_act;  // see CpuBackend::set_bf16_activations
+  if (bf16_act && k.bdot4 == nullptr) x = round_to_bf16(pool_, x, n, gate.cols, gate.cols, impl_->act.rounded);
   if (is_grouped(gate.dtype)) {
     TESSERA_CHECK_MSG(gate.group == 32 || gate.group == 64 || gate.group == 128, "bad quant group");
   }
@@ -808,7 +776,7 @@ void CpuBackend::matmul_silu_mul_impl(const float* x, int n, const Matrix& gate,
     return;
   }
   if (rowwise) {
-    dispatch_gemv(pool_, k, impl_->act, x, n, gate, int8_act, bf16 == BfActivations::kBf16Kernels,
+    dispatch_gemv(pool_, k, impl_->act, x, n, gate, int8_act, bf16_act && k.bdot4 != nullptr,
                   [&](auto rows, const auto& dotR, const auto& dotR2, const auto& dot1, const auto& tile) {
                     gemv_silu_mul<decltype(rows)::value>(pool_, gate, up, n, out, dotR, dotR2, dot1, tile);
                   });
@@ -816,7 +784,6 @@ void CpuBackend::matmul_silu_mul_impl(const float* x, int n, const Matrix& gate,
   }
   const int64_t tiles = (gate.rows + kGemmNR / 2 - 1) / (kGemmNR / 2);
   const GemmSplit plan = plan_gemm(pool_.size(), tiles, n);
-  const GemmInput in = gemm_input(pool_, impl_->act, x, n, gate.cols, bf16 == BfActivations::kBf16Kernels);
   if (int8_act) {
     quantize_rows(pool_, k, x, n, gate.cols, true, impl_->act);
     reserve_panels(impl_->slots, plan.n_slots, impl_->act.blocks * cpu::kQ8ActBlock);
@@ -827,7 +794,7 @@ void CpuBackend::matmul_silu_mul_impl(const float* x, int n, const Matrix& gate,
     if (int8_act) {
       gemm_i8_silu_mul_part(k, s, impl_->act, n_begin, n_end, t_begin, t_end, gate, up, out);
     } else {
-      gemm_silu_mul_part(k, s, in, n_begin, n_end, t_begin, t_end, gate, up, out);
+      gemm_silu_mul_part(k, s, x, n_begin, n_end, t_begin, t_end, gate, up, out);
     }
   });
 }

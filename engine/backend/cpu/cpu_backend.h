@@ -29,8 +29,11 @@ class CpuBackend final : public Backend {
   void set_activation_quant(ActQuant mode) { act_quant_ = mode; }
   // bf16 activations for BF16 weights: every matmul with a BF16 weight first rounds its input rows to bf16, so
   // each product is of two bf16 values (exact in fp32) and the sums are fp32, as llama.cpp and cuBLAS compute bf16
-  // models. On CPUs with AVX512_BF16 the decode kernels then use vdpbf16ps (about twice the batched throughput);
-  // elsewhere the fp32-activation kernels read the rounded values. Off (the default here): fp32 activations.
+  // models. On CPUs with AVX512_BF16 the kernels then use vdpbf16ps (about twice the batched throughput);
+  // elsewhere the fp32-activation kernels read the rounded values. Every row, prefill included, goes through the
+  // per-row (decode) kernels: rounding to bf16 turns a last-bit difference into a bf16 step, so a row must get the
+  // same bits whether its sequence was prefilled, decoded, recomputed after preemption or chunked differently
+  // (at prefill sizes the batched tile is as fast as the GEMM). Off (the default here): fp32 activations.
   void set_bf16_activations(bool on) { bf16_act_ = on; }
   bool bf16_activations() const { return bf16_act_; }
   // Q4/Q4A matrices are copied into the panel layout (engine/backend/cpu/panel8.h, kept for the backend's

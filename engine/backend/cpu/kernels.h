@@ -103,22 +103,14 @@ struct Kernels {
   // dot1 with uint16_t bf16 x rows, the same shapes and the same contract (every x row's results are bit for bit
   // the same whichever of the four computes them). Products of two bf16 values are exact in fp32; they are summed
   // in pairs into fp32 lanes (vdpbf16ps). Only the set built for AVX512_BF16 has them (null elsewhere: drivers
-  // then round x to bf16 values in fp32 and call the fp32-activation kernels).
+  // then round x to bf16 values in fp32 and call the fp32-activation kernels). Under bf16 activations the drivers
+  // use these (or those) for prefill rows too, so there is no bf16 GEMM tile.
   void (*bdot4)(const uint16_t* x, const void* const* rows, const void* const* next, int64_t cols, float* out);
   float (*bdot1)(const uint16_t* x, const void* row, int64_t cols);
   void (*bdot4x2)(const uint16_t* x, int64_t ldx, const void* const* rows, const void* const* next, int64_t cols,
                   float* out, int64_t ldo);
   void (*bdot2xm)(const uint16_t* x, int64_t ldx, int m, const void* const* rows, const void* const* next, int64_t cols,
                   float* out, int64_t ldo);
-  // GEMM with bf16 activations (the same set; null elsewhere). pair_panel turns a Kernels::pack panel of a BF16
-  // weight (kc rows of kGemmNR fp32 values, each a bf16 value) into kGemmNR-wide rows of bf16 pairs:
-  // pairs[p*kGemmNR + j] = bf16(panel[2p][j]) | bf16(panel[2p+1][j]) << 16 for p < ceil(kc / 2), the missing row of an
-  // odd kc as zero. gemm_bf16_tile is gemm_tile over such pairs with bf16 x rows (x + i*ldx, read in pairs: a row
-  // with an odd kc needs one readable value past it, and a zero weight makes its product zero); each lane adds its
-  // pair's two products in turn.
-  void (*pair_panel)(const float* panel, int64_t kc, uint32_t* pairs);
-  void (*gemm_bf16_tile)(const uint16_t* x, int64_t ldx, int mr, const uint32_t* pairs, int64_t kc, const float* init,
-                         float* c, int64_t ldc);
 
   // GEMV with int8 activations: x is ceil(cols / 32) BlockQ8Act blocks (zero-padded), rows are stored rows of
   // the dtype with quantization group `group`. out[j] ~= dequant(x) . dequant(rows[j]), computed with integer

@@ -27,8 +27,8 @@ namespace tessera::cpu {
 
 namespace {
 
-constexpr int64_t kStep = 32;             // bf16 values per zmm, and per 64-byte cache line
-constexpr int64_t kPrefetchAhead = 384;   // 768 bytes, the fp32-activation kernels' distance
+constexpr int64_t kStep = 32;            // bf16 values per zmm, and per 64-byte cache line
+constexpr int64_t kPrefetchAhead = 384;  // 768 bytes, the fp32-activation kernels' distance
 
 inline __m512bh as_bh(__m512i v) {
   return (__m512bh)v;
@@ -39,8 +39,8 @@ inline __m512bh as_bh(__m512i v) {
 // kWholeNext rows to bring into cache line by line alongside (Kernels::dot2xm), else the following call's rows, whose
 // first lines are prefetched near the end. Each x vector is loaded once per step for the W products that use it.
 template <int W, int M, bool kWholeNext = false>
-void bdotwxm(const uint16_t* x, int64_t ldx, const void* const* rows, const void* const* next, int64_t cols,
-             float* out, int64_t ldo) {
+void bdotwxm(const uint16_t* x, int64_t ldx, const void* const* rows, const void* const* next, int64_t cols, float* out,
+             int64_t ldo) {
   static_assert(W == 1 || W == 2 || W == 4);
   const uint16_t* r[W];
   for (int j = 0; j < W; ++j) r[j] = static_cast<const uint16_t*>(rows[j]);
@@ -103,59 +103,16 @@ float bdot1(const uint16_t* x, const void* row, int64_t cols) {
   return out;
 }
 
-void bdot4x2(const uint16_t* x, int64_t ldx, const void* const* rows, const void* const* next, int64_t cols,
-             float* out, int64_t ldo) {
+void bdot4x2(const uint16_t* x, int64_t ldx, const void* const* rows, const void* const* next, int64_t cols, float* out,
+             int64_t ldo) {
   bdotwxm<4, 2>(x, ldx, rows, next, cols, out, ldo);
 }
 
 // The batched decode tile: 2 weight rows x up to 12 x rows, 24 accumulators.
 void bdot2xm(const uint16_t* x, int64_t ldx, int m, const void* const* rows, const void* const* next, int64_t cols,
              float* out, int64_t ldo) {
-  with_rows<kMaxDotTileRows>(
-      m, [&](auto r) { bdotwxm<2, decltype(r)::value, true>(x, ldx, rows, next, cols, out, ldo); });
-}
-
-// ---- GEMM (prefill) with bf16 activations ----
-
-// The pack panel's fp32 values are bf16 values, so their upper halves are the bf16 bits: row 2p's go to the low half
-// of each lane, row 2p+1's to the high half.
-void pair_panel(const float* panel, int64_t kc, uint32_t* pairs) {
-  static_assert(kGemmNR == 16);
-  int64_t p = 0;
-  for (; 2 * p + 1 < kc; ++p) {
-    const __m512i lo = _mm512_srli_epi32(_mm512_loadu_si512(panel + 2 * p * kGemmNR), 16);
-    const __m512i hi = _mm512_loadu_si512(panel + (2 * p + 1) * kGemmNR);
-    _mm512_storeu_si512(pairs + p * kGemmNR, _mm512_mask_blend_epi16(0xAAAAAAAAu, lo, hi));
-  }
-  if (2 * p < kc) _mm512_storeu_si512(pairs + p * kGemmNR, _mm512_srli_epi32(_mm512_loadu_si512(panel + 2 * p * kGemmNR), 16));
-}
-
-// MR x rows times a 16-wide pair panel, one accumulator per row in registers over all of k, as the fp32 tile
-// (kernels_avx512.cpp gemm_tile_mr) but a k pair per instruction.
-template <int MR>
-void gemm_bf16_tile_mr(const uint16_t* x, int64_t ldx, const uint32_t* pairs, int64_t kc, const float* init, float* c,
-                       int64_t ldc) {
-  __m512 acc[MR];
-#pragma GCC unroll 12
-  for (int r = 0; r < MR; ++r) acc[r] = _mm512_loadu_ps(init != nullptr ? init : c + r * ldc);
-  const int64_t n_pairs = (kc + 1) / 2;
-  for (int64_t p = 0; p < n_pairs; ++p) {
-    const __m512i w = _mm512_loadu_si512(pairs + p * kGemmNR);
-#pragma GCC unroll 12
-    for (int r = 0; r < MR; ++r) {
-      int32_t xp;
-      __builtin_memcpy(&xp, x + r * ldx + 2 * p, 4);
-      acc[r] = _mm512_dpbf16_ps(acc[r], as_bh(_mm512_set1_epi32(xp)), as_bh(w));
-    }
-  }
-#pragma GCC unroll 12
-  for (int r = 0; r < MR; ++r) _mm512_storeu_ps(c + r * ldc, acc[r]);
-}
-
-void gemm_bf16_tile(const uint16_t* x, int64_t ldx, int mr, const uint32_t* pairs, int64_t kc, const float* init,
-                    float* c, int64_t ldc) {
-  with_rows<kMaxGemmMR>(mr,
-                        [&](auto rows) { gemm_bf16_tile_mr<decltype(rows)::value>(x, ldx, pairs, kc, init, c, ldc); });
+  with_rows<kMaxDotTileRows>(m,
+                             [&](auto r) { bdotwxm<2, decltype(r)::value, true>(x, ldx, rows, next, cols, out, ldo); });
 }
 
 Kernels make() {
@@ -165,8 +122,6 @@ Kernels make() {
   k.bdot1 = bdot1;
   k.bdot4x2 = bdot4x2;
   k.bdot2xm = bdot2xm;
-  k.pair_panel = pair_panel;
-  k.gemm_bf16_tile = gemm_bf16_tile;
   return k;
 }
 
