@@ -2,9 +2,10 @@
 streaming parsed chunk by chunk, bad input, prompt lists (batches), echo with the prompt's logprobs (checked against
 generating each prompt token after its prefix), scoring a prompt with max_tokens 0 and echo, top_logprobs that hold
 the chosen token, logprob token strings that spell the text, and 64 concurrent
-clients whose greedy outputs must equal single runs.
+clients whose greedy outputs must equal single runs (concurrency-bf16: the same with the weights as bf16, so the
+batched bf16-activation kernels serve the load).
 
-usage: test_server_api.py TESSERA MODELS_DIR {api|concurrency}
+usage: test_server_api.py TESSERA MODELS_DIR {api|concurrency|concurrency-bf16}
 """
 import json
 import os
@@ -462,6 +463,8 @@ if GROUP == "api":
     args += ["--max-body-bytes", "4096"]
 else:
     args += ["--max-num-seqs", "32", "--max-step-tokens", "64", "--kv-memory", "1MiB"]  # ~800 token rows: the load preempts
+    if GROUP == "concurrency-bf16":  # bf16 weights: bf16 activations (the default) through the batched bf16 kernels
+        args += ["--quant", "bf16"]
 srv = Server(TESSERA, args)
 try:
     srv.wait_ready()
