@@ -23,6 +23,7 @@ from report_util import eval_command, generated_line, parse_report_args, publish
 SCHEMES = [
     ("f32 (as stored, baseline)", []),
     ("bf16", ["--quant", "bf16"]),
+    ("bf16, --act-dtype fp32", ["--quant", "bf16", "--act-dtype", "fp32"]),
     ("f16", ["--quant", "f16"]),
     ("int8", ["--quant", "int8"]),
     ("int8, --act-quant int8", ["--quant", "int8", "--act-quant", "int8"]),
