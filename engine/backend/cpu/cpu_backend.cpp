@@ -93,7 +93,7 @@ struct ActScratch {
   AlignedFloats scales;
   int64_t blocks = 0;  // per row
   // bf16 activations (BF16 weights with set_bf16_activations): the rows as bf16 bits for the bf16 x bf16 kernels,
-  // or as bf16 values in fp32 for the fp32-activation kernels (GEMM, and sets without bf16 dot products).
+  // or as bf16 values in fp32 for the fp32-activation kernels of sets without those.
   std::vector<uint16_t, AlignedAllocator<uint16_t>> bf16;
   AlignedFloats rounded;
 };
@@ -307,32 +307,28 @@ GemmPart gemm_part_of(const GemmSplit& plan, int t, int64_t tiles, int n) {
   return {g.begin * kGemmMR, std::min<int64_t>(n, g.end * kGemmMR), 0, tiles};
 }
 
-// bf16 activations: the n rows of x (cols values each) rounded to bf16 (to nearest even) into `out`, rows ld >= cols
-// apart and zero-padded, as bf16 bits (Out = uint16_t, for the bf16 x bf16 kernels) or as those values in fp32
-// (Out = float, for the fp32-activation kernels). Every kernel set rounds with this one function, so the sets differ
-// only in how they sum the (exact) products.
+// bf16 activations: x's `count` values rounded to bf16 (to nearest even) into `out`, as bf16 bits (Out = uint16_t,
+// for the bf16 x bf16 kernels) or as those values in fp32 (Out = float, for the fp32-activation kernels). Every
+// kernel set rounds with this one function, so the sets differ only in how they sum the (exact) products.
 template <typename Out>
-Out* round_to_bf16(ThreadPool& pool, const float* x, int64_t n, int64_t cols, int64_t ld,
-                   std::vector<Out, AlignedAllocator<Out>>& out) {
-  if (out.size() < static_cast<size_t>(n * ld)) out.resize(static_cast<size_t>(n * ld));  // never in the hot loops
+const Out* round_to_bf16(ThreadPool& pool, const float* x, int64_t count,
+                         std::vector<Out, AlignedAllocator<Out>>& out) {
+  if (out.size() < static_cast<size_t>(count)) out.resize(static_cast<size_t>(count));  // never in the hot loops
   Out* o = out.data();
   const auto run = [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
-      for (int64_t c = 0; c < cols; ++c) {
-        const uint16_t h = f32_to_bf16(x[i * cols + c]);
-        if constexpr (std::is_same_v<Out, uint16_t>) {
-          o[i * ld + c] = h;
-        } else {
-          o[i * ld + c] = bf16_to_f32(h);
-        }
+      const uint16_t h = f32_to_bf16(x[i]);
+      if constexpr (std::is_same_v<Out, uint16_t>) {
+        o[i] = h;
+      } else {
+        o[i] = bf16_to_f32(h);
       }
-      std::fill(o + i * ld + cols, o + (i + 1) * ld, Out{0});
     }
   };
-  if (n == 1 || n * cols < kMinParallelElems) {
-    run(0, n);
+  if (count < kMinParallelElems) {
+    run(0, count);
   } else {
-    pool.parallel_for(n, 1, run);
+    pool.parallel_for(count, 4096, run);
   }
   return o;
 }
@@ -489,7 +485,7 @@ void dispatch_gemv(ThreadPool& pool, const cpu::Kernels& k, ActScratch& act, con
   const int64_t cols = w.cols;
   if (bf16_dots) {
     TESSERA_CHECK(w.dtype == DType::BF16 && k.bdot4 != nullptr);
-    const uint16_t* xb = round_to_bf16(pool, x, n, cols, cols, act.bf16);
+    const uint16_t* xb = round_to_bf16(pool, x, n * cols, act.bf16);
     drive(
         std::integral_constant<int, 4>{},
         [&](int i, const void* const* rows, const void* const* next, float* out) {
@@ -581,7 +577,7 @@ void CpuBackend::matmul_impl(const float* x, int n, const Matrix& w, const float
   const bool int8_act = uses_int8_activations(w, rowwise, act_quant_);
   const bool bf16_act = bf16_act_ && w.dtype == DType::BF16;
   rowwise = rowwise || bf16_act;  // see CpuBackend::set_bf16_activations
-  if (bf16_act && k.bdot4 == nullptr) x = round_to_bf16(pool_, x, n, w.cols, w.cols, impl_->act.rounded);
+  if (bf16_act && k.bdot4 == nullptr) x = round_to_bf16(pool_, x, n * w.cols, impl_->act.rounded);
   if (is_grouped(w.dtype)) TESSERA_CHECK_MSG(w.group == 32 || w.group == 64 || w.group == 128, "bad quant group");
   if (rowwise && w.layout == MatrixLayout::kPanels8) {
     const auto dot = panel_dots(pool_, k, impl_->act, x, n, w);
@@ -757,7 +753,7 @@ void CpuBackend::matmul_silu_mul_impl(const float* x, int n, const Matrix& gate,
   const bool int8_act = uses_int8_activations(gate, rowwise, act_quant_);
   const bool bf16_act = bf16_act_ && gate.dtype == DType::BF16;
   rowwise = rowwise || bf16_act;  // see CpuBackend::set_bf16_activations
-  if (bf16_act && k.bdot4 == nullptr) x = round_to_bf16(pool_, x, n, gate.cols, gate.cols, impl_->act.rounded);
+  if (bf16_act && k.bdot4 == nullptr) x = round_to_bf16(pool_, x, n * gate.cols, impl_->act.rounded);
   if (is_grouped(gate.dtype)) {
     TESSERA_CHECK_MSG(gate.group == 32 || gate.group == 64 || gate.group == 128, "bad quant group");
   }
