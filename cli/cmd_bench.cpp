@@ -89,8 +89,7 @@ std::vector<int> random_tokens(int n, int vocab, uint64_t seed) {
 json bench_one(const LoadedModel& loaded, int threads, const BenchOptions& o, double bandwidth_gbs, double fma_gflops) {
   const ModelData& m = loaded.data;
   const ModelConfig& c = m.config;
-  const std::unique_ptr<Backend> backend_ptr =
-      make_backend(o.device, threads, loaded.act_quant, loaded.bf16_activations);
+  const std::unique_ptr<Backend> backend_ptr = make_backend(o.device, threads, loaded);
   Backend& backend = *backend_ptr;
   const int max_prompt = *std::max_element(o.prompt_lens.begin(), o.prompt_lens.end());
   LlamaModel model(m, backend, std::min(max_prompt, 512));

@@ -50,8 +50,7 @@ int generate_on_this_rank(const GenerateOptions& o, ParallelJob& job) {
       load(model_options, /*need_tokenizer=*/leader && (!o.prompt.empty() || !o.stop.empty()), &shard, job.tp_data());
   job.check_consistent("the model " + loaded.data.source, config_fingerprint(loaded.data.config));
   const ModelConfig& config = loaded.data.config;
-  const std::unique_ptr<Backend> backend =
-      make_backend(o.device, o.model.threads, loaded.act_quant, loaded.bf16_activations);
+  const std::unique_ptr<Backend> backend = make_backend(o.device, o.model.threads, loaded);
   LlamaModel model(loaded.data, *backend, 256, job.tp_data());
   ModelRunner runner(model, job.groups());
   if (!leader) {

@@ -37,18 +37,17 @@ void DeviceOptions::check(int ranks, const std::string& act_quant) const {
                 " is a CPU kernel path with no GPU equivalent (the GPU keeps fp32 activations); drop --act-quant");
 }
 
-std::unique_ptr<Backend> make_backend(const DeviceOptions& o, int threads, ActQuant act_quant, bool bf16_activations) {
+std::unique_ptr<Backend> make_backend(const DeviceOptions& o, int threads, const LoadedModel& loaded) {
 #ifdef TESSERA_WITH_CUDA
   if (o.cuda()) {
-    TESSERA_CHECK_MSG(act_quant == ActQuant::kNone, "DeviceOptions::check refuses --act-quant with cuda");
+    TESSERA_CHECK_MSG(loaded.act_quant == ActQuant::kNone, "DeviceOptions::check refuses --act-quant with cuda");
     return std::make_unique<CudaBackend>();
   }
 #else
   TESSERA_CHECK_MSG(!o.cuda(), "DeviceOptions::check refuses cuda in a build without it");
 #endif
   auto cpu = std::make_unique<CpuBackend>(threads);
-  cpu->set_activation_quant(act_quant);
-  cpu->set_bf16_activations(bf16_activations);
+  configure_activations(*cpu, loaded);
   return cpu;
 }
 

@@ -6,6 +6,7 @@
 #include <memory>
 #include <string>
 
+#include "cli/options.h"
 #include "engine/backend/backend.h"
 #include "engine/backend/cpu/cpu_backend.h"
 
@@ -25,8 +26,8 @@ struct DeviceOptions {
 // True when this executable was built with the CUDA backend.
 bool cuda_built();
 
-// The backend of `o`: CpuBackend(threads) with `act_quant` and bf16 activations for bf16 weights when
-// `bf16_activations` (CpuBackend::set_bf16_activations), or CudaBackend on device 0. Call o.check() first.
-std::unique_ptr<Backend> make_backend(const DeviceOptions& o, int threads, ActQuant act_quant, bool bf16_activations);
+// The backend of `o`: CpuBackend(threads) with the loaded model's activation options (configure_activations), or
+// CudaBackend on device 0. Call o.check() first.
+std::unique_ptr<Backend> make_backend(const DeviceOptions& o, int threads, const LoadedModel& loaded);
 
 }  // namespace tessera::cli

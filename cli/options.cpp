@@ -111,8 +111,8 @@ void ModelOptions::add_quant_options(CLI::App& app) {
   app.add_option("--act-dtype", act_dtype,
                  "Activations read by bf16-weight matmuls on the CPU: bf16 (rounded once per matmul, as llama.cpp "
                  "and cuBLAS compute bf16 models; on CPUs with AVX512_BF16 the dot products then run as bf16 pairs, "
-                 "about 2.5x the batched decode throughput) or fp32 (exact activations). Other weight types always "
-                 "read fp32 (or --act-quant int8) activations")
+                 "about 1.5x the batched decode and prefill throughput) or fp32 (exact activations). Other weight "
+                 "types always read fp32 (or --act-quant int8) activations")
       ->check(CLI::IsMember({"bf16", "fp32"}))
       ->capture_default_str();
   app.add_option("--prune", prune,
