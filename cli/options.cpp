@@ -187,24 +187,32 @@ DType parse_dtype(const std::string& name) {
 
 namespace {
 
-// Pruning a shard gives what one process gives only where the decision for a weight depends on nothing but its
-// own row and a group of M consecutive inputs: magnitude N:M. Per-tensor thresholds, calibration activations and
-// structured choices would come out differently on each rank. Returns the column multiple a split must keep: M
-// (1 without pruning).
-int shard_prune_group(const quant::CompressOptions& compress) {
+// Pruning a shard gives what one process gives except for choices made across tensors or across a tensor's
+// channels (quant/prune.h): refused here, before anything is loaded, with the same words on every rank. Returns
+// the column multiple a split must keep so N:M groups stay whole: M (1 without N:M pruning).
+int shard_prune_group(const quant::CompressOptions& compress, const ShardRequest& shard) {
   const quant::PruneOptions& prune = compress.prune;
   // 2:4-pruned int4 is stored with one scale per 64 columns (quant::kSparse24Block), which a split must not cut;
   // every 2:4 decode kernel quantizes its activations in blocks of 32 inputs, which a split must not cut either.
   bool int4 = compress.default_spec.dtype == DType::Q4;
   for (const quant::QuantRule& r : compress.rules) int4 = int4 || r.spec.dtype == DType::Q4;
   int m = 1;
-  const auto check = [&m, int4](const quant::PruneSpec& spec, const std::string& where) {
+  const auto check = [&](const quant::PruneSpec& spec, const std::string& where) {
     if (spec.none()) return;
-    if (!spec.shard_exact())
-      throw Error("pruning " + where + " '" + spec.to_string() +
-                  "' is not supported with --tp/--pp (each rank would decide on its own part of a tensor and get "
-                  "another result than one process); use magnitude N:M (e.g. --prune magnitude:2:4) or run it on "
-                  "one rank");
+    const std::string what = "pruning " + where + " '" + spec.to_string() + "' ";
+    if (spec.method == quant::PruneMethod::kMagnitudeGlobal)
+      throw Error(what +
+                  "is not supported with --tp/--pp (one threshold across tensors held by different ranks); use "
+                  "magnitude (one threshold per tensor) or run on one rank");
+    if (spec.structured())
+      throw Error(what +
+                  "is not supported with --tp/--pp (it chooses whole channels and heads across each tensor); prune "
+                  "on one rank, or use an unstructured or N:M method");
+    if (spec.calibrated() && shard.pp_size > 1)
+      throw Error(what +
+                  "is not supported with --pp (wanda and sparsegpt calibrate layer after layer through the whole "
+                  "model); use --tp alone, or magnitude");
+    if (!spec.nm()) return;
     // 2:4 decode kernels quantize the activations in blocks of 32 inputs (int4: 2:4 blocks of 64 with a scale).
     const int split = spec.two_of_four() ? (int4 ? quant::kSparse24Block : 32) : spec.m;
     m = std::lcm(m, split);
@@ -243,11 +251,13 @@ LoadedModel load(const ModelOptions& options, bool need_tokenizer, const ShardRe
   const bool sharded = shard != nullptr && (shard->tp_size > 1 || shard->pp_size > 1);
   // Column splits fall on multiples of every quantization group and every N:M group, so each rank's groups are
   // the groups one process would use.
-  const int column_align = sharded ? std::lcm(quant::largest_group(compress), shard_prune_group(compress)) : 1;
-  if (sharded && !options.calib.empty())
+  const int column_align = sharded ? std::lcm(quant::largest_group(compress), shard_prune_group(compress, *shard)) : 1;
+  // With int4/nf4 schemes a calibration text turns on the activation-aware scale search (quant/compress.h); for
+  // int8 it only calibrates pruning, which runs on shards.
+  if (sharded && !options.calib.empty() && quant::largest_group(compress) > 1)
     throw Error(
-        "activation-aware quantization (--calib) is not supported with --tp/--pp yet; use a "
-        "round-to-nearest scheme (e.g. --quant int4:g32) or run on one rank");
+        "activation-aware quantization (--calib with int4/nf4) is not supported with --tp/--pp yet; use a "
+        "round-to-nearest scheme (drop --calib, e.g. --quant int4:g32) or run on one rank");
   std::optional<ModelShard> plan;
   if (options.dummy_weights) {
     if (sharded) {
@@ -272,6 +282,7 @@ LoadedModel load(const ModelOptions& options, bool need_tokenizer, const ShardRe
       compress.share_row_absmax = [tp_group](std::vector<float>& amax) {
         all_reduce_max(*tp_group, amax.data(), amax.size());
       };
+      compress.prune.tp = tp_group;
     }
   }
   std::string tok_path = options.tokenizer;

@@ -12,6 +12,8 @@
 #include <sstream>
 
 #include "engine/core/check.h"
+#include "engine/model/shard.h"
+#include "parallel/communicator.h"
 #include "quant/awq.h"
 #include "quant/prune_internal.h"
 #include "quant/quant_traits.h"
@@ -187,6 +189,57 @@ GlobalCut global_cut(const std::vector<const Matrix*>& ms, int64_t k, ThreadPool
   return cut;
 }
 
+constexpr ShardedWeight kProjWeights[kNumProj] = {ShardedWeight::kWq,   ShardedWeight::kWk,    ShardedWeight::kWv,
+                                                  ShardedWeight::kWo,   ShardedWeight::kWGate, ShardedWeight::kWUp,
+                                                  ShardedWeight::kWDown};
+
+// Whether a tensor-parallel rank must see the whole tensor to decide for its part: a per-tensor threshold
+// (magnitude; unstructured SparseGPT's mask per block of columns spans all rows), or a per-row choice (Wanda) or
+// row-wide reconstruction (SparseGPT) over rows split across ranks. N:M groups never cross a split (splits are
+// aligned to M).
+bool needs_whole_tensor(const PruneSpec& s, const WeightSplit& split) {
+  if (s.method == PruneMethod::kMagnitude) return !s.nm();
+  if (s.method == PruneMethod::kWanda) return !s.nm() && !split.by_rows;
+  if (s.method == PruneMethod::kSparseGpt) return !s.nm() || !split.by_rows;
+  return false;
+}
+
+// Prunes w [rows][cols] (f32) to `s`. inputs / input: the calibration statistics of the projection's input
+// (input -1: none, lm_head); col0: the first of the recorded input columns w's columns are. global_count: for
+// magnitude-global, the exact number of weights this tensor loses.
+void prune_one(float* w, int64_t rows, int64_t cols, const PruneSpec& s, const detail::LayerInputs& inputs, int input,
+               int64_t col0, int64_t global_count, ThreadPool& pool) {
+  if (s.method == PruneMethod::kSparseGpt) {
+    const auto& h = inputs.hessian[sz(input)];
+    TESSERA_CHECK(col0 == 0 && h.size() == sz(cols) * sz(cols));
+    sparsegpt_prune(w, rows, cols, h.data(), s, pool);
+    return;
+  }
+  std::vector<float> score(sz(rows) * sz(cols));
+  std::vector<float> norm;
+  if (s.method == PruneMethod::kWanda) {
+    const auto& sq = inputs.sum_sq[sz(input)];
+    TESSERA_CHECK(sq.size() >= sz(col0 + cols));
+    norm.resize(sz(cols));
+    for (int64_t j = 0; j < cols; ++j) norm[sz(j)] = static_cast<float>(std::sqrt(sq[sz(col0 + j)]));
+  }
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t j = 0; j < cols; ++j) {
+      const float a = std::fabs(w[sz(r * cols + j)]);
+      score[sz(r * cols + j)] = norm.empty() ? a : a * norm[sz(j)];
+    }
+  if (s.method == PruneMethod::kMagnitudeGlobal) {
+    prune_by_score(w, rows, cols, score.data(), static_cast<double>(global_count) / static_cast<double>(rows * cols),
+                   false, 0, 0);
+  } else if (s.nm() || s.method == PruneMethod::kWanda) {  // row by row: split the rows over the pool
+    pool.parallel_for(rows, 16, [&](int64_t b, int64_t e) {
+      prune_by_score(w + sz(b * cols), e - b, cols, score.data() + sz(b * cols), s.sparsity, true, s.n, s.m);
+    });
+  } else {
+    prune_by_score(w, rows, cols, score.data(), s.sparsity, false, 0, 0);
+  }
+}
+
 }  // namespace
 
 PruneSpec PruneSpec::parse(const std::string& text) {
@@ -330,19 +383,27 @@ PruneReport prune_model(ModelData& model, const PruneOptions& options, std::span
                   "' matches nothing it applies to (unstructured and N:M specs apply to layers.<L>.<wq|wk|wv|wo|"
                   "w_gate|w_up|w_down> and an untied lm_head; structured ones to layers.<L>.ffn and layers.<L>.attn)");
   }
-  // A shard (tensor/pipeline parallelism) sees part of each tensor: only decisions made within a row and a group
-  // of M inputs (magnitude N:M) come out as on the whole model.
+  // A shard (tensor/pipeline parallelism): per-tensor and calibrated choices are made on the whole tensor (see
+  // prune_one); what cannot be is refused here, on every rank alike.
   if (!shard.whole()) {
-    for (const Target& t : targets)
-      if (!t.spec.shard_exact())
+    for (const Target& t : targets) {
+      if (t.spec.method == PruneMethod::kMagnitudeGlobal)
         throw Error("pruning " + t.name + " with '" + t.spec.to_string() + "' on a shard (" + shard.describe() +
-                    ") would not give what one process gives; only magnitude N:M (e.g. magnitude:2:4) prunes "
-                    "shards exactly");
+                    "): one threshold across tensors held by different ranks is not supported; use magnitude (one "
+                    "threshold per tensor) or run on one rank");
+      if (t.spec.calibrated() && shard.pp_size > 1)
+        throw Error("pruning " + t.name + " with '" + t.spec.to_string() + "' on a pipeline stage (" +
+                    shard.describe() +
+                    "): wanda and sparsegpt calibrate layer after layer through the whole model, which --pp splits; "
+                    "use --tp alone, or magnitude");
+    }
     for (const Block& b : blocks)
       if (!b.spec.none())
         throw Error("structured pruning (" + b.spec.to_string() + ") is not supported on a shard (" + shard.describe() +
                     "): it chooses whole channels and heads across the tensor");
   }
+  Communicator* tp = shard.tp_size > 1 ? options.tp : nullptr;
+  TESSERA_CHECK(shard.tp_size == 1 || (tp != nullptr && tp->size() == shard.tp_size));
   const bool any_calibrated =
       std::any_of(targets.begin(), targets.end(), [](const Target& t) { return t.spec.calibrated(); });
   if (any_calibrated && calibration_tokens.size() < 2)
@@ -450,7 +511,7 @@ PruneReport prune_model(ModelData& model, const PruneOptions& options, std::span
       if (t->spec.method == PruneMethod::kSparseGpt) want_h[sz(kProjInput[t->proj])] = true;
     }
     if (std::count(want_sq.begin(), want_sq.end(), true) + std::count(want_h.begin(), want_h.end(), true) > 0) {
-      inputs = detail::calibrate_layer(model, step, calibration_tokens, want_sq, want_h, pool);
+      inputs = detail::calibrate_layer(model, step, calibration_tokens, want_sq, want_h, pool, tp);
       ++report.calibration_passes;
     }
     for (Target* t : members) {
@@ -465,37 +526,20 @@ PruneReport prune_model(ModelData& model, const PruneOptions& options, std::span
       tr.two_of_four = t->spec.two_of_four();
       std::vector<float> w = expand_matrix(m, pool);
       const std::vector<float> original = w;
-      const int64_t rows = m.rows, cols = m.cols;
-      const PruneSpec& s = t->spec;
-      if (s.method == PruneMethod::kSparseGpt) {
-        const auto& h = inputs.hessian[sz(kProjInput[t->proj])];
-        TESSERA_CHECK(h.size() == sz(cols) * sz(cols));
-        sparsegpt_prune(w.data(), rows, cols, h.data(), s, pool);
+      const int64_t global_count = t->spec.method == PruneMethod::kMagnitudeGlobal ? global_counts.at(t) : 0;
+      const int input = t->layer < 0 ? -1 : kProjInput[t->proj];
+      if (tp == nullptr) {
+        prune_one(w.data(), m.rows, m.cols, t->spec, inputs, input, 0, global_count, pool);
       } else {
-        std::vector<float> score(w.size());
-        std::vector<float> norm;
-        if (s.method == PruneMethod::kWanda) {
-          const auto& sq = inputs.sum_sq[sz(kProjInput[t->proj])];
-          TESSERA_CHECK(sq.size() == sz(cols));
-          norm.resize(sz(cols));
-          for (int64_t j = 0; j < cols; ++j) norm[sz(j)] = static_cast<float>(std::sqrt(sq[sz(j)]));
-        }
-        for (int64_t r = 0; r < rows; ++r)
-          for (int64_t j = 0; j < cols; ++j) {
-            const float a = std::fabs(w[sz(r * cols + j)]);
-            score[sz(r * cols + j)] = norm.empty() ? a : a * norm[sz(j)];
-          }
-        if (s.method == PruneMethod::kMagnitudeGlobal) {
-          const int64_t k = global_counts.at(t);
-          prune_by_score(w.data(), rows, cols, score.data(), static_cast<double>(k) / static_cast<double>(rows * cols),
-                         false, 0, 0);
-        } else if (s.nm() || s.method == PruneMethod::kWanda) {  // row by row: split the rows over the pool
-          pool.parallel_for(rows, 16, [&](int64_t b, int64_t e) {
-            prune_by_score(w.data() + sz(b * cols), e - b, cols, score.data() + sz(b * cols), s.sparsity, true, s.n,
-                           s.m);
-          });
+        const WeightSplit split = split_of(shard, c, t->layer < 0 ? ShardedWeight::kLmHead : kProjWeights[t->proj]);
+        if (needs_whole_tensor(t->spec, split)) {
+          detail::WholeMatrix whole = detail::gather_split(*tp, w.data(), m.rows, m.cols, split);
+          prune_one(whole.data.data(), whole.rows, whole.cols, t->spec, inputs, input, 0, 0, pool);
+          detail::take_split(whole, split, w.data());
         } else {
-          prune_by_score(w.data(), rows, cols, score.data(), s.sparsity, false, 0, 0);
+          // Rows decided alone (column-parallel) or N:M groups inside the slice: the recorded input statistics
+          // are the whole input's, of which a row-parallel slice reads its own columns.
+          prune_one(w.data(), m.rows, m.cols, t->spec, inputs, input, split.by_rows ? 0 : split.range.begin, 0, pool);
         }
       }
       double change = 0.0, norm2 = 0.0, z0 = 0.0, z1 = 0.0;

@@ -21,6 +21,11 @@
 // their papers: layer L's inputs are recorded with layers < L already pruned (one forward pass per layer, stopped
 // after layer L). Structured pruning ranks channels by calibration activations when a text is given, else by
 // weight norms.
+//
+// On a shard (tensor/pipeline parallelism) every unstructured and N:M method gives what one process gives, up to
+// the rounding of the sharded calibration forward, with two exceptions refused with an error: magnitude-global
+// (one threshold across tensors held by different ranks) and structured pruning (whole channels chosen across
+// the tensor). Wanda and SparseGPT need the whole pipeline on each rank (tensor parallelism alone).
 #pragma once
 
 #include <cstdint>
@@ -31,6 +36,10 @@
 
 #include "engine/core/thread_pool.h"
 #include "engine/model/weights.h"
+
+namespace tessera {
+class Communicator;
+}
 
 namespace tessera::quant {
 
@@ -63,9 +72,6 @@ struct PruneSpec {
   bool nm() const { return n > 0; }
   bool two_of_four() const { return n == 2 && m == 4; }
   bool calibrated() const { return method == PruneMethod::kWanda || method == PruneMethod::kSparseGpt; }
-  // Gives on a tensor-parallel shard what it gives on the whole tensor (the choice for a weight depends only on its
-  // row and a group of M inputs): none, or magnitude N:M.
-  bool shard_exact() const { return none() || (method == PruneMethod::kMagnitude && nm()); }
 };
 
 struct PruneRule {
@@ -79,6 +85,11 @@ struct PruneOptions {
   PruneSpec default_spec;
   std::vector<PruneRule> rules;
   int multiple = 2;  // kept FFN channels and kept KV groups stay divisible by this (tensor parallelism)
+  // The tensor-parallel group when the model is a shard with tp_size > 1 (not owned; every rank of it runs
+  // prune_model with the same options, in step). Methods whose choice for a weight needs more than its shard
+  // (per-tensor magnitude thresholds, Wanda and SparseGPT on row-parallel wo / w_down) gather the whole tensor
+  // over it, and the calibration pass runs the sharded model, so each rank keeps what one process would keep.
+  Communicator* tp = nullptr;
   bool active() const;
 };
 

@@ -1,6 +1,9 @@
 // The calibration pass of Wanda and SparseGPT: layer L's projection inputs, recorded with the model as it is (layers
-// before L already pruned), stopping each forward pass once layer L's last input has been seen.
+// before L already pruned), stopping each forward pass once layer L's last input has been seen. Also the gathers
+// that give a tensor-parallel rank the whole of what it holds a part of.
 #include <algorithm>
+#include <cstring>
+#include <optional>
 
 #include "engine/core/check.h"
 #include "engine/model/kv_cache.h"
@@ -19,13 +22,26 @@ struct StopForward {};
 
 class LayerObserver final : public ActivationObserver {
  public:
+  // column_split: for each input a rank holds only some columns of (tensor parallelism), which ones; gathered
+  // whole before recording.
   LayerObserver(int layer, const std::array<bool, kInputs>& sum_sq, const std::array<bool, kInputs>& hessian,
-                ThreadPool& pool)
-      : layer_(layer), want_sum_sq_(sum_sq), want_hessian_(hessian), pool_(pool) {}
+                ThreadPool& pool, Communicator* tp, const std::array<std::optional<WeightSplit>, kInputs>& column_split)
+      : layer_(layer),
+        want_sum_sq_(sum_sq),
+        want_hessian_(hessian),
+        pool_(pool),
+        tp_(tp),
+        column_split_(column_split) {}
 
   void observe(int layer, LinearInput which, const float* x, int n, int cols) override {
     if (layer != layer_) return;
     const auto w = static_cast<size_t>(which);
+    WholeMatrix whole;
+    if (column_split_[w] && (want_sum_sq_[w] || want_hessian_[w])) {
+      whole = gather_split(*tp_, x, n, cols, *column_split_[w]);
+      x = whole.data.data();
+      cols = static_cast<int>(whole.cols);
+    }
     if (want_sum_sq_[w]) {
       auto& s = out_.sum_sq[w];
       if (s.empty()) s.assign(sz(cols), 0.0);
@@ -61,21 +77,82 @@ class LayerObserver final : public ActivationObserver {
   int layer_;
   std::array<bool, kInputs> want_sum_sq_, want_hessian_;
   ThreadPool& pool_;
+  Communicator* tp_;
+  std::array<std::optional<WeightSplit>, kInputs> column_split_;
   LayerInputs out_;
 };
 
 }  // namespace
 
+WholeMatrix gather_split(Communicator& tp, const float* local, int64_t rows, int64_t cols, const WeightSplit& split) {
+  const int n = tp.size();
+  const int64_t mine[2] = {split.range.begin, split.range.end};
+  std::vector<int64_t> ranges(2 * sz(n));
+  tp.all_gather_bytes(mine, sizeof mine, ranges.data());
+  TESSERA_CHECK(split.range.size() == (split.by_rows ? rows : cols));
+  int64_t extent = 0, span = 0;  // whole size of the split dimension; the widest part
+  for (int r = 0; r < n; ++r) {
+    extent = std::max(extent, ranges[2 * sz(r) + 1]);
+    span = std::max(span, ranges[2 * sz(r) + 1] - ranges[2 * sz(r)]);
+  }
+  // Every rank sends `span` rows (or columns) so the gather has one size; the padding is never read.
+  const int64_t other = split.by_rows ? cols : rows;
+  std::vector<float> send(sz(span) * sz(other), 0.0f), all(sz(n) * send.size());
+  if (split.by_rows) {
+    std::memcpy(send.data(), local, sz(rows) * sz(cols) * sizeof(float));
+  } else {
+    for (int64_t i = 0; i < rows; ++i)
+      std::memcpy(send.data() + sz(i) * sz(span), local + sz(i) * sz(cols), sz(cols) * sizeof(float));
+  }
+  tp.all_gather(send.data(), send.size(), all.data());
+  WholeMatrix out;
+  out.rows = split.by_rows ? extent : rows;
+  out.cols = split.by_rows ? cols : extent;
+  out.data.assign(sz(out.rows) * sz(out.cols), 0.0f);
+  for (int r = 0; r < n; ++r) {
+    const int64_t begin = ranges[2 * sz(r)], count = ranges[2 * sz(r) + 1] - begin;
+    const float* part = all.data() + sz(r) * send.size();
+    if (split.by_rows) {
+      std::memcpy(out.data.data() + sz(begin) * sz(cols), part, sz(count) * sz(cols) * sizeof(float));
+    } else {
+      for (int64_t i = 0; i < rows; ++i)
+        std::memcpy(out.data.data() + sz(i) * sz(extent) + sz(begin), part + sz(i) * sz(span),
+                    sz(count) * sizeof(float));
+    }
+  }
+  return out;
+}
+
+void take_split(const WholeMatrix& whole, const WeightSplit& split, float* local) {
+  const int64_t begin = split.range.begin, count = split.range.size();
+  if (split.by_rows) {
+    std::memcpy(local, whole.data.data() + sz(begin) * sz(whole.cols), sz(count) * sz(whole.cols) * sizeof(float));
+    return;
+  }
+  for (int64_t i = 0; i < whole.rows; ++i)
+    std::memcpy(local + sz(i) * sz(count), whole.data.data() + sz(i) * sz(whole.cols) + sz(begin),
+                sz(count) * sizeof(float));
+}
+
 LayerInputs calibrate_layer(const ModelData& model, int layer, std::span<const int> tokens,
                             const std::array<bool, kInputs>& want_sum_sq, const std::array<bool, kInputs>& want_hessian,
-                            ThreadPool& pool) {
+                            ThreadPool& pool, Communicator* tp) {
   const ModelConfig& c = model.config;
   if (tokens.size() < 2)
     throw Error("pruning calibration needs at least 2 tokens, got " + std::to_string(tokens.size()));
   const int chunk_len = std::max(2, std::min(512, c.max_seq_len));
+  std::array<std::optional<WeightSplit>, kInputs> column_split;
+  const ModelShard shard = model.layout();
+  if (shard.tp_size > 1) {
+    TESSERA_CHECK(tp != nullptr && tp->size() == shard.tp_size && shard.pp_size == 1);
+    column_split[static_cast<size_t>(LinearInput::kAttnOut)] = split_of(shard, c, ShardedWeight::kWo);
+    column_split[static_cast<size_t>(LinearInput::kFfnMid)] = split_of(shard, c, ShardedWeight::kWDown);
+  } else {
+    tp = nullptr;
+  }
   std::unique_ptr<Backend> backend = make_calibration_backend(pool);
-  LlamaModel lm(model, *backend, chunk_len);
-  LayerObserver observer(layer, want_sum_sq, want_hessian, pool);
+  LlamaModel lm(model, *backend, chunk_len, tp);
+  LayerObserver observer(layer, want_sum_sq, want_hessian, pool, tp, column_split);
   lm.set_observer(&observer);
   KvCache cache = lm.make_cache(chunk_len);
   std::vector<float> logits(sz(c.vocab_size));

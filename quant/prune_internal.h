@@ -9,6 +9,7 @@
 
 #include "engine/core/thread_pool.h"
 #include "engine/model/llama_model.h"
+#include "engine/model/shard.h"
 #include "engine/model/weights.h"
 #include "quant/prune.h"
 
@@ -25,9 +26,23 @@ struct LayerInputs {
 
 // Runs the model as it is now over `tokens` (chunks of at most 512 tokens, BOS before every chunk after the
 // first) and records layer `layer`'s inputs; each pass stops once that layer's last input has been seen.
+// tp: the tensor-parallel group of a shard with tp_size > 1 (else null); every rank calls this in step, and the
+// inputs of the row-parallel wo and w_down, of which a rank computes only its columns, are gathered whole, so
+// the statistics are those of the whole model on every rank.
 LayerInputs calibrate_layer(const ModelData& model, int layer, std::span<const int> tokens,
                             const std::array<bool, kInputs>& want_sum_sq, const std::array<bool, kInputs>& want_hessian,
-                            ThreadPool& pool);
+                            ThreadPool& pool, Communicator* tp);
+
+// A matrix split over a tensor-parallel group by rows or by columns (this rank holds split.range of them,
+// `local` [rows][cols] f32), gathered whole on every rank. Ranks holding the same range (kv heads replicated when
+// n_kv_heads < tp) send the same values.
+struct WholeMatrix {
+  std::vector<float> data;  // [rows][cols]
+  int64_t rows = 0, cols = 0;
+};
+WholeMatrix gather_split(Communicator& tp, const float* local, int64_t rows, int64_t cols, const WeightSplit& split);
+// This rank's part of a gathered matrix back into `local`.
+void take_split(const WholeMatrix& whole, const WeightSplit& split, float* local);
 
 // A new matrix holding the given rows (any dtype, bytes copied) or columns (plain dtypes copied element-wise,
 // quantized ones expanded to f32) of m, in `store`.

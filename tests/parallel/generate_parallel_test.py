@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """`mpirun -np N tessera generate --tp T --pp P` prints exactly what one process prints (stories260K, greedy),
-for every layout of 2 and 4 ranks, plain, int4:g32, int8, magnitude 2:4 pruning and 2:4 + int8; and a bad layout
-or a pruning method that cannot run per shard is refused with a clear error.
+for every layout of 2 and 4 ranks, plain, int4:g32, int8, magnitude 2:4 pruning and 2:4 + int8; with tensor
+parallelism alone also per-tensor magnitude and Wanda pruning calibrated on a text (SparseGPT runs; its exactness
+up to rounding is checked in sharded_model_test); and a bad layout or a pruning method that cannot run per shard
+is refused with a clear error.
 
     generate_parallel_test.py TESSERA_BIN MODELS_DIR MPIEXEC
 """
@@ -35,6 +37,33 @@ def main():
             if not same:
                 failures += 1
                 print(r.stdout + r.stderr[-2000:])
+    # Choices that need the whole tensor (a per-tensor threshold, Wanda's rows of the row-parallel wo / w_down)
+    # are made on it, gathered over the tensor-parallel group; the calibration pass runs the sharded model.
+    calib = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "docs", "data",
+                         "stories260K-t1-calib.txt")
+    for prune, layouts in ((["--prune", "magnitude:0.5"], [(2, 1), (4, 1), (2, 2)]),
+                           (["--prune", "wanda:0.5", "--calib", calib], [(2, 1), (4, 1)]),
+                           (["--prune", "wanda:2:4", "--quant", "int8", "--calib", calib], [(2, 1)])):
+        gen = [tessera, "generate", "--model", model, "--tokenizer", tok, "-p", "Once upon a time", "-n", "100",
+               "--temperature", "0", "--threads", "1"] + prune
+        want = subprocess.run(gen, capture_output=True, text=True, check=True).stdout
+        for tp, pp in layouts:
+            r = subprocess.run(mpi + ["-np", str(tp * pp)] + gen + ["--tp", str(tp), "--pp", str(pp)],
+                               capture_output=True, text=True, timeout=240)
+            same = r.returncode == 0 and r.stdout == want
+            print(f"tp {tp} x pp {pp} {' '.join(prune)}: {'same' if same else 'DIFFERENT'} (exit {r.returncode})")
+            if not same:
+                failures += 1
+                print(r.stdout + r.stderr[-2000:])
+    r = subprocess.run(mpi + ["-np", "2", tessera, "generate", "--model", model, "--tokenizer", tok, "-p", "x", "-n",
+                              "8", "--tp", "2", "--prune", "sparsegpt:0.5", "--calib", calib],
+                       capture_output=True, text=True, timeout=240)
+    sparsegpt_ran = r.returncode == 0 and "sparsegpt:0.5" in r.stderr
+    print(f"sparsegpt with --tp 2 runs: {sparsegpt_ran}")
+    if not sparsegpt_ran:
+        failures += 1
+        print(r.stderr[-2000:])
+
     r = subprocess.run(mpi + ["-np", "3", tessera, "generate", "--model", model, "-p", "x", "--tp", "3"],
                        capture_output=True, text=True, timeout=120)
     refused = r.returncode != 0 and "--tp 3 does not divide the model's 8 attention heads" in r.stderr
@@ -43,10 +72,15 @@ def main():
                        capture_output=True, text=True, timeout=120)
     refused2 = r.returncode != 0 and "= 2 ranks, but the job has 3" in r.stderr
     print(f"--tp 2 on 3 ranks refused: {refused2}")
-    r = subprocess.run(mpi + ["-np", "2", tessera, "generate", "--model", model, "-p", "x", "--tp", "2", "--prune",
-                              "magnitude:0.5"], capture_output=True, text=True, timeout=120)
-    refused3 = r.returncode != 0 and "use magnitude N:M" in r.stderr
-    print(f"unstructured pruning with --tp refused: {refused3}")
+    refused3 = True
+    for flags, words in ((["--tp", "2", "--prune", "structured-ffn:0.3"], "chooses whole channels and heads"),
+                         (["--tp", "2", "--prune", "magnitude-global:0.5"], "one threshold across tensors"),
+                         (["--pp", "2", "--prune", "wanda:0.5", "--calib", calib], "is not supported with --pp")):
+        r = subprocess.run(mpi + ["-np", "2", tessera, "generate", "--model", model, "--tokenizer", tok, "-p", "x"]
+                           + flags, capture_output=True, text=True, timeout=120)
+        ok = r.returncode != 0 and words in r.stderr
+        print(f"{' '.join(flags)} refused: {ok}")
+        refused3 = refused3 and ok
     return 0 if failures == 0 and refused and refused2 and refused3 else 1
 
 
