@@ -265,7 +265,7 @@ ParallelBenchResult run_parallel_bench(const ParallelBenchOptions& o, const std:
   job.run([&] {
     job.check_consistent("the options", sweep_fingerprint(o, job.options()));
     const ShardRequest shard = job.shard_request();
-    const LoadedModel loaded = load(o.model, /*need_tokenizer=*/false, &shard, job.tp_data());
+    const LoadedModel loaded = load(o.model, /*need_tokenizer=*/false, &shard, job.groups());
     job.check_consistent("the model " + loaded.data.source, config_fingerprint(loaded.data.config));
     if (longest > loaded.data.config.max_seq_len)
       throw Error("the longest --prompt-len + --gen-len (" + std::to_string(longest - 1) +

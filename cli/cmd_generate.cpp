@@ -47,7 +47,7 @@ int generate_on_this_rank(const GenerateOptions& o, ParallelJob& job) {
   ModelOptions model_options = o.model;
   model_options.cpu_layout = !o.device.cuda();
   LoadedModel loaded =
-      load(model_options, /*need_tokenizer=*/leader && (!o.prompt.empty() || !o.stop.empty()), &shard, job.tp_data());
+      load(model_options, /*need_tokenizer=*/leader && (!o.prompt.empty() || !o.stop.empty()), &shard, job.groups());
   job.check_consistent("the model " + loaded.data.source, config_fingerprint(loaded.data.config));
   const ModelConfig& config = loaded.data.config;
   const std::unique_ptr<Backend> backend = make_backend(o.device, o.model.threads, loaded);

@@ -13,6 +13,7 @@
 #include "engine/backend/cpu/panel8.h"
 #include "engine/core/check.h"
 #include "engine/core/thread_pool.h"
+#include "engine/runtime/model_runner.h"
 #include "loaders/dummy_model.h"
 #include "loaders/model_loader.h"
 #include "loaders/shard_weights.h"
@@ -101,7 +102,8 @@ void ModelOptions::add_quant_options(CLI::App& app) {
       ->capture_default_str();
   app.add_option("--quant-report", quant_report,
                  "Write a JSON report of the load-time compression: per weight the scheme, bytes before/after, "
-                 "relative error ||W - Q(W)|| / ||W|| and the chosen AWQ alpha")
+                 "relative error ||W - Q(W)|| / ||W|| and the chosen AWQ alpha (under --tp/--pp each rank writes its "
+                 "shard's, FILE with .tpR-ppS before the extension)")
       ->option_text("FILE");
   app.add_option("--act-quant", act_quant,
                  "Activation quantization for int8 weights: none, or int8 (activations quantized per row at run "
@@ -190,7 +192,7 @@ namespace {
 // Pruning a shard gives what one process gives except for choices made across tensors or across a tensor's
 // channels (quant/prune.h): refused here, before anything is loaded, with the same words on every rank. Returns
 // the column multiple a split must keep so N:M groups stay whole: M (1 without N:M pruning).
-int shard_prune_group(const quant::CompressOptions& compress, const ShardRequest& shard) {
+int shard_prune_group(const quant::CompressOptions& compress) {
   const quant::PruneOptions& prune = compress.prune;
   // 2:4-pruned int4 is stored with one scale per 64 columns (quant::kSparse24Block), which a split must not cut;
   // every 2:4 decode kernel quantizes its activations in blocks of 32 inputs, which a split must not cut either.
@@ -208,10 +210,6 @@ int shard_prune_group(const quant::CompressOptions& compress, const ShardRequest
       throw Error(what +
                   "is not supported with --tp/--pp (it chooses whole channels and heads across each tensor); prune "
                   "on one rank, or use an unstructured or N:M method");
-    if (spec.calibrated() && shard.pp_size > 1)
-      throw Error(what +
-                  "is not supported with --pp (wanda and sparsegpt calibrate layer after layer through the whole "
-                  "model); use --tp alone, or magnitude");
     if (!spec.nm()) return;
     // 2:4 decode kernels quantize the activations in blocks of 32 inputs (int4: 2:4 blocks of 64 with a scale).
     const int split = spec.two_of_four() ? (int4 ? quant::kSparse24Block : 32) : spec.m;
@@ -241,7 +239,8 @@ void use_cpu_panel_layout(ModelData& m, int threads) {
 
 }  // namespace
 
-LoadedModel load(const ModelOptions& options, bool need_tokenizer, const ShardRequest* shard, Communicator* tp_group) {
+LoadedModel load(const ModelOptions& options, bool need_tokenizer, const ShardRequest* shard,
+                 const ParallelGroups* groups) {
   options.validate();
   // Rules files are read before the model too: a typo should not cost a long load.
   quant::CompressOptions compress;
@@ -251,7 +250,7 @@ LoadedModel load(const ModelOptions& options, bool need_tokenizer, const ShardRe
   const bool sharded = shard != nullptr && (shard->tp_size > 1 || shard->pp_size > 1);
   // Column splits fall on multiples of every quantization group and every N:M group, so each rank's groups are
   // the groups one process would use.
-  const int column_align = sharded ? std::lcm(quant::largest_group(compress), shard_prune_group(compress, *shard)) : 1;
+  const int column_align = sharded ? std::lcm(quant::largest_group(compress), shard_prune_group(compress)) : 1;
   // With int4/nf4 schemes a calibration text turns on the activation-aware scale search (quant/compress.h); for
   // int8 it only calibrates pruning, which runs on shards.
   if (sharded && !options.calib.empty() && quant::largest_group(compress) > 1)
@@ -277,7 +276,13 @@ LoadedModel load(const ModelOptions& options, bool need_tokenizer, const ShardRe
       plan = plan_shard(out.data.config, request);
       shard_weights(out.data, *plan);  // dummy weights were generated as the shard already
     }
+    TESSERA_CHECK(groups != nullptr);
+    if (plan->pp_size > 1) {
+      TESSERA_CHECK(groups->pp_control != nullptr && groups->pp_control->size() == plan->pp_size);
+      compress.prune.pp = groups->pp_control;
+    }
     if (plan->tp_size > 1) {
+      Communicator* tp_group = groups->tp;
       TESSERA_CHECK(tp_group != nullptr && tp_group->size() == plan->tp_size);
       compress.share_row_absmax = [tp_group](std::vector<float>& amax) {
         all_reduce_max(*tp_group, amax.data(), amax.size());
@@ -339,7 +344,16 @@ LoadedModel load(const ModelOptions& options, bool need_tokenizer, const ShardRe
       std::fprintf(stderr, "[tessera] pruned %zu weights (%s) in %.2f s%s\n", pruned,
                    options.prune.empty() ? "rules" : options.prune.c_str(), report.prune_seconds, calib.c_str());
     }
-    if (!options.quant_report.empty()) quant::write_report_json(report, options.quant_report);
+    if (!options.quant_report.empty()) {
+      std::string path = options.quant_report;
+      if (sharded) {  // one file per rank: they would overwrite one another
+        const std::string tag = ".tp" + std::to_string(shard->tp_rank) + "-pp" + std::to_string(shard->pp_stage);
+        const size_t dot = path.find_last_of('.'), slash = path.find_last_of('/');
+        const bool ext = dot != std::string::npos && (slash == std::string::npos || dot > slash);
+        path = ext ? path.substr(0, dot) + tag + path.substr(dot) : path + tag;
+      }
+      quant::write_report_json(report, path);
+    }
     out.compression = std::move(report);
   }
 

@@ -15,6 +15,10 @@
 #include "parallel/communicator.h"
 #include "quant/compress.h"
 
+namespace tessera {
+struct ParallelGroups;  // engine/runtime/model_runner.h
+}
+
 namespace tessera::cli {
 
 struct ModelOptions {
@@ -77,10 +81,11 @@ void configure_activations(CpuBackend& backend, const LoadedModel& loaded);
 // shard: this rank's part of a tensor/pipeline-parallel job (null or 1 x 1: the whole model). The split is
 // planned from the config before any weight is read and checked against the compression's group sizes; only
 // the shard's slices are then read and compressed.
-// tp_group: the shard's tensor-parallel group (needed when shard->tp_size > 1 and int8 is used: the ranks agree
-// on each split row's scale).
+// groups: the job's communicators (needed when the shard is not the whole model): over `tp` the ranks agree on
+// each split int8 row's scale and gather what pruning decides on whole tensors; over `pp_control` (no deadline:
+// earlier stages may prune for minutes) pipeline stages pass calibration activations on.
 LoadedModel load(const ModelOptions& options, bool need_tokenizer, const ShardRequest* shard = nullptr,
-                 Communicator* tp_group = nullptr);
+                 const ParallelGroups* groups = nullptr);
 
 // Parses "f32" | "f16" | "bf16".
 DType parse_dtype(const std::string& name);

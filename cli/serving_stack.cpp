@@ -93,7 +93,7 @@ ServingStack::ServingStack(const ModelOptions& mo, const EngineOptions& eo, Para
                            serving::ServingMetrics& metrics) {
   TESSERA_CHECK(job.replica_leader());
   const ShardRequest shard = job.shard_request();
-  LoadedModel loaded = load(mo, /*need_tokenizer=*/false, &shard, job.tp_data());
+  LoadedModel loaded = load(mo, /*need_tokenizer=*/false, &shard, job.groups());
   job.check_consistent("the model " + loaded.data.source, config_fingerprint(loaded.data.config));
   const PagedKvOptions kv{kv_pool_blocks(eo, loaded.data.config, job), eo.block_size};
   parts_ = std::make_unique<Parts>(std::move(loaded), mo.threads, eo.max_step_tokens, kv, job);
@@ -144,7 +144,7 @@ void ServingStack::shutdown() {
 void run_replica_worker(const ModelOptions& mo, const EngineOptions& eo, ParallelJob& job) {
   TESSERA_CHECK(!job.replica_leader());
   const ShardRequest shard = job.shard_request();
-  LoadedModel loaded = load(mo, /*need_tokenizer=*/false, &shard, job.tp_data());
+  LoadedModel loaded = load(mo, /*need_tokenizer=*/false, &shard, job.groups());
   job.check_consistent("the model " + loaded.data.source, config_fingerprint(loaded.data.config));
   CpuBackend backend(mo.threads);
   configure_activations(backend, loaded);

@@ -159,6 +159,21 @@ void decode_row(const void* row, int64_t cols, DType dtype, int group, float* ou
   }
 }
 
+std::vector<std::vector<int>> calibration_chunks(std::span<const int> tokens, int chunk_len, int bos_id) {
+  TESSERA_CHECK(chunk_len >= 2);
+  std::vector<std::vector<int>> chunks;
+  for (size_t pos = 0; pos < tokens.size();) {
+    std::vector<int> chunk;
+    if (pos > 0) chunk.push_back(bos_id);
+    const size_t take = std::min(tokens.size() - pos, sz(chunk_len) - chunk.size());
+    chunk.insert(chunk.end(), tokens.begin() + static_cast<std::ptrdiff_t>(pos),
+                 tokens.begin() + static_cast<std::ptrdiff_t>(pos + take));
+    pos += take;
+    chunks.push_back(std::move(chunk));
+  }
+  return chunks;
+}
+
 std::unique_ptr<Backend> make_calibration_backend(ThreadPool& pool) {
   return std::make_unique<CpuBackend>(pool.size());
 }
@@ -170,17 +185,7 @@ std::vector<LayerStats> collect_activation_stats(const ModelData& model, std::sp
   if (tokens.size() < 2) throw Error("calibration needs at least 2 tokens, got " + std::to_string(tokens.size()));
   const size_t total = std::min(tokens.size(), sz(std::max(2, options.max_total_tokens)));
   const int chunk_len = std::max(2, std::min(options.max_chunk_tokens, c.max_seq_len));
-  // Chunks: the first is tokens[0, chunk_len); each later one is BOS + the next chunk_len - 1 tokens.
-  std::vector<std::vector<int>> chunks;
-  for (size_t pos = 0; pos < total;) {
-    std::vector<int> chunk;
-    if (pos > 0) chunk.push_back(c.bos_id);
-    const size_t take = std::min(total - pos, sz(chunk_len) - chunk.size());
-    chunk.insert(chunk.end(), tokens.begin() + static_cast<std::ptrdiff_t>(pos),
-                 tokens.begin() + static_cast<std::ptrdiff_t>(pos + take));
-    pos += take;
-    chunks.push_back(std::move(chunk));
-  }
+  const std::vector<std::vector<int>> chunks = calibration_chunks(tokens.first(total), chunk_len, c.bos_id);
   std::unique_ptr<Backend> backend = make_calibration_backend(pool);
   LlamaModel lm(model, *backend, chunk_len);
   StatsObserver observer(c.n_layers, std::max(1, options.max_samples), options.seed);

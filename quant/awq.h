@@ -62,6 +62,10 @@ std::vector<LayerStats> collect_activation_stats(const ModelData& model, std::sp
                                                  const CalibrationOptions& options = {},
                                                  const std::function<void(size_t, size_t)>& progress = nullptr);
 
+// A calibration text cut into forward passes of at most chunk_len tokens: the first is tokens[0, chunk_len), each
+// later one BOS + the next chunk_len - 1 tokens.
+std::vector<std::vector<int>> calibration_chunks(std::span<const int> tokens, int chunk_len, int bos_id);
+
 // The backend the calibration forward runs on: the CPU backend with as many threads as `pool`.
 std::unique_ptr<Backend> make_calibration_backend(ThreadPool& pool);
 

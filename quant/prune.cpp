@@ -378,7 +378,8 @@ PruneReport prune_model(ModelData& model, const PruneOptions& options, std::span
         used = true;
       }
     }
-    if (!used)
+    // A pipeline stage holds some layers only: a rule may be for another stage's (as in compress_model).
+    if (!used && shard.pp_size == 1)
       throw Error("pruning rule '" + rule.pattern + "=" + rule.spec.to_string() +
                   "' matches nothing it applies to (unstructured and N:M specs apply to layers.<L>.<wq|wk|wv|wo|"
                   "w_gate|w_up|w_down> and an untied lm_head; structured ones to layers.<L>.ffn and layers.<L>.attn)");
@@ -391,11 +392,9 @@ PruneReport prune_model(ModelData& model, const PruneOptions& options, std::span
         throw Error("pruning " + t.name + " with '" + t.spec.to_string() + "' on a shard (" + shard.describe() +
                     "): one threshold across tensors held by different ranks is not supported; use magnitude (one "
                     "threshold per tensor) or run on one rank");
-      if (t.spec.calibrated() && shard.pp_size > 1)
+      if (t.spec.calibrated() && shard.pp_size > 1 && options.pp == nullptr)
         throw Error("pruning " + t.name + " with '" + t.spec.to_string() + "' on a pipeline stage (" +
-                    shard.describe() +
-                    "): wanda and sparsegpt calibrate layer after layer through the whole model, which --pp splits; "
-                    "use --tp alone, or magnitude");
+                    shard.describe() + ") needs the pipeline group to pass calibration activations between stages");
     }
     for (const Block& b : blocks)
       if (!b.spec.none())
@@ -406,8 +405,17 @@ PruneReport prune_model(ModelData& model, const PruneOptions& options, std::span
   TESSERA_CHECK(shard.tp_size == 1 || (tp != nullptr && tp->size() == shard.tp_size));
   const bool any_calibrated =
       std::any_of(targets.begin(), targets.end(), [](const Target& t) { return t.spec.calibrated(); });
-  if (any_calibrated && calibration_tokens.size() < 2)
+  // Pipeline stages calibrate in turn, as one process goes layer after layer: each stage starts from the
+  // previous stage's pruned outputs. Decided from the options alone, the same on every stage, since a stage may
+  // hold no calibrated layer itself.
+  const bool relay =
+      shard.pp_size > 1 && options.pp != nullptr &&
+      (options.default_spec.calibrated() ||
+       std::any_of(options.rules.begin(), options.rules.end(), [](const PruneRule& r) { return r.spec.calibrated(); }));
+  if ((any_calibrated || relay) && calibration_tokens.size() < 2)
     throw Error("wanda and sparsegpt pruning calibrate on a text: pass --calib FILE");
+  detail::StageInputs stage_in;
+  if (relay && !shard.first_stage()) stage_in = detail::receive_stage_inputs(*options.pp, model, calibration_tokens);
 
   size_t total = static_cast<size_t>(n_layers) + 1, done = 0;
   const auto tick = [&] {
@@ -511,7 +519,7 @@ PruneReport prune_model(ModelData& model, const PruneOptions& options, std::span
       if (t->spec.method == PruneMethod::kSparseGpt) want_h[sz(kProjInput[t->proj])] = true;
     }
     if (std::count(want_sq.begin(), want_sq.end(), true) + std::count(want_h.begin(), want_h.end(), true) > 0) {
-      inputs = detail::calibrate_layer(model, step, calibration_tokens, want_sq, want_h, pool, tp);
+      inputs = detail::calibrate_layer(model, step, calibration_tokens, want_sq, want_h, pool, tp, stage_in);
       ++report.calibration_passes;
     }
     for (Target* t : members) {
@@ -561,6 +569,9 @@ PruneReport prune_model(ModelData& model, const PruneOptions& options, std::span
     }
     if (!head) tick();
   }
+  if (relay && !shard.last_stage())
+    detail::send_stage_outputs(*options.pp, model,
+                               detail::stage_outputs(model, calibration_tokens, stage_in, pool, tp));
   if (progress) progress(total, total);
   report.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   return report;

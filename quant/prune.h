@@ -25,7 +25,7 @@
 // On a shard (tensor/pipeline parallelism) every unstructured and N:M method gives what one process gives, up to
 // the rounding of the sharded calibration forward, with two exceptions refused with an error: magnitude-global
 // (one threshold across tensors held by different ranks) and structured pruning (whole channels chosen across
-// the tensor). Wanda and SparseGPT need the whole pipeline on each rank (tensor parallelism alone).
+// the tensor).
 #pragma once
 
 #include <cstdint>
@@ -90,6 +90,10 @@ struct PruneOptions {
   // (per-tensor magnitude thresholds, Wanda and SparseGPT on row-parallel wo / w_down) gather the whole tensor
   // over it, and the calibration pass runs the sharded model, so each rank keeps what one process would keep.
   Communicator* tp = nullptr;
+  // The pipeline group (rank = stage) when the model is a stage of a pipeline (not owned): Wanda and SparseGPT
+  // calibrate stage after stage, each starting from the previous stage's pruned outputs, sent over it. Its waits
+  // last as long as the earlier stages take to prune, so it should carry no short deadline.
+  Communicator* pp = nullptr;
   bool active() const;
 };
 

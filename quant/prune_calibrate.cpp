@@ -1,8 +1,10 @@
 // The calibration pass of Wanda and SparseGPT: layer L's projection inputs, recorded with the model as it is (layers
 // before L already pruned), stopping each forward pass once layer L's last input has been seen. Also the gathers
-// that give a tensor-parallel rank the whole of what it holds a part of.
+// that give a tensor-parallel rank the whole of what it holds a part of, and the relay of calibration activations
+// from pipeline stage to stage.
 #include <algorithm>
 #include <cstring>
+#include <functional>
 #include <optional>
 
 #include "engine/core/check.h"
@@ -134,42 +136,95 @@ void take_split(const WholeMatrix& whole, const WeightSplit& split, float* local
                 sz(count) * sizeof(float));
 }
 
+namespace {
+
+// Between pipeline stages, at load time (nothing else is in flight then).
+constexpr int kCalibrationTag = 21;
+
+int chunk_len_of(const ModelConfig& c) {
+  return std::max(2, std::min(512, c.max_seq_len));
+}
+
+// Runs every calibration chunk through this shard's layers, from its tokens on the first stage and from
+// stage_in on later ones, with `observer` attached; `each(hidden, n)` gets each chunk's output unless the
+// observer ended the pass early.
+void run_chunks(const ModelData& model, std::span<const int> tokens, const StageInputs& stage_in, ThreadPool& pool,
+                Communicator* tp, ActivationObserver* observer,
+                const std::function<void(const float* hidden, int n)>& each) {
+  const ModelConfig& c = model.config;
+  const ModelShard shard = model.layout();
+  const int chunk_len = chunk_len_of(c);
+  const std::vector<std::vector<int>> chunks = calibration_chunks(tokens, chunk_len, c.bos_id);
+  TESSERA_CHECK(shard.first_stage() ? stage_in.empty() : stage_in.size() == chunks.size());
+  std::unique_ptr<Backend> backend = make_calibration_backend(pool);
+  LlamaModel lm(model, *backend, chunk_len, tp);
+  lm.set_observer(observer);
+  KvCache cache = lm.make_cache(chunk_len);
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    const int n = static_cast<int>(chunks[i].size());
+    if (shard.first_stage()) {
+      lm.embed(chunks[i]);
+    } else {
+      TESSERA_CHECK(stage_in[i].size() == sz(n) * sz(c.dim));
+      std::copy(stage_in[i].begin(), stage_in[i].end(), lm.hidden());
+    }
+    const SequenceChunk ch{&cache, 0, n, /*logits=*/false};
+    try {
+      lm.run_layers({&ch, 1});
+    } catch (const StopForward&) {
+      continue;  // the observed layer's inputs are all recorded for this chunk
+    }
+    if (each) each(lm.hidden(), n);
+  }
+}
+
+}  // namespace
+
 LayerInputs calibrate_layer(const ModelData& model, int layer, std::span<const int> tokens,
                             const std::array<bool, kInputs>& want_sum_sq, const std::array<bool, kInputs>& want_hessian,
-                            ThreadPool& pool, Communicator* tp) {
+                            ThreadPool& pool, Communicator* tp, const StageInputs& stage_in) {
   const ModelConfig& c = model.config;
   if (tokens.size() < 2)
     throw Error("pruning calibration needs at least 2 tokens, got " + std::to_string(tokens.size()));
-  const int chunk_len = std::max(2, std::min(512, c.max_seq_len));
   std::array<std::optional<WeightSplit>, kInputs> column_split;
   const ModelShard shard = model.layout();
   if (shard.tp_size > 1) {
-    TESSERA_CHECK(tp != nullptr && tp->size() == shard.tp_size && shard.pp_size == 1);
+    TESSERA_CHECK(tp != nullptr && tp->size() == shard.tp_size);
     column_split[static_cast<size_t>(LinearInput::kAttnOut)] = split_of(shard, c, ShardedWeight::kWo);
     column_split[static_cast<size_t>(LinearInput::kFfnMid)] = split_of(shard, c, ShardedWeight::kWDown);
   } else {
     tp = nullptr;
   }
-  std::unique_ptr<Backend> backend = make_calibration_backend(pool);
-  LlamaModel lm(model, *backend, chunk_len, tp);
-  LayerObserver observer(layer, want_sum_sq, want_hessian, pool, tp, column_split);
-  lm.set_observer(&observer);
-  KvCache cache = lm.make_cache(chunk_len);
-  std::vector<float> logits(sz(c.vocab_size));
-  for (size_t pos = 0; pos < tokens.size();) {
-    std::vector<int> chunk;
-    if (pos > 0) chunk.push_back(c.bos_id);
-    const size_t take = std::min(tokens.size() - pos, sz(chunk_len) - chunk.size());
-    chunk.insert(chunk.end(), tokens.begin() + static_cast<std::ptrdiff_t>(pos),
-                 tokens.begin() + static_cast<std::ptrdiff_t>(pos + take));
-    pos += take;
-    try {
-      lm.forward(chunk, 0, cache, LogitsMode::kLast, logits.data());
-    } catch (const StopForward&) {
-      // layer `layer` fully observed for this chunk
-    }
-  }
+  // Observers see layer indices of the whole model.
+  LayerObserver observer(shard.layer_begin + layer, want_sum_sq, want_hessian, pool, tp, column_split);
+  run_chunks(model, tokens, stage_in, pool, tp, &observer, nullptr);
   return observer.take();
+}
+
+StageInputs stage_outputs(const ModelData& model, std::span<const int> tokens, const StageInputs& stage_in,
+                          ThreadPool& pool, Communicator* tp) {
+  StageInputs out;
+  run_chunks(model, tokens, stage_in, pool, model.layout().tp_size > 1 ? tp : nullptr, nullptr,
+             [&](const float* hidden, int n) { out.emplace_back(hidden, hidden + sz(n) * sz(model.config.dim)); });
+  return out;
+}
+
+StageInputs receive_stage_inputs(Communicator& pp, const ModelData& model, std::span<const int> tokens) {
+  const ModelShard shard = model.layout();
+  TESSERA_CHECK(pp.rank() == shard.pp_stage && !shard.first_stage());
+  StageInputs in;
+  for (const std::vector<int>& chunk : calibration_chunks(tokens, chunk_len_of(model.config), model.config.bos_id)) {
+    in.emplace_back(chunk.size() * sz(model.config.dim));
+    pp.recv(in.back().data(), in.back().size() * sizeof(float), shard.pp_stage - 1, kCalibrationTag);
+  }
+  return in;
+}
+
+void send_stage_outputs(Communicator& pp, const ModelData& model, const StageInputs& out) {
+  const ModelShard shard = model.layout();
+  TESSERA_CHECK(pp.rank() == shard.pp_stage && !shard.last_stage());
+  for (const std::vector<float>& chunk : out)
+    pp.send(chunk.data(), chunk.size() * sizeof(float), shard.pp_stage + 1, kCalibrationTag);
 }
 
 }  // namespace tessera::quant::detail

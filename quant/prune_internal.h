@@ -24,14 +24,27 @@ struct LayerInputs {
   int64_t rows = 0;                                 // calibration rows seen (per input)
 };
 
-// Runs the model as it is now over `tokens` (chunks of at most 512 tokens, BOS before every chunk after the
-// first) and records layer `layer`'s inputs; each pass stops once that layer's last input has been seen.
+// A pipeline stage's calibration input: per calibration chunk, the hidden states [n_tokens][dim] leaving the
+// previous stage's (already pruned) layers. Empty on the first stage, which embeds the tokens.
+using StageInputs = std::vector<std::vector<float>>;
+
+// Runs this shard's layers as they are now over `tokens` (cut by calibration_chunks into passes of at most 512
+// tokens; later stages start from stage_in) and records the inputs of its layer `layer` (0 = the shard's first);
+// each pass stops once that layer's last input has been seen.
 // tp: the tensor-parallel group of a shard with tp_size > 1 (else null); every rank calls this in step, and the
 // inputs of the row-parallel wo and w_down, of which a rank computes only its columns, are gathered whole, so
 // the statistics are those of the whole model on every rank.
 LayerInputs calibrate_layer(const ModelData& model, int layer, std::span<const int> tokens,
                             const std::array<bool, kInputs>& want_sum_sq, const std::array<bool, kInputs>& want_hessian,
-                            ThreadPool& pool, Communicator* tp);
+                            ThreadPool& pool, Communicator* tp, const StageInputs& stage_in);
+
+// Pipeline parallelism: stages calibrate in turn, as one process does layer after layer. The hidden states
+// leaving this stage's layers for every calibration chunk (what the next stage calibrates on), and their
+// transfer over the pipeline group (rank = stage): receive blocks until the previous stage has pruned.
+StageInputs stage_outputs(const ModelData& model, std::span<const int> tokens, const StageInputs& stage_in,
+                          ThreadPool& pool, Communicator* tp);
+StageInputs receive_stage_inputs(Communicator& pp, const ModelData& model, std::span<const int> tokens);
+void send_stage_outputs(Communicator& pp, const ModelData& model, const StageInputs& out);
 
 // A matrix split over a tensor-parallel group by rows or by columns (this rank holds split.range of them,
 // `local` [rows][cols] f32), gathered whole on every rank. Ranks holding the same range (kv heads replicated when

@@ -1,15 +1,17 @@
 #!/usr/bin/env python3
 """`mpirun -np N tessera generate --tp T --pp P` prints exactly what one process prints (stories260K, greedy),
 for every layout of 2 and 4 ranks, plain, int4:g32, int8, magnitude 2:4 pruning and 2:4 + int8; with tensor
-parallelism alone also per-tensor magnitude and Wanda pruning calibrated on a text (SparseGPT runs; its exactness
-up to rounding is checked in sharded_model_test); and a bad layout or a pruning method that cannot run per shard
-is refused with a clear error.
+and pipeline parallelism also per-tensor magnitude and Wanda pruning calibrated on a text (SparseGPT runs; its
+exactness up to rounding is checked in sharded_model_test); and a bad layout or a pruning method that cannot run
+per shard is refused with a clear error.
 
     generate_parallel_test.py TESSERA_BIN MODELS_DIR MPIEXEC
 """
+import json
 import os
 import subprocess
 import sys
+import tempfile
 
 
 def main():
@@ -38,12 +40,13 @@ def main():
                 failures += 1
                 print(r.stdout + r.stderr[-2000:])
     # Choices that need the whole tensor (a per-tensor threshold, Wanda's rows of the row-parallel wo / w_down)
-    # are made on it, gathered over the tensor-parallel group; the calibration pass runs the sharded model.
+    # are made on it, gathered over the tensor-parallel group; the calibration pass runs the sharded model, and
+    # pipeline stages calibrate in turn on the previous stage's pruned outputs.
     calib = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "docs", "data",
                          "stories260K-t1-calib.txt")
     for prune, layouts in ((["--prune", "magnitude:0.5"], [(2, 1), (4, 1), (2, 2)]),
-                           (["--prune", "wanda:0.5", "--calib", calib], [(2, 1), (4, 1)]),
-                           (["--prune", "wanda:2:4", "--quant", "int8", "--calib", calib], [(2, 1)])):
+                           (["--prune", "wanda:0.5", "--calib", calib], [(2, 1), (4, 1), (1, 2), (2, 2), (1, 4)]),
+                           (["--prune", "wanda:2:4", "--quant", "int8", "--calib", calib], [(2, 1), (1, 2)])):
         gen = [tessera, "generate", "--model", model, "--tokenizer", tok, "-p", "Once upon a time", "-n", "100",
                "--temperature", "0", "--threads", "1"] + prune
         want = subprocess.run(gen, capture_output=True, text=True, check=True).stdout
@@ -55,14 +58,24 @@ def main():
             if not same:
                 failures += 1
                 print(r.stdout + r.stderr[-2000:])
-    r = subprocess.run(mpi + ["-np", "2", tessera, "generate", "--model", model, "--tokenizer", tok, "-p", "x", "-n",
-                              "8", "--tp", "2", "--prune", "sparsegpt:0.5", "--calib", calib],
-                       capture_output=True, text=True, timeout=240)
-    sparsegpt_ran = r.returncode == 0 and "sparsegpt:0.5" in r.stderr
-    print(f"sparsegpt with --tp 2 runs: {sparsegpt_ran}")
-    if not sparsegpt_ran:
-        failures += 1
-        print(r.stderr[-2000:])
+    # Each rank writes its shard's --quant-report (FILE with .tpR-ppS before the extension).
+    tmp = tempfile.mkdtemp()
+    for layout, reports in ((["--tp", "2"], ["r.tp0-pp0.json", "r.tp1-pp0.json"]),
+                            (["--pp", "2"], ["r.tp0-pp0.json", "r.tp0-pp1.json"])):
+        for f in os.listdir(tmp):
+            os.remove(os.path.join(tmp, f))
+        r = subprocess.run(mpi + ["-np", "2", tessera, "generate", "--model", model, "--tokenizer", tok, "-p", "x",
+                                  "-n", "8", "--prune", "sparsegpt:0.5", "--calib", calib, "--quant-report",
+                                  os.path.join(tmp, "r.json")] + layout,
+                           capture_output=True, text=True, timeout=240)
+        sparsegpt_ran = r.returncode == 0 and "sparsegpt:0.5" in r.stderr and sorted(os.listdir(tmp)) == reports
+        for f in reports if sparsegpt_ran else []:
+            with open(os.path.join(tmp, f)) as fh:
+                sparsegpt_ran = sparsegpt_ran and any(t.get("pruning") for t in json.load(fh)["tensors"])
+        print(f"sparsegpt with {' '.join(layout)} runs, reports {os.listdir(tmp)}: {sparsegpt_ran}")
+        if not sparsegpt_ran:
+            failures += 1
+            print(r.stderr[-2000:])
 
     r = subprocess.run(mpi + ["-np", "3", tessera, "generate", "--model", model, "-p", "x", "--tp", "3"],
                        capture_output=True, text=True, timeout=120)
@@ -74,8 +87,7 @@ def main():
     print(f"--tp 2 on 3 ranks refused: {refused2}")
     refused3 = True
     for flags, words in ((["--tp", "2", "--prune", "structured-ffn:0.3"], "chooses whole channels and heads"),
-                         (["--tp", "2", "--prune", "magnitude-global:0.5"], "one threshold across tensors"),
-                         (["--pp", "2", "--prune", "wanda:0.5", "--calib", calib], "is not supported with --pp")):
+                         (["--pp", "2", "--prune", "magnitude-global:0.5"], "one threshold across tensors")):
         r = subprocess.run(mpi + ["-np", "2", tessera, "generate", "--model", model, "--tokenizer", tok, "-p", "x"]
                            + flags, capture_output=True, text=True, timeout=120)
         ok = r.returncode != 0 and words in r.stderr

@@ -88,8 +88,9 @@ std::vector<int> calibration_tokens() {
   return t;
 }
 
-// As the CLI does: int8 scales of split rows agreed over the tensor-parallel group, pruning gathering over it.
-void compress(ModelData& m, const Case& c, Communicator* tp = nullptr) {
+// As the CLI does: int8 scales of split rows agreed over the tensor-parallel group, pruning gathering over it and
+// passing calibration activations from stage to stage over the pipeline group.
+void compress(ModelData& m, const Case& c, Communicator* tp = nullptr, Communicator* pp = nullptr) {
   if (c.quant.empty() && c.prune.empty()) return;
   quant::CompressOptions o;
   if (!c.quant.empty()) o.default_spec = quant::QuantSpec::parse(c.quant);
@@ -102,6 +103,7 @@ void compress(ModelData& m, const Case& c, Communicator* tp = nullptr) {
     o.share_row_absmax = [tp](std::vector<float>& amax) { all_reduce_max(*tp, amax.data(), amax.size()); };
     o.prune.tp = tp;
   }
+  if (pp != nullptr && pp->size() > 1) o.prune.pp = pp;
   quant::compress_model(m, o);
 }
 
@@ -155,7 +157,7 @@ void run_case(const Case& c, int tp, int pp) {
 
   ModelData shard = c.make();
   shard_weights(shard, plan_shard(shard.config, layout.request(group_of(c.quant))));
-  compress(shard, c, layout.tp_data.get());
+  compress(shard, c, layout.tp_data.get(), layout.pp_control.get());
   LlamaModel model(shard, backend, 64, layout.tp_data.get());
   ModelRunner runner(model, &layout.groups, 2);
   if (!leader) {
@@ -226,8 +228,9 @@ TEST(ShardedModel, Int8AndInt4QuantizedPerShard) {
 }
 
 // Pruning per shard: per-tensor thresholds, Wanda's rows and SparseGPT's reconstruction over split tensors are
-// computed on the whole tensor gathered over the tensor-parallel group, and the calibration pass runs the sharded
-// model, so every rank keeps what one process keeps. Calibrated methods run under tensor parallelism alone.
+// computed on the whole tensor gathered over the tensor-parallel group, the calibration pass runs the sharded
+// model, and pipeline stages calibrate in turn on the previous stage's pruned outputs, so every rank keeps what
+// one process keeps.
 TEST(ShardedModel, PrunedPerShard) {
   const MakeModel make = [] {
     return testing::tiny_model(config(128, 4, 2, 32, 256, 4, false, false), DType::F32, 16);
@@ -238,7 +241,6 @@ TEST(ShardedModel, PrunedPerShard) {
   for (const auto& [prune, scheme] : cases) {
     const quant::PruneSpec spec = quant::PruneSpec::parse(prune);
     for (auto [tp, pp] : layouts()) {
-      if (spec.calibrated() && pp > 1) continue;  // refused (ShardPrune below)
       run_case({make, scheme, kPrompt, 24, prune, spec.method == quant::PruneMethod::kSparseGpt ? 0.1 : 0.0}, tp, pp);
     }
   }
@@ -294,8 +296,6 @@ TEST(ShardPrune, RefusesChoicesAcrossRanks) {
     }
     return false;
   };
-  EXPECT_TRUE(refused(1, 2, "wanda:0.5"));             // calibration through a pipeline
-  EXPECT_TRUE(refused(1, 2, "sparsegpt:2:4"));         // likewise
   EXPECT_TRUE(refused(2, 1, "magnitude-global:0.5"));  // one threshold across ranks
   EXPECT_TRUE(refused(1, 2, "magnitude-global:0.5"));
   EXPECT_TRUE(refused(2, 1, "structured-ffn:0.25"));  // channels chosen across the tensor
