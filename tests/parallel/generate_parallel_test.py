@@ -9,6 +9,7 @@ per shard is refused with a clear error.
 """
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -24,46 +25,35 @@ def main():
     tok = os.path.join(models, "stories260K", "tok512.model")
     mpi = [mpiexec, "--oversubscribe", "--allow-run-as-root"]
     failures = 0
-    # Pruning per shard: magnitude 2:4 decides within a row and 4 inputs, so each rank prunes its slices as one
-    # process would (int8: stored as compressed 2:4 with row scales shared across the split).
-    for quant in ([], ["--quant", "int4:g32"], ["--quant", "int8"], ["--prune", "magnitude:2:4"],
-                  ["--prune", "magnitude:2:4", "--quant", "int8"]):
-        gen = [tessera, "generate", "--model", model, "--tokenizer", tok, "-p", "Once upon a time", "-n", "100",
-               "--temperature", "0", "--threads", "1"] + quant
-        want = subprocess.run(gen, capture_output=True, text=True, check=True).stdout
-        for tp, pp in [(2, 1), (1, 2), (2, 2), (1, 4)]:
-            r = subprocess.run(mpi + ["-np", str(tp * pp)] + gen + ["--tp", str(tp), "--pp", str(pp)],
-                               capture_output=True, text=True, timeout=240)
-            same = r.returncode == 0 and r.stdout == want
-            print(f"tp {tp} x pp {pp} {' '.join(quant)}: {'same' if same else 'DIFFERENT'} (exit {r.returncode})")
-            if not same:
-                failures += 1
-                print(r.stdout + r.stderr[-2000:])
-    # Choices that need the whole tensor (a per-tensor threshold, Wanda's rows of the row-parallel wo / w_down)
-    # are made on it, gathered over the tensor-parallel group; the calibration pass runs the sharded model, and
-    # pipeline stages calibrate in turn on the previous stage's pruned outputs.
     calib = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "docs", "data",
                          "stories260K-t1-calib.txt")
-    for prune, layouts in ((["--prune", "magnitude:0.5"], [(2, 1), (4, 1), (2, 2)]),
-                           (["--prune", "wanda:0.5", "--calib", calib], [(2, 1), (4, 1), (1, 2), (2, 2), (1, 4)]),
-                           (["--prune", "wanda:2:4", "--quant", "int8", "--calib", calib], [(2, 1), (1, 2)])):
+    every = [(2, 1), (1, 2), (2, 2), (1, 4)]
+    # Pruning per shard: magnitude 2:4 decides within a row and 4 inputs, so each rank prunes its slices as one
+    # process would (int8: stored as compressed 2:4 with row scales shared across the split). Choices that need
+    # the whole tensor (a per-tensor threshold, Wanda's rows of the row-parallel wo / w_down) are made on it,
+    # gathered over the tensor-parallel group; the calibration pass runs the sharded model, and pipeline stages
+    # calibrate in turn on the previous stage's pruned outputs.
+    cases = [([], every), (["--quant", "int4:g32"], every), (["--quant", "int8"], every),
+             (["--prune", "magnitude:2:4"], every), (["--prune", "magnitude:2:4", "--quant", "int8"], every),
+             (["--prune", "magnitude:0.5"], [(2, 1), (4, 1), (2, 2)]),
+             (["--prune", "wanda:0.5", "--calib", calib], [(2, 1), (4, 1), (1, 2), (2, 2), (1, 4)]),
+             (["--prune", "wanda:2:4", "--quant", "int8", "--calib", calib], [(2, 1), (1, 2)])]
+    for flags, layouts in cases:
         gen = [tessera, "generate", "--model", model, "--tokenizer", tok, "-p", "Once upon a time", "-n", "100",
-               "--temperature", "0", "--threads", "1"] + prune
+               "--temperature", "0", "--threads", "1"] + flags
         want = subprocess.run(gen, capture_output=True, text=True, check=True).stdout
         for tp, pp in layouts:
             r = subprocess.run(mpi + ["-np", str(tp * pp)] + gen + ["--tp", str(tp), "--pp", str(pp)],
                                capture_output=True, text=True, timeout=240)
             same = r.returncode == 0 and r.stdout == want
-            print(f"tp {tp} x pp {pp} {' '.join(prune)}: {'same' if same else 'DIFFERENT'} (exit {r.returncode})")
+            print(f"tp {tp} x pp {pp} {' '.join(flags)}: {'same' if same else 'DIFFERENT'} (exit {r.returncode})")
             if not same:
                 failures += 1
                 print(r.stdout + r.stderr[-2000:])
     # Each rank writes its shard's --quant-report (FILE with .tpR-ppS before the extension).
-    tmp = tempfile.mkdtemp()
     for layout, reports in ((["--tp", "2"], ["r.tp0-pp0.json", "r.tp1-pp0.json"]),
                             (["--pp", "2"], ["r.tp0-pp0.json", "r.tp0-pp1.json"])):
-        for f in os.listdir(tmp):
-            os.remove(os.path.join(tmp, f))
+        tmp = tempfile.mkdtemp()
         r = subprocess.run(mpi + ["-np", "2", tessera, "generate", "--model", model, "--tokenizer", tok, "-p", "x",
                                   "-n", "8", "--prune", "sparsegpt:0.5", "--calib", calib, "--quant-report",
                                   os.path.join(tmp, "r.json")] + layout,
@@ -73,6 +63,7 @@ def main():
             with open(os.path.join(tmp, f)) as fh:
                 sparsegpt_ran = sparsegpt_ran and any(t.get("pruning") for t in json.load(fh)["tensors"])
         print(f"sparsegpt with {' '.join(layout)} runs, reports {os.listdir(tmp)}: {sparsegpt_ran}")
+        shutil.rmtree(tmp)
         if not sparsegpt_ran:
             failures += 1
             print(r.stderr[-2000:])
