@@ -209,7 +209,8 @@ int shard_prune_group(const quant::CompressOptions& compress) {
     if (spec.structured())
       throw Error(what +
                   "is not supported with --tp/--pp (it chooses whole channels and heads across each tensor); prune "
-                  "on one rank, or use an unstructured or N:M method");
+                  "once on one rank with `tessera quantize --prune ... --out DIR` and load DIR with --tp/--pp (the "
+                  "kept counts stay divisible by 2), or use an unstructured or N:M method");
     if (!spec.nm()) return;
     // 2:4 decode kernels quantize the activations in blocks of 32 inputs (int4: 2:4 blocks of 64 with a scale).
     const int split = spec.two_of_four() ? (int4 ? quant::kSparse24Block : 32) : spec.m;

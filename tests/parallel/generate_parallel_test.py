@@ -68,6 +68,25 @@ def main():
             failures += 1
             print(r.stderr[-2000:])
 
+    # Structured pruning chooses channels across whole tensors, so it runs once on one rank (`tessera quantize`);
+    # the pruned model, its FFN narrower, then loads sharded.
+    tmp = tempfile.mkdtemp()
+    pruned = os.path.join(tmp, "pruned")
+    subprocess.run([tessera, "quantize", "--model", model, "--tokenizer", tok, "--prune", "structured-ffn:0.25",
+                    "--out", pruned], capture_output=True, text=True, check=True)
+    gen = [tessera, "generate", "--model", pruned, "-p", "Once upon a time", "-n", "60", "--temperature", "0",
+           "--threads", "1"]
+    want = subprocess.run(gen, capture_output=True, text=True, check=True).stdout
+    for tp, pp in [(2, 1), (1, 2)]:
+        r = subprocess.run(mpi + ["-np", str(tp * pp)] + gen + ["--tp", str(tp), "--pp", str(pp)],
+                           capture_output=True, text=True, timeout=240)
+        same = r.returncode == 0 and r.stdout == want
+        print(f"tp {tp} x pp {pp} saved structured-ffn:0.25 model: {'same' if same else 'DIFFERENT'}")
+        if not same:
+            failures += 1
+            print(r.stdout + r.stderr[-2000:])
+    shutil.rmtree(tmp)
+
     r = subprocess.run(mpi + ["-np", "3", tessera, "generate", "--model", model, "-p", "x", "--tp", "3"],
                        capture_output=True, text=True, timeout=120)
     refused = r.returncode != 0 and "--tp 3 does not divide the model's 8 attention heads" in r.stderr
