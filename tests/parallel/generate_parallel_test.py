@@ -15,6 +15,21 @@ import sys
 import tempfile
 
 
+def differing_layouts(mpi, gen, layouts, label):
+    """Runs `gen` under mpiexec on each (tp, pp) layout; returns how many printed other than one process."""
+    want = subprocess.run(gen, capture_output=True, text=True, check=True).stdout
+    failures = 0
+    for tp, pp in layouts:
+        r = subprocess.run(mpi + ["-np", str(tp * pp)] + gen + ["--tp", str(tp), "--pp", str(pp)],
+                           capture_output=True, text=True, timeout=240)
+        same = r.returncode == 0 and r.stdout == want
+        print(f"tp {tp} x pp {pp} {label}: {'same' if same else 'DIFFERENT'} (exit {r.returncode})")
+        if not same:
+            failures += 1
+            print(r.stdout + r.stderr[-2000:])
+    return failures
+
+
 def main():
     tessera, models, mpiexec = sys.argv[1], sys.argv[2], sys.argv[3]
     models = os.environ.get("TESSERA_MODELS") or models
@@ -41,15 +56,7 @@ def main():
     for flags, layouts in cases:
         gen = [tessera, "generate", "--model", model, "--tokenizer", tok, "-p", "Once upon a time", "-n", "100",
                "--temperature", "0", "--threads", "1"] + flags
-        want = subprocess.run(gen, capture_output=True, text=True, check=True).stdout
-        for tp, pp in layouts:
-            r = subprocess.run(mpi + ["-np", str(tp * pp)] + gen + ["--tp", str(tp), "--pp", str(pp)],
-                               capture_output=True, text=True, timeout=240)
-            same = r.returncode == 0 and r.stdout == want
-            print(f"tp {tp} x pp {pp} {' '.join(flags)}: {'same' if same else 'DIFFERENT'} (exit {r.returncode})")
-            if not same:
-                failures += 1
-                print(r.stdout + r.stderr[-2000:])
+        failures += differing_layouts(mpi, gen, layouts, " ".join(flags))
     # Each rank writes its shard's --quant-report (FILE with .tpR-ppS before the extension).
     for layout, reports in ((["--tp", "2"], ["r.tp0-pp0.json", "r.tp1-pp0.json"]),
                             (["--pp", "2"], ["r.tp0-pp0.json", "r.tp0-pp1.json"])):
@@ -76,15 +83,7 @@ def main():
                     "--out", pruned], capture_output=True, text=True, check=True)
     gen = [tessera, "generate", "--model", pruned, "-p", "Once upon a time", "-n", "60", "--temperature", "0",
            "--threads", "1"]
-    want = subprocess.run(gen, capture_output=True, text=True, check=True).stdout
-    for tp, pp in [(2, 1), (1, 2)]:
-        r = subprocess.run(mpi + ["-np", str(tp * pp)] + gen + ["--tp", str(tp), "--pp", str(pp)],
-                           capture_output=True, text=True, timeout=240)
-        same = r.returncode == 0 and r.stdout == want
-        print(f"tp {tp} x pp {pp} saved structured-ffn:0.25 model: {'same' if same else 'DIFFERENT'}")
-        if not same:
-            failures += 1
-            print(r.stdout + r.stderr[-2000:])
+    failures += differing_layouts(mpi, gen, [(2, 1), (1, 2)], "saved structured-ffn:0.25 model")
     shutil.rmtree(tmp)
 
     r = subprocess.run(mpi + ["-np", "3", tessera, "generate", "--model", model, "-p", "x", "--tp", "3"],
