@@ -84,6 +84,46 @@ class LayerObserver final : public ActivationObserver {
   LayerInputs out_;
 };
 
+// Between pipeline stages, at load time (nothing else is in flight then).
+constexpr int kCalibrationTag = 21;
+
+int chunk_len_of(const ModelConfig& c) {
+  return std::max(2, std::min(512, c.max_seq_len));
+}
+
+// Runs every calibration chunk through this shard's layers, from its tokens on the first stage and from
+// stage_in on later ones, with `observer` attached; `each(hidden, n)` gets each chunk's output unless the
+// observer ended the pass early.
+void run_chunks(const ModelData& model, std::span<const int> tokens, const StageInputs& stage_in, ThreadPool& pool,
+                Communicator* tp, ActivationObserver* observer,
+                const std::function<void(const float* hidden, int n)>& each) {
+  const ModelConfig& c = model.config;
+  const ModelShard shard = model.layout();
+  const int chunk_len = chunk_len_of(c);
+  const std::vector<std::vector<int>> chunks = calibration_chunks(tokens, chunk_len, c.bos_id);
+  TESSERA_CHECK(shard.first_stage() ? stage_in.empty() : stage_in.size() == chunks.size());
+  std::unique_ptr<Backend> backend = make_calibration_backend(pool);
+  LlamaModel lm(model, *backend, chunk_len, tp);
+  lm.set_observer(observer);
+  KvCache cache = lm.make_cache(chunk_len);
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    const int n = static_cast<int>(chunks[i].size());
+    if (shard.first_stage()) {
+      lm.embed(chunks[i]);
+    } else {
+      TESSERA_CHECK(stage_in[i].size() == sz(n) * sz(c.dim));
+      std::copy(stage_in[i].begin(), stage_in[i].end(), lm.hidden());
+    }
+    const SequenceChunk ch{&cache, 0, n, /*logits=*/false};
+    try {
+      lm.run_layers({&ch, 1});
+    } catch (const StopForward&) {
+      continue;  // the observed layer's inputs are all recorded for this chunk
+    }
+    if (each) each(lm.hidden(), n);
+  }
+}
+
 }  // namespace
 
 WholeMatrix gather_split(Communicator& tp, const float* local, int64_t rows, int64_t cols, const WeightSplit& split) {
@@ -135,50 +175,6 @@ void take_split(const WholeMatrix& whole, const WeightSplit& split, float* local
     std::memcpy(local + sz(i) * sz(count), whole.data.data() + sz(i) * sz(whole.cols) + sz(begin),
                 sz(count) * sizeof(float));
 }
-
-namespace {
-
-// Between pipeline stages, at load time (nothing else is in flight then).
-constexpr int kCalibrationTag = 21;
-
-int chunk_len_of(const ModelConfig& c) {
-  return std::max(2, std::min(512, c.max_seq_len));
-}
-
-// Runs every calibration chunk through this shard's layers, from its tokens on the first stage and from
-// stage_in on later ones, with `observer` attached; `each(hidden, n)` gets each chunk's output unless the
-// observer ended the pass early.
-void run_chunks(const ModelData& model, std::span<const int> tokens, const StageInputs& stage_in, ThreadPool& pool,
-                Communicator* tp, ActivationObserver* observer,
-                const std::function<void(const float* hidden, int n)>& each) {
-  const ModelConfig& c = model.config;
-  const ModelShard shard = model.layout();
-  const int chunk_len = chunk_len_of(c);
-  const std::vector<std::vector<int>> chunks = calibration_chunks(tokens, chunk_len, c.bos_id);
-  TESSERA_CHECK(shard.first_stage() ? stage_in.empty() : stage_in.size() == chunks.size());
-  std::unique_ptr<Backend> backend = make_calibration_backend(pool);
-  LlamaModel lm(model, *backend, chunk_len, tp);
-  lm.set_observer(observer);
-  KvCache cache = lm.make_cache(chunk_len);
-  for (size_t i = 0; i < chunks.size(); ++i) {
-    const int n = static_cast<int>(chunks[i].size());
-    if (shard.first_stage()) {
-      lm.embed(chunks[i]);
-    } else {
-      TESSERA_CHECK(stage_in[i].size() == sz(n) * sz(c.dim));
-      std::copy(stage_in[i].begin(), stage_in[i].end(), lm.hidden());
-    }
-    const SequenceChunk ch{&cache, 0, n, /*logits=*/false};
-    try {
-      lm.run_layers({&ch, 1});
-    } catch (const StopForward&) {
-      continue;  // the observed layer's inputs are all recorded for this chunk
-    }
-    if (each) each(lm.hidden(), n);
-  }
-}
-
-}  // namespace
 
 LayerInputs calibrate_layer(const ModelData& model, int layer, std::span<const int> tokens,
                             const std::array<bool, kInputs>& want_sum_sq, const std::array<bool, kInputs>& want_hessian,
