@@ -132,7 +132,7 @@ if ((sanitizer)) && command -v compute-sanitizer >/dev/null; then
   step memcheck "$san_log" compute-sanitizer --tool memcheck --error-exitcode 9 "$bin/cuda_ops_test" \
     --gtest_brief=1 --gtest_filter='-*MatmulEveryFormat*:*BadDeviceIndex*:*CudaErrorsBecomeErrors*'
   step racecheck "$san_log" compute-sanitizer --tool racecheck --error-exitcode 9 "$bin/cuda_ops_test" \
-    --gtest_brief=1 --gtest_filter='*Attention*:*Rmsnorm*:*Argmax*:*SiluMul*'
+    --gtest_brief=1 --gtest_filter='*Attention*:*Rmsnorm*:*Argmax*:*SiluMul*:*MmaQ4*'
 fi
 if [[ -x $bin/test_nccl_collectives ]]; then
   nccl_log=$out/nccl.log

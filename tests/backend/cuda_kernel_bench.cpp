@@ -5,8 +5,10 @@
 //   3. a Llama-2-7B decode step's linear layers (32 layers: q, k, v, o, gate/up fused, down), int4 g128 through
 //      CudaBackend vs fp16 weights through cuBLAS (fp16 activations), at batch 1 and 16;
 //   4. prefill GEMM throughput of the tensor-core path (int4 g128, 512 rows).
-// Usage: cuda_kernel_bench [--iters N] [--skip-step] [--rpw LIST]   (LIST: quantized-GEMV rows per warp to
-//        compare, e.g. 0,1,2,4; 0 is the backend's own choice, the default)
+// Usage: cuda_kernel_bench [--iters N] [--skip-step] [--rpw LIST] [--q4-path LIST]
+//        --rpw: quantized-GEMV (Q8/NF4) rows per warp to compare, e.g. 0,1,2,4; 0 is the backend's own choice
+//        --q4-path: paths of the int4 tensor-core kernel to compare (set_mma_q4_path), e.g. 0,1,2; 0 the default
+//        --no-overlap: launch the int4 kernel without programmatic dependent launch (set_mma_q4_overlap)
 #include <cublas_v2.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -88,6 +90,8 @@ struct Args {
   int iters = 50;
   bool skip_step = false;
   std::vector<int> rows_per_warp = {0};
+  std::vector<int> q4_paths = {0};
+  bool overlap = true;
 };
 
 double copy_bandwidth(CudaBackend& be, EventTimer& timer, size_t bytes) {
@@ -115,14 +119,24 @@ void gemv_table(CudaBackend& be, EventTimer& timer, const Args& args, double cop
   const Fmt fmts[] = {{DType::Q4, 128}, {DType::Q4, 32}, {DType::Q4A, 128},
                       {DType::NF4, 64}, {DType::Q8, 0},  {DType::F16, 0}};
   std::mt19937 rng(1);
-  for (const int rpw : args.rows_per_warp) {
+  // Each setting of one knob, the other at its default: rows per warp of the Q8/NF4 GEMV, then the Q4 paths.
+  std::vector<std::pair<int, int>> settings;
+  for (const int rpw : args.rows_per_warp) settings.emplace_back(rpw, 0);
+  for (const int path : args.q4_paths) {
+    if (path != 0) settings.emplace_back(0, path);
+  }
+  for (const auto& [rpw, path] : settings) {
     cuda::set_gemv_quant_rows_per_warp(rpw);
-    std::printf("\n%-20s %-10s %10s %10s %8s   (quantized rows per warp: %s)\n", "GEMV (batch 1)", "format", "us/call",
-                "GB/s", "% copy", rpw == 0 ? "auto" : std::to_string(rpw).c_str());
+    cuda::set_mma_q4_path(path);
+    std::printf("\n%-20s %-10s %10s %10s %8s   (quantized rows per warp: %s, int4 path %d)\n", "GEMV (batch 1)",
+                "format", "us/call", "GB/s", "% copy", rpw == 0 ? "auto" : std::to_string(rpw).c_str(), path);
     for (const Shape& s : shapes) {
       for (const Fmt& f : fmts) {
-        // Rows per warp is a knob of the Q8/NF4 GEMV only (Q4/Q4A take the tensor-core kernel).
-        if (rpw != 0 && (!is_quantized(f.t) || f.t == DType::Q4 || f.t == DType::Q4A)) continue;
+        // Rows per warp is a knob of the Q8/NF4 GEMV only (Q4/Q4A take the tensor-core kernel), the path one of
+        // the tensor-core kernel only.
+        const bool tiled = f.t == DType::Q4 || f.t == DType::Q4A;
+        if (rpw != 0 && (!is_quantized(f.t) || tiled)) continue;
+        if (path != 0 && !tiled) continue;
         const auto host = random_host_matrix(rng, f.t, s.rows, s.cols, f.group);
         const Matrix hm{f.t, s.rows, s.cols, host.data(), f.group};
         cuda::DeviceWeightStore store;
@@ -147,6 +161,7 @@ void gemv_table(CudaBackend& be, EventTimer& timer, const Args& args, double cop
     }
   }
   cuda::set_gemv_quant_rows_per_warp(0);
+  cuda::set_mma_q4_path(0);
 }
 
 // One Llama-2-7B decode step's linear layers: per layer q, k, v, o (4096x4096), gate and up (11008x4096, fused),
@@ -200,40 +215,45 @@ void decode_step(CudaBackend& be, EventTimer& timer, const Args& args) {
   TESSERA_CUBLAS_CHECK(cublasCreate(&h));
   TESSERA_CUBLAS_CHECK(cublasSetStream(h, be.stream()));
 
-  std::printf("\n%-34s %12s %12s %8s\n", "decode step, 7B linear layers", "int4 ms", "fp16 ms", "speedup");
-  for (const int batch : {1, 4, 8, 16}) {
-    cuda::DeviceBuffer x(static_cast<size_t>(batch) * kHidden * 4), y(static_cast<size_t>(batch) * kHidden * 4),
-        y2(static_cast<size_t>(batch) * kHidden * 4);
-    cuda::DeviceBuffer xh(static_cast<size_t>(batch) * kHidden * 2), yh(static_cast<size_t>(batch) * kHidden * 2),
-        yh2(static_cast<size_t>(batch) * kHidden * 2);
-    TESSERA_CUDA_CHECK(cudaMemset(x.data(), 0x3c, x.bytes()));
-    TESSERA_CUDA_CHECK(cudaMemset(xh.data(), 0x20, xh.bytes()));
-    const int iters = std::max(3, args.iters / 10);
-    const double t4 = timer.ms(be.stream(), iters, [&] {
-      for (const Layer& l : q4) {
-        for (const Matrix* m : {&l.q, &l.k, &l.v, &l.o}) be.matmul(x.as<float>(), batch, *m, nullptr, y.as<float>());
-        be.matmul_silu_mul(x.as<float>(), batch, l.gate, l.up, y2.as<float>());
-        be.matmul(y2.as<float>(), batch, l.down, nullptr, y.as<float>());
-      }
-    });
-    const __half one = __float2half(1.0f), zero = __float2half(0.0f);
-    auto gemm16 = [&](const void* w, int rows, int cols, const void* in, void* out) {
-      TESSERA_CUBLAS_CHECK(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, rows, batch, cols, &one, w, CUDA_R_16F, cols, in,
-                                        CUDA_R_16F, cols, &zero, out, CUDA_R_16F, rows, CUBLAS_COMPUTE_16F,
-                                        CUBLAS_GEMM_DEFAULT));
-    };
-    const double t16 = timer.ms(be.stream(), iters, [&] {
-      for (const Layer16& l : l16) {
-        for (const void* m : {l.q, l.k, l.v, l.o}) gemm16(m, kDim, kDim, xh.data(), yh.data());
-        gemm16(l.gate, kHidden, kDim, xh.data(), yh.data());
-        gemm16(l.up, kHidden, kDim, xh.data(), yh2.data());
-        gemm16(l.down, kDim, kHidden, yh2.data(), yh.data());
-      }
-    });
-    char label[64];
-    std::snprintf(label, sizeof label, "batch %d", batch);
-    std::printf("%-34s %12.3f %12.3f %7.2fx\n", label, t4, t16, t16 / t4);
+  for (const int path : args.q4_paths) {
+    cuda::set_mma_q4_path(path);
+    std::printf("\n%-34s %12s %12s %8s   (int4 path %d)\n", "decode step, 7B linear layers", "int4 ms", "fp16 ms",
+                "speedup", path);
+    for (const int batch : {1, 4, 8, 16}) {
+      cuda::DeviceBuffer x(static_cast<size_t>(batch) * kHidden * 4), y(static_cast<size_t>(batch) * kHidden * 4),
+          y2(static_cast<size_t>(batch) * kHidden * 4);
+      cuda::DeviceBuffer xh(static_cast<size_t>(batch) * kHidden * 2), yh(static_cast<size_t>(batch) * kHidden * 2),
+          yh2(static_cast<size_t>(batch) * kHidden * 2);
+      TESSERA_CUDA_CHECK(cudaMemset(x.data(), 0x3c, x.bytes()));
+      TESSERA_CUDA_CHECK(cudaMemset(xh.data(), 0x20, xh.bytes()));
+      const int iters = std::max(3, args.iters / 10);
+      const double t4 = timer.ms(be.stream(), iters, [&] {
+        for (const Layer& l : q4) {
+          for (const Matrix* m : {&l.q, &l.k, &l.v, &l.o}) be.matmul(x.as<float>(), batch, *m, nullptr, y.as<float>());
+          be.matmul_silu_mul(x.as<float>(), batch, l.gate, l.up, y2.as<float>());
+          be.matmul(y2.as<float>(), batch, l.down, nullptr, y.as<float>());
+        }
+      });
+      const __half one = __float2half(1.0f), zero = __float2half(0.0f);
+      auto gemm16 = [&](const void* w, int rows, int cols, const void* in, void* out) {
+        TESSERA_CUBLAS_CHECK(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, rows, batch, cols, &one, w, CUDA_R_16F, cols, in,
+                                          CUDA_R_16F, cols, &zero, out, CUDA_R_16F, rows, CUBLAS_COMPUTE_16F,
+                                          CUBLAS_GEMM_DEFAULT));
+      };
+      const double t16 = timer.ms(be.stream(), iters, [&] {
+        for (const Layer16& l : l16) {
+          for (const void* m : {l.q, l.k, l.v, l.o}) gemm16(m, kDim, kDim, xh.data(), yh.data());
+          gemm16(l.gate, kHidden, kDim, xh.data(), yh.data());
+          gemm16(l.up, kHidden, kDim, xh.data(), yh2.data());
+          gemm16(l.down, kDim, kHidden, yh2.data(), yh.data());
+        }
+      });
+      char label[64];
+      std::snprintf(label, sizeof label, "batch %d", batch);
+      std::printf("%-34s %12.3f %12.3f %7.2fx\n", label, t4, t16, t16 / t4);
+    }
   }
+  cuda::set_mma_q4_path(0);
   cublasDestroy(h);
 }
 
@@ -263,6 +283,8 @@ int run(const Args& args) {
   std::printf("device: %s, %d SMs, L2 %.0f MB, %.1f GB\n", p.name, p.multiProcessorCount, p.l2CacheSize / 1e6,
               p.totalGlobalMem / 1e9);
   EventTimer timer;
+  cuda::set_mma_q4_overlap(args.overlap);
+  std::printf("int4 kernel launched with programmatic dependent launch: %s\n", args.overlap ? "yes" : "no");
   const double copy_gbs = copy_bandwidth(be, timer, size_t{1} << 30);
   std::printf("device-to-device copy: %.1f GB/s (read + write)\n", copy_gbs);
   gemv_table(be, timer, args, copy_gbs, static_cast<size_t>(p.l2CacheSize));
@@ -275,6 +297,19 @@ int run(const Args& args) {
 }  // namespace
 }  // namespace tessera
 
+// "0,1,2" -> {0, 1, 2}; stops at the first item that is not a number.
+std::vector<int> parse_list(const char* p) {
+  std::vector<int> out;
+  while (*p != '\0') {
+    char* end = nullptr;
+    const long v = std::strtol(p, &end, 10);
+    if (end == p) break;
+    out.push_back(static_cast<int>(v));
+    p = *end == ',' ? end + 1 : end;
+  }
+  return out;
+}
+
 int main(int argc, char** argv) {
   tessera::Args args;
   for (int i = 1; i < argc; ++i) {
@@ -283,15 +318,15 @@ int main(int argc, char** argv) {
     } else if (std::strcmp(argv[i], "--skip-step") == 0) {
       args.skip_step = true;
     } else if (std::strcmp(argv[i], "--rpw") == 0 && i + 1 < argc) {
-      args.rows_per_warp.clear();
-      for (const char* p = argv[++i]; *p != '\0';) {
-        char* end = nullptr;
-        args.rows_per_warp.push_back(static_cast<int>(std::strtol(p, &end, 10)));
-        p = *end == ',' ? end + 1 : end;
-        if (end == p && *p != '\0') break;
-      }
+      args.rows_per_warp = parse_list(argv[++i]);
+    } else if (std::strcmp(argv[i], "--no-overlap") == 0) {
+      args.overlap = false;
+    } else if (std::strcmp(argv[i], "--q4-path") == 0 && i + 1 < argc) {
+      args.q4_paths = parse_list(argv[++i]);
     } else {
-      std::fprintf(stderr, "usage: cuda_kernel_bench [--iters N] [--skip-step] [--rpw 0,1,2,4]\n");
+      std::fprintf(
+          stderr,
+          "usage: cuda_kernel_bench [--iters N] [--skip-step] [--rpw 0,1,2,4] [--q4-path 0,1,2] [--no-overlap]\n");
       return 2;
     }
   }

@@ -182,6 +182,79 @@ TEST_F(CudaOpsTest, QuantGemvEveryRowsPerWarp) {
   }
 }
 
+// Every path of the tensor-core int4 kernel (cuda::set_mma_q4_path): the default (activations staged in shared
+// memory up to 8 rows when they fit, the scale applied after the mma for symmetric groups >= 64), the scale after the
+// mma with activations in registers, and the scale per weight. Plain with a bias and fused, for row counts on both
+// sides of the kernel's 8- and 16-row switches, unaligned rows (333 columns) and rows long enough that 8 of them
+// do not fit in shared memory.
+TEST_F(CudaOpsTest, MmaQ4EveryPath) {
+  SCOPED_TRACE(trace());
+  struct Reset {
+    ~Reset() { cuda::set_mma_q4_path(0); }
+  } reset;
+  const std::vector<Format> formats = {{DType::Q4, 32}, {DType::Q4, 64}, {DType::Q4, 128}, {DType::Q4A, 64}};
+  for (const Format& f : formats) {
+    for (const auto& [rows, cols] : std::vector<std::pair<int, int>>{{37, 64}, {33, 333}, {130, 1000}, {48, 11008}}) {
+      test::OwnedMatrix w = test::any_matrix(rng_, f.dtype, rows, cols, f.group);
+      test::OwnedMatrix up = test::any_matrix(rng_, f.dtype, rows, cols, f.group);
+      const Matrix dw = store_.upload_matrix(w.m), du = store_.upload_matrix(up.m);
+      for (const int path : {0, 1, 2}) {
+        cuda::set_mma_q4_path(path);
+        for (const int n : {1, 3, 8, 9, 16}) {
+          const auto x = test::random_vec(rng_, static_cast<size_t>(n) * cols);
+          const auto bias = test::random_vec(rng_, static_cast<size_t>(rows));
+          std::vector<float> want(static_cast<size_t>(n) * rows), want_mlp(want.size());
+          ref::matmul(x.data(), n, w.m, nullptr, want.data());
+          ref::matmul_silu_mul(x.data(), n, w.m, up.m, want_mlp.data());
+          const DevFloats dx = to_device(x), dbias = to_device(bias);
+          const DevFloats dy = poisoned_device(want.size()), dmlp = poisoned_device(want.size());
+          b().matmul(dx.p(), n, dw, dbias.p(), dy.p());
+          b().matmul_silu_mul(dx.p(), n, dw, du, dmlp.p());
+          std::vector<float> got = to_host(b(), dy);
+          for (size_t i = 0; i < got.size(); ++i) got[i] -= bias[i % static_cast<size_t>(rows)];
+          const std::string what = describe(f) + " path " + std::to_string(path) + " n=" + std::to_string(n) + " " +
+                                   std::to_string(rows) + "x" + std::to_string(cols);
+          EXPECT_TRUE(near_l2(got, want, 3e-3)) << what;
+          EXPECT_TRUE(near_l2(to_host(b(), dmlp), want_mlp, 6e-3)) << what << " mlp";
+        }
+      }
+    }
+  }
+}
+
+// The int4 kernel starts loading its weights before the previous kernel in the stream has finished (programmatic
+// dependent launch); its activations must still be the previous kernel's finished output. A chain of int4
+// matmuls, each reading the last one's output with nothing in between, for every path and row count.
+TEST_F(CudaOpsTest, MmaQ4ChainReadsThePreviousOutput) {
+  SCOPED_TRACE(trace());
+  struct Reset {
+    ~Reset() { cuda::set_mma_q4_path(0); }
+  } reset;
+  constexpr int kDim = 1024, kLinks = 4;
+  std::vector<test::OwnedMatrix> ws;
+  std::vector<Matrix> dws;
+  for (int i = 0; i < kLinks; ++i) {
+    // Scaled so each link keeps the values near 1 (the kernel rounds activations to fp16).
+    ws.push_back(test::any_matrix(rng_, DType::Q4, kDim, kDim, 128, 0.05f));
+    dws.push_back(store_.upload_matrix(ws.back().m));
+  }
+  for (const int path : {0, 1, 2}) {
+    cuda::set_mma_q4_path(path);
+    for (const int n : {1, 2, 12}) {
+      std::vector<float> want = test::random_vec(rng_, static_cast<size_t>(n) * kDim), next(want.size());
+      std::vector<DevFloats> dev;
+      dev.push_back(to_device(want));
+      for (int i = 0; i < kLinks; ++i) {
+        dev.push_back(poisoned_device(want.size()));
+        b().matmul(dev[i].p(), n, dws[i], nullptr, dev[i + 1].p());
+        ref::matmul(want.data(), n, ws[i].m, nullptr, next.data());
+        want.swap(next);
+      }
+      EXPECT_TRUE(near_l2(to_host(b(), dev.back()), want, kLinks * 3e-3)) << "path " << path << " n=" << n;
+    }
+  }
+}
+
 // The tensor-core Q4 matmul splits K over warps and adds their partial sums in a fixed order: a repeated call
 // gives the same bits.
 TEST_F(CudaOpsTest, MmaQ4IsDeterministic) {

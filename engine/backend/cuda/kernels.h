@@ -37,6 +37,14 @@ void set_gemv_quant_rows_per_warp(int rpw);
 // registers, activations rounded to fp16, fp32 accumulation; mma_q4.cu). Same contract as launch_gemv.
 void launch_mma_q4(const float* x, int n, const DeviceLayout& l, const void* w, const void* up, const float* bias,
                    float* y, cudaStream_t stream);
+// Benchmark and test knob of launch_mma_q4's paths: 0 the per-call choice (default); 1 the weights scaled in fp16
+// before the mma and activations loaded into registers by every warp; 2 the scale applied after the mma where the
+// format allows it (symmetric Q4, groups >= 64), activations still in registers. The default also stages up to 8
+// activation rows in shared memory as fp16 when they fit.
+void set_mma_q4_path(int path);
+// Benchmark knob: launch the int4 kernel with programmatic dependent launch (default on; sm_90), so it loads its
+// weights while the previous kernel in the stream finishes.
+void set_mma_q4_overlap(bool on);
 
 // The same for Q8/NF4 W and any n: tiled GEMM on tensor cores (WMMA m16n16k16, fp16 operands
 // with fp32 accumulation; weights dequantized into shared memory, activations rounded to fp16).
