@@ -16,7 +16,10 @@
 // Work: a block owns one tile of 16 weight rows (and the same rows of `up` in the fused MLP) for 8 x NT activation
 // rows; its warps take the 64-column blocks of K round robin, each keeping the loads (codes, scale pairs,
 // activations) of 4 / (NT x operands) blocks in flight in a ring of register slots, and add their partial sums in
-// shared memory in a fixed order, so results do not depend on timing.
+// shared memory in a fixed order, so results do not depend on timing. Refinements (see the kernel): the scale after
+// the mma for symmetric groups >= 64 (DEFER), activations staged in shared memory for one or two rows of large
+// matrices (STAGE: the ring then holds only weights, 8 deep), and programmatic dependent launch (weights loaded
+// while the previous kernel finishes).
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -166,7 +169,8 @@ __device__ __noinline__ float4 load_x4_slow(const float* __restrict__ xr, int c,
 // Issues the weight loads of block kb for a lane: each operand's codes and scale pair.
 template <DType T, int S>
 __device__ __forceinline__ void load_weights(const Args& a, const Operand (&op)[S], int kb, int t, Loaded (&ld)[S]) {
-  const int grp = min((kb * 64 + 16 * t) >> a.gshift, a.groups - 1);  // past kpad (a last block of 32 columns): any
+  // Past kpad (a last block of 32 columns) any group will do.
+  const int grp = min((kb * 64 + 16 * t) >> a.gshift, a.groups - 1);
 #pragma unroll
   for (int s = 0; s < S; ++s) load_block<T>(op[s], kb, grp, &ld[s]);
 }
