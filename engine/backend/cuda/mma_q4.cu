@@ -251,6 +251,8 @@ __global__ void __launch_bounds__(kWarps * 32, min_blocks_per_sm(NT, SILU, STAGE
   // Independent accumulator chains (k-tile j adds into chain j % kChains): back-to-back mma.sync on one
   // accumulator wait for each other, and a warp has few other instructions to issue meanwhile.
   constexpr int kChains = (DEFER ? S * NT == 1 : kUnroll >= 2) ? 2 : 1;
+  // DEFER keeps its chains per block and one running sum; array extents stay >= 1 when a dimension is unused.
+  constexpr int kAccChains = DEFER ? 1 : kChains, kXRows = NX > 0 ? NX : 1, kXSlots = NX > 0 ? kUnroll : 1;
   __shared__ float partial[kWarps][S * NT * 4][32];
   extern __shared__ uint4 staged[];  // STAGE only
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
@@ -260,14 +262,14 @@ __global__ void __launch_bounds__(kWarps * 32, min_blocks_per_sm(NT, SILU, STAGE
   op[0] = operand_of<T>(a, a.w, rt, lane);
   if constexpr (SILU) op[1] = operand_of<T>(a, a.up, rt, lane);
   // This lane's B fragments are activation row col0 + 8 nt + g at its 16 columns of each block.
-  const float* xr[NX > 0 ? NX : 1];
+  const float* xr[kXRows];
 #pragma unroll
-  for (int nt = 0; nt < (NX > 0 ? NX : 1); ++nt) {
+  for (int nt = 0; nt < kXRows; ++nt) {
     xr[nt] = a.x + static_cast<int64_t>(min(col0 + 8 * nt + g, a.n - 1)) * a.cols;
   }
-  float acc[DEFER ? 1 : kChains][S][NT][4];
+  float acc[kAccChains][S][NT][4];
 #pragma unroll
-  for (int c = 0; c < (DEFER ? 1 : kChains); ++c)
+  for (int c = 0; c < kAccChains; ++c)
 #pragma unroll
     for (int s = 0; s < S; ++s)
 #pragma unroll
@@ -278,7 +280,7 @@ __global__ void __launch_bounds__(kWarps * 32, min_blocks_per_sm(NT, SILU, STAGE
   // A ring of kUnroll slots: block kb0 + u * kWarps sits in slot u, and as soon as slot u is computed it is
   // refilled with the block kUnroll steps later, so a warp keeps loads in flight while it computes.
   Loaded ld[kUnroll][S];
-  float4 xv[NX > 0 ? kUnroll : 1][NX > 0 ? NX : 1][4];
+  float4 xv[kXSlots][kXRows][4];
 #pragma unroll
   for (int u = 0; u < kUnroll; ++u) {
     if (warp + u * kWarps < kblocks) load_weights<T, S>(a, op, warp + u * kWarps, t, ld[u]);
@@ -313,7 +315,7 @@ __global__ void __launch_bounds__(kWarps * 32, min_blocks_per_sm(NT, SILU, STAGE
         for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
           for (int j = 0; j < 4; ++j) {
-            const float4 v = xv[NX > 0 ? u : 0][nt][j];
+            const float4 v = xv[u][nt][j];
             b[nt][j][0] = as_u32(__floats2half2_rn(v.x, v.y));
             b[nt][j][1] = as_u32(__floats2half2_rn(v.z, v.w));
           }
@@ -392,7 +394,7 @@ __global__ void __launch_bounds__(kWarps * 32, min_blocks_per_sm(NT, SILU, STAGE
       for (int i = 0; i < 4; ++i) {
         float v = acc[0][s][nt][i];
 #pragma unroll
-        for (int c = 1; c < (DEFER ? 1 : kChains); ++c) v += acc[c][s][nt][i];
+        for (int c = 1; c < kAccChains; ++c) v += acc[c][s][nt][i];
         if (DEFER && i >= 2) v *= 0.0625f;  // rows g + 8 were 16 (q - 8)
         partial[warp][(s * NT + nt) * 4 + i][lane] = v;
       }
