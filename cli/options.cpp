@@ -252,12 +252,6 @@ LoadedModel load(const ModelOptions& options, bool need_tokenizer, const ShardRe
   // Column splits fall on multiples of every quantization group and every N:M group, so each rank's groups are
   // the groups one process would use.
   const int column_align = sharded ? std::lcm(quant::largest_group(compress), shard_prune_group(compress)) : 1;
-  // With int4/nf4 schemes a calibration text turns on the activation-aware scale search (quant/compress.h); for
-  // int8 it only calibrates pruning, which runs on shards.
-  if (sharded && !options.calib.empty() && quant::largest_group(compress) > 1)
-    throw Error(
-        "activation-aware quantization (--calib with int4/nf4) is not supported with --tp/--pp yet; use a "
-        "round-to-nearest scheme (drop --calib, e.g. --quant int4:g32) or run on one rank");
   std::optional<ModelShard> plan;
   if (options.dummy_weights) {
     if (sharded) {
@@ -280,7 +274,7 @@ LoadedModel load(const ModelOptions& options, bool need_tokenizer, const ShardRe
     TESSERA_CHECK(groups != nullptr);
     if (plan->pp_size > 1) {
       TESSERA_CHECK(groups->pp_control != nullptr && groups->pp_control->size() == plan->pp_size);
-      compress.prune.pp = groups->pp_control;
+      compress.pp = groups->pp_control;
     }
     if (plan->tp_size > 1) {
       Communicator* tp_group = groups->tp;
@@ -288,7 +282,7 @@ LoadedModel load(const ModelOptions& options, bool need_tokenizer, const ShardRe
       compress.share_row_absmax = [tp_group](std::vector<float>& amax) {
         all_reduce_max(*tp_group, amax.data(), amax.size());
       };
-      compress.prune.tp = tp_group;
+      compress.tp = tp_group;
     }
   }
   std::string tok_path = options.tokenizer;

@@ -3,13 +3,14 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <optional>
 #include <random>
 #include <string>
 
 #include "engine/backend/cpu/cpu_backend.h"
 #include "engine/core/check.h"
-#include "engine/model/kv_cache.h"
 #include "quant/quant_traits.h"
+#include "quant/shard_calibration.h"
 
 namespace tessera::quant {
 namespace {
@@ -29,15 +30,37 @@ float dot(const float* a, const float* b, int64_t n) {
   return s;
 }
 
-// Accumulates sums and a reservoir sample of the rows of every projection input.
+// Accumulates sums and a reservoir sample of the rows of every projection input of a shard's layers. Each input has
+// its own random stream, seeded from its whole-model layer index, so a pipeline stage samples what one process
+// samples. Inputs a tensor-parallel rank holds only some columns of are gathered whole first.
 class StatsObserver final : public ActivationObserver {
  public:
-  StatsObserver(int n_layers, int max_samples, uint64_t seed)
-      : max_samples_(max_samples), rng_(seed), stats_(sz(n_layers)), sums_(sz(n_layers) * kNumLinearInputs) {}
+  StatsObserver(const ModelData& model, int max_samples, uint64_t seed, Communicator* tp)
+      : layer_begin_(model.layout().layer_begin),
+        max_samples_(max_samples),
+        tp_(tp),
+        stats_(model.weights.layers.size()),
+        sums_(stats_.size() * kNumLinearInputs) {
+    for (size_t i = 0; i < sums_.size(); ++i)
+      sums_[i].rng.seed(seed ^ (0x9E3779B97F4A7C15ull * (sz(layer_begin_) * kNumLinearInputs + i + 1)));
+    if (tp_ != nullptr) {
+      const ModelShard shard = model.layout();
+      column_split_[static_cast<size_t>(LinearInput::kAttnOut)] = split_of(shard, model.config, ShardedWeight::kWo);
+      column_split_[static_cast<size_t>(LinearInput::kFfnMid)] = split_of(shard, model.config, ShardedWeight::kWDown);
+    }
+  }
 
   void observe(int layer, LinearInput which, const float* x, int n, int cols) override {
-    InputStats& s = stats_[sz(layer)].inputs[static_cast<size_t>(which)];
-    Sums& acc = sums_[sz(layer) * kNumLinearInputs + static_cast<size_t>(which)];
+    const size_t l = sz(layer - layer_begin_);  // observers see whole-model layer indices
+    TESSERA_CHECK(l < stats_.size());
+    detail::WholeMatrix whole;
+    if (const auto& split = column_split_[static_cast<size_t>(which)]) {
+      whole = detail::gather_split(*tp_, x, n, cols, *split);
+      x = whole.data.data();
+      cols = static_cast<int>(whole.cols);
+    }
+    InputStats& s = stats_[l].inputs[static_cast<size_t>(which)];
+    Sums& acc = sums_[l * kNumLinearInputs + static_cast<size_t>(which)];
     if (s.cols == 0) {
       s.cols = cols;
       acc.abs.assign(sz(cols), 0.0);
@@ -56,7 +79,7 @@ class StatsObserver final : public ActivationObserver {
         slot = s.rows_seen;
         ++s.n_samples;
       } else {
-        const uint64_t j = rng_() % static_cast<uint64_t>(s.rows_seen + 1);
+        const uint64_t j = acc.rng() % static_cast<uint64_t>(s.rows_seen + 1);
         if (j < static_cast<uint64_t>(max_samples_)) slot = static_cast<int64_t>(j);
       }
       if (slot >= 0) std::memcpy(s.samples.data() + sz(slot) * sz(cols), row, sz(cols) * sizeof(float));
@@ -85,9 +108,12 @@ class StatsObserver final : public ActivationObserver {
  private:
   struct Sums {
     std::vector<double> abs, sq;
+    std::mt19937_64 rng;
   };
+  int layer_begin_;
   int max_samples_;
-  std::mt19937_64 rng_;
+  Communicator* tp_;
+  std::array<std::optional<WeightSplit>, kNumLinearInputs> column_split_;
   std::vector<LayerStats> stats_;
   std::vector<Sums> sums_;
 };
@@ -182,21 +208,28 @@ std::vector<LayerStats> collect_activation_stats(const ModelData& model, std::sp
                                                  const CalibrationOptions& options,
                                                  const std::function<void(size_t, size_t)>& progress) {
   const ModelConfig& c = model.config;
+  const ModelShard shard = model.layout();
   if (tokens.size() < 2) throw Error("calibration needs at least 2 tokens, got " + std::to_string(tokens.size()));
-  const size_t total = std::min(tokens.size(), sz(std::max(2, options.max_total_tokens)));
-  const int chunk_len = std::max(2, std::min(options.max_chunk_tokens, c.max_seq_len));
-  const std::vector<std::vector<int>> chunks = calibration_chunks(tokens.first(total), chunk_len, c.bos_id);
-  std::unique_ptr<Backend> backend = make_calibration_backend(pool);
-  LlamaModel lm(model, *backend, chunk_len);
-  StatsObserver observer(c.n_layers, std::max(1, options.max_samples), options.seed);
-  lm.set_observer(&observer);
-  KvCache cache = lm.make_cache(chunk_len);
-  std::vector<float> logits(sz(c.vocab_size));
-  if (progress) progress(0, chunks.size());
-  for (size_t i = 0; i < chunks.size(); ++i) {
-    lm.forward(chunks[i], 0, cache, LogitsMode::kLast, logits.data());
-    if (progress) progress(i + 1, chunks.size());
-  }
+  const std::span<const int> used = tokens.first(std::min(tokens.size(), sz(std::max(2, options.max_total_tokens))));
+  const int chunk_len = detail::calibration_chunk_len(c, options.max_chunk_tokens);
+  Communicator* tp = shard.tp_size > 1 ? options.tp : nullptr;
+  Communicator* pp = shard.pp_size > 1 ? options.pp : nullptr;
+  TESSERA_CHECK_MSG(shard.tp_size == 1 || (tp != nullptr && tp->size() == shard.tp_size),
+                    "calibrating a tensor-parallel shard needs its group");
+  TESSERA_CHECK_MSG(shard.pp_size == 1 || (pp != nullptr && pp->size() == shard.pp_size),
+                    "calibrating a pipeline stage needs the pipeline group");
+  detail::StageInputs stage_in, stage_out;
+  if (!shard.first_stage()) stage_in = detail::receive_stage_inputs(*pp, model, used, chunk_len);
+  const size_t n_chunks = calibration_chunks(used, chunk_len, c.bos_id).size();
+  StatsObserver observer(model, std::max(1, options.max_samples), options.seed, tp);
+  size_t done = 0;
+  if (progress) progress(0, n_chunks);
+  detail::run_calibration_chunks(model, used, chunk_len, stage_in, pool, tp, &observer,
+                                 [&](const float* hidden, int n) {
+                                   if (!shard.last_stage()) stage_out.emplace_back(hidden, hidden + sz(n) * sz(c.dim));
+                                   if (progress) progress(++done, n_chunks);
+                                 });
+  if (!shard.last_stage()) detail::send_stage_outputs(*pp, model, stage_out);
   return observer.finish();
 }
 
@@ -292,6 +325,26 @@ AwqSearchResult search_scales(std::span<const AwqMember> members, const InputSta
     first = false;
   }
   return result;
+}
+
+detail::WholeMatrix gather_sampled_rows(Communicator& tp, const Matrix& local, const WeightSplit& split,
+                                        int64_t whole_rows, int max_rows) {
+  const std::vector<int64_t> idx = sample_rows(whole_rows, max_rows);
+  const int64_t cols = local.cols;
+  if (!split.by_rows) {
+    // Every rank holds every row, and some of its columns.
+    std::vector<float> mine(idx.size() * sz(cols));
+    for (size_t i = 0; i < idx.size(); ++i) dequantize_matrix_row(local, idx[i], mine.data() + i * sz(cols));
+    return detail::gather_split(tp, mine.data(), static_cast<int64_t>(idx.size()), cols, split);
+  }
+  // The sampled indices this rank holds are a run [first, last) of them: gathered as a split of the sample.
+  const auto first = std::lower_bound(idx.begin(), idx.end(), split.range.begin);
+  const auto last = std::lower_bound(idx.begin(), idx.end(), split.range.end);
+  std::vector<float> mine(sz(last - first) * sz(cols));
+  for (auto it = first; it != last; ++it)
+    dequantize_matrix_row(local, *it - split.range.begin, mine.data() + sz(it - first) * sz(cols));
+  const WeightSplit run{true, {first - idx.begin(), last - idx.begin()}};
+  return detail::gather_split(tp, mine.data(), last - first, cols, run);
 }
 
 double output_error(const Matrix& w, const QuantSpec& spec, std::span<const float> scale, const float* x, int n,

@@ -25,8 +25,10 @@
 #include "engine/core/thread_pool.h"
 #include "engine/model/llama_model.h"
 #include "engine/model/weights.h"
+#include "parallel/communicator.h"
 #include "quant/compress.h"
 #include "quant/quant_spec.h"
+#include "quant/shard_calibration.h"
 
 namespace tessera::quant {
 
@@ -52,11 +54,18 @@ struct CalibrationOptions {
   int max_chunk_tokens = 512;   // longest forward pass (also bounded by the model's context)
   int max_total_tokens = 4096;  // calibration tokens beyond this are ignored
   uint64_t seed = 0x5eed;       // reservoir sampling
+  // A shard's groups (not owned): the tensor-parallel group when the model has tp_size > 1, the pipeline group
+  // (rank = stage) when pp_size > 1. Every rank of them calls collect_activation_stats in step.
+  Communicator* tp = nullptr;
+  Communicator* pp = nullptr;
 };
 
 // Runs the model as it is (normally unquantized) over `tokens` (BOS first) in chunks of at most the context and
-// records statistics of every projection input of every layer. Chunks after the first get BOS prepended. Runs
-// on the CPU backend (see make_calibration_backend). `progress(done, total)` counts chunks.
+// records statistics of every projection input of every layer it holds (index 0 = its first). Chunks after the
+// first get BOS prepended. Runs on the CPU backend (see make_calibration_backend). `progress(done, total)` counts
+// chunks. A shard gives what one process gives for its layers (up to rounding): a pipeline stage starts from the
+// previous stage's outputs and sends its own to the next, and a tensor-parallel rank records the whole of the
+// inputs of wo and w_down, gathered over its group.
 // Throws tessera::Error for fewer than 2 tokens or a token outside the vocabulary.
 std::vector<LayerStats> collect_activation_stats(const ModelData& model, std::span<const int> tokens, ThreadPool& pool,
                                                  const CalibrationOptions& options = {},
@@ -102,6 +111,12 @@ std::vector<float> scales_for_alpha(std::span<const float> magnitudes, float alp
 AwqSearchResult search_scales(std::span<const AwqMember> members, const InputStats& stats,
                               std::span<const float> magnitudes, ThreadPool& pool,
                               const AwqSearchOptions& options = {});
+
+// Tensor parallelism: the rows of a weight that search_scales measures on one process (evenly spaced over its
+// whole_rows, at most max_rows), gathered whole over `tp` from each rank's part `local` (held as `split`), so every
+// rank can search as one process does; every rank of the group calls it in step. Result [sampled rows][whole cols].
+detail::WholeMatrix gather_sampled_rows(Communicator& tp, const Matrix& local, const WeightSplit& split,
+                                        int64_t whole_rows, int max_rows);
 
 // ||X W^T - X W'^T||_F^2 for rows of x [n][w.cols], where W' = decode(encode(W diag(s))) diag(1/s) with `spec`
 // (s empty = ones; importance optional). For tests and reports.

@@ -15,6 +15,7 @@
 
 #include "engine/core/check.h"
 #include "engine/core/thread_pool.h"
+#include "parallel/communicator.h"
 #include "quant/awq.h"
 #include "quant/quant_traits.h"
 #include "quant/rule_text.h"
@@ -303,35 +304,101 @@ void validate_plan(const ModelData& model, const std::vector<AwqLayerPlan>& plan
   }
 }
 
-// Searches the plan: calibration forward, then per layer and per input group a grid search of alpha.
+// The shard's split of a projection (ShardedWeight order differs from Proj's) and its whole row count.
+WeightSplit split_of_proj(const ModelShard& shard, const ModelConfig& c, int p) {
+  constexpr ShardedWeight kSharded[kNumProj] = {ShardedWeight::kWq,   ShardedWeight::kWk,    ShardedWeight::kWv,
+                                                ShardedWeight::kWo,   ShardedWeight::kWGate, ShardedWeight::kWUp,
+                                                ShardedWeight::kWDown};
+  return split_of(shard, c, kSharded[p]);
+}
+
+int64_t whole_rows_of(const ModelConfig& c, int p) {
+  switch (p) {
+    case kWq:
+      return static_cast<int64_t>(c.n_heads) * c.head_dim;
+    case kWk:
+    case kWv:
+      return static_cast<int64_t>(c.n_kv_heads) * c.head_dim;
+    case kWo:
+    case kWDown:
+      return c.dim;
+    default:
+      return c.hidden_dim;
+  }
+}
+
+// The columns `range` of whole-input statistics: what a tensor-parallel rank's slice of wo / w_down reads.
+void keep_columns(InputStats& st, const IndexRange& range) {
+  const auto cut = [&](std::vector<float>& v, size_t rows) {
+    std::vector<float> out(rows * static_cast<size_t>(range.size()));
+    for (size_t r = 0; r < rows; ++r)
+      std::copy_n(v.begin() + static_cast<std::ptrdiff_t>(r * static_cast<size_t>(st.cols) + range.begin), range.size(),
+                  out.begin() + static_cast<std::ptrdiff_t>(r * static_cast<size_t>(range.size())));
+    v = std::move(out);
+  };
+  cut(st.mean_abs, 1);
+  cut(st.mean_sq, 1);
+  cut(st.samples, static_cast<size_t>(st.n_samples));
+  st.cols = static_cast<int>(range.size());
+}
+
+// Searches the plan: calibration forward, then per layer and per input group a grid search of alpha. On a
+// tensor-parallel shard every rank searches on the whole inputs and the whole weights' sampled rows (gathered over
+// tp), as one process does, and keeps its own columns of the wo / w_down input scales and statistics.
 std::vector<AwqLayerPlan> search_plan(const ModelData& model, const std::vector<Target>& targets,
-                                      const std::vector<int>& tokens, ThreadPool& pool, Progress& progress,
+                                      const CompressOptions& options, ThreadPool& pool, Progress& progress,
                                       size_t phase_units, std::vector<LayerStats>* stats_out) {
   const ModelConfig& c = model.config;
+  const ModelShard shard = model.layout();
+  Communicator* tp = shard.tp_size > 1 ? options.tp : nullptr;
   const size_t base = progress.done();
+  CalibrationOptions calibration;
+  calibration.tp = options.tp;
+  calibration.pp = options.pp;
   std::vector<LayerStats> stats = collect_activation_stats(
-      model, tokens, pool, CalibrationOptions{},
+      model, options.calibration_tokens, pool, calibration,
       [&](size_t done, size_t total) { progress.set(base + (total ? phase_units * done / total : phase_units)); });
   const size_t n_layers = model.weights.layers.size();
+  const AwqSearchOptions search;
   std::vector<AwqLayerPlan> plan(n_layers);
   for (size_t l = 0; l < n_layers; ++l) {
     for (int i = 0; i < kNumLinearInputs; ++i) {
       const auto which = static_cast<LinearInput>(i);
       std::vector<AwqMember> members;
-      bool any_four_bit = false;
+      std::vector<detail::WholeMatrix> gathered;
+      std::vector<Matrix> views;
+      gathered.reserve(3);  // views point into it
+      views.reserve(3);
       for (const Target& t : targets) {
-        if (t.layer != static_cast<int>(l) || input_of(t.proj) != which) continue;
-        members.push_back({t.matrix, t.spec});
-        any_four_bit = any_four_bit || is_four_bit(t.spec);
+        if (t.layer != static_cast<int>(l) || input_of(t.proj) != which || t.spec.keep()) continue;
+        if (tp != nullptr) {
+          gathered.push_back(gather_sampled_rows(*tp, *t.matrix, split_of_proj(shard, c, t.proj),
+                                                 whole_rows_of(c, t.proj), search.max_weight_rows));
+          const detail::WholeMatrix& w = gathered.back();
+          views.push_back(Matrix{DType::F32, w.rows, w.cols, w.data.data()});
+          members.push_back({&views.back(), t.spec});
+        } else {
+          members.push_back({t.matrix, t.spec});
+        }
       }
-      if (!any_four_bit) continue;
+      if (std::none_of(members.begin(), members.end(), [](const AwqMember& m) { return is_four_bit(m.spec); }))
+        continue;
       const InputStats& st = stats[l].at(which);
       const std::vector<float> mag = which == LinearInput::kAttnOut
                                          ? channel_magnitudes(st, c.n_heads / c.n_kv_heads, c.head_dim)
                                          : channel_magnitudes(st);
-      AwqSearchResult r = search_scales(members, st, mag, pool);
+      AwqSearchResult r = search_scales(members, st, mag, pool, search);
       plan[l].alpha[static_cast<size_t>(i)] = r.alpha;
       if (r.alpha > 0.0f) plan[l].scale[static_cast<size_t>(i)] = std::move(r.scale);
+    }
+    if (tp != nullptr) {
+      // Row-parallel wo and w_down read this rank's columns of their inputs.
+      for (const auto& [which, p] : {std::pair{LinearInput::kAttnOut, kWo}, std::pair{LinearInput::kFfnMid, kWDown}}) {
+        const IndexRange cols = split_of_proj(shard, c, p).range;
+        keep_columns(stats[l].inputs[idx(which)], cols);
+        std::vector<float>& s = plan[l].scale[idx(which)];
+        if (!s.empty()) s = std::vector<float>(s.begin() + cols.begin, s.begin() + cols.end);
+      }
     }
     progress.set(base + phase_units + phase_units * (l + 1) / n_layers);
   }
@@ -350,17 +417,27 @@ CompressReport run_pipeline(ModelData& model, const CompressOptions& options, co
   // Pruning comes first: the quantizer (and the activation-aware search) sees the survivors.
   PruneReport pruned;
   const bool prune = given == nullptr && options.prune.active();
-  if (prune) pruned = prune_model(model, options.prune, options.calibration_tokens, pool, options.progress);
+  if (prune) {
+    PruneOptions prune_options = options.prune;
+    if (prune_options.tp == nullptr) prune_options.tp = options.tp;
+    if (prune_options.pp == nullptr) prune_options.pp = options.pp;
+    pruned = prune_model(model, prune_options, options.calibration_tokens, pool, options.progress);
+  }
   std::map<std::string, const PruneTensorReport*> pruned_by_name;
   for (const PruneTensorReport& p : pruned.tensors) pruned_by_name[p.name] = &p;
 
+  // Whether any weight is int4/nf4. A pipeline stage decides from the options alone, so that every stage agrees: a
+  // stage that holds none still calibrates, since later stages start from its outputs.
+  const bool four_bit =
+      model.layout().pp_size > 1
+          ? is_four_bit(options.default_spec) || std::any_of(options.rules.begin(), options.rules.end(),
+                                                             [](const QuantRule& r) { return is_four_bit(r.spec); })
+          : std::any_of(targets.begin(), targets.end(), [](const Target& t) { return is_four_bit(t.spec); });
   bool search = given == nullptr && options.activation_aware;
   // A calibration text given for pruning alone does not ask for activation-aware quantization.
-  if (search && prune &&
-      std::none_of(targets.begin(), targets.end(), [](const Target& t) { return is_four_bit(t.spec); }))
-    search = false;
+  if (search && prune && !four_bit) search = false;
   if (search) {
-    if (std::none_of(targets.begin(), targets.end(), [](const Target& t) { return is_four_bit(t.spec); }))
+    if (!four_bit)
       throw Error(
           "activation-aware quantization (--calib) applies to int4/nf4 weights, but no weight is int4 or nf4: add "
           "--quant int4:g128 (or a rule selecting int4/nf4)");
@@ -380,7 +457,7 @@ CompressReport run_pipeline(ModelData& model, const CompressOptions& options, co
 
   std::vector<AwqLayerPlan> searched;
   std::vector<LayerStats> stats;
-  if (search) searched = search_plan(model, targets, options.calibration_tokens, pool, progress, phase, &stats);
+  if (search) searched = search_plan(model, targets, options, pool, progress, phase, &stats);
   const std::vector<AwqLayerPlan>* plan = given ? given : (search ? &searched : nullptr);
   if (plan) validate_plan(model, *plan);
 

@@ -31,6 +31,13 @@ struct CompressOptions {
   std::vector<int> calibration_tokens;  // tokenized calibration text (BOS first)
   PruneOptions prune;                   // load-time pruning, run first (quant/prune.h); uses calibration_tokens
   int threads = 0;                      // 0 = all cores
+  // A shard's groups (not owned; every rank of them runs compress_model with the same options, in step): the
+  // tensor-parallel group when the model has tp_size > 1, the pipeline group (rank = stage) when pp_size > 1.
+  // Pruning (when prune.tp / prune.pp are unset) and the activation-aware search use them to calibrate and choose
+  // as one process does: stages calibrate in turn on the previous stage's outputs, and tensor-parallel ranks search
+  // on the whole tensors and inputs gathered over their group.
+  Communicator* tp = nullptr;
+  Communicator* pp = nullptr;
   // Tensor parallelism: for an int8 matrix that is a column slice of the whole (wo, w_down of a shard with
   // tp > 1), called on the calling thread, in the same order on every rank, with the slice's max |w| per row;
   // it must replace each value by the maximum over the tensor-parallel ranks (an all-gather), so every row's

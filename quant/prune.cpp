@@ -415,7 +415,9 @@ PruneReport prune_model(ModelData& model, const PruneOptions& options, std::span
   if ((any_calibrated || relay) && calibration_tokens.size() < 2)
     throw Error("wanda and sparsegpt pruning calibrate on a text: pass --calib FILE");
   detail::StageInputs stage_in;
-  if (relay && !shard.first_stage()) stage_in = detail::receive_stage_inputs(*options.pp, model, calibration_tokens);
+  if (relay && !shard.first_stage())
+    stage_in = detail::receive_stage_inputs(*options.pp, model, calibration_tokens,
+                                            detail::calibration_chunk_len(model.config));
 
   size_t total = static_cast<size_t>(n_layers) + 1, done = 0;
   const auto tick = [&] {

@@ -12,6 +12,7 @@
 #include "engine/model/shard.h"
 #include "engine/model/weights.h"
 #include "quant/prune.h"
+#include "quant/shard_calibration.h"
 
 namespace tessera::quant::detail {
 
@@ -24,10 +25,6 @@ struct LayerInputs {
   int64_t rows = 0;                                 // calibration rows seen (per input)
 };
 
-// A pipeline stage's calibration input: per calibration chunk, the hidden states [n_tokens][dim] leaving the
-// previous stage's (already pruned) layers. Empty on the first stage, which embeds the tokens.
-using StageInputs = std::vector<std::vector<float>>;
-
 // Runs this shard's layers as they are now over `tokens` (cut by calibration_chunks into passes of at most 512
 // tokens; later stages start from stage_in) and records the inputs of its layer `layer` (0 = the shard's first);
 // each pass stops once that layer's last input has been seen.
@@ -39,23 +36,10 @@ LayerInputs calibrate_layer(const ModelData& model, int layer, std::span<const i
                             ThreadPool& pool, Communicator* tp, const StageInputs& stage_in);
 
 // Pipeline parallelism: stages calibrate in turn, as one process does layer after layer. The hidden states
-// leaving this stage's layers for every calibration chunk (what the next stage calibrates on), and their
-// transfer over the pipeline group (rank = stage): receive blocks until the previous stage has pruned.
+// leaving this stage's layers for every calibration chunk: what the next stage calibrates on (sent with
+// send_stage_outputs; the next stage's receive blocks until this stage has pruned).
 StageInputs stage_outputs(const ModelData& model, std::span<const int> tokens, const StageInputs& stage_in,
                           ThreadPool& pool, Communicator* tp);
-StageInputs receive_stage_inputs(Communicator& pp, const ModelData& model, std::span<const int> tokens);
-void send_stage_outputs(Communicator& pp, const ModelData& model, const StageInputs& out);
-
-// A matrix split over a tensor-parallel group by rows or by columns (this rank holds split.range of them,
-// `local` [rows][cols] f32), gathered whole on every rank. Ranks holding the same range (kv heads replicated when
-// n_kv_heads < tp) send the same values.
-struct WholeMatrix {
-  std::vector<float> data;  // [rows][cols]
-  int64_t rows = 0, cols = 0;
-};
-WholeMatrix gather_split(Communicator& tp, const float* local, int64_t rows, int64_t cols, const WeightSplit& split);
-// This rank's part of a gathered matrix back into `local`.
-void take_split(const WholeMatrix& whole, const WeightSplit& split, float* local);
 
 // A new matrix holding the given rows (any dtype, bytes copied) or columns (plain dtypes copied element-wise,
 // quantized ones expanded to f32) of m, in `store`.

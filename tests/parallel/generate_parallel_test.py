@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """`mpirun -np N tessera generate --tp T --pp P` prints exactly what one process prints (stories260K, greedy),
 for every layout of 2 and 4 ranks, plain, int4:g32, int8, magnitude 2:4 pruning and 2:4 + int8; with tensor
-and pipeline parallelism also per-tensor magnitude and Wanda pruning calibrated on a text (SparseGPT runs; its
+and pipeline parallelism also activation-aware int4, per-tensor magnitude and Wanda pruning calibrated on a text
+(SparseGPT runs; its
 exactness up to rounding is checked in sharded_model_test); and a bad layout or a pruning method that cannot run
 per shard is refused with a clear error.
 
@@ -47,12 +48,14 @@ def main():
     # process would (int8: stored as compressed 2:4 with row scales shared across the split). Choices that need
     # the whole tensor (a per-tensor threshold, Wanda's rows of the row-parallel wo / w_down) are made on it,
     # gathered over the tensor-parallel group; the calibration pass runs the sharded model, and pipeline stages
-    # calibrate in turn on the previous stage's pruned outputs.
+    # calibrate in turn on the previous stage's pruned outputs. Activation-aware int4 calibrates the same way and
+    # searches its scales on the whole tensors (wo / w_down split at column 32 with 2 tensor-parallel ranks).
     cases = [([], every), (["--quant", "int4:g32"], every), (["--quant", "int8"], every),
              (["--prune", "magnitude:2:4"], every), (["--prune", "magnitude:2:4", "--quant", "int8"], every),
              (["--prune", "magnitude:0.5"], [(2, 1), (4, 1), (2, 2)]),
              (["--prune", "wanda:0.5", "--calib", calib], [(2, 1), (4, 1), (1, 2), (2, 2), (1, 4)]),
-             (["--prune", "wanda:2:4", "--quant", "int8", "--calib", calib], [(2, 1), (1, 2)])]
+             (["--prune", "wanda:2:4", "--quant", "int8", "--calib", calib], [(2, 1), (1, 2)]),
+             (["--quant", "int4:g32", "--calib", calib], [(2, 1), (1, 2), (2, 2), (1, 4)])]
     for flags, layouts in cases:
         gen = [tessera, "generate", "--model", model, "--tokenizer", tok, "-p", "Once upon a time", "-n", "100",
                "--temperature", "0", "--threads", "1"] + flags

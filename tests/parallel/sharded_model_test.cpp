@@ -77,6 +77,7 @@ struct Case {
   // logits must stay within this share of the distance pruning moved them from the dense model's, instead of
   // 1e-4, and the greedy tokens are not compared.
   double share_of_pruning = 0.0;
+  bool activation_aware = false;  // int4/nf4 with AWQ-style scales searched on calibration_tokens()
 };
 
 // Calibration text for Wanda and SparseGPT: token ids below every test model's vocabulary, enough of them (several
@@ -94,16 +95,15 @@ void compress(ModelData& m, const Case& c, Communicator* tp = nullptr, Communica
   if (c.quant.empty() && c.prune.empty()) return;
   quant::CompressOptions o;
   if (!c.quant.empty()) o.default_spec = quant::QuantSpec::parse(c.quant);
-  if (!c.prune.empty()) {
-    o.prune.default_spec = quant::PruneSpec::parse(c.prune);
-    o.calibration_tokens = calibration_tokens();
-  }
+  if (!c.prune.empty()) o.prune.default_spec = quant::PruneSpec::parse(c.prune);
+  if (!c.prune.empty() || c.activation_aware) o.calibration_tokens = calibration_tokens();
+  o.activation_aware = c.activation_aware;
   o.threads = 1;
   if (tp != nullptr && tp->size() > 1) {
     o.share_row_absmax = [tp](std::vector<float>& amax) { all_reduce_max(*tp, amax.data(), amax.size()); };
-    o.prune.tp = tp;
+    o.tp = tp;
   }
-  if (pp != nullptr && pp->size() > 1) o.prune.pp = pp;
+  if (pp != nullptr && pp->size() > 1) o.pp = pp;
   quant::compress_model(m, o);
 }
 
@@ -123,7 +123,8 @@ std::vector<int> greedy(ModelRunner& runner, const Case& c) {
 
 // Runs the case on one layout: rank 0 compares, the other ranks serve its steps.
 void run_case(const Case& c, int tp, int pp) {
-  SCOPED_TRACE("tp " + std::to_string(tp) + " x pp " + std::to_string(pp) + " " + c.quant + " " + c.prune);
+  SCOPED_TRACE("tp " + std::to_string(tp) + " x pp " + std::to_string(pp) + " " + c.quant + " " + c.prune +
+               (c.activation_aware ? " activation-aware" : ""));
   Layout layout(tp, pp);
   const bool leader = layout.world.rank() == 0;
   CpuBackend backend(1);
@@ -242,6 +243,22 @@ TEST(ShardedModel, PrunedPerShard) {
     const quant::PruneSpec spec = quant::PruneSpec::parse(prune);
     for (auto [tp, pp] : layouts()) {
       run_case({make, scheme, kPrompt, 24, prune, spec.method == quant::PruneMethod::kSparseGpt ? 0.1 : 0.0}, tp, pp);
+    }
+  }
+}
+
+// Activation-aware int4 per shard: pipeline stages calibrate on the previous stage's outputs, tensor-parallel ranks
+// record the whole wo / w_down inputs and search on the whole weights' sampled rows, so every rank chooses the
+// scales one process chooses and keeps its own columns of them (with one kv head, the replicas' shared scales).
+TEST(ShardedModel, ActivationAwareInt4PerShard) {
+  const std::pair<int, const char*> cases[] = {{2, "int4:g32"}, {1, "int4:g32"}, {2, "nf4:g32"}};
+  for (const auto& [kv_heads, scheme] : cases) {
+    const int kv = kv_heads;
+    for (auto [tp, pp] : layouts()) {
+      Case c{[kv] { return testing::tiny_model(config(128, 4, kv, 32, 256, 4, false, false), DType::F32, 17); }, scheme,
+             kPrompt};
+      c.activation_aware = true;
+      run_case(c, tp, pp);
     }
   }
 }
