@@ -304,7 +304,7 @@ void validate_plan(const ModelData& model, const std::vector<AwqLayerPlan>& plan
   }
 }
 
-// The shard's split of a projection (ShardedWeight order differs from Proj's) and its whole row count.
+// How a shard holds a projection (ShardedWeight's order differs from Proj's).
 WeightSplit split_of_proj(const ModelShard& shard, const ModelConfig& c, int p) {
   constexpr ShardedWeight kSharded[kNumProj] = {ShardedWeight::kWq,   ShardedWeight::kWk,    ShardedWeight::kWv,
                                                 ShardedWeight::kWo,   ShardedWeight::kWGate, ShardedWeight::kWUp,
@@ -312,6 +312,7 @@ WeightSplit split_of_proj(const ModelShard& shard, const ModelConfig& c, int p) 
   return split_of(shard, c, kSharded[p]);
 }
 
+// A projection's row count in the whole model (the config keeps the whole model's numbers on a shard).
 int64_t whole_rows_of(const ModelConfig& c, int p) {
   switch (p) {
     case kWq:
