@@ -259,8 +259,9 @@ LoadedModel load(const ModelOptions& options, bool need_tokenizer, const ShardRe
       request.column_align = column_align;
       plan = plan_shard(dummy_preset_config(options.preset), request);  // refuse a bad split before generating
     }
-    out.data =
-        make_dummy_model(options.preset, parse_dtype(options.dtype), options.dummy_seed, plan ? &*plan : nullptr);
+    // Compression makes the random tensors one at a time, so the uncompressed preset never exists whole.
+    out.data = make_dummy_model(options.preset, parse_dtype(options.dtype), options.dummy_seed, plan ? &*plan : nullptr,
+                                options.wants_compression() ? DummyFill::kOnDemand : DummyFill::kAtLoad);
   } else {
     out.data = load_model(options.model);  // maps the files; no weight byte is read yet
   }
@@ -319,15 +320,18 @@ LoadedModel load(const ModelOptions& options, bool need_tokenizer, const ShardRe
     compress.progress = bar.callback();
     quant::CompressReport report = quant::compress_model(out.data, compress);
     bar.finish();
-    out.quantize_seconds = report.seconds;
+    out.quantize_seconds = report.seconds - report.make_seconds;
+    char made[64] = "";
+    if (report.make_seconds > 0.0)
+      std::snprintf(made, sizeof made, " (and %.2f s generating them)", report.make_seconds);
     std::fprintf(
-        stderr, "[tessera] weights of %s: %s -> %s (%s)%s in %.2f s\n", out.data.source.c_str(),
+        stderr, "[tessera] weights of %s: %s -> %s (%s)%s in %.2f s%s\n", out.data.source.c_str(),
         human_bytes(report.bytes_before).c_str(), human_bytes(report.bytes_after).c_str(),
         scheme_summary(report).c_str(),
         std::any_of(report.tensors.begin(), report.tensors.end(), [](const auto& t) { return t.awq_alpha >= 0.0; })
             ? (", activation-aware on " + std::to_string(compress.calibration_tokens.size()) + " tokens").c_str()
             : "",
-        report.seconds);
+        out.quantize_seconds, made);
     if (report.prune_seconds > 0.0) {
       size_t pruned = 0;
       for (const auto& t : report.tensors) pruned += t.pruning ? 1 : 0;
@@ -351,6 +355,7 @@ LoadedModel load(const ModelOptions& options, bool need_tokenizer, const ShardRe
     }
     out.compression = std::move(report);
   }
+  TESSERA_CHECK_MSG(out.data.pending.empty(), "load-time compression left weights unmade");
 
   if (options.act_quant == "int8") {
     const auto matrices = out.data.weights.matrices();

@@ -1,7 +1,9 @@
 #include "loaders/dummy_model.h"
 
 #include <cmath>
+#include <memory>
 #include <optional>
+#include <unordered_map>
 
 #include "engine/core/check.h"
 #include "engine/core/thread_pool.h"
@@ -35,8 +37,9 @@ uint64_t splitmix64(uint64_t x) {
 // weights and no generator state is shared between threads.
 class DummyFiller {
  public:
-  DummyFiller(ModelData& model, DType dtype, uint64_t seed)
-      : model_(model), dtype_(dtype), seed_(seed), pool_(ThreadPool::default_threads()) {}
+  // The store outlives the filler: both belong to one ModelData (the store behind a unique_ptr, so it never moves).
+  DummyFiller(WeightStore& store, DType dtype, uint64_t seed)
+      : store_(store), dtype_(dtype), seed_(seed), pool_(ThreadPool::default_threads()) {}
 
   // The [rows][cols] tensor, or only the part `split` keeps of it (same values as cutting the whole one).
   Matrix matrix(uint64_t tensor_id, int64_t rows, int64_t cols, std::optional<WeightSplit> split = std::nullopt) {
@@ -46,7 +49,7 @@ class DummyFiller {
     m.dtype = dtype_;
     m.rows = r.size();
     m.cols = c.size();
-    uint8_t* buf = model_.store->allocate(m.bytes());
+    uint8_t* buf = store_.allocate(m.bytes());
     m.data = buf;
     const uint64_t key = splitmix64(seed_ ^ splitmix64(tensor_id));
     // Uniform in +-1/sqrt(fan_in): keeps each projection's output variance near its input's.
@@ -93,7 +96,7 @@ class DummyFiller {
     }
   }
 
-  ModelData& model_;
+  WeightStore& store_;
   DType dtype_;
   uint64_t seed_;
   ThreadPool pool_;
@@ -134,7 +137,8 @@ ModelConfig dummy_preset_config(const std::string& preset) {
   throw Error("unknown dummy model preset '" + preset + "' (available: " + names + ")");
 }
 
-ModelData make_dummy_model(const std::string& preset, DType dtype, uint64_t seed, const ModelShard* shard) {
+ModelData make_dummy_model(const std::string& preset, DType dtype, uint64_t seed, const ModelShard* shard,
+                           DummyFill when) {
   if (is_quantized(dtype))
     throw Error("dummy weights are generated as f32, f16 or bf16; quantize them at load with --quant");
   ModelData model;
@@ -142,31 +146,55 @@ ModelData make_dummy_model(const std::string& preset, DType dtype, uint64_t seed
   model.source = "dummy:" + preset;
   const ModelConfig& c = model.config;
   const ModelShard s = shard != nullptr ? *shard : whole_model_shard(c);
-  DummyFiller fill(model, dtype, seed);
-  // Stable tensor ids (not creation order) so the weights of a tensor never depend on the others.
+  if (shard != nullptr) model.shard = *shard;
+
+  // What each tensor is; its values are made by DummyFiller when the tensor is made (at once or on demand).
+  struct Tensor {
+    uint64_t id;  // stable (not creation order), so a tensor's values never depend on the others
+    int64_t rows, cols;
+    ShardedWeight kind;
+  };
+  std::unordered_map<std::string, Tensor> tensors;
+  std::vector<std::string> names;
+  auto declare = [&](Matrix& m, const std::string& name, const Tensor& t) {
+    const WeightSplit split = split_of(s, c, t.kind);
+    m.dtype = dtype;
+    m.rows = split.by_rows ? split.range.size() : t.rows;
+    m.cols = split.by_rows ? t.cols : split.range.size();
+    tensors.emplace(name, t);
+    names.push_back(name);
+  };
   auto id = [](int layer, int slot) { return 16u + static_cast<uint64_t>(layer) * 16u + static_cast<uint64_t>(slot); };
-  auto split = [&](ShardedWeight w) { return std::optional<WeightSplit>(split_of(s, c, w)); };
 
   ModelWeights& w = model.weights;
-  if (s.first_stage()) w.tok_embeddings = fill.matrix(0, c.vocab_size, c.dim, split(ShardedWeight::kEmbeddings));
+  if (s.first_stage())
+    declare(w.tok_embeddings, "tok_embeddings", {0, c.vocab_size, c.dim, ShardedWeight::kEmbeddings});
+  const ShardedWeight kinds[7] = {ShardedWeight::kWq,    ShardedWeight::kWk,  ShardedWeight::kWv,   ShardedWeight::kWo,
+                                  ShardedWeight::kWGate, ShardedWeight::kWUp, ShardedWeight::kWDown};
   for (int i = s.layer_begin; i < s.layer_end; ++i) {
-    LayerWeights l;
+    LayerWeights& l = w.layers.emplace_back();
     l.attn_norm.assign(static_cast<size_t>(c.dim), 1.0f);
     l.ffn_norm.assign(static_cast<size_t>(c.dim), 1.0f);
-    l.wq = fill.matrix(id(i, 0), c.q_dim(), c.dim, split(ShardedWeight::kWq));
-    l.wk = fill.matrix(id(i, 1), c.kv_dim(), c.dim, split(ShardedWeight::kWk));
-    l.wv = fill.matrix(id(i, 2), c.kv_dim(), c.dim, split(ShardedWeight::kWv));
-    l.wo = fill.matrix(id(i, 3), c.dim, c.q_dim(), split(ShardedWeight::kWo));
-    l.w_gate = fill.matrix(id(i, 4), c.hidden_dim, c.dim, split(ShardedWeight::kWGate));
-    l.w_up = fill.matrix(id(i, 5), c.hidden_dim, c.dim, split(ShardedWeight::kWUp));
-    l.w_down = fill.matrix(id(i, 6), c.dim, c.hidden_dim, split(ShardedWeight::kWDown));
-    w.layers.push_back(std::move(l));
+    Matrix* slots[7] = {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down};
+    const int64_t rows[7] = {c.q_dim(), c.kv_dim(), c.kv_dim(), c.dim, c.hidden_dim, c.hidden_dim, c.dim};
+    const int64_t cols[7] = {c.dim, c.dim, c.dim, c.q_dim(), c.dim, c.dim, c.hidden_dim};
+    for (int p = 0; p < 7; ++p)
+      declare(*slots[p], "layers." + std::to_string(i) + "." + kLayerSlotNames[p],
+              {id(i, p), rows[p], cols[p], kinds[p]});
   }
   if (s.last_stage()) {
     w.final_norm.assign(static_cast<size_t>(c.dim), 1.0f);
-    w.lm_head = fill.matrix(1, c.vocab_size, c.dim, split(ShardedWeight::kLmHead));
+    declare(w.lm_head, "lm_head", {1, c.vocab_size, c.dim, ShardedWeight::kLmHead});
   }
-  if (shard != nullptr) model.shard = *shard;
+
+  auto filler = std::make_shared<DummyFiller>(*model.store, dtype, seed);
+  model.pending = PendingWeights(
+      [filler, tensors = std::move(tensors), s, c](const std::string& name, Matrix& m) {
+        const Tensor& t = tensors.at(name);
+        m = filler->matrix(t.id, t.rows, t.cols, split_of(s, c, t.kind));
+      },
+      std::move(names));
+  if (when == DummyFill::kAtLoad) model.make_pending_weights();
   return model;
 }
 

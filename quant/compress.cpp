@@ -26,29 +26,9 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// The seven projections of a layer, in canonical order.
+// The seven projections of a layer, in canonical order (kLayerSlotNames).
 constexpr int kNumProj = 7;
-constexpr const char* kProjNames[kNumProj] = {"wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down"};
 enum Proj { kWq, kWk, kWv, kWo, kWGate, kWUp, kWDown };
-
-Matrix& proj(LayerWeights& l, int p) {
-  switch (p) {
-    case kWq:
-      return l.wq;
-    case kWk:
-      return l.wk;
-    case kWv:
-      return l.wv;
-    case kWo:
-      return l.wo;
-    case kWGate:
-      return l.w_gate;
-    case kWUp:
-      return l.w_up;
-    default:
-      return l.w_down;
-  }
-}
 
 // Which LinearInput feeds a projection.
 LinearInput input_of(int p) {
@@ -244,18 +224,7 @@ Encoded encode_matrix(const Matrix& src, const Encoding& enc, WeightStore& store
 
 std::vector<Target> list_targets(ModelData& model) {
   std::vector<Target> t;
-  ModelWeights& w = model.weights;
-  // Names use the whole model's layer numbers, so rules mean the same on every pipeline stage.
-  const int first_layer = model.layout().layer_begin;
-  if (!w.tok_embeddings.empty()) t.push_back({"tok_embeddings", -1, -1, &w.tok_embeddings, {}});
-  for (size_t l = 0; l < w.layers.size(); ++l)
-    for (int p = 0; p < kNumProj; ++p)
-      t.push_back({"layers." + std::to_string(first_layer + static_cast<int>(l)) + "." + kProjNames[p],
-                   static_cast<int>(l),
-                   p,
-                   &proj(w.layers[l], p),
-                   {}});
-  if (!w.lm_head.empty()) t.push_back({"lm_head", -1, -1, &w.lm_head, {}});
+  for (NamedWeight& w : model.named_weights()) t.push_back({std::move(w.name), w.layer, w.slot, w.matrix, {}});
   return t;
 }
 
@@ -418,6 +387,10 @@ CompressReport run_pipeline(ModelData& model, const CompressOptions& options, co
   // Pruning comes first: the quantizer (and the activation-aware search) sees the survivors.
   PruneReport pruned;
   const bool prune = given == nullptr && options.prune.active();
+  // Weights made on demand are made here, one by one as each is encoded below, unless something first reads the
+  // whole model (pruning, the calibration forward, a given plan's check).
+  const double pending_seconds_before = model.pending.seconds();
+  if (prune || given != nullptr || options.activation_aware) model.make_pending_weights();
   if (prune) {
     PruneOptions prune_options = options.prune;
     if (prune_options.tp == nullptr) prune_options.tp = options.tp;
@@ -511,6 +484,7 @@ CompressReport run_pipeline(ModelData& model, const CompressOptions& options, co
   for (Target& t : targets) {
     const bool is_lm_head = t.name == "lm_head";
     Matrix& m = *t.matrix;
+    model.pending.make(t.name, m);
     const Matrix replaced = m;
     TensorReport tr;
     tr.name = t.name;
@@ -582,6 +556,7 @@ CompressReport run_pipeline(ModelData& model, const CompressOptions& options, co
   }
   progress.finish();
   report.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  report.make_seconds = model.pending.seconds() - pending_seconds_before;
   return report;
 }
 

@@ -60,6 +60,7 @@ struct CompressReport {
   std::vector<TensorReport> tensors;
   double seconds = 0.0;
   double prune_seconds = 0.0;  // part of seconds
+  double make_seconds = 0.0;   // part of seconds: making weights that were pending (ModelData::pending)
   int prune_calibration_passes = 0;
   size_t bytes_before = 0;
   size_t bytes_after = 0;
@@ -78,9 +79,10 @@ int largest_group(const CompressOptions& options);
 // Reads rules from a JSON file: {"default": "int4:g128", "rules": [{"pattern": "lm_head", "scheme": "int8"}, ...]}.
 CompressOptions load_rules_file(const std::string& path);
 
-// Prunes (options.prune) and quantizes `model` in place (new storage goes into model.store). A tensor pruned to 2:4
-// whose scheme is int8 or symmetric int4 is stored in the compressed 2:4 type (int8-2:4, int4-2:4). Throws
-// tessera::Error for impossible requests (e.g. activation-aware without calibration tokens).
+// Prunes (options.prune) and quantizes `model` in place (new storage goes into model.store). Pending weights are
+// made as they are reached and their uncompressed storage given back once encoded; none is pending afterwards. A tensor
+// pruned to 2:4 whose scheme is int8 or symmetric int4 is stored in the compressed 2:4 type (int8-2:4, int4-2:4).
+// Throws tessera::Error for impossible requests (e.g. activation-aware without calibration tokens).
 CompressReport compress_model(ModelData& model, const CompressOptions& options);
 
 // Writes the report as JSON (per tensor: name, scheme, bytes, relative_error).

@@ -55,8 +55,7 @@ bool parse_int(const std::string& s, int* out) {
   return true;
 }
 
-constexpr int kNumProj = 7;
-constexpr const char* kProjNames[kNumProj] = {"wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down"};
+constexpr int kNumProj = 7;  // in kLayerSlotNames' order
 // The LinearInput that feeds each projection.
 constexpr int kProjInput[kNumProj] = {0, 0, 0, 1, 2, 2, 3};
 
@@ -356,7 +355,7 @@ PruneReport prune_model(ModelData& model, const PruneOptions& options, std::span
   const auto layer_name = [&](int l) { return "layers." + std::to_string(shard.layer_begin + l); };
   for (int l = 0; l < n_layers; ++l) {
     for (int p = 0; p < kNumProj; ++p)
-      targets.push_back({layer_name(l) + "." + kProjNames[p], l, p, def.structured() ? PruneSpec{} : def});
+      targets.push_back({layer_name(l) + "." + kLayerSlotNames[p], l, p, def.structured() ? PruneSpec{} : def});
     for (bool ffn : {true, false})
       blocks.push_back({l, ffn, def.structured() && applies_to_block(def, ffn) ? def : PruneSpec{}});
   }

@@ -27,6 +27,7 @@ LayerDims dims_of(const Layer& lw, const ModelConfig& c) {
 // The weights' shard; refused before anything is uploaded when the backend cannot run it: the collectives and the
 // pipeline's transfers work on host memory.
 ModelShard shard_for(const ModelData& model, const Backend& backend) {
+  TESSERA_CHECK_MSG(model.pending.empty(), "the model still has pending weights: make_pending_weights() first");
   ModelShard shard = model.layout();
   if (!backend.host_memory() && (shard.tp_size > 1 || shard.pp_size > 1))
     throw Error("tensor/pipeline parallelism on the CUDA backend is not wired yet (" + backend.name() +

@@ -4,10 +4,13 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <new>
 #include <utility>
+
+#include "engine/core/check.h"
 
 namespace tessera {
 
@@ -108,6 +111,42 @@ std::vector<Matrix*> ModelWeights::matrices() {
 std::vector<const Matrix*> ModelWeights::matrices() const {
   const std::vector<Matrix*> views = const_cast<ModelWeights*>(this)->matrices();  // only read through
   return {views.begin(), views.end()};
+}
+
+PendingWeights::PendingWeights(Fill fill, std::vector<std::string> names)
+    : fill_(std::move(fill)), names_(names.begin(), names.end()) {
+  if (names_.empty()) fill_ = nullptr;
+}
+
+void PendingWeights::make(const std::string& name, Matrix& m) {
+  if (names_.erase(name) == 0) return;
+  const auto t0 = std::chrono::steady_clock::now();
+  fill_(name, m);
+  seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (names_.empty()) fill_ = nullptr;
+}
+
+std::vector<NamedWeight> ModelData::named_weights() {
+  std::vector<NamedWeight> out;
+  auto present = [&](const Matrix& m, const std::string& name) { return !m.empty() || pending.contains(name); };
+  if (present(weights.tok_embeddings, "tok_embeddings"))
+    out.push_back({"tok_embeddings", -1, -1, &weights.tok_embeddings});
+  const int first_layer = layout().layer_begin;
+  for (size_t l = 0; l < weights.layers.size(); ++l) {
+    LayerWeights& lw = weights.layers[l];
+    Matrix* slots[7] = {&lw.wq, &lw.wk, &lw.wv, &lw.wo, &lw.w_gate, &lw.w_up, &lw.w_down};
+    for (int s = 0; s < 7; ++s)
+      out.push_back({"layers." + std::to_string(first_layer + static_cast<int>(l)) + "." + kLayerSlotNames[s],
+                     static_cast<int>(l), s, slots[s]});
+  }
+  if (present(weights.lm_head, "lm_head")) out.push_back({"lm_head", -1, -1, &weights.lm_head});
+  return out;
+}
+
+void ModelData::make_pending_weights() {
+  if (pending.empty()) return;
+  for (const NamedWeight& w : named_weights()) pending.make(w.name, *w.matrix);
+  TESSERA_CHECK_MSG(pending.empty(), "a pending weight has no matrix in the model");
 }
 
 size_t ModelData::weight_bytes() const {

@@ -2,8 +2,10 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
+#include <unordered_set>
 #include <vector>
 
 #include "engine/core/mapped_file.h"
@@ -12,6 +14,9 @@
 #include "engine/model/shard.h"
 
 namespace tessera {
+
+// A layer's seven projections in canonical order; a weight's canonical name is "layers.<L>.<slot>".
+inline constexpr const char* kLayerSlotNames[7] = {"wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down"};
 
 struct LayerWeights {
   std::vector<float> attn_norm;   // [dim]
@@ -35,6 +40,38 @@ struct ModelWeights {
   // Every weight matrix view: tok_embeddings, lm_head, then each layer's seven projections.
   std::vector<const Matrix*> matrices() const;
   std::vector<Matrix*> matrices();
+};
+
+// A weight matrix with its canonical name, as rules, reports and PendingWeights name it.
+struct NamedWeight {
+  std::string name;  // "tok_embeddings", "layers.<L>.<slot>" (whole-model layer number L), "lm_head"
+  int layer = -1;    // index into ModelWeights::layers; -1 for tok_embeddings and lm_head
+  int slot = -1;     // index into kLayerSlotNames; -1 for tok_embeddings and lm_head
+  Matrix* matrix = nullptr;
+};
+
+// Weights made when first needed instead of at load. Random presets are generated this way when load-time
+// compression follows, so the compressor holds one uncompressed tensor at a time rather than the whole
+// uncompressed model (a 70B preset in bf16 is 140 GB; its int4 form a quarter of that). A pending matrix has its
+// dtype and shape, and data == nullptr until make() fills it.
+class PendingWeights {
+ public:
+  // Writes the named matrix's data (storage from the model's WeightStore).
+  using Fill = std::function<void(const std::string& name, Matrix& m)>;
+  PendingWeights() = default;
+  PendingWeights(Fill fill, std::vector<std::string> names);
+
+  bool empty() const { return names_.empty(); }
+  bool contains(const std::string& name) const { return names_.count(name) != 0; }
+  // Fills `m` when `name` is pending and forgets the name; otherwise does nothing. The fill function (and what it
+  // holds, e.g. threads) goes when the last name is made.
+  void make(const std::string& name, Matrix& m);
+  double seconds() const { return seconds_; }  // spent in make() so far
+
+ private:
+  Fill fill_;
+  std::unordered_set<std::string> names_;
+  double seconds_ = 0.0;
 };
 
 // Owns the bytes that Matrix views point into: memory-mapped files and heap buffers (converted or generated
@@ -84,12 +121,19 @@ struct ModelData {
   ModelShard shard;
   // Bytes of checkpoint weights this rank's shard was built from (0 when not sharded): what it read.
   size_t shard_bytes_read = 0;
+  PendingWeights pending;  // weights not made yet (see PendingWeights); empty once the model is ready to run
 
   // The shard, or the whole model when the weights were not sharded.
   ModelShard layout() const { return shard.layer_end > 0 ? shard : whole_model_shard(config); }
 
   // Bytes of the linear-layer and embedding weights as stored (what decode reads per token, lm_head included).
   size_t weight_bytes() const;
+
+  // Every weight matrix this model holds or has pending, by canonical name: tok_embeddings, each layer's seven
+  // projections, lm_head (a pipeline stage lists only its own).
+  std::vector<NamedWeight> named_weights();
+  // Makes every pending weight (nothing when none is pending).
+  void make_pending_weights();
 };
 
 }  // namespace tessera

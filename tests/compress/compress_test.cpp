@@ -4,9 +4,12 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <nlohmann/json.hpp>
 
+#include "loaders/dummy_model.h"
 #include "tests/compress/compress_test_util.h"
 #include "tests/loaders/test_util.h"
 
@@ -394,6 +397,71 @@ TEST(RulesFile, RejectsBadFilesWithClearErrors) {
     expect_error([&] { quant::load_rules_file(p); }, needles);
   }
   expect_error([&] { quant::load_rules_file(dir.file("missing.json")); }, {"missing.json", "cannot read"});
+}
+
+// Random weights made on demand: compression makes each as it reaches it and gives the uncompressed bytes back once
+// encoded, so the result equals compressing the model made at load while the store never holds all of it. Covers a
+// kept weight (made, then kept as is), a whole model and a tensor-parallel shard of a pipeline stage, and pruning of
+// the whole model (which reads all of it first).
+TEST(Compress, WeightsMadeOnDemandGiveTheSameResultWithoutTheWholeModel) {
+  const ModelConfig c = dummy_preset_config("llama-110m");
+  ShardRequest q;
+  q.tp_size = 2;
+  q.tp_rank = 1;
+  q.pp_size = 2;
+  q.pp_stage = 1;
+  const ModelShard shard = plan_shard(c, q);
+  for (const ModelShard* s : {static_cast<const ModelShard*>(nullptr), &shard}) {
+    for (const bool prune : {false, true}) {
+      if (prune && s != nullptr) continue;  // pruning a tensor-parallel shard needs its group's communicator
+      SCOPED_TRACE(std::string(s ? s->describe() : "whole model") + (prune ? ", pruned" : ""));
+      CompressOptions o = with_default("int4:g32");
+      o.rules = {QuantRule::parse("lm_head=int8"), QuantRule::parse("layers.7.*=keep")};
+      if (prune) o.prune.default_spec = quant::PruneSpec::parse("magnitude:0.3");
+      ModelData at_load = make_dummy_model("llama-110m", DType::BF16, 5, s);
+      const size_t uncompressed = at_load.store->allocated_bytes();
+      size_t largest = 0;
+      for (const Matrix* m : at_load.weights.matrices()) largest = std::max(largest, m->bytes());
+      ModelData on_demand = make_dummy_model("llama-110m", DType::BF16, 5, s, DummyFill::kOnDemand);
+      EXPECT_FALSE(on_demand.pending.empty());
+      EXPECT_EQ(on_demand.store->allocated_bytes(), 0u);
+      EXPECT_EQ(on_demand.weight_bytes(), at_load.weight_bytes());
+
+      const quant::CompressReport a = quant::compress_model(at_load, o);
+      size_t peak = 0;
+      o.progress = [&](size_t, size_t) { peak = std::max(peak, on_demand.store->allocated_bytes()); };
+      const quant::CompressReport b = quant::compress_model(on_demand, o);
+      EXPECT_TRUE(on_demand.pending.empty());
+      EXPECT_GT(b.make_seconds, 0.0);
+      EXPECT_EQ(a.make_seconds, 0.0);
+      if (prune) {
+        EXPECT_GE(peak, uncompressed);  // pruning reads the whole model, so it is made first
+      } else {
+        // The compressed model plus the one uncompressed tensor in flight (and allocation rounding).
+        EXPECT_LE(peak, b.bytes_after + largest + (size_t{1} << 20));
+        EXPECT_LT(peak, uncompressed);
+      }
+
+      const auto ma = at_load.weights.matrices();
+      const auto mb = on_demand.weights.matrices();
+      ASSERT_EQ(ma.size(), mb.size());
+      for (size_t i = 0; i < ma.size(); ++i) {
+        EXPECT_EQ(ma[i]->dtype, mb[i]->dtype) << i;
+        ASSERT_EQ(ma[i]->bytes(), mb[i]->bytes()) << i;
+        EXPECT_EQ(ma[i]->empty(), mb[i]->empty()) << i;
+        if (!ma[i]->empty()) {
+          EXPECT_EQ(std::memcmp(ma[i]->data, mb[i]->data, ma[i]->bytes()), 0) << i;
+        }
+      }
+      ASSERT_EQ(a.tensors.size(), b.tensors.size());
+      for (size_t i = 0; i < a.tensors.size(); ++i) {
+        EXPECT_EQ(a.tensors[i].name, b.tensors[i].name);
+        EXPECT_EQ(a.tensors[i].scheme, b.tensors[i].scheme);
+        EXPECT_EQ(a.tensors[i].relative_error, b.tensors[i].relative_error);
+      }
+      EXPECT_EQ(a.bytes_after, b.bytes_after);
+    }
+  }
 }
 
 }  // namespace
