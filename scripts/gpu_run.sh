@@ -9,6 +9,8 @@
 #                 folder): runs the model on the GPU (cuda_model_test, `tessera generate --device cuda` against
 #                 llama2.c's greedy output) and, unless --no-model-bench, `tessera bench --device cuda` on the
 #                 llama2-7b and llama3-8b presets in bf16, int8 and int4.
+#   --bench-70b: with --models, also `tessera bench --device cuda` on llama2-70b int4:g128 (about 36 GB of host
+#                and device memory; the random weights are made and quantized one tensor at a time).
 #   --prebuilt DIR: skip configure and build and run the programs in DIR (e.g. build-cuda/bin built here by
 #                   scripts/test.sh --cuda and carried too): saves the lent machine's minutes.
 #
@@ -22,7 +24,7 @@ cd "$(dirname "$0")/.."
 root=$PWD
 out=${OUT:-$root/gpu-out}
 mkdir -p "$out"
-bench=1 sanitizer=1 arch=${TESSERA_CUDA_ARCH:-} prebuilt='' bench_args=() models='' model_bench=1
+bench=1 sanitizer=1 arch=${TESSERA_CUDA_ARCH:-} prebuilt='' bench_args=() models='' model_bench=1 bench_70b=0
 while (($#)); do
   case $1 in
     --no-bench) bench=0 ;;
@@ -32,7 +34,8 @@ while (($#)); do
     --bench-args) read -r -a bench_args <<<"$2"; shift ;;
     --models) models=$(cd "$2" && pwd); shift ;;
     --no-model-bench) model_bench=0 ;;
-    *) echo "usage: $0 [--no-bench] [--no-sanitizer] [--arch SM] [--prebuilt DIR] [--bench-args ARGS] [--models DIR] [--no-model-bench]" >&2
+    --bench-70b) bench_70b=1 ;;
+    *) echo "usage: $0 [--no-bench] [--no-sanitizer] [--arch SM] [--prebuilt DIR] [--bench-args ARGS] [--models DIR] [--no-model-bench] [--bench-70b]" >&2
        exit 2 ;;
   esac
   shift
@@ -159,6 +162,10 @@ if [[ -n $models ]]; then
           --dtype bf16 --quant "$q" --prompt-lens 128,512 --gen 128
       done
     done
+  fi
+  if ((bench_70b)); then
+    step bench_llama2-70b_int4 "$out/model_bench.log" "$bin/tessera" bench --device cuda --preset llama2-70b \
+      --dtype bf16 --quant int4:g128 --prompt-lens 128 --gen 64
   fi
 fi
 
