@@ -14,6 +14,7 @@
 
 #include "cli/byte_size.h"
 #include "cli/commands.h"
+#include "cli/memory_fit.h"
 #include "cli/options.h"
 #include "engine/core/check.h"
 #include "engine/model/memory_plan.h"
@@ -66,34 +67,9 @@ std::string scheme_name(DType dtype, int group) {
   return spec.to_string();
 }
 
-size_t mem_available() {
-  std::ifstream in("/proc/meminfo");
-  std::string line;
-  while (std::getline(in, line)) {
-    unsigned long long kib = 0;
-    if (std::sscanf(line.c_str(), "MemAvailable: %llu kB", &kib) == 1) return static_cast<size_t>(kib) * 1024;
-  }
-  throw Error("cannot read MemAvailable from /proc/meminfo: pass the memory per rank with --memory SIZE");
-}
-
-// The whole model's matrices as they will be stored: the loaded dtype where the resolved scheme is "keep".
-std::vector<StoredWeight> resolve(const ModelDescription& model, const quant::CompressOptions& compress) {
-  std::vector<std::string> names;
-  for (const StoredWeight& w : model.weights) names.push_back(w.name());
-  // The plan sees the whole model, so a rule matching nothing is a typo, as in a single-process load.
-  const std::vector<quant::QuantSpec> specs = quant::resolve_quant_specs(compress, names, /*check_unused=*/true);
-  std::vector<StoredWeight> out = model.weights;
-  for (size_t i = 0; i < out.size(); ++i) {
-    if (specs[i].keep()) continue;
-    out[i].dtype = *specs[i].dtype;
-    out[i].group = is_grouped(out[i].dtype) ? specs[i].group : 0;
-  }
-  return out;
-}
-
 std::vector<RankMemory> plan_for(const ModelDescription& model, const quant::CompressOptions& compress,
                                  const PlanOptions& o, const WorkspaceOptions& workspace) {
-  const std::vector<StoredWeight> weights = resolve(model, compress);
+  const std::vector<StoredWeight> weights = stored_weights(model, compress);
   ShardRequest request;
   request.tp_size = o.tp;
   request.pp_size = o.pp;

@@ -3,12 +3,14 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <map>
 #include <numeric>
 #include <optional>
 #include <sstream>
 
+#include "cli/memory_fit.h"
 #include "cli/progress.h"
 #include "engine/backend/cpu/panel8.h"
 #include "engine/core/check.h"
@@ -238,6 +240,32 @@ void use_cpu_panel_layout(ModelData& m, int threads) {
   }
 }
 
+// Ranks of this job on this machine (Open MPI tells each process), which share its memory.
+int ranks_on_this_machine() {
+  const char* n = std::getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
+  const int ranks = n != nullptr ? std::atoi(n) : 1;
+  return ranks > 0 ? ranks : 1;
+}
+
+// A random preset is anonymous memory the kernel cannot page out to a file: refuse one that cannot fit before
+// generating it, rather than be killed by the OOM killer minutes later.
+void refuse_preset_that_cannot_fit(const ModelOptions& options, const quant::CompressOptions& compress,
+                                   const ModelShard& shard) {
+  size_t available = 0;
+  try {
+    available = mem_available();
+  } catch (const Error&) {
+    return;  // no /proc/meminfo: nothing to check against
+  }
+  const bool one_at_a_time = options.wants_compression() && !compress.prune.active() && options.calib.empty();
+  const PresetLoadMemory need =
+      preset_load_memory(describe_preset(options.preset, parse_dtype(options.dtype)), compress, one_at_a_time, shard);
+  const int ranks = ranks_on_this_machine();
+  const std::string what = "the " + options.preset + " preset (" + options.dtype +
+                           (options.quant.empty() ? "" : ", quantized to " + options.quant) + ")";
+  refuse_if_over(what, need, available / static_cast<size_t>(ranks), ranks, options.wants_compression());
+}
+
 }  // namespace
 
 LoadedModel load(const ModelOptions& options, bool need_tokenizer, const ShardRequest* shard,
@@ -259,6 +287,8 @@ LoadedModel load(const ModelOptions& options, bool need_tokenizer, const ShardRe
       request.column_align = column_align;
       plan = plan_shard(dummy_preset_config(options.preset), request);  // refuse a bad split before generating
     }
+    refuse_preset_that_cannot_fit(options, compress,
+                                  plan ? *plan : whole_model_shard(dummy_preset_config(options.preset)));
     // Compression makes the random tensors one at a time, so the uncompressed preset never exists whole.
     out.data = make_dummy_model(options.preset, parse_dtype(options.dtype), options.dummy_seed, plan ? &*plan : nullptr,
                                 options.wants_compression() ? DummyFill::kOnDemand : DummyFill::kAtLoad);

@@ -168,6 +168,32 @@ check("plan --help lists its options", r.returncode == 0 and all(
     o in r.stdout for o in ("--model", "--preset", "--quant", "--quant-rule", "--tp", "--pp", "--pp-layers", "--memory",
                             "--max-seq-len", "--max-num-seqs", "--json")), r.stdout)
 
+# Loading a random preset that cannot fit this machine is refused before anything is generated, with the plan's
+# numbers (llama2-70b bf16: 68,975,329,280 weights x 2 bytes = 128.48 GiB, computed from the shapes).
+def mem_available():
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return None
+
+
+avail = mem_available()
+per_layer = 8192 * 8192 * 2 + 1024 * 8192 * 2 + 3 * 28672 * 8192
+bf16_70b = 2 * (80 * per_layer + 2 * 32000 * 8192)
+if avail is not None and avail < bf16_70b:
+    r = run("generate", "--dummy-weights", "--preset", "llama2-70b", "--prompt-ids", "1", "-n", "1", timeout=60)
+    check("a preset that cannot fit is refused", r.returncode == 1 and "llama2-70b" in r.stderr and
+          f"{bf16_70b / GIB:.2f} GiB" in r.stderr and "available" in r.stderr and "--quant" in r.stderr and
+          "internal error" not in r.stderr, f"rc {r.returncode}: {r.stderr}")
+    if avail < 33 * GIB:
+        r = run("generate", "--dummy-weights", "--preset", "llama2-70b", "--quant", "int4:g128", "--prompt-ids", "1",
+                "-n", "1", timeout=60)
+        check("a quantized preset that cannot fit is refused", r.returncode == 1 and "one matrix of 500.00 MiB" in
+              r.stderr and "smaller scheme" in r.stderr, f"rc {r.returncode}: {r.stderr}")
+else:
+    print("skip the refusal of a preset that cannot fit: this machine has room for llama2-70b in bf16")
+
 if failures:
     print(f"{len(failures)} failed: {failures}")
     sys.exit(1)
