@@ -257,6 +257,7 @@ void refuse_preset_that_cannot_fit(const ModelOptions& options, const quant::Com
   } catch (const Error&) {
     return;  // no /proc/meminfo: nothing to check against
   }
+  // As compress_model decides: pruning and calibration (--calib) make the whole model before compressing any of it.
   const bool one_at_a_time = options.wants_compression() && !compress.prune.active() && options.calib.empty();
   const PresetLoadMemory need =
       preset_load_memory(describe_preset(options.preset, parse_dtype(options.dtype)), compress, one_at_a_time, shard);
