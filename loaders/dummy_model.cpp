@@ -64,10 +64,10 @@ class DummyFiller {
             fill_row(reinterpret_cast<float*>(row), c, key, first, scale, [](float v) { return v; });
             break;
           case DType::F16:
-            fill_row(reinterpret_cast<uint16_t*>(row), c, key, first, scale, f32_to_f16);
+            fill_row(reinterpret_cast<uint16_t*>(row), c, key, first, scale, [](float v) { return f32_to_f16(v); });
             break;
           case DType::BF16:
-            fill_row(reinterpret_cast<uint16_t*>(row), c, key, first, scale, f32_to_bf16);
+            fill_row(reinterpret_cast<uint16_t*>(row), c, key, first, scale, [](float v) { return f32_to_bf16(v); });
             break;
           default:
             TESSERA_CHECK_MSG(false, "plain weight dtype expected");
@@ -83,17 +83,20 @@ class DummyFiller {
   template <typename T, typename Convert>
   static void fill_row(T* out, IndexRange cols, uint64_t key, uint64_t first_pair, float scale, Convert convert) {
     const float unit = 2.0f / 16777216.0f;
-    for (int64_t col = cols.begin; col < cols.end;) {
-      const uint64_t pair = first_pair + static_cast<uint64_t>(col / 2);
-      const uint64_t h = splitmix64(key + pair * 0x9e3779b97f4a7c15ull);
-      if (col % 2 == 0) {
-        out[col - cols.begin] = convert((static_cast<float>((h >> 8) & 0xffffff) * unit - 1.0f) * scale);
-        ++col;
-        if (col >= cols.end) break;
-      }
-      out[col - cols.begin] = convert((static_cast<float>(h >> 40) * unit - 1.0f) * scale);
-      ++col;
+    auto value = [&](uint64_t bits24) { return convert((static_cast<float>(bits24) * unit - 1.0f) * scale); };
+    auto hash = [&](int64_t col) {
+      return splitmix64(key + (first_pair + static_cast<uint64_t>(col / 2)) * 0x9e3779b97f4a7c15ull);
+    };
+    // An odd first column, whole pairs (one hash each, no per-column branch), an even last column.
+    int64_t col = cols.begin;
+    T* o = out;
+    if (col % 2 != 0 && col < cols.end) *o++ = value(hash(col++) >> 40);
+    for (; col + 1 < cols.end; col += 2, o += 2) {
+      const uint64_t h = hash(col);
+      o[0] = value((h >> 8) & 0xffffff);
+      o[1] = value(h >> 40);
     }
+    if (col < cols.end) *o = value((hash(col) >> 8) & 0xffffff);
   }
 
   WeightStore& store_;

@@ -30,7 +30,9 @@
 #include <string>
 
 #include "engine/core/check.h"
+#include "engine/core/cpu_features.h"
 #include "quant/blocks.h"
+#include "quant/quantize_simd.h"
 #include "quant/sparse_formats.h"
 
 namespace tessera::quant {
@@ -205,20 +207,24 @@ float q4_choose_scale(const float* x, int n, const float* w) {
   return d;
 }
 
+// One Q4 block of n <= group values (n < group only for a row's last block).
+void q4_quantize_block(const float* x, int n, int group, const float* w, uint8_t* out) {
+  uint8_t q[128];
+  const float d = q4_choose_scale(x, n, w);
+  q4_codes(x, n, d, q);
+  for (int i = n; i < group; ++i) q[i] = 8;
+  const uint16_t dh = f32_to_f16(d);
+  std::memcpy(out, &dh, 2);
+  pack_nibbles(q, group, out + 2);
+}
+
 void q4_quantize_row(const float* x, int64_t cols, int group, const float* importance, void* row) {
   TESSERA_CHECK_MSG(valid_group(group), "Q4 group must be 32, 64 or 128, got " + std::to_string(group));
   auto* out = static_cast<uint8_t*>(row);
   const size_t block_bytes = 2 + static_cast<size_t>(group) / 2;
-  uint8_t q[128];
   for (int64_t b0 = 0; b0 < cols; b0 += group, out += block_bytes) {
     const int n = static_cast<int>(std::min<int64_t>(group, cols - b0));
-    const float* w = importance != nullptr ? importance + b0 : nullptr;
-    const float d = q4_choose_scale(x + b0, n, w);
-    q4_codes(x + b0, n, d, q);
-    for (int i = n; i < group; ++i) q[i] = 8;
-    const uint16_t dh = f32_to_f16(d);
-    std::memcpy(out, &dh, 2);
-    pack_nibbles(q, group, out + 2);
+    q4_quantize_block(x + b0, n, group, importance != nullptr ? importance + b0 : nullptr, out);
   }
 }
 
@@ -233,6 +239,13 @@ void dequantize_scaled_nibbles(const void* row, int64_t cols, int group, float* 
     std::memcpy(&dh, p, 2);
     const float d = f16_to_f32(dh);
     const int n = static_cast<int>(std::min<int64_t>(group, cols - b0));
+    if (n == group) {  // both nibbles of each byte at once (no per-value branch)
+      for (int j = 0; j < group / 2; ++j) {
+        out[b0 + j] = d * level(p[2 + j] & 0x0f);
+        out[b0 + group / 2 + j] = d * level(p[2 + j] >> 4);
+      }
+      continue;
+    }
     for (int j = 0; j < n; ++j) out[b0 + j] = d * level(nibble(p + 2, group, j));
   }
 }
@@ -307,22 +320,26 @@ void q4a_choose(const float* x, int n, const float* w, float* d_out, float* m_ou
   *m_out = m;
 }
 
+void q4a_quantize_block(const float* x, int n, int group, const float* w, uint8_t* out) {
+  uint8_t q[128];
+  float d, m;
+  q4a_choose(x, n, w, &d, &m);
+  q4a_encode(x, n, d, m, nullptr, q);
+  const uint8_t zero = static_cast<uint8_t>(d > 0.0f ? std::clamp(round_int(-m / d), 0, 15) : 0);
+  for (int i = n; i < group; ++i) q[i] = zero;
+  const uint16_t dh = f32_to_f16(d), mh = f32_to_f16(m);
+  std::memcpy(out, &dh, 2);
+  std::memcpy(out + 2, &mh, 2);
+  pack_nibbles(q, group, out + 4);
+}
+
 void q4a_quantize_row(const float* x, int64_t cols, int group, const float* importance, void* row) {
   TESSERA_CHECK_MSG(valid_group(group), "Q4A group must be 32, 64 or 128, got " + std::to_string(group));
   auto* out = static_cast<uint8_t*>(row);
   const size_t block_bytes = 4 + static_cast<size_t>(group) / 2;
-  uint8_t q[128];
   for (int64_t b0 = 0; b0 < cols; b0 += group, out += block_bytes) {
     const int n = static_cast<int>(std::min<int64_t>(group, cols - b0));
-    float d, m;
-    q4a_choose(x + b0, n, importance != nullptr ? importance + b0 : nullptr, &d, &m);
-    q4a_encode(x + b0, n, d, m, nullptr, q);
-    const uint8_t zero = static_cast<uint8_t>(d > 0.0f ? std::clamp(round_int(-m / d), 0, 15) : 0);
-    for (int i = n; i < group; ++i) q[i] = zero;
-    const uint16_t dh = f32_to_f16(d), mh = f32_to_f16(m);
-    std::memcpy(out, &dh, 2);
-    std::memcpy(out + 2, &mh, 2);
-    pack_nibbles(q, group, out + 4);
+    q4a_quantize_block(x + b0, n, group, importance != nullptr ? importance + b0 : nullptr, out);
   }
 }
 
@@ -360,32 +377,36 @@ double nf4_encode(const float* x, int n, float d, const float* w, uint8_t* q) {
   return err;
 }
 
+void nf4_quantize_block(const float* x, int n, int group, const float* w, uint8_t* out) {
+  uint8_t q[128];
+  float amax = 0.0f;
+  for (int i = 0; i < n; ++i) amax = std::max(amax, std::fabs(x[i]));
+  float d = fp16_round(amax);
+  if (w != nullptr && amax > 0.0f) {
+    double best = nf4_encode(x, n, d, w, nullptr);
+    for (int k = 1; k <= 10; ++k) {
+      const float c = fp16_round(amax * (1.0f - 0.02f * static_cast<float>(k)));
+      const double e = nf4_encode(x, n, c, w, nullptr);
+      if (e < best) {
+        best = e;
+        d = c;
+      }
+    }
+  }
+  nf4_encode(x, n, d, nullptr, q);
+  for (int i = n; i < group; ++i) q[i] = 7;  // kNf4Levels[7] == 0
+  const uint16_t dh = f32_to_f16(d);
+  std::memcpy(out, &dh, 2);
+  pack_nibbles(q, group, out + 2);
+}
+
 void nf4_quantize_row(const float* x, int64_t cols, int group, const float* importance, void* row) {
   TESSERA_CHECK_MSG(valid_group(group), "NF4 group must be 32, 64 or 128, got " + std::to_string(group));
   auto* out = static_cast<uint8_t*>(row);
   const size_t block_bytes = 2 + static_cast<size_t>(group) / 2;
-  uint8_t q[128];
   for (int64_t b0 = 0; b0 < cols; b0 += group, out += block_bytes) {
     const int n = static_cast<int>(std::min<int64_t>(group, cols - b0));
-    float amax = 0.0f;
-    for (int i = 0; i < n; ++i) amax = std::max(amax, std::fabs(x[b0 + i]));
-    float d = fp16_round(amax);
-    if (importance != nullptr && amax > 0.0f) {
-      double best = nf4_encode(x + b0, n, d, importance + b0, nullptr);
-      for (int k = 1; k <= 10; ++k) {
-        const float c = fp16_round(amax * (1.0f - 0.02f * static_cast<float>(k)));
-        const double e = nf4_encode(x + b0, n, c, importance + b0, nullptr);
-        if (e < best) {
-          best = e;
-          d = c;
-        }
-      }
-    }
-    nf4_encode(x + b0, n, d, nullptr, q);
-    for (int i = n; i < group; ++i) q[i] = 7;  // kNf4Levels[7] == 0
-    const uint16_t dh = f32_to_f16(d);
-    std::memcpy(out, &dh, 2);
-    pack_nibbles(q, group, out + 2);
+    nf4_quantize_block(x + b0, n, group, importance != nullptr ? importance + b0 : nullptr, out);
   }
 }
 
@@ -393,16 +414,45 @@ void nf4_dequantize_row(const void* row, int64_t cols, int group, float* out) {
   dequantize_scaled_nibbles(row, cols, group, out, [](int q) { return kNf4Levels[q]; });
 }
 
+// The traits' quantize_row: the AVX2 twin of the reference (byte for byte the same rows) for round to nearest when
+// the CPU has it; the reference for importance-weighted searches and everywhere else.
+using SimdRowFn = bool (*)(const float* x, int64_t cols, int group, void* row);
+template <QuantizeRowFn Reference, SimdRowFn Simd>
+void quantize_row_fast(const float* x, int64_t cols, int group, const float* importance, void* row) {
+  static const bool simd = cpu_features().has_avx2_fma();
+  if (importance == nullptr && simd && Simd(x, cols, group, row)) return;
+  Reference(x, cols, group, importance, row);
+}
+
 const QuantTraits kTraits[] = {
-    {DType::Q8, "int8", false, q8_quantize_row, q8_dequantize_row},
-    {DType::Q4, "int4", true, q4_quantize_row, q4_dequantize_row},
-    {DType::Q4A, "int4-asym", true, q4a_quantize_row, q4a_dequantize_row},
-    {DType::NF4, "nf4", true, nf4_quantize_row, nf4_dequantize_row},
-    {DType::S24Q8, "int8-2:4", false, s24q8_quantize_row, s24q8_dequantize_row},
-    {DType::S24Q4, "int4-2:4", false, s24q4_quantize_row, s24q4_dequantize_row},
+    {DType::Q8, "int8", false, quantize_row_fast<q8_quantize_row, avx2::q8_quantize_row>, q8_dequantize_row,
+     q8_quantize_row},
+    {DType::Q4, "int4", true, quantize_row_fast<q4_quantize_row, avx2::q4_quantize_row>, q4_dequantize_row,
+     q4_quantize_row},
+    {DType::Q4A, "int4-asym", true, quantize_row_fast<q4a_quantize_row, avx2::q4a_quantize_row>, q4a_dequantize_row,
+     q4a_quantize_row},
+    {DType::NF4, "nf4", true, quantize_row_fast<nf4_quantize_row, avx2::nf4_quantize_row>, nf4_dequantize_row,
+     nf4_quantize_row},
+    {DType::S24Q8, "int8-2:4", false, s24q8_quantize_row, s24q8_dequantize_row, s24q8_quantize_row},
+    {DType::S24Q4, "int4-2:4", false, s24q4_quantize_row, s24q4_dequantize_row, s24q4_quantize_row},
 };
 
 }  // namespace
+
+namespace reference {
+void q8_row(const float* x, int64_t cols, void* row) {
+  q8_quantize_row(x, cols, 0, nullptr, row);
+}
+void q4_block(const float* x, int n, int group, uint8_t* out) {
+  q4_quantize_block(x, n, group, nullptr, out);
+}
+void q4a_block(const float* x, int n, int group, uint8_t* out) {
+  q4a_quantize_block(x, n, group, nullptr, out);
+}
+void nf4_block(const float* x, int n, int group, uint8_t* out) {
+  nf4_quantize_block(x, n, group, nullptr, out);
+}
+}  // namespace reference
 
 const QuantTraits& quant_traits(DType t) {
   for (const auto& tr : kTraits) {

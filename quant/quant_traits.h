@@ -1,5 +1,6 @@
 // The one traits table of quantized weight types: sizes, reference (round-to-nearest) quantization and
-// dequantization of a row. Kernels live in the backends; these functions are the portable reference.
+// dequantization of a row, and the fast quantizer load-time compression uses (byte for byte the reference). The
+// matrix kernels live in the backends.
 #pragma once
 
 #include <cstddef>
@@ -11,15 +12,21 @@
 
 namespace tessera::quant {
 
+using QuantizeRowFn = void (*)(const float* x, int64_t cols, int group, const float* importance, void* row);
+
 struct QuantTraits {
   DType dtype;
   const char* name;
   bool grouped;  // needs a group size (Q4/Q4A/NF4)
   // Quantizes `cols` values into one stored row (dtype_row_bytes(dtype, cols, group) bytes), round to nearest.
   // `importance` (may be null): per-input weights for the scale search (used by activation-aware schemes).
-  void (*quantize_row)(const float* x, int64_t cols, int group, const float* importance, void* row);
+  // Without importance this is a SIMD twin of reference_quantize_row where the CPU has one (quantize_simd.h): the
+  // same bytes, faster.
+  QuantizeRowFn quantize_row;
   // Expands a stored row back to `cols` floats.
   void (*dequantize_row)(const void* row, int64_t cols, int group, float* out);
+  // The portable scalar quantizer that defines the format's bytes.
+  QuantizeRowFn reference_quantize_row;
 };
 
 // Traits of a quantized type; TESSERA_CHECK fails for plain types.

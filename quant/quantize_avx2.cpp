@@ -1,0 +1,326 @@
+// AVX2 + F16C round-to-nearest row quantizers, byte for byte the reference ones in quant_traits.cpp (see
+// quantize_simd.h). Built with -mavx2 -mf16c and without -mfma, so no multiply-add is ever fused and every float
+// operation rounds as the reference's does. Like the CPU backend's AVX2 kernels it calls no inline function or
+// template from a shared header (std::min, dtype.h's converters...): the linker could keep the AVX copy of such a
+// function for the whole program. Everything it uses lives in the anonymous namespace; the headers it includes
+// contribute declarations and constant data only.
+//
+// Why the results are the reference's: maxima, minima, fp16 conversions (F16C, round to nearest even, subnormals
+// kept) and the float products and quotients are exact or rounded once, as in the reference; vcvtps2dq rounds to
+// nearest even as the reference's round_int does (both under the default MXCSR). The one judgment the reference
+// makes in double precision is Q4's choice between its two candidate scales by squared error over the block;
+// here the two sums are float (each term's error and square rounded once, then at most 127 additions of non-negative
+// terms: within 1e-5 relative of the exact sums) and decide only when they differ by more than 1e-4 relative
+// (plus 1e-30 for terms lost to underflow); closer calls go to the reference.
+#include <immintrin.h>
+
+#include <cstdint>
+
+#include "quant/blocks.h"
+#include "quant/quantize_simd.h"
+
+namespace tessera::quant::avx2 {
+
+namespace {
+
+// Blocks with a larger magnitude go to the reference: their fp16 scales would sit near the format's range limit.
+constexpr float kLargestFastValue = 1.0e4f;
+constexpr float kFloatMax = 3.40282347e38f;
+
+inline float abs_f(float v) {
+  return __builtin_fabsf(v);
+}
+
+inline __m256 abs_ps(__m256 v) {
+  return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), v);
+}
+
+inline float hmax(__m256 v) {
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  return _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+}
+
+inline float hmin(__m256 v) {
+  __m128 m = _mm_min_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_min_ps(m, _mm_movehl_ps(m, m));
+  return _mm_cvtss_f32(_mm_min_ss(m, _mm_movehdup_ps(m)));
+}
+
+inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+
+// fp16 bits of x rounded to nearest even, and back: what dtype.h's f32_to_f16 / f16_to_f32 compute.
+inline uint16_t f16_bits(float x) {
+  return static_cast<uint16_t>(_cvtss_sh(x, _MM_FROUND_TO_NEAREST_INT));
+}
+inline float f16_value(uint16_t h) {
+  return _cvtsh_ss(h);
+}
+inline float f16_round(float x) {
+  return f16_value(f16_bits(x));
+}
+// The reference's fp16_round_down / fp16_round_up.
+inline float f16_round_down(float x) {
+  uint16_t h = f16_bits(x);
+  if (f16_value(h) > x) {
+    if (h == 0x0000u) {
+      h = 0x8001u;
+    } else if (h & 0x8000u) {
+      ++h;
+    } else {
+      --h;
+    }
+  }
+  return f16_value(h);
+}
+inline float f16_round_up(float x) {
+  uint16_t h = f16_bits(x);
+  if (f16_value(h) < x) ++h;
+  return f16_value(h);
+}
+
+inline void store_u16(uint8_t* p, uint16_t v) {
+  __builtin_memcpy(p, &v, 2);
+}
+
+// Codes 0..15 clamped from a rounded float.
+inline __m256i code4(__m256 v, __m256i offset) {
+  const __m256i q = _mm256_add_epi32(_mm256_cvtps_epi32(v), offset);
+  return _mm256_min_epi32(_mm256_max_epi32(q, _mm256_setzero_si256()), _mm256_set1_epi32(15));
+}
+
+// The reference's nibble packing for a full block of `chunks` x 8 codes (int32 lanes): byte j holds code j in its
+// low nibble and code j + group / 2 in its high one.
+template <int chunks>
+inline void pack_nibbles(const __m256i* q, uint8_t* out) {
+  constexpr int half = chunks / 2;
+  for (int c = 0; c < half; c += 2) {
+    const __m256i lo = _mm256_or_si256(q[c], _mm256_slli_epi32(q[c + half], 4));
+    const __m256i hi = _mm256_or_si256(q[c + 1], _mm256_slli_epi32(q[c + 1 + half], 4));
+    // Two lanes of four uint16 each per input, then bytes in order.
+    const __m256i w = _mm256_permute4x64_epi64(_mm256_packus_epi32(lo, hi), 0xD8);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + 8 * c),
+                     _mm_packus_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1)));
+  }
+}
+
+// Loads a full block (chunks x 8 values), returning false when a value is not finite or exceeds `limit` in
+// magnitude. amax: the largest magnitude.
+template <int chunks>
+inline bool load_block(const float* x, float limit, __m256* xv, float* amax) {
+  __m256 vmax = _mm256_setzero_ps(), bad = _mm256_setzero_ps();
+  const __m256 lim = _mm256_set1_ps(limit);
+  for (int c = 0; c < chunks; ++c) {
+    xv[c] = _mm256_loadu_ps(x + 8 * c);
+    const __m256 a = abs_ps(xv[c]);
+    vmax = _mm256_max_ps(vmax, a);
+    bad = _mm256_or_ps(bad, _mm256_cmp_ps(a, lim, _CMP_NLE_UQ));  // > limit, or NaN
+  }
+  *amax = hmax(vmax);
+  return _mm256_movemask_ps(bad) == 0;
+}
+
+// ---- Q4: two candidate scales, the one with the smaller squared error ----
+
+template <int kGroup>
+void q4_block(const float* x, uint8_t* out) {
+  constexpr int chunks = kGroup / 8;
+  __m256 xv[chunks];
+  float amax;
+  if (!load_block<chunks>(x, kLargestFastValue, xv, &amax)) return reference::q4_block(x, kGroup, kGroup, out);
+  if (amax == 0.0f) {
+    store_u16(out, 0);
+    __builtin_memset(out + 2, 0x88, kGroup / 2);
+    return;
+  }
+  // The first value of the largest magnitude, with its sign (the reference keeps the first under a strict >); found
+  // from one bit mask per 64 values rather than a data-dependent loop exit.
+  const __m256 am = _mm256_set1_ps(amax);
+  uint64_t hits[(chunks + 7) / 8] = {};
+  for (int c = 0; c < chunks; ++c) {
+    const auto mask = static_cast<uint64_t>(_mm256_movemask_ps(_mm256_cmp_ps(abs_ps(xv[c]), am, _CMP_EQ_OQ)));
+    hits[c / 8] |= mask << (8 * (c % 8));
+  }
+  int first = 0;
+  if constexpr (chunks > 8) first = hits[0] != 0 ? 0 : 64;
+  const float maxv = x[first + __builtin_ctzll(hits[first / 64])];
+  // Dividing by 8 and multiplying by 1/8 round the same real number, so the product is the reference's quotient.
+  const float da = f16_round(maxv * -0.125f), db = f16_round(amax / 7.0f);
+  const __m256 ia = _mm256_set1_ps(da != 0.0f ? 1.0f / da : 0.0f), ib = _mm256_set1_ps(db != 0.0f ? 1.0f / db : 0.0f);
+  const __m256 dav = _mm256_set1_ps(da), dbv = _mm256_set1_ps(db);
+  const __m256i eight = _mm256_set1_epi32(8);
+  __m256i qa[chunks], qb[chunks];
+  __m256 ea = _mm256_setzero_ps(), eb = _mm256_setzero_ps();
+  for (int c = 0; c < chunks; ++c) {
+    qa[c] = code4(_mm256_mul_ps(xv[c], ia), eight);
+    qb[c] = code4(_mm256_mul_ps(xv[c], ib), eight);
+    const __m256 ra = _mm256_sub_ps(xv[c], _mm256_mul_ps(dav, _mm256_cvtepi32_ps(_mm256_sub_epi32(qa[c], eight))));
+    const __m256 rb = _mm256_sub_ps(xv[c], _mm256_mul_ps(dbv, _mm256_cvtepi32_ps(_mm256_sub_epi32(qb[c], eight))));
+    ea = _mm256_add_ps(ea, _mm256_mul_ps(ra, ra));
+    eb = _mm256_add_ps(eb, _mm256_mul_ps(rb, rb));
+  }
+  const float sa = hsum(ea), sb = hsum(eb);
+  if (!(sa <= kFloatMax && sb <= kFloatMax) || abs_f(sa - sb) <= 1e-4f * (sa + sb) + 1e-30f)
+    return reference::q4_block(x, kGroup, kGroup, out);
+  const bool use_b = sb < sa;
+  store_u16(out, f16_bits(use_b ? db : da));
+  pack_nibbles<chunks>(use_b ? qb : qa, out + 2);
+}
+
+// ---- Q4A: offset m = min rounded down, step d = (max - m) / 15 rounded up ----
+
+template <int kGroup>
+void q4a_block(const float* x, uint8_t* out) {
+  constexpr int chunks = kGroup / 8;
+  __m256 xv[chunks];
+  float amax;
+  if (!load_block<chunks>(x, kLargestFastValue, xv, &amax)) return reference::q4a_block(x, kGroup, kGroup, out);
+  __m256 vlo = _mm256_set1_ps(kLargestFastValue), vhi = _mm256_set1_ps(-kLargestFastValue);
+  for (int c = 0; c < chunks; ++c) {
+    vlo = _mm256_min_ps(vlo, xv[c]);
+    vhi = _mm256_max_ps(vhi, xv[c]);
+  }
+  const float lo = hmin(vlo), hi = hmax(vhi);
+  if (lo == 0.0f) return reference::q4a_block(x, kGroup, kGroup, out);
+  const float m = f16_round_down(lo);
+  const float d = f16_round_up((hi - m) / 15.0f);
+  const __m256 inv = _mm256_set1_ps(d != 0.0f ? 1.0f / d : 0.0f), mv = _mm256_set1_ps(m);
+  __m256i q[chunks];
+  for (int c = 0; c < chunks; ++c) q[c] = code4(_mm256_mul_ps(_mm256_sub_ps(xv[c], mv), inv), _mm256_setzero_si256());
+  store_u16(out, f16_bits(d));
+  store_u16(out + 2, f16_bits(m));
+  pack_nibbles<chunks>(q, out + 4);
+}
+
+// ---- NF4: d = absmax, the level nearest to x / d ----
+
+struct Nf4Midpoints {
+  __m256 mid[15];
+};
+
+Nf4Midpoints nf4_midpoints() {
+  Nf4Midpoints m;
+  for (int k = 0; k < 15; ++k) m.mid[k] = _mm256_set1_ps(0.5f * (kNf4Levels[k] + kNf4Levels[k + 1]));
+  return m;
+}
+
+template <int kGroup>
+void nf4_block(const float* x, const Nf4Midpoints& mids, uint8_t* out) {
+  constexpr int chunks = kGroup / 8;
+  __m256 xv[chunks];
+  float amax;
+  if (!load_block<chunks>(x, kLargestFastValue, xv, &amax)) return reference::nf4_block(x, kGroup, kGroup, out);
+  const float d = f16_round(amax);
+  const __m256 inv = _mm256_set1_ps(d != 0.0f ? 1.0f / d : 0.0f);
+  __m256i q[chunks];
+  for (int c = 0; c < chunks; ++c) {
+    const __m256 v = _mm256_mul_ps(xv[c], inv);
+    // The level index is the number of midpoints below v (the reference's ties go to the lower level).
+    __m256i n = _mm256_setzero_si256();
+    for (int k = 0; k < 15; ++k)
+      n = _mm256_sub_epi32(n, _mm256_castps_si256(_mm256_cmp_ps(v, mids.mid[k], _CMP_GT_OQ)));
+    q[c] = n;
+  }
+  store_u16(out, f16_bits(d));
+  pack_nibbles<chunks>(q, out + 2);
+}
+
+// Runs Block<group> over a row's full blocks and the reference's `tail` over a ragged last one.
+template <int kGroup, size_t kHeaderBytes, typename Block, typename Tail>
+void for_each_block(const float* x, int64_t cols, void* row, Block block, Tail tail) {
+  auto* out = static_cast<uint8_t*>(row);
+  int64_t b0 = 0;
+  for (; b0 + kGroup <= cols; b0 += kGroup, out += kHeaderBytes + kGroup / 2) block(x + b0, out);
+  if (b0 < cols) tail(x + b0, static_cast<int>(cols - b0), kGroup, out);
+}
+
+// Calls f(std::integral_constant-like tag) for the group size; false for one the formats do not have.
+template <typename F>
+bool with_group(int group, F f) {
+  switch (group) {
+    case 32:
+      f.template operator()<32>();
+      return true;
+    case 64:
+      f.template operator()<64>();
+      return true;
+    case 128:
+      f.template operator()<128>();
+      return true;
+    default:
+      return false;
+  }
+}
+
+}  // namespace
+
+bool q8_quantize_row(const float* x, int64_t cols, int /*group*/, void* row) {
+  __m256 vmax = _mm256_setzero_ps(), bad = _mm256_setzero_ps();
+  const __m256 lim = _mm256_set1_ps(kFloatMax);
+  int64_t i = 0;
+  for (; i + 8 <= cols; i += 8) {
+    const __m256 a = abs_ps(_mm256_loadu_ps(x + i));
+    vmax = _mm256_max_ps(vmax, a);
+    bad = _mm256_or_ps(bad, _mm256_cmp_ps(a, lim, _CMP_NLE_UQ));
+  }
+  float amax = hmax(vmax);
+  bool finite = _mm256_movemask_ps(bad) == 0;
+  for (; i < cols; ++i) {
+    const float a = abs_f(x[i]);
+    finite = finite && a <= kFloatMax;
+    amax = a > amax ? a : amax;
+  }
+  if (!finite) {
+    reference::q8_row(x, cols, row);
+    return true;
+  }
+  auto* out = static_cast<uint8_t*>(row);
+  const float scale = amax / 127.0f;
+  const float inv_s = scale != 0.0f ? 1.0f / scale : 0.0f;
+  __builtin_memcpy(out, &scale, sizeof scale);
+  auto* q = reinterpret_cast<int8_t*>(out + 4);
+  const __m256 inv = _mm256_set1_ps(inv_s);
+  const __m256i lo = _mm256_set1_epi32(-127), hi = _mm256_set1_epi32(127);
+  auto codes = [&](int64_t at) {
+    const __m256i v = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + at), inv));
+    return _mm256_min_epi32(_mm256_max_epi32(v, lo), hi);
+  };
+  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  i = 0;
+  for (; i + 32 <= cols; i += 32) {
+    const __m256i w01 = _mm256_packs_epi32(codes(i), codes(i + 8));
+    const __m256i w23 = _mm256_packs_epi32(codes(i + 16), codes(i + 24));
+    const __m256i b = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(w01, w23), order);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + i), b);
+  }
+  for (; i < cols; ++i) {
+    const int v = _mm_cvtss_si32(_mm_set_ss(x[i] * inv_s));
+    q[i] = static_cast<int8_t>(v < -127 ? -127 : v > 127 ? 127 : v);
+  }
+  for (const int64_t padded = (cols + 3) / 4 * 4; i < padded; ++i) q[i] = 0;
+  return true;
+}
+
+bool q4_quantize_row(const float* x, int64_t cols, int group, void* row) {
+  return with_group(
+      group, [&]<int kGroup>() { for_each_block<kGroup, 2>(x, cols, row, q4_block<kGroup>, reference::q4_block); });
+}
+
+bool q4a_quantize_row(const float* x, int64_t cols, int group, void* row) {
+  return with_group(
+      group, [&]<int kGroup>() { for_each_block<kGroup, 4>(x, cols, row, q4a_block<kGroup>, reference::q4a_block); });
+}
+
+bool nf4_quantize_row(const float* x, int64_t cols, int group, void* row) {
+  const Nf4Midpoints mids = nf4_midpoints();
+  return with_group(group, [&]<int kGroup>() {
+    for_each_block<kGroup, 2>(
+        x, cols, row, [&](const float* b, uint8_t* out) { nf4_block<kGroup>(b, mids, out); }, reference::nf4_block);
+  });
+}
+
+}  // namespace tessera::quant::avx2
