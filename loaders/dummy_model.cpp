@@ -83,20 +83,25 @@ class DummyFiller {
   template <typename T, typename Convert>
   static void fill_row(T* out, IndexRange cols, uint64_t key, uint64_t first_pair, float scale, Convert convert) {
     const float unit = 2.0f / 16777216.0f;
-    auto value = [&](uint64_t bits24) { return convert((static_cast<float>(bits24) * unit - 1.0f) * scale); };
-    auto hash = [&](int64_t col) {
-      return splitmix64(key + (first_pair + static_cast<uint64_t>(col / 2)) * 0x9e3779b97f4a7c15ull);
+    // Through int32 (the values are below 2^24, exact either way): x86-64 has no unsigned 64-bit conversion.
+    auto value = [&](uint64_t bits24) {
+      return convert((static_cast<float>(static_cast<int32_t>(bits24)) * unit - 1.0f) * scale);
     };
+    auto hash = [&](uint64_t pair) { return splitmix64(key + pair * 0x9e3779b97f4a7c15ull); };
     // An odd first column, whole pairs (one hash each, no per-column branch), an even last column.
     int64_t col = cols.begin;
+    uint64_t pair = first_pair + static_cast<uint64_t>(col / 2);
     T* o = out;
-    if (col % 2 != 0 && col < cols.end) *o++ = value(hash(col++) >> 40);
+    if (col % 2 != 0 && col < cols.end) {
+      *o++ = value(hash(pair++) >> 40);
+      ++col;
+    }
     for (; col + 1 < cols.end; col += 2, o += 2) {
-      const uint64_t h = hash(col);
+      const uint64_t h = hash(pair++);
       o[0] = value((h >> 8) & 0xffffff);
       o[1] = value(h >> 40);
     }
-    if (col < cols.end) *o = value((hash(col) >> 8) & 0xffffff);
+    if (col < cols.end) *o = value((hash(pair) >> 8) & 0xffffff);
   }
 
   WeightStore& store_;

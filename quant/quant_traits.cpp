@@ -443,6 +443,9 @@ namespace reference {
 void q8_row(const float* x, int64_t cols, void* row) {
   q8_quantize_row(x, cols, 0, nullptr, row);
 }
+void q8_row_with_amax(const float* x, int64_t cols, float amax, void* row) {
+  write_q8_row(x, cols, amax / 127.0f, row);
+}
 void q4_block(const float* x, int n, int group, uint8_t* out) {
   q4_quantize_block(x, n, group, nullptr, out);
 }
@@ -479,7 +482,9 @@ void dequantize_matrix_row(const Matrix& w, int64_t r, float* out) {
 }
 
 void quantize_q8_row_with_amax(const float* x, int64_t cols, float amax, void* row) {
-  write_q8_row(x, cols, amax / 127.0f, row);
+  static const bool simd = cpu_features().has_avx2_fma();
+  if (simd) return avx2::q8_quantize_row_with_amax(x, cols, amax, row);
+  reference::q8_row_with_amax(x, cols, amax, row);
 }
 
 void quantize_activations(const float* x, int64_t n, BlockQ8Act* out) {

@@ -256,9 +256,8 @@ bool with_group(int group, F f) {
   }
 }
 
-}  // namespace
-
-bool q8_quantize_row(const float* x, int64_t cols, int /*group*/, void* row) {
+// The largest |x| of a row; false when a value is not finite.
+bool row_amax(const float* x, int64_t cols, float* amax_out) {
   __m256 vmax = _mm256_setzero_ps(), bad = _mm256_setzero_ps();
   const __m256 lim = _mm256_set1_ps(kFloatMax);
   int64_t i = 0;
@@ -274,12 +273,13 @@ bool q8_quantize_row(const float* x, int64_t cols, int /*group*/, void* row) {
     finite = finite && a <= kFloatMax;
     amax = a > amax ? a : amax;
   }
-  if (!finite) {
-    reference::q8_row(x, cols, row);
-    return true;
-  }
+  *amax_out = amax;
+  return finite;
+}
+
+// A Q8 row with the given scale: the scale, the codes round(x / scale) clamped to +-127, zero padding.
+void write_q8_row(const float* x, int64_t cols, float scale, void* row) {
   auto* out = static_cast<uint8_t*>(row);
-  const float scale = amax / 127.0f;
   const float inv_s = scale != 0.0f ? 1.0f / scale : 0.0f;
   __builtin_memcpy(out, &scale, sizeof scale);
   auto* q = reinterpret_cast<int8_t*>(out + 4);
@@ -290,7 +290,7 @@ bool q8_quantize_row(const float* x, int64_t cols, int /*group*/, void* row) {
     return _mm256_min_epi32(_mm256_max_epi32(v, lo), hi);
   };
   const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-  i = 0;
+  int64_t i = 0;
   for (; i + 32 <= cols; i += 32) {
     const __m256i w01 = _mm256_packs_epi32(codes(i), codes(i + 8));
     const __m256i w23 = _mm256_packs_epi32(codes(i + 16), codes(i + 24));
@@ -302,7 +302,24 @@ bool q8_quantize_row(const float* x, int64_t cols, int /*group*/, void* row) {
     q[i] = static_cast<int8_t>(v < -127 ? -127 : v > 127 ? 127 : v);
   }
   for (const int64_t padded = (cols + 3) / 4 * 4; i < padded; ++i) q[i] = 0;
+}
+
+}  // namespace
+
+bool q8_quantize_row(const float* x, int64_t cols, int /*group*/, void* row) {
+  float amax;
+  if (!row_amax(x, cols, &amax)) {
+    reference::q8_row(x, cols, row);
+    return true;
+  }
+  write_q8_row(x, cols, amax / 127.0f, row);
   return true;
+}
+
+void q8_quantize_row_with_amax(const float* x, int64_t cols, float amax, void* row) {
+  float own;
+  if (!row_amax(x, cols, &own) || !(amax <= kFloatMax)) return reference::q8_row_with_amax(x, cols, amax, row);
+  write_q8_row(x, cols, amax / 127.0f, row);
 }
 
 bool q4_quantize_row(const float* x, int64_t cols, int group, void* row) {

@@ -14,6 +14,7 @@ namespace reference {
 // The reference quantizers below the row (quant_traits.cpp), round to nearest: a whole Q8 row, and one block of
 // n <= group values of the grouped types (n < group only for a row's last block; `out` gets the whole block).
 void q8_row(const float* x, int64_t cols, void* row);
+void q8_row_with_amax(const float* x, int64_t cols, float amax, void* row);  // quantize_q8_row_with_amax's
 void q4_block(const float* x, int n, int group, uint8_t* out);
 void q4a_block(const float* x, int n, int group, uint8_t* out);
 void nf4_block(const float* x, int n, int group, uint8_t* out);
@@ -27,6 +28,7 @@ namespace avx2 {
 // of the fp16 range, a Q4A block whose minimum is zero (the sign of zero reaches the stored offset), and Q4 blocks
 // whose two candidate scales' squared errors are too close to order from float sums.
 bool q8_quantize_row(const float* x, int64_t cols, int group, void* row);
+void q8_quantize_row_with_amax(const float* x, int64_t cols, float amax, void* row);
 bool q4_quantize_row(const float* x, int64_t cols, int group, void* row);
 bool q4a_quantize_row(const float* x, int64_t cols, int group, void* row);
 bool nf4_quantize_row(const float* x, int64_t cols, int group, void* row);

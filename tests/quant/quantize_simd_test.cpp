@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <functional>
@@ -154,6 +155,28 @@ TEST_F(QuantizeSimd, NonFiniteValues) {
                     int64_t c) { return c % 45 == 3 ? bad : std::normal_distribution<float>(0.0f, 0.02f)(rng); },
               "non-finite", 2);
     if (HasFatalFailure()) return;
+  }
+}
+
+TEST_F(QuantizeSimd, Q8WithAGivenRowMaximum) {
+  // Tensor-parallel shards quantize part of a row with the whole row's maximum (>= their own).
+  std::mt19937 rng(99);
+  const float inf = std::numeric_limits<float>::infinity();
+  for (int64_t cols : {1, 5, 32, 33, 100, 2048 + 3}) {
+    for (float factor : {1.0f, 1.0001f, 1.5f, 40.0f, inf}) {
+      std::vector<float> x(static_cast<size_t>(cols));
+      for (auto& v : x) v = std::normal_distribution<float>(0.0f, 0.02f)(rng);
+      float own = 0.0f;
+      for (float v : x) own = std::max(own, std::fabs(v));
+      const float amax = own * factor;
+      const size_t bytes = dtype_row_bytes(DType::Q8, cols, 0);
+      std::vector<uint8_t> ref(bytes, 0xAB), simd(bytes, 0xCD), fast(bytes, 0xEF);
+      reference::q8_row_with_amax(x.data(), cols, amax, ref.data());
+      avx2::q8_quantize_row_with_amax(x.data(), cols, amax, simd.data());
+      quantize_q8_row_with_amax(x.data(), cols, amax, fast.data());
+      EXPECT_EQ(simd, ref) << "cols " << cols << " amax " << amax;
+      EXPECT_EQ(fast, ref) << "cols " << cols << " amax " << amax;
+    }
   }
 }
 
