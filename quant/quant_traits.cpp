@@ -414,13 +414,13 @@ void nf4_dequantize_row(const void* row, int64_t cols, int group, float* out) {
   dequantize_scaled_nibbles(row, cols, group, out, [](int q) { return kNf4Levels[q]; });
 }
 
-// The traits' quantize_row: the AVX2 twin of the reference (byte for byte the same rows) for round to nearest when
-// the CPU has it; the reference for importance-weighted searches and everywhere else.
-using SimdRowFn = bool (*)(const float* x, int64_t cols, int group, void* row);
+// The traits' quantize_row: the AVX2 twin of the reference (byte for byte the same rows) where the CPU has it and
+// the twin takes the case (it declines importance weights except for Q4); the reference otherwise.
+using SimdRowFn = bool (*)(const float* x, int64_t cols, int group, const float* importance, void* row);
 template <QuantizeRowFn Reference, SimdRowFn Simd>
 void quantize_row_fast(const float* x, int64_t cols, int group, const float* importance, void* row) {
   static const bool simd = cpu_features().has_avx2_fma();
-  if (importance == nullptr && simd && Simd(x, cols, group, row)) return;
+  if (simd && Simd(x, cols, group, importance, row)) return;
   Reference(x, cols, group, importance, row);
 }
 
@@ -446,8 +446,8 @@ void q8_row(const float* x, int64_t cols, void* row) {
 void q8_row_with_amax(const float* x, int64_t cols, float amax, void* row) {
   write_q8_row(x, cols, amax / 127.0f, row);
 }
-void q4_block(const float* x, int n, int group, uint8_t* out) {
-  q4_quantize_block(x, n, group, nullptr, out);
+void q4_block(const float* x, int n, int group, const float* w, uint8_t* out) {
+  q4_quantize_block(x, n, group, w, out);
 }
 void q4a_block(const float* x, int n, int group, uint8_t* out) {
   q4a_quantize_block(x, n, group, nullptr, out);

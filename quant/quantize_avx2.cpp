@@ -8,10 +8,8 @@
 // Why the results are the reference's: maxima, minima, fp16 conversions (F16C, round to nearest even, subnormals
 // kept) and the float products and quotients are exact or rounded once, as in the reference; vcvtps2dq rounds to
 // nearest even as the reference's round_int does (both under the default MXCSR). The one judgment the reference
-// makes in double precision is Q4's choice between its two candidate scales by squared error over the block;
-// here the two sums are float (each term's error and square rounded once, then at most 127 additions of non-negative
-// terms: within 1e-5 relative of the exact sums) and decide only when they differ by more than 1e-4 relative
-// (plus 1e-30 for terms lost to underflow); closer calls go to the reference.
+// makes in double precision is Q4's choice among candidate scales by (weighted) squared error over the block; here
+// the sums are float and decide only when clearly apart (clearly_ordered); closer calls go to the reference.
 #include <immintrin.h>
 
 #include <cstdint>
@@ -126,49 +124,132 @@ inline bool load_block(const float* x, float limit, __m256* xv, float* amax) {
 
 // ---- Q4: two candidate scales, the one with the smaller squared error ----
 
+// Whether two float error sums order as the reference's double sums do. Each term w * (x - d q)^2 is rounded at most
+// four times (d q is exact: an fp16 scale times a 4-bit code), each of the eight lanes adds at most 16 non-negative
+// terms and the horizontal sum three more levels, so a sum is within (16 + 6) float ulps, 1.3e-6 relative, of the
+// exact one (the double sums are within 1e-14). Apart by more than 1e-5 relative, plus 1e-30 for terms lost to
+// underflow, and neither overflowed, the two orders agree.
+inline bool clearly_ordered(float a, float b) {
+  return a <= kFloatMax && b <= kFloatMax && abs_f(a - b) > 1e-5f * (a + b) + 1e-30f;
+}
+
+// An all-zero Q4 block: scale 0, every code 8 (the value 0).
+inline void store_zero_q4(int group, uint8_t* out) {
+  store_u16(out, 0);
+  __builtin_memset(out + 2, 0x88, static_cast<size_t>(group) / 2);
+}
+
+// The round-to-nearest choice of a full Q4 block, as the reference's q4_choose_scale makes it without importance:
+// the two candidate scales da (llama.cpp q4_0's, from the first value of largest magnitude) and db (absmax / 7),
+// whether db wins, and both candidates' codes. False (nothing decided) when the block must go to the reference:
+// a non-finite or too large value, or errors too close to order from float sums.
 template <int kGroup>
-void q4_block(const float* x, uint8_t* out) {
-  constexpr int chunks = kGroup / 8;
-  __m256 xv[chunks];
-  float amax;
-  if (!load_block<chunks>(x, kLargestFastValue, xv, &amax)) return reference::q4_block(x, kGroup, kGroup, out);
-  if (amax == 0.0f) {
-    store_u16(out, 0);
-    __builtin_memset(out + 2, 0x88, kGroup / 2);
-    return;
-  }
+struct Q4Choice {
+  static constexpr int kChunks = kGroup / 8;
+  __m256 xv[kChunks];
+  __m256i qa[kChunks], qb[kChunks];
+  float amax, da, db;
+  bool use_b;
+};
+
+template <int kGroup>
+bool q4_rtn_choice(const float* x, Q4Choice<kGroup>& ch) {
+  constexpr int chunks = Q4Choice<kGroup>::kChunks;
+  if (!load_block<chunks>(x, kLargestFastValue, ch.xv, &ch.amax)) return false;
+  if (ch.amax == 0.0f) return true;
   // The first value of the largest magnitude, with its sign (the reference keeps the first under a strict >); found
   // from one bit mask per 64 values rather than a data-dependent loop exit.
-  const __m256 am = _mm256_set1_ps(amax);
+  const __m256 am = _mm256_set1_ps(ch.amax);
   uint64_t hits[(chunks + 7) / 8] = {};
   for (int c = 0; c < chunks; ++c) {
-    const auto mask = static_cast<uint64_t>(_mm256_movemask_ps(_mm256_cmp_ps(abs_ps(xv[c]), am, _CMP_EQ_OQ)));
+    const auto mask = static_cast<uint64_t>(_mm256_movemask_ps(_mm256_cmp_ps(abs_ps(ch.xv[c]), am, _CMP_EQ_OQ)));
     hits[c / 8] |= mask << (8 * (c % 8));
   }
   int first = 0;
   if constexpr (chunks > 8) first = hits[0] != 0 ? 0 : 64;
   const float maxv = x[first + __builtin_ctzll(hits[first / 64])];
   // Dividing by 8 and multiplying by 1/8 round the same real number, so the product is the reference's quotient.
-  const float da = f16_round(maxv * -0.125f), db = f16_round(amax / 7.0f);
-  const __m256 ia = _mm256_set1_ps(da != 0.0f ? 1.0f / da : 0.0f), ib = _mm256_set1_ps(db != 0.0f ? 1.0f / db : 0.0f);
-  const __m256 dav = _mm256_set1_ps(da), dbv = _mm256_set1_ps(db);
+  ch.da = f16_round(maxv * -0.125f);
+  ch.db = f16_round(ch.amax / 7.0f);
+  const __m256 ia = _mm256_set1_ps(ch.da != 0.0f ? 1.0f / ch.da : 0.0f);
+  const __m256 ib = _mm256_set1_ps(ch.db != 0.0f ? 1.0f / ch.db : 0.0f);
+  const __m256 dav = _mm256_set1_ps(ch.da), dbv = _mm256_set1_ps(ch.db);
   const __m256i eight = _mm256_set1_epi32(8);
-  __m256i qa[chunks], qb[chunks];
   __m256 ea = _mm256_setzero_ps(), eb = _mm256_setzero_ps();
   for (int c = 0; c < chunks; ++c) {
-    qa[c] = code4(_mm256_mul_ps(xv[c], ia), eight);
-    qb[c] = code4(_mm256_mul_ps(xv[c], ib), eight);
-    const __m256 ra = _mm256_sub_ps(xv[c], _mm256_mul_ps(dav, _mm256_cvtepi32_ps(_mm256_sub_epi32(qa[c], eight))));
-    const __m256 rb = _mm256_sub_ps(xv[c], _mm256_mul_ps(dbv, _mm256_cvtepi32_ps(_mm256_sub_epi32(qb[c], eight))));
+    ch.qa[c] = code4(_mm256_mul_ps(ch.xv[c], ia), eight);
+    ch.qb[c] = code4(_mm256_mul_ps(ch.xv[c], ib), eight);
+    const __m256 ra =
+        _mm256_sub_ps(ch.xv[c], _mm256_mul_ps(dav, _mm256_cvtepi32_ps(_mm256_sub_epi32(ch.qa[c], eight))));
+    const __m256 rb =
+        _mm256_sub_ps(ch.xv[c], _mm256_mul_ps(dbv, _mm256_cvtepi32_ps(_mm256_sub_epi32(ch.qb[c], eight))));
     ea = _mm256_add_ps(ea, _mm256_mul_ps(ra, ra));
     eb = _mm256_add_ps(eb, _mm256_mul_ps(rb, rb));
   }
   const float sa = hsum(ea), sb = hsum(eb);
-  if (!(sa <= kFloatMax && sb <= kFloatMax) || abs_f(sa - sb) <= 1e-4f * (sa + sb) + 1e-30f)
-    return reference::q4_block(x, kGroup, kGroup, out);
-  const bool use_b = sb < sa;
-  store_u16(out, f16_bits(use_b ? db : da));
-  pack_nibbles<chunks>(use_b ? qb : qa, out + 2);
+  if (!clearly_ordered(sa, sb)) return false;
+  ch.use_b = sb < sa;
+  return true;
+}
+
+template <int kGroup>
+void q4_block(const float* x, uint8_t* out) {
+  Q4Choice<kGroup> ch;
+  if (!q4_rtn_choice(x, ch)) return reference::q4_block(x, kGroup, kGroup, nullptr, out);
+  if (ch.amax == 0.0f) return store_zero_q4(kGroup, out);
+  store_u16(out, f16_bits(ch.use_b ? ch.db : ch.da));
+  pack_nibbles<Q4Choice<kGroup>::kChunks>(ch.use_b ? ch.qb : ch.qa, out + 2);
+}
+
+// Q4 with importance weights w (>= 0): the reference tries the round-to-nearest scale, then the two candidates shrunk
+// by 2.5% steps to 80%, keeping the first with the smallest weighted squared error. Here all 17 errors are float sums;
+// the block is decided only when one candidate is clearly below every other, else it goes to the reference.
+template <int kGroup>
+void q4_block_weighted(const float* x, const float* w, uint8_t* out) {
+  constexpr int chunks = Q4Choice<kGroup>::kChunks;
+  Q4Choice<kGroup> ch;
+  __m256 wv[chunks], bad = _mm256_setzero_ps();
+  for (int c = 0; c < chunks; ++c) {
+    wv[c] = _mm256_loadu_ps(w + 8 * c);
+    // Negative, NaN or infinite weights break the error bound.
+    bad = _mm256_or_ps(bad, _mm256_cmp_ps(wv[c], _mm256_setzero_ps(), _CMP_NGE_UQ));
+    bad = _mm256_or_ps(bad, _mm256_cmp_ps(wv[c], _mm256_set1_ps(kFloatMax), _CMP_NLE_UQ));
+  }
+  if (_mm256_movemask_ps(bad) != 0 || !q4_rtn_choice(x, ch)) return reference::q4_block(x, kGroup, kGroup, w, out);
+  if (ch.amax == 0.0f) return store_zero_q4(kGroup, out);
+  constexpr int kCandidates = 17;
+  float cand[kCandidates], err[kCandidates];
+  cand[0] = ch.use_b ? ch.db : ch.da;
+  for (int k = 1; k <= 8; ++k) {
+    const float f = 1.0f - 0.025f * static_cast<float>(k);
+    cand[2 * k - 1] = f16_round(ch.da * f);
+    cand[2 * k] = f16_round(ch.db * f);
+  }
+  const __m256i eight = _mm256_set1_epi32(8);
+  for (int j = 0; j < kCandidates; ++j) {
+    const __m256 inv = _mm256_set1_ps(cand[j] != 0.0f ? 1.0f / cand[j] : 0.0f), dv = _mm256_set1_ps(cand[j]);
+    __m256 e = _mm256_setzero_ps();
+    for (int c = 0; c < chunks; ++c) {
+      const __m256i q = code4(_mm256_mul_ps(ch.xv[c], inv), eight);
+      const __m256 r = _mm256_sub_ps(ch.xv[c], _mm256_mul_ps(dv, _mm256_cvtepi32_ps(_mm256_sub_epi32(q, eight))));
+      e = _mm256_add_ps(e, _mm256_mul_ps(wv[c], _mm256_mul_ps(r, r)));
+    }
+    err[j] = hsum(e);
+  }
+  // The first smallest error, as the reference's strict < keeps. A candidate equal to another (absmax / 7 shrunk by
+  // 12.5% is often the q4_0 scale) has the same error in both computations, and both keep the earlier one; every
+  // other candidate must be clearly worse.
+  int best = 0;
+  for (int j = 1; j < kCandidates; ++j) best = err[j] < err[best] ? j : best;
+  for (int j = 0; j < kCandidates; ++j) {
+    if (cand[j] != cand[best] && !clearly_ordered(err[best], err[j]))
+      return reference::q4_block(x, kGroup, kGroup, w, out);
+  }
+  const __m256 inv = _mm256_set1_ps(cand[best] != 0.0f ? 1.0f / cand[best] : 0.0f);
+  __m256i q[chunks];
+  for (int c = 0; c < chunks; ++c) q[c] = code4(_mm256_mul_ps(ch.xv[c], inv), eight);
+  store_u16(out, f16_bits(cand[best]));
+  pack_nibbles<chunks>(q, out + 2);
 }
 
 // ---- Q4A: offset m = min rounded down, step d = (max - m) / 15 rounded up ----
@@ -229,16 +310,16 @@ void nf4_block(const float* x, const Nf4Midpoints& mids, uint8_t* out) {
   pack_nibbles<chunks>(q, out + 2);
 }
 
-// Runs Block<group> over a row's full blocks and the reference's `tail` over a ragged last one.
+// Calls block(b0, out) for a row's full blocks and tail(b0, n, out) for a ragged last one (b0: first column).
 template <int kGroup, size_t kHeaderBytes, typename Block, typename Tail>
-void for_each_block(const float* x, int64_t cols, void* row, Block block, Tail tail) {
+void for_each_block(int64_t cols, void* row, Block block, Tail tail) {
   auto* out = static_cast<uint8_t*>(row);
   int64_t b0 = 0;
-  for (; b0 + kGroup <= cols; b0 += kGroup, out += kHeaderBytes + kGroup / 2) block(x + b0, out);
-  if (b0 < cols) tail(x + b0, static_cast<int>(cols - b0), kGroup, out);
+  for (; b0 + kGroup <= cols; b0 += kGroup, out += kHeaderBytes + kGroup / 2) block(b0, out);
+  if (b0 < cols) tail(b0, static_cast<int>(cols - b0), out);
 }
 
-// Calls f(std::integral_constant-like tag) for the group size; false for one the formats do not have.
+// Calls f.template operator()<group>() for the group size; false for one the formats do not have.
 template <typename F>
 bool with_group(int group, F f) {
   switch (group) {
@@ -306,7 +387,8 @@ void write_q8_row(const float* x, int64_t cols, float scale, void* row) {
 
 }  // namespace
 
-bool q8_quantize_row(const float* x, int64_t cols, int /*group*/, void* row) {
+bool q8_quantize_row(const float* x, int64_t cols, int /*group*/, const float* importance, void* row) {
+  if (importance != nullptr) return false;
   float amax;
   if (!row_amax(x, cols, &amax)) {
     reference::q8_row(x, cols, row);
@@ -322,21 +404,36 @@ void q8_quantize_row_with_amax(const float* x, int64_t cols, float amax, void* r
   write_q8_row(x, cols, amax / 127.0f, row);
 }
 
-bool q4_quantize_row(const float* x, int64_t cols, int group, void* row) {
-  return with_group(
-      group, [&]<int kGroup>() { for_each_block<kGroup, 2>(x, cols, row, q4_block<kGroup>, reference::q4_block); });
+bool q4_quantize_row(const float* x, int64_t cols, int group, const float* importance, void* row) {
+  return with_group(group, [&]<int kGroup>() {
+    if (importance == nullptr) {
+      for_each_block<kGroup, 2>(
+          cols, row, [&](int64_t b, uint8_t* out) { q4_block<kGroup>(x + b, out); },
+          [&](int64_t b, int n, uint8_t* out) { reference::q4_block(x + b, n, kGroup, nullptr, out); });
+    } else {
+      for_each_block<kGroup, 2>(
+          cols, row, [&](int64_t b, uint8_t* out) { q4_block_weighted<kGroup>(x + b, importance + b, out); },
+          [&](int64_t b, int n, uint8_t* out) { reference::q4_block(x + b, n, kGroup, importance + b, out); });
+    }
+  });
 }
 
-bool q4a_quantize_row(const float* x, int64_t cols, int group, void* row) {
-  return with_group(
-      group, [&]<int kGroup>() { for_each_block<kGroup, 4>(x, cols, row, q4a_block<kGroup>, reference::q4a_block); });
+bool q4a_quantize_row(const float* x, int64_t cols, int group, const float* importance, void* row) {
+  if (importance != nullptr) return false;
+  return with_group(group, [&]<int kGroup>() {
+    for_each_block<kGroup, 4>(
+        cols, row, [&](int64_t b, uint8_t* out) { q4a_block<kGroup>(x + b, out); },
+        [&](int64_t b, int n, uint8_t* out) { reference::q4a_block(x + b, n, kGroup, out); });
+  });
 }
 
-bool nf4_quantize_row(const float* x, int64_t cols, int group, void* row) {
+bool nf4_quantize_row(const float* x, int64_t cols, int group, const float* importance, void* row) {
+  if (importance != nullptr) return false;
   const Nf4Midpoints mids = nf4_midpoints();
   return with_group(group, [&]<int kGroup>() {
     for_each_block<kGroup, 2>(
-        x, cols, row, [&](const float* b, uint8_t* out) { nf4_block<kGroup>(b, mids, out); }, reference::nf4_block);
+        cols, row, [&](int64_t b, uint8_t* out) { nf4_block<kGroup>(x + b, mids, out); },
+        [&](int64_t b, int n, uint8_t* out) { reference::nf4_block(x + b, n, kGroup, out); });
   });
 }
 

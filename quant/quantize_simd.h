@@ -14,8 +14,8 @@ namespace reference {
 // The reference quantizers below the row (quant_traits.cpp), round to nearest: a whole Q8 row, and one block of
 // n <= group values of the grouped types (n < group only for a row's last block; `out` gets the whole block).
 void q8_row(const float* x, int64_t cols, void* row);
-void q8_row_with_amax(const float* x, int64_t cols, float amax, void* row);  // quantize_q8_row_with_amax's
-void q4_block(const float* x, int n, int group, uint8_t* out);
+void q8_row_with_amax(const float* x, int64_t cols, float amax, void* row);     // quantize_q8_row_with_amax's
+void q4_block(const float* x, int n, int group, const float* w, uint8_t* out);  // w: importance, may be null
 void q4a_block(const float* x, int n, int group, uint8_t* out);
 void nf4_block(const float* x, int n, int group, uint8_t* out);
 }  // namespace reference
@@ -23,15 +23,16 @@ void nf4_block(const float* x, int n, int group, uint8_t* out);
 namespace avx2 {
 // quantize_avx2.cpp, the one translation unit of tessera_quant_formats built with -mavx2 -mf16c; only valid to call
 // when cpu_features().has_avx2_fma(). Each returns false, having written nothing, for a group size the format does
-// not have (the caller then lets the reference report it). Blocks the vector code could not reproduce exactly go to
+// not have (the caller then lets the reference report it) and, except Q4, when given importance weights (the
+// reference's searches for those stay scalar). Blocks the vector code could not reproduce exactly go to
 // the reference functions above: a row's ragged last block, blocks holding a non-finite value or one near the edge
 // of the fp16 range, a Q4A block whose minimum is zero (the sign of zero reaches the stored offset), and Q4 blocks
 // whose two candidate scales' squared errors are too close to order from float sums.
-bool q8_quantize_row(const float* x, int64_t cols, int group, void* row);
+bool q8_quantize_row(const float* x, int64_t cols, int group, const float* importance, void* row);
 void q8_quantize_row_with_amax(const float* x, int64_t cols, float amax, void* row);
-bool q4_quantize_row(const float* x, int64_t cols, int group, void* row);
-bool q4a_quantize_row(const float* x, int64_t cols, int group, void* row);
-bool nf4_quantize_row(const float* x, int64_t cols, int group, void* row);
+bool q4_quantize_row(const float* x, int64_t cols, int group, const float* importance, void* row);
+bool q4a_quantize_row(const float* x, int64_t cols, int group, const float* importance, void* row);
+bool nf4_quantize_row(const float* x, int64_t cols, int group, const float* importance, void* row);
 }  // namespace avx2
 
 }  // namespace tessera::quant

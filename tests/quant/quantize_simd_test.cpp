@@ -12,6 +12,7 @@
 #include <limits>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "engine/core/cpu_features.h"
@@ -22,7 +23,7 @@
 namespace tessera::quant {
 namespace {
 
-using SimdRowFn = bool (*)(const float* x, int64_t cols, int group, void* row);
+using SimdRowFn = bool (*)(const float* x, int64_t cols, int group, const float* importance, void* row);
 
 struct Format {
   DType dtype;
@@ -43,7 +44,7 @@ void expect_same_rows(const Format& f, const std::vector<float>& x, int group, c
   std::vector<uint8_t> ref(bytes, 0xAB), simd(bytes, 0xCD), fast(bytes, 0xEF);
   const QuantTraits& tr = quant_traits(f.dtype);
   tr.reference_quantize_row(x.data(), cols, group, nullptr, ref.data());
-  ASSERT_TRUE(f.simd(x.data(), cols, group, simd.data()));
+  ASSERT_TRUE(f.simd(x.data(), cols, group, nullptr, simd.data()));
   tr.quantize_row(x.data(), cols, group, nullptr, fast.data());
   for (size_t i = 0; i < bytes; ++i) {
     ASSERT_EQ(simd[i], ref[i]) << tr.name << " g" << group << " cols " << cols << " (" << what << "): byte " << i
@@ -158,6 +159,50 @@ TEST_F(QuantizeSimd, NonFiniteValues) {
   }
 }
 
+// Q4 with importance weights (activation-aware quantization): the 17-candidate search against the reference's.
+TEST_F(QuantizeSimd, Q4WithImportanceWeights) {
+  std::mt19937 rng(31);
+  const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
+  using WeightGen = std::function<float(std::mt19937&, int64_t)>;
+  const std::pair<const char*, WeightGen> weights[] = {
+      {"activation-like", [](std::mt19937& r, int64_t) { return std::exp(std::normal_distribution<float>(0, 2)(r)); }},
+      {"uniform", [](std::mt19937&, int64_t) { return 1.0f; }},
+      {"some zero", [](std::mt19937& r, int64_t) { return r() % 3 == 0 ? 0.0f : 0.5f; }},
+      {"all zero", [](std::mt19937&, int64_t) { return 0.0f; }},
+      {"huge", [](std::mt19937& r, int64_t) { return r() % 50 == 0 ? 1e30f : 1.0f; }},
+      {"negative", [](std::mt19937& r, int64_t) { return r() % 40 == 0 ? -1.0f : 1.0f; }},
+      {"non-finite", [&](std::mt19937& r, int64_t) { return r() % 60 == 0 ? (r() % 2 ? inf : nan) : 1.0f; }},
+  };
+  for (const auto& [name, wgen] : weights) {
+    for (int group : {32, 64, 128}) {
+      for (int64_t cols : {1, 31, 32, 33, 128, 129, 300, 1024 + 7}) {
+        for (int r = 0; r < 12; ++r) {
+          std::vector<float> x(static_cast<size_t>(cols)), w(static_cast<size_t>(cols));
+          for (int64_t c = 0; c < cols; ++c) {
+            const float v = std::normal_distribution<float>(0.0f, 0.02f)(rng);
+            const unsigned k = rng() % 8;
+            // Gaussian with outliers; grid values; +-amax repeated (near-tied candidates).
+            x[static_cast<size_t>(c)] = r < 5    ? (rng() % 37 == 0 ? 20.0f * v : v)
+                                        : r == 5 ? 0.125f * static_cast<float>(static_cast<int>(rng() % 16) - 8)
+                                        : k == 0 ? 0.5f
+                                        : k == 1 ? -0.5f
+                                                 : 20.0f * v;
+            w[static_cast<size_t>(c)] = wgen(rng, c);
+          }
+          const size_t bytes = dtype_row_bytes(DType::Q4, cols, group);
+          std::vector<uint8_t> ref(bytes, 0xAB), simd(bytes, 0xCD), fast(bytes, 0xEF);
+          const QuantTraits& tr = quant_traits(DType::Q4);
+          tr.reference_quantize_row(x.data(), cols, group, w.data(), ref.data());
+          ASSERT_TRUE(avx2::q4_quantize_row(x.data(), cols, group, w.data(), simd.data()));
+          tr.quantize_row(x.data(), cols, group, w.data(), fast.data());
+          ASSERT_EQ(simd, ref) << name << " g" << group << " cols " << cols << " row " << r;
+          ASSERT_EQ(fast, ref) << name << " g" << group << " cols " << cols << " row " << r;
+        }
+      }
+    }
+  }
+}
+
 TEST_F(QuantizeSimd, Q8WithAGivenRowMaximum) {
   // Tensor-parallel shards quantize part of a row with the whole row's maximum (>= their own).
   std::mt19937 rng(99);
@@ -183,9 +228,14 @@ TEST_F(QuantizeSimd, Q8WithAGivenRowMaximum) {
 TEST_F(QuantizeSimd, UnknownGroupIsLeftToTheReference) {
   std::vector<float> x(96, 0.5f);
   std::vector<uint8_t> row(dtype_row_bytes(DType::Q4, 96, 48), 0x5A);
-  EXPECT_FALSE(avx2::q4_quantize_row(x.data(), 96, 48, row.data()));
-  EXPECT_FALSE(avx2::q4a_quantize_row(x.data(), 96, 48, row.data()));
-  EXPECT_FALSE(avx2::nf4_quantize_row(x.data(), 96, 48, row.data()));
+  EXPECT_FALSE(avx2::q4_quantize_row(x.data(), 96, 48, nullptr, row.data()));
+  EXPECT_FALSE(avx2::q4a_quantize_row(x.data(), 96, 48, nullptr, row.data()));
+  EXPECT_FALSE(avx2::nf4_quantize_row(x.data(), 96, 48, nullptr, row.data()));
+  // Importance-weighted searches are the reference's, except Q4's.
+  const std::vector<float> w(96, 1.0f);
+  EXPECT_FALSE(avx2::q8_quantize_row(x.data(), 96, 0, w.data(), row.data()));
+  EXPECT_FALSE(avx2::q4a_quantize_row(x.data(), 96, 32, w.data(), row.data()));
+  EXPECT_FALSE(avx2::nf4_quantize_row(x.data(), 96, 32, w.data(), row.data()));
   EXPECT_EQ(row, std::vector<uint8_t>(row.size(), 0x5A)) << "nothing written";
 }
 
