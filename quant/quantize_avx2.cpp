@@ -1,9 +1,9 @@
-// AVX2 + F16C round-to-nearest row quantizers, byte for byte the reference ones in quant_traits.cpp (see
-// quantize_simd.h). Built with -mavx2 -mf16c and without -mfma, so no multiply-add is ever fused and every float
-// operation rounds as the reference's does. Like the CPU backend's AVX2 kernels it calls no inline function or
-// template from a shared header (std::min, dtype.h's converters...): the linker could keep the AVX copy of such a
-// function for the whole program. Everything it uses lives in the anonymous namespace; the headers it includes
-// contribute declarations and constant data only.
+// AVX2 + F16C row quantizers (round to nearest, and Q4's importance-weighted scale search), byte for byte the
+// reference ones in quant_traits.cpp (see quantize_simd.h). Built with -mavx2 -mf16c and without -mfma, so no
+// multiply-add is ever fused and every float operation rounds as the reference's does. Like the CPU backend's AVX2
+// kernels it calls no inline function or template from a shared header (std::min, dtype.h's converters...): the linker
+// could keep the AVX copy of such a function for the whole program. Everything it uses lives in the anonymous
+// namespace; the headers it includes contribute declarations and constant data only.
 //
 // Why the results are the reference's: maxima, minima, fp16 conversions (F16C, round to nearest even, subnormals
 // kept) and the float products and quotients are exact or rounded once, as in the reference; vcvtps2dq rounds to
