@@ -415,7 +415,7 @@ void nf4_dequantize_row(const void* row, int64_t cols, int group, float* out) {
 }
 
 // The traits' quantize_row: the AVX2 twin of the reference (byte for byte the same rows) where the CPU has it and
-// the twin takes the case (it declines importance weights except for Q4); the reference otherwise.
+// the twin takes the case (it declines importance weights except for Q4 and NF4); the reference otherwise.
 using SimdRowFn = bool (*)(const float* x, int64_t cols, int group, const float* importance, void* row);
 template <QuantizeRowFn Reference, SimdRowFn Simd>
 void quantize_row_fast(const float* x, int64_t cols, int group, const float* importance, void* row) {
@@ -452,8 +452,8 @@ void q4_block(const float* x, int n, int group, const float* w, uint8_t* out) {
 void q4a_block(const float* x, int n, int group, uint8_t* out) {
   q4a_quantize_block(x, n, group, nullptr, out);
 }
-void nf4_block(const float* x, int n, int group, uint8_t* out) {
-  nf4_quantize_block(x, n, group, nullptr, out);
+void nf4_block(const float* x, int n, int group, const float* w, uint8_t* out) {
+  nf4_quantize_block(x, n, group, w, out);
 }
 }  // namespace reference
 

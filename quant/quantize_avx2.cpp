@@ -1,5 +1,5 @@
-// AVX2 + F16C row quantizers (round to nearest, and Q4's importance-weighted scale search), byte for byte the
-// reference ones in quant_traits.cpp (see quantize_simd.h). Built with -mavx2 -mf16c and without -mfma, so no
+// AVX2 + F16C row quantizers (round to nearest, and Q4's and NF4's importance-weighted scale searches), byte for byte
+// the reference ones in quant_traits.cpp (see quantize_simd.h). Built with -mavx2 -mf16c and without -mfma, so no
 // multiply-add is ever fused and every float operation rounds as the reference's does. Like the CPU backend's AVX2
 // kernels it calls no inline function or template from a shared header (std::min, dtype.h's converters...): the linker
 // could keep the AVX copy of such a function for the whole program. Everything it uses lives in the anonymous
@@ -8,8 +8,9 @@
 // Why the results are the reference's: maxima, minima, fp16 conversions (F16C, round to nearest even, subnormals
 // kept) and the float products and quotients are exact or rounded once, as in the reference; vcvtps2dq rounds to
 // nearest even as the reference's round_int does (both under the default MXCSR). The one judgment the reference
-// makes in double precision is Q4's choice among candidate scales by (weighted) squared error over the block; here
-// the sums are float and decide only when clearly apart (clearly_ordered); closer calls go to the reference.
+// makes in double precision is the choice among candidate scales by (weighted) squared error over the block; here
+// Q4's sums are float and NF4's double, summed in another order, and decide only when clearly apart (clearly_ordered,
+// clearly_ordered_double); closer calls go to the reference.
 #include <immintrin.h>
 
 #include <cstdint>
@@ -133,6 +134,32 @@ inline bool clearly_ordered(float a, float b) {
   return a <= kFloatMax && b <= kFloatMax && abs_f(a - b) > 1e-5f * (a + b) + 1e-30f;
 }
 
+// Index of the first smallest of n candidate errors, as the reference's strict < keeps it, or -1 when some candidate
+// with a different scale is not clearly worse (apart: the test for two sums of this precision). A candidate equal to
+// the winner (for Q4, absmax / 7 shrunk by 12.5% is often the q4_0 scale) has the same error in both computations,
+// and both keep the earlier one.
+template <typename T, typename Apart>
+int clear_minimum(const float* cand, const T* err, int n, Apart apart) {
+  int best = 0;
+  for (int j = 1; j < n; ++j) best = err[j] < err[best] ? j : best;
+  for (int j = 0; j < n; ++j) {
+    if (cand[j] != cand[best] && !apart(err[best], err[j])) return -1;
+  }
+  return best;
+}
+
+// Loads a block's importance weights; false when one is negative or not finite (the error bounds assume neither).
+template <int chunks>
+inline bool load_weights(const float* w, __m256* wv) {
+  __m256 bad = _mm256_setzero_ps();
+  for (int c = 0; c < chunks; ++c) {
+    wv[c] = _mm256_loadu_ps(w + 8 * c);
+    bad = _mm256_or_ps(bad, _mm256_cmp_ps(wv[c], _mm256_setzero_ps(), _CMP_NGE_UQ));
+    bad = _mm256_or_ps(bad, _mm256_cmp_ps(wv[c], _mm256_set1_ps(kFloatMax), _CMP_NLE_UQ));
+  }
+  return _mm256_movemask_ps(bad) == 0;
+}
+
 // An all-zero Q4 block: scale 0, every code 8 (the value 0).
 inline void store_zero_q4(int group, uint8_t* out) {
   store_u16(out, 0);
@@ -208,14 +235,8 @@ template <int kGroup>
 void q4_block_weighted(const float* x, const float* w, uint8_t* out) {
   constexpr int chunks = Q4Choice<kGroup>::kChunks;
   Q4Choice<kGroup> ch;
-  __m256 wv[chunks], bad = _mm256_setzero_ps();
-  for (int c = 0; c < chunks; ++c) {
-    wv[c] = _mm256_loadu_ps(w + 8 * c);
-    // Negative, NaN or infinite weights break the error bound.
-    bad = _mm256_or_ps(bad, _mm256_cmp_ps(wv[c], _mm256_setzero_ps(), _CMP_NGE_UQ));
-    bad = _mm256_or_ps(bad, _mm256_cmp_ps(wv[c], _mm256_set1_ps(kFloatMax), _CMP_NLE_UQ));
-  }
-  if (_mm256_movemask_ps(bad) != 0 || !q4_rtn_choice(x, ch)) return reference::q4_block(x, kGroup, kGroup, w, out);
+  __m256 wv[chunks];
+  if (!load_weights<chunks>(w, wv) || !q4_rtn_choice(x, ch)) return reference::q4_block(x, kGroup, kGroup, w, out);
   if (ch.amax == 0.0f) return store_zero_q4(kGroup, out);
   constexpr int kCandidates = 17;
   float cand[kCandidates], err[kCandidates];
@@ -236,15 +257,8 @@ void q4_block_weighted(const float* x, const float* w, uint8_t* out) {
     }
     err[j] = hsum(e);
   }
-  // The first smallest error, as the reference's strict < keeps. A candidate equal to another (absmax / 7 shrunk by
-  // 12.5% is often the q4_0 scale) has the same error in both computations, and both keep the earlier one; every
-  // other candidate must be clearly worse.
-  int best = 0;
-  for (int j = 1; j < kCandidates; ++j) best = err[j] < err[best] ? j : best;
-  for (int j = 0; j < kCandidates; ++j) {
-    if (cand[j] != cand[best] && !clearly_ordered(err[best], err[j]))
-      return reference::q4_block(x, kGroup, kGroup, w, out);
-  }
+  const int best = clear_minimum(cand, err, kCandidates, clearly_ordered);
+  if (best < 0) return reference::q4_block(x, kGroup, kGroup, w, out);
   const __m256 inv = _mm256_set1_ps(cand[best] != 0.0f ? 1.0f / cand[best] : 0.0f);
   __m256i q[chunks];
   for (int c = 0; c < chunks; ++c) q[c] = code4(_mm256_mul_ps(ch.xv[c], inv), eight);
@@ -289,24 +303,83 @@ Nf4Midpoints nf4_midpoints() {
   return m;
 }
 
+// NF4 level indices of x / d for a chunk: the number of midpoints below (the reference's ties go to the lower level).
+inline __m256i nf4_codes(__m256 v, const Nf4Midpoints& mids) {
+  __m256i n = _mm256_setzero_si256();
+  for (int k = 0; k < 15; ++k) n = _mm256_sub_epi32(n, _mm256_castps_si256(_mm256_cmp_ps(v, mids.mid[k], _CMP_GT_OQ)));
+  return n;
+}
+
 template <int kGroup>
 void nf4_block(const float* x, const Nf4Midpoints& mids, uint8_t* out) {
   constexpr int chunks = kGroup / 8;
   __m256 xv[chunks];
   float amax;
-  if (!load_block<chunks>(x, kLargestFastValue, xv, &amax)) return reference::nf4_block(x, kGroup, kGroup, out);
+  if (!load_block<chunks>(x, kLargestFastValue, xv, &amax))
+    return reference::nf4_block(x, kGroup, kGroup, nullptr, out);
   const float d = f16_round(amax);
   const __m256 inv = _mm256_set1_ps(d != 0.0f ? 1.0f / d : 0.0f);
   __m256i q[chunks];
-  for (int c = 0; c < chunks; ++c) {
-    const __m256 v = _mm256_mul_ps(xv[c], inv);
-    // The level index is the number of midpoints below v (the reference's ties go to the lower level).
-    __m256i n = _mm256_setzero_si256();
-    for (int k = 0; k < 15; ++k)
-      n = _mm256_sub_epi32(n, _mm256_castps_si256(_mm256_cmp_ps(v, mids.mid[k], _CMP_GT_OQ)));
-    q[c] = n;
-  }
+  for (int c = 0; c < chunks; ++c) q[c] = nf4_codes(_mm256_mul_ps(xv[c], inv), mids);
   store_u16(out, f16_bits(d));
+  pack_nibbles<chunks>(q, out + 2);
+}
+
+// Sum over a chunk of w (x - d L[q])^2 in double, as the reference computes each term (d L[q] is exact in double,
+// not in float, so float sums could not be bounded relative to small errors); only the order of the additions
+// differs, so sums within 1e-12 relative order as the reference's do.
+inline __m256d nf4_weighted_error(__m256 x, __m256 w, __m256i q, __m256d d, __m256d acc) {
+  const __m256 lo_levels = _mm256_loadu_ps(kNf4Levels), hi_levels = _mm256_loadu_ps(kNf4Levels + 8);
+  const __m256 level = _mm256_blendv_ps(_mm256_permutevar8x32_ps(lo_levels, q), _mm256_permutevar8x32_ps(hi_levels, q),
+                                        _mm256_castsi256_ps(_mm256_cmpgt_epi32(q, _mm256_set1_epi32(7))));
+  for (int half = 0; half < 2; ++half) {
+    const __m128 xs = half == 0 ? _mm256_castps256_ps128(x) : _mm256_extractf128_ps(x, 1);
+    const __m128 ws = half == 0 ? _mm256_castps256_ps128(w) : _mm256_extractf128_ps(w, 1);
+    const __m128 ls = half == 0 ? _mm256_castps256_ps128(level) : _mm256_extractf128_ps(level, 1);
+    const __m256d e = _mm256_sub_pd(_mm256_cvtps_pd(xs), _mm256_mul_pd(d, _mm256_cvtps_pd(ls)));
+    acc = _mm256_add_pd(acc, _mm256_mul_pd(_mm256_mul_pd(_mm256_cvtps_pd(ws), e), e));
+  }
+  return acc;
+}
+
+inline double hsum_pd(__m256d v) {
+  const __m128d s = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+  return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
+}
+
+inline bool clearly_ordered_double(double a, double b) {
+  return a <= 1.7e308 && b <= 1.7e308 && __builtin_fabs(a - b) > 1e-12 * (a + b) + 1e-300;
+}
+
+// NF4 with importance weights: the reference tries d = absmax, then absmax shrunk by 2% steps to 80%, keeping the
+// first with the smallest weighted squared error.
+template <int kGroup>
+void nf4_block_weighted(const float* x, const float* w, const Nf4Midpoints& mids, uint8_t* out) {
+  constexpr int chunks = kGroup / 8;
+  __m256 xv[chunks], wv[chunks];
+  float amax;
+  if (!load_weights<chunks>(w, wv) || !load_block<chunks>(x, kLargestFastValue, xv, &amax))
+    return reference::nf4_block(x, kGroup, kGroup, w, out);
+  if (amax == 0.0f) return nf4_block<kGroup>(x, mids, out);  // no search: every code is level 0
+  constexpr int kCandidates = 11;
+  float cand[kCandidates];
+  double err[kCandidates];
+  cand[0] = f16_round(amax);
+  for (int k = 1; k < kCandidates; ++k) cand[k] = f16_round(amax * (1.0f - 0.02f * static_cast<float>(k)));
+  for (int j = 0; j < kCandidates; ++j) {
+    const __m256 inv = _mm256_set1_ps(cand[j] != 0.0f ? 1.0f / cand[j] : 0.0f);
+    const __m256d dv = _mm256_set1_pd(cand[j]);
+    __m256d e = _mm256_setzero_pd();
+    for (int c = 0; c < chunks; ++c)
+      e = nf4_weighted_error(xv[c], wv[c], nf4_codes(_mm256_mul_ps(xv[c], inv), mids), dv, e);
+    err[j] = hsum_pd(e);
+  }
+  const int best = clear_minimum(cand, err, kCandidates, clearly_ordered_double);
+  if (best < 0) return reference::nf4_block(x, kGroup, kGroup, w, out);
+  const __m256 inv = _mm256_set1_ps(cand[best] != 0.0f ? 1.0f / cand[best] : 0.0f);
+  __m256i q[chunks];
+  for (int c = 0; c < chunks; ++c) q[c] = nf4_codes(_mm256_mul_ps(xv[c], inv), mids);
+  store_u16(out, f16_bits(cand[best]));
   pack_nibbles<chunks>(q, out + 2);
 }
 
@@ -428,12 +501,17 @@ bool q4a_quantize_row(const float* x, int64_t cols, int group, const float* impo
 }
 
 bool nf4_quantize_row(const float* x, int64_t cols, int group, const float* importance, void* row) {
-  if (importance != nullptr) return false;
   const Nf4Midpoints mids = nf4_midpoints();
   return with_group(group, [&]<int kGroup>() {
-    for_each_block<kGroup, 2>(
-        cols, row, [&](int64_t b, uint8_t* out) { nf4_block<kGroup>(x + b, mids, out); },
-        [&](int64_t b, int n, uint8_t* out) { reference::nf4_block(x + b, n, kGroup, out); });
+    if (importance == nullptr) {
+      for_each_block<kGroup, 2>(
+          cols, row, [&](int64_t b, uint8_t* out) { nf4_block<kGroup>(x + b, mids, out); },
+          [&](int64_t b, int n, uint8_t* out) { reference::nf4_block(x + b, n, kGroup, nullptr, out); });
+    } else {
+      for_each_block<kGroup, 2>(
+          cols, row, [&](int64_t b, uint8_t* out) { nf4_block_weighted<kGroup>(x + b, importance + b, mids, out); },
+          [&](int64_t b, int n, uint8_t* out) { reference::nf4_block(x + b, n, kGroup, importance + b, out); });
+    }
   });
 }
 

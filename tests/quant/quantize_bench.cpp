@@ -68,9 +68,10 @@ int main(int argc, char** argv) {
     int group;
     bool weighted;
   };
-  for (const Case c : {Case{DType::Q8, 0, false}, Case{DType::Q4, 32, false}, Case{DType::Q4, 128, false},
-                       Case{DType::Q4A, 32, false}, Case{DType::Q4A, 128, false}, Case{DType::NF4, 32, false},
-                       Case{DType::NF4, 64, false}, Case{DType::Q4, 32, true}, Case{DType::Q4, 128, true}}) {
+  for (const Case c :
+       {Case{DType::Q8, 0, false}, Case{DType::Q4, 32, false}, Case{DType::Q4, 128, false}, Case{DType::Q4A, 32, false},
+        Case{DType::Q4A, 128, false}, Case{DType::NF4, 32, false}, Case{DType::NF4, 64, false},
+        Case{DType::Q4, 32, true}, Case{DType::Q4, 128, true}, Case{DType::NF4, 64, true}}) {
     const auto& tr = tessera::quant::quant_traits(c.dtype);
     const size_t row_bytes = tessera::dtype_row_bytes(c.dtype, cols, c.group);
     std::vector<uint8_t> fast(row_bytes * rows), ref(row_bytes * rows);

@@ -159,8 +159,9 @@ TEST_F(QuantizeSimd, NonFiniteValues) {
   }
 }
 
-// Q4 with importance weights (activation-aware quantization): the 17-candidate search against the reference's.
-TEST_F(QuantizeSimd, Q4WithImportanceWeights) {
+// Q4 and NF4 with importance weights (activation-aware quantization): the 17- and 11-candidate searches against the
+// reference's.
+TEST_F(QuantizeSimd, Q4AndNf4WithImportanceWeights) {
   std::mt19937 rng(31);
   const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
   using WeightGen = std::function<float(std::mt19937&, int64_t)>;
@@ -173,30 +174,32 @@ TEST_F(QuantizeSimd, Q4WithImportanceWeights) {
       {"negative", [](std::mt19937& r, int64_t) { return r() % 40 == 0 ? -1.0f : 1.0f; }},
       {"non-finite", [&](std::mt19937& r, int64_t) { return r() % 60 == 0 ? (r() % 2 ? inf : nan) : 1.0f; }},
   };
-  for (const auto& [name, wgen] : weights) {
-    for (int group : {32, 64, 128}) {
-      for (int64_t cols : {1, 31, 32, 33, 128, 129, 300, 1024 + 7}) {
-        for (int r = 0; r < 12; ++r) {
-          std::vector<float> x(static_cast<size_t>(cols)), w(static_cast<size_t>(cols));
-          for (int64_t c = 0; c < cols; ++c) {
-            const float v = std::normal_distribution<float>(0.0f, 0.02f)(rng);
-            const unsigned k = rng() % 8;
-            // Gaussian with outliers; grid values; +-amax repeated (near-tied candidates).
-            x[static_cast<size_t>(c)] = r < 5    ? (rng() % 37 == 0 ? 20.0f * v : v)
-                                        : r == 5 ? 0.125f * static_cast<float>(static_cast<int>(rng() % 16) - 8)
-                                        : k == 0 ? 0.5f
-                                        : k == 1 ? -0.5f
-                                                 : 20.0f * v;
-            w[static_cast<size_t>(c)] = wgen(rng, c);
+  for (const Format& f : {kFormats[1], kFormats[3]}) {
+    for (const auto& [name, wgen] : weights) {
+      for (int group : {32, 64, 128}) {
+        for (int64_t cols : {1, 31, 32, 33, 128, 129, 300, 1024 + 7}) {
+          for (int r = 0; r < 12; ++r) {
+            std::vector<float> x(static_cast<size_t>(cols)), w(static_cast<size_t>(cols));
+            for (int64_t c = 0; c < cols; ++c) {
+              const float v = std::normal_distribution<float>(0.0f, 0.02f)(rng);
+              const unsigned k = rng() % 8;
+              // Gaussian with outliers; grid values; +-amax repeated (near-tied candidates).
+              x[static_cast<size_t>(c)] = r < 5    ? (rng() % 37 == 0 ? 20.0f * v : v)
+                                          : r == 5 ? 0.125f * static_cast<float>(static_cast<int>(rng() % 16) - 8)
+                                          : k == 0 ? 0.5f
+                                          : k == 1 ? -0.5f
+                                                   : 20.0f * v;
+              w[static_cast<size_t>(c)] = wgen(rng, c);
+            }
+            const size_t bytes = dtype_row_bytes(f.dtype, cols, group);
+            std::vector<uint8_t> ref(bytes, 0xAB), simd(bytes, 0xCD), fast(bytes, 0xEF);
+            const QuantTraits& tr = quant_traits(f.dtype);
+            tr.reference_quantize_row(x.data(), cols, group, w.data(), ref.data());
+            ASSERT_TRUE(f.simd(x.data(), cols, group, w.data(), simd.data()));
+            tr.quantize_row(x.data(), cols, group, w.data(), fast.data());
+            ASSERT_EQ(simd, ref) << tr.name << " " << name << " g" << group << " cols " << cols << " row " << r;
+            ASSERT_EQ(fast, ref) << tr.name << " " << name << " g" << group << " cols " << cols << " row " << r;
           }
-          const size_t bytes = dtype_row_bytes(DType::Q4, cols, group);
-          std::vector<uint8_t> ref(bytes, 0xAB), simd(bytes, 0xCD), fast(bytes, 0xEF);
-          const QuantTraits& tr = quant_traits(DType::Q4);
-          tr.reference_quantize_row(x.data(), cols, group, w.data(), ref.data());
-          ASSERT_TRUE(avx2::q4_quantize_row(x.data(), cols, group, w.data(), simd.data()));
-          tr.quantize_row(x.data(), cols, group, w.data(), fast.data());
-          ASSERT_EQ(simd, ref) << name << " g" << group << " cols " << cols << " row " << r;
-          ASSERT_EQ(fast, ref) << name << " g" << group << " cols " << cols << " row " << r;
         }
       }
     }
@@ -231,11 +234,10 @@ TEST_F(QuantizeSimd, UnknownGroupIsLeftToTheReference) {
   EXPECT_FALSE(avx2::q4_quantize_row(x.data(), 96, 48, nullptr, row.data()));
   EXPECT_FALSE(avx2::q4a_quantize_row(x.data(), 96, 48, nullptr, row.data()));
   EXPECT_FALSE(avx2::nf4_quantize_row(x.data(), 96, 48, nullptr, row.data()));
-  // Importance-weighted searches are the reference's, except Q4's.
+  // Importance-weighted searches are the reference's, except Q4's and NF4's.
   const std::vector<float> w(96, 1.0f);
   EXPECT_FALSE(avx2::q8_quantize_row(x.data(), 96, 0, w.data(), row.data()));
   EXPECT_FALSE(avx2::q4a_quantize_row(x.data(), 96, 32, w.data(), row.data()));
-  EXPECT_FALSE(avx2::nf4_quantize_row(x.data(), 96, 32, w.data(), row.data()));
   EXPECT_EQ(row, std::vector<uint8_t>(row.size(), 0x5A)) << "nothing written";
 }
 
