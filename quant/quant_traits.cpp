@@ -414,13 +414,18 @@ void nf4_dequantize_row(const void* row, int64_t cols, int group, float* out) {
   dequantize_scaled_nibbles(row, cols, group, out, [](int q) { return kNf4Levels[q]; });
 }
 
+// Whether the AVX2 quantizers (quantize_simd.h) may run here: the cpuid check, made once.
+bool simd_quantizers_usable() {
+  static const bool usable = cpu_features().has_avx2_fma();
+  return usable;
+}
+
 // The traits' quantize_row: the AVX2 twin of the reference (byte for byte the same rows) where the CPU has it and
 // the twin takes the case (it declines importance weights except for Q4 and NF4); the reference otherwise.
 using SimdRowFn = bool (*)(const float* x, int64_t cols, int group, const float* importance, void* row);
 template <QuantizeRowFn Reference, SimdRowFn Simd>
 void quantize_row_fast(const float* x, int64_t cols, int group, const float* importance, void* row) {
-  static const bool simd = cpu_features().has_avx2_fma();
-  if (simd && Simd(x, cols, group, importance, row)) return;
+  if (simd_quantizers_usable() && Simd(x, cols, group, importance, row)) return;
   Reference(x, cols, group, importance, row);
 }
 
@@ -482,8 +487,7 @@ void dequantize_matrix_row(const Matrix& w, int64_t r, float* out) {
 }
 
 void quantize_q8_row_with_amax(const float* x, int64_t cols, float amax, void* row) {
-  static const bool simd = cpu_features().has_avx2_fma();
-  if (simd) return avx2::q8_quantize_row_with_amax(x, cols, amax, row);
+  if (simd_quantizers_usable()) return avx2::q8_quantize_row_with_amax(x, cols, amax, row);
   reference::q8_row_with_amax(x, cols, amax, row);
 }
 

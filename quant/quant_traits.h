@@ -20,8 +20,8 @@ struct QuantTraits {
   bool grouped;  // needs a group size (Q4/Q4A/NF4)
   // Quantizes `cols` values into one stored row (dtype_row_bytes(dtype, cols, group) bytes), round to nearest.
   // `importance` (may be null): per-input weights for the scale search (used by activation-aware schemes).
-  // Without importance this is a SIMD twin of reference_quantize_row where the CPU has one (quantize_simd.h): the
-  // same bytes, faster.
+  // Where the CPU has one, this is a SIMD twin of reference_quantize_row (quantize_simd.h: round to nearest for
+  // every type, and the importance-weighted search for Q4 and NF4): the same bytes, faster.
   QuantizeRowFn quantize_row;
   // Expands a stored row back to `cols` floats.
   void (*dequantize_row)(const void* row, int64_t cols, int group, float* out);
