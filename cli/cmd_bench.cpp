@@ -117,21 +117,28 @@ json bench_one(const LoadedModel& loaded, int threads, const BenchOptions& o, do
   r["prefill"] = prefill;
 
   // Decode at batch 1 after a short prompt: every step reads all weights once. The logits' copy to the host ends
-  // each step, so a device backend has finished it when the clock is read.
+  // each step, so a device backend has finished it when the clock is read. With --repeats the same tokens are
+  // decoded again over the same cache positions and the fastest run is kept, as the read-bandwidth probe keeps its
+  // fastest pass: on a shared machine both then describe it when the neighbours are quiet.
   const int warm = 16, gen_tokens = o.gen_lens.front();
   KvCache cache = model.make_cache(warm + gen_tokens + 1);
   const std::vector<int> prompt = random_tokens(warm, c.vocab_size, 7);
   model.forward(prompt, 0, cache, LogitsMode::kLast, logits.data());
-  int token = host_argmax(logits);
-  const auto t0 = Clock::now();
-  for (int i = 0; i < gen_tokens; ++i) {
-    model.forward(std::span<const int>(&token, 1), warm + i, cache, LogitsMode::kLast, logits.data());
-    token = host_argmax(logits);
+  const int first_token = host_argmax(logits);
+  double s = 1e30;
+  for (int rep = 0; rep < o.repeats; ++rep) {
+    int token = first_token;
+    const auto t0 = Clock::now();
+    for (int i = 0; i < gen_tokens; ++i) {
+      model.forward(std::span<const int>(&token, 1), warm + i, cache, LogitsMode::kLast, logits.data());
+      token = host_argmax(logits);
+    }
+    s = std::min(s, seconds_since(t0));
   }
-  const double s = seconds_since(t0);
   const double tps = gen_tokens / s;
   const double bytes_per_token = static_cast<double>(m.weight_bytes());
   json d{{"tokens", gen_tokens},
+         {"repeats", o.repeats},
          {"tokens_per_s", tps},
          {"ms_per_token", 1e3 / tps},
          {"weight_bytes_per_token", bytes_per_token},
@@ -354,7 +361,7 @@ Command add_bench_command(CLI::App& app) {
       ->delimiter(',')
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
-  sub->add_option("--repeats", o->repeats, "Prefill repetitions (best is kept)")->capture_default_str();
+  sub->add_option("--repeats", o->repeats, "Repetitions of each prefill and of the decode run (the fastest of each is kept)")->capture_default_str();
   o->model.add_quant_options(*sub);
   o->device.add_to(*sub);
   sub->add_option("--json", o->json_path,

@@ -9,6 +9,7 @@
 
 #include "engine/backend/cpu/cpu_backend.h"
 #include "engine/core/check.h"
+#include "quant/awq_dots.h"
 #include "quant/quant_traits.h"
 #include "quant/shard_calibration.h"
 
@@ -17,17 +18,6 @@ namespace {
 
 size_t sz(int64_t v) {
   return static_cast<size_t>(v);
-}
-
-// Eight independent partial sums: the compiler turns this into SIMD without -ffast-math.
-float dot(const float* a, const float* b, int64_t n) {
-  float acc[8] = {};
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    for (int k = 0; k < 8; ++k) acc[k] += a[i + k] * b[i + k];
-  float s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-  for (; i < n; ++i) s += a[i] * b[i];
-  return s;
 }
 
 // Accumulates sums and a reservoir sample of the rows of every projection input of a shard's layers. Each input has
@@ -126,22 +116,39 @@ std::vector<int64_t> sample_rows(int64_t rows, int max_rows) {
   return idx;
 }
 
-// Squared output error of one row: sum_i (x_i . (W'_r - W_r))^2 with W'_r = decode(encode(w * s)) / s.
-double row_output_error(const float* w, int64_t cols, const QuantSpec& spec, const float* s, const float* importance,
-                        const float* x, int n, std::vector<float>& ws, std::vector<uint8_t>& enc,
-                        std::vector<float>& d) {
+// The row's quantization error in the input space it is measured in: d = decode(encode(w * s)) / s - w.
+void quantization_delta(const float* w, int64_t cols, const QuantSpec& spec, const float* s, const float* importance,
+                        std::vector<float>& ws, std::vector<uint8_t>& enc, float* d) {
   const DType dt = *spec.dtype;
   const int group = is_grouped(dt) ? spec.group : 0;
   for (int64_t c = 0; c < cols; ++c) ws[sz(c)] = s ? w[c] * s[c] : w[c];
   encode_row(ws.data(), cols, dt, group, importance, enc.data());
-  decode_row(enc.data(), cols, dt, group, d.data());
-  for (int64_t c = 0; c < cols; ++c) d[sz(c)] = (s ? d[sz(c)] / s[c] : d[sz(c)]) - w[c];
-  double err = 0.0;
+  decode_row(enc.data(), cols, dt, group, d);
+  for (int64_t c = 0; c < cols; ++c) d[c] = (s ? d[c] / s[c] : d[c]) - w[c];
+}
+
+// Rows whose output errors are measured together: up to kRowsPerPass deltas against each activation row.
+constexpr int kRowsPerPass = kMaxDotRows;
+
+struct RowBatch {
+  explicit RowBatch(int64_t cols) : ws(sz(cols)), deltas(sz(kRowsPerPass) * sz(cols)) {}
+  float* delta(int r) { return deltas.data() + sz(r) * (deltas.size() / kRowsPerPass); }
+  std::vector<float> ws;
+  std::vector<uint8_t> enc;
+  std::vector<float> deltas;
+};
+
+// Squared output error of each of the first `count` deltas of `batch`: sum_i (x_i . d)^2 over the n rows of x.
+void output_errors(RowBatch& batch, int count, int64_t cols, const float* x, int n, double* errs) {
+  const float* d[kRowsPerPass];
+  for (int r = 0; r < kRowsPerPass; ++r) d[r] = batch.delta(r < count ? r : 0);
+  double err[kRowsPerPass] = {};
+  float y[kRowsPerPass];
   for (int i = 0; i < n; ++i) {
-    const double y = dot(x + sz(i) * sz(cols), d.data(), cols);
-    err += y * y;
+    lane8_dots(x + sz(i) * sz(cols), d, count, cols, y);
+    for (int r = 0; r < count; ++r) err[r] += static_cast<double>(y[r]) * y[r];
   }
-  return err;
+  for (int r = 0; r < count; ++r) errs[r] = err[r];
 }
 
 }  // namespace
@@ -304,14 +311,20 @@ AwqSearchResult search_scales(std::span<const AwqMember> members, const InputSta
   for (float alpha : alphas) {
     std::vector<float> s = scales_for_alpha(magnitudes, alpha);
     for (int64_t c = 0; c < cols; ++c) importance[sz(c)] = stats.mean_sq[sz(c)] / (s[sz(c)] * s[sz(c)]);
-    pool.parallel_for(static_cast<int64_t>(rows.size()), 1, [&](int64_t b, int64_t e) {
-      std::vector<float> ws(sz(cols)), d(sz(cols));
-      std::vector<uint8_t> enc;
-      for (int64_t i = b; i < e; ++i) {
-        const Row& row = rows[sz(i)];
-        const QuantSpec& spec = members[row.member].spec;
-        enc.resize(dtype_row_bytes(*spec.dtype, cols, spec.group));
-        errs[sz(i)] = row_output_error(row.w.data(), cols, spec, s.data(), importance.data(), x, n, ws, enc, d);
+    const int64_t passes = (static_cast<int64_t>(rows.size()) + kRowsPerPass - 1) / kRowsPerPass;
+    pool.parallel_for(passes, 1, [&](int64_t b, int64_t e) {
+      RowBatch batch(cols);
+      for (int64_t p = b; p < e; ++p) {
+        const int64_t first = p * kRowsPerPass;
+        const int count = static_cast<int>(std::min<int64_t>(kRowsPerPass, static_cast<int64_t>(rows.size()) - first));
+        for (int r = 0; r < count; ++r) {
+          const Row& row = rows[sz(first + r)];
+          const QuantSpec& spec = members[row.member].spec;
+          batch.enc.resize(dtype_row_bytes(*spec.dtype, cols, spec.group));
+          quantization_delta(row.w.data(), cols, spec, s.data(), importance.data(), batch.ws, batch.enc,
+                             batch.delta(r));
+        }
+        output_errors(batch, count, cols, x, n, errs.data() + first);
       }
     });
     double total = 0.0;
@@ -354,13 +367,20 @@ double output_error(const Matrix& w, const QuantSpec& spec, std::span<const floa
   TESSERA_CHECK(scale.empty() || scale.size() == sz(cols));
   TESSERA_CHECK(importance.empty() || importance.size() == sz(cols));
   std::vector<double> errs(sz(w.rows));
-  pool.parallel_for(w.rows, 1, [&](int64_t b, int64_t e) {
-    std::vector<float> row(sz(cols)), ws(sz(cols)), d(sz(cols));
-    std::vector<uint8_t> enc(dtype_row_bytes(*spec.dtype, cols, spec.group));
-    for (int64_t r = b; r < e; ++r) {
-      dequantize_matrix_row(w, r, row.data());
-      errs[sz(r)] = row_output_error(row.data(), cols, spec, scale.empty() ? nullptr : scale.data(),
-                                     importance.empty() ? nullptr : importance.data(), x, n, ws, enc, d);
+  const int64_t passes = (w.rows + kRowsPerPass - 1) / kRowsPerPass;
+  pool.parallel_for(passes, 1, [&](int64_t b, int64_t e) {
+    RowBatch batch(cols);
+    batch.enc.resize(dtype_row_bytes(*spec.dtype, cols, spec.group));
+    std::vector<float> row(sz(cols));
+    for (int64_t p = b; p < e; ++p) {
+      const int64_t first = p * kRowsPerPass;
+      const int count = static_cast<int>(std::min<int64_t>(kRowsPerPass, w.rows - first));
+      for (int r = 0; r < count; ++r) {
+        dequantize_matrix_row(w, first + r, row.data());
+        quantization_delta(row.data(), cols, spec, scale.empty() ? nullptr : scale.data(),
+                           importance.empty() ? nullptr : importance.data(), batch.ws, batch.enc, batch.delta(r));
+      }
+      output_errors(batch, count, cols, x, n, errs.data() + first);
     }
   });
   double total = 0.0;
