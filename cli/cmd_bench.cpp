@@ -361,7 +361,9 @@ Command add_bench_command(CLI::App& app) {
       ->delimiter(',')
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
-  sub->add_option("--repeats", o->repeats, "Repetitions of each prefill and of the decode run (the fastest of each is kept)")->capture_default_str();
+  sub->add_option("--repeats", o->repeats,
+                  "Repetitions of each prefill and of the decode run (the fastest of each is kept)")
+      ->capture_default_str();
   o->model.add_quant_options(*sub);
   o->device.add_to(*sub);
   sub->add_option("--json", o->json_path,
