@@ -109,6 +109,44 @@ TEST(MatmulRows, FusedSiluMulEachRowAsIfAlone) {
   }
 }
 
+// Weights the CPU backend keeps in its panel layout (Q4/Q4A after upload): a single x row is decoded over several
+// streams of panels (Kernels::qdot_panel4 where the set has it), several rows a panel at a time. Both must give the
+// same bits, for row counts that leave panels over after the streams' split (and a last panel cut short).
+TEST(MatmulRows, PanelLayoutRowsAsIfAlone) {
+  std::mt19937 rng(33);
+  for (auto& be : backends()) {
+    be->set_activation_quant(ActQuant::kNone);
+    be->set_bf16_activations(false);
+    for (DType t : {DType::Q4, DType::Q4A}) {
+      for (int g : {32, 128}) {
+        const WeightCase c{t, g, ActQuant::kNone};
+        for (int64_t rows : {8, 44, 264, 1000}) {
+          const int64_t cols = 256;
+          const OwnedMatrix host = weights(rng, c, rows, cols), host_up = weights(rng, c, rows, cols);
+          const Matrix w = be->upload(host.m), up = be->upload(host_up.m);
+          ASSERT_EQ(w.layout, MatrixLayout::kPanels8);
+          const auto bias = test::random_vec(rng, static_cast<size_t>(rows));
+          const int n = 3;
+          SCOPED_TRACE(::testing::Message() << be->name() << " " << dtype_name(t) << " g" << g << " rows " << rows);
+          const auto x = test::random_vec(rng, static_cast<size_t>(n * cols));
+          std::vector<float> got = test::poisoned(static_cast<size_t>(n * rows)), one(static_cast<size_t>(rows));
+          be->matmul_rows(x.data(), n, w, bias.data(), got.data());
+          std::vector<float> fused = test::poisoned(static_cast<size_t>(n * rows));
+          be->matmul_silu_mul_rows(x.data(), n, w, up, fused.data());
+          for (int i = 0; i < n; ++i) {
+            test::poison(one);
+            be->matmul(x.data() + i * cols, 1, w, bias.data(), one.data());
+            ASSERT_TRUE(same_bits(got.data() + i * rows, one.data(), one.size())) << "matmul, row " << i;
+            test::poison(one);
+            be->matmul_silu_mul(x.data() + i * cols, 1, w, up, one.data());
+            ASSERT_TRUE(same_bits(fused.data() + i * rows, one.data(), one.size())) << "silu_mul, row " << i;
+          }
+        }
+      }
+    }
+  }
+}
+
 // Under bf16 activations the prefill ops (matmul, matmul_silu_mul with many rows) give every row its single-row
 // bits too: a bf16-rounded activation would turn a GEMM-vs-decode last-bit difference into a bf16 step, so a
 // sequence's output would depend on how it was chunked or whether it was recomputed after preemption.

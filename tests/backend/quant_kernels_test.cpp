@@ -763,6 +763,37 @@ TEST_F(Avx512KernelTest, Q4PanelDecodeBitIdenticalToAvx2) {
   }
 }
 
+// The four-panel form: four different panels (four matrices) against one x give, panel by panel, the one-panel
+// kernel's floats, so batch-1 decode over four streams changes no output.
+TEST_F(Avx512KernelTest, Q4FourPanelDecodeBitIdenticalToOnePanel) {
+  ThreadPool pool(1);
+  for (DType t : {DType::Q4, DType::Q4A}) {
+    const int dt = static_cast<int>(t);
+    ASSERT_NE(avx512_.qdot_panel4[dt], nullptr);
+    for (int g : quant::kGroupSizes) {
+      for (int cols : {1, 33, 100, 257, 2048}) {
+        std::vector<PanelCase> pcs;
+        for (int s = 0; s < 4; ++s) pcs.push_back(panel_case(rng_, pool, t, cols, g));
+        const std::vector<quant::BlockQ8Act>& xq = pcs[0].xq;
+        std::vector<std::vector<float>> four(4, std::vector<float>(8, std::nanf("")));
+        const void* panels[4];
+        float* outs[4];
+        for (int s = 0; s < 4; ++s) {
+          panels[s] = pcs[static_cast<size_t>(s)].p.data;
+          outs[s] = four[static_cast<size_t>(s)].data();
+        }
+        avx512_.qdot_panel4[dt](xq.data(), panels, cols, g, outs);
+        for (int s = 0; s < 4; ++s) {
+          std::vector<float> one(8, std::nanf(""));
+          avx512_.qdot_panel[dt](xq.data(), panels[s], cols, g, one.data());
+          EXPECT_EQ(four[static_cast<size_t>(s)], one)
+              << dtype_name(t) << " g=" << g << " cols=" << cols << " panel " << s;
+        }
+      }
+    }
+  }
+}
+
 // The AVX-512 set keeps its own activation and panel formats (vpdpbusd: unsigned activations, int8 quads and
 // column sums), so its pieces are checked together: expand + pack + tile must give the AVX2 pieces' floats exactly,
 // for ragged row counts and columns, packs split over k like the driver's, and the two half-width packs the fused

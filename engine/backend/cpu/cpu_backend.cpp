@@ -264,6 +264,25 @@ void for_each_panel(ThreadPool& pool, int64_t rows, int n, const Visit& visit) {
   });
 }
 
+// Batch-1 decode over panel-layout weights, S panels at a time: each thread's contiguous panel range is cut into S
+// equal parts walked in lockstep, visit(q) getting S panel indices (q[s] in part s), then single(q) for the panels
+// left over. The parts are S sequential read streams for the kernels' multi-panel forms (Kernels::qdot_panel4).
+template <int S, typename VisitS, typename Visit1>
+void for_each_panel_streams(ThreadPool& pool, int64_t rows, const VisitS& visit, const Visit1& single) {
+  const int64_t panels = (rows + cpu::kPanelRows - 1) / cpu::kPanelRows;
+  const int n_slots = static_cast<int>(std::min<int64_t>(pool.size(), panels));
+  for_each_slot(pool, n_slots, [&](int t) {
+    const Range p = split(panels, t, n_slots);
+    const int64_t part = (p.end - p.begin) / S;
+    int64_t q[S];
+    for (int64_t j = 0; j < part; ++j) {
+      for (int s = 0; s < S; ++s) q[s] = p.begin + s * part + j;
+      visit(q);
+    }
+    for (int64_t r = p.begin + S * part; r < p.end; ++r) single(r);
+  });
+}
+
 // GEMM packing of weight rows [r0, r0 + nr) (nr <= width), columns [k0, k0 + kc), into panel columns [0, width):
 // canonical rows through Kernels::pack, panel-layout ones (r0 a multiple of 8) a panel at a time. Both zero the
 // columns past nr.
@@ -581,14 +600,36 @@ void CpuBackend::matmul_impl(const float* x, int n, const Matrix& w, const float
   if (is_grouped(w.dtype)) TESSERA_CHECK_MSG(w.group == 32 || w.group == 64 || w.group == 128, "bad quant group");
   if (rowwise && w.layout == MatrixLayout::kPanels8) {
     const auto dot = panel_dots(pool_, k, impl_->act, x, n, w);
-    for_each_panel(pool_, w.rows, n, [&](int64_t q, int i) {
+    const auto put = [&](int64_t q, int i, const float* out) {
       const int64_t r0 = q * cpu::kPanelRows;
-      float out[cpu::kPanelRows];
-      dot(i, w.row(r0), out);
       float* yi = y + i * w.rows;
       for (int64_t j = 0; j < cpu::kPanelRows && r0 + j < w.rows; ++j)
         yi[r0 + j] = bias != nullptr ? out[j] + bias[r0 + j] : out[j];
-    });
+    };
+    const auto one = [&](int64_t q, int i) {
+      float out[cpu::kPanelRows];
+      dot(i, w.row(q * cpu::kPanelRows), out);
+      put(q, i, out);
+    };
+    const auto dot4 = k.qdot_panel4[static_cast<int>(w.dtype)];
+    if (n == 1 && dot4 != nullptr) {
+      for_each_panel_streams<4>(
+          pool_, w.rows,
+          [&](const int64_t* q) {
+            float out[4][cpu::kPanelRows];
+            const void* panels[4];
+            float* outs[4];
+            for (int s = 0; s < 4; ++s) {
+              panels[s] = w.row(q[s] * cpu::kPanelRows);
+              outs[s] = out[s];
+            }
+            dot4(impl_->act.q.data(), panels, w.cols, w.group, outs);
+            for (int s = 0; s < 4; ++s) put(q[s], 0, out[s]);
+          },
+          [&](int64_t q) { one(q, 0); });
+      return;
+    }
+    for_each_panel(pool_, w.rows, n, one);
     return;
   }
   if (rowwise) {
@@ -761,14 +802,35 @@ void CpuBackend::matmul_silu_mul_impl(const float* x, int n, const Matrix& gate,
   if (rowwise && gate.layout == MatrixLayout::kPanels8) {
     const auto dot = panel_dots(pool_, k, impl_->act, x, n, gate);
     const int64_t hidden = gate.rows;
-    for_each_panel(pool_, hidden, n, [&](int64_t q, int i) {
+    const auto put = [&](int64_t q, int i, const float* g, const float* u) {
       const int64_t h0 = q * cpu::kPanelRows;
-      float g[cpu::kPanelRows], u[cpu::kPanelRows];
-      dot(i, gate.row(h0), g);
-      dot(i, up.row(h0), u);
       float* oi = out + i * hidden;
       for (int64_t j = 0; j < cpu::kPanelRows && h0 + j < hidden; ++j) oi[h0 + j] = silu_mul(g[j], u[j]);
-    });
+    };
+    const auto one = [&](int64_t q, int i) {
+      float g[cpu::kPanelRows], u[cpu::kPanelRows];
+      dot(i, gate.row(q * cpu::kPanelRows), g);
+      dot(i, up.row(q * cpu::kPanelRows), u);
+      put(q, i, g, u);
+    };
+    const auto dot4 = k.qdot_panel4[static_cast<int>(gate.dtype)];
+    if (n == 1 && dot4 != nullptr) {
+      // Two parts of the range, each read from gate and from up: four streams.
+      for_each_panel_streams<2>(
+          pool_, hidden,
+          [&](const int64_t* q) {
+            float res[4][cpu::kPanelRows];
+            const void* panels[4] = {gate.row(q[0] * cpu::kPanelRows), up.row(q[0] * cpu::kPanelRows),
+                                     gate.row(q[1] * cpu::kPanelRows), up.row(q[1] * cpu::kPanelRows)};
+            float* outs[4] = {res[0], res[1], res[2], res[3]};
+            dot4(impl_->act.q.data(), panels, gate.cols, gate.group, outs);
+            put(q[0], 0, res[0], res[1]);
+            put(q[1], 0, res[2], res[3]);
+          },
+          [&](int64_t q) { one(q, 0); });
+      return;
+    }
+    for_each_panel(pool_, hidden, n, one);
     return;
   }
   if (rowwise) {

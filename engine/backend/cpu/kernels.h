@@ -127,6 +127,11 @@ struct Kernels {
   // blocks), out[j] for j < 8. Per row the arithmetic of the dtype's canonical kernels of the same set (the AVX2
   // one: qdot8's for 32-value groups), so the layouts agree to float rounding. Entries for Q4 and Q4A.
   void (*qdot_panel[kNumDtypes])(const quant::BlockQ8Act* x, const void* panel, int64_t cols, int group, float* out);
+  // Four panels (of one matrix or of several of the same shape) against the same x: out[k][j] = qdot_panel's
+  // out[j] for panels[k], bit for bit. Sets whose single stream falls short of the memory bandwidth at one thread
+  // have it (the AVX-512 one); null elsewhere, where drivers call qdot_panel per panel.
+  void (*qdot_panel4[kNumDtypes])(const quant::BlockQ8Act* x, const void* const* panels, int64_t cols, int group,
+                                  float* const* out);
   // Kernels::pack from a panel: panel_out[k*kGemmNR + j] = fp32(row j, column k0 + k) for j < 8, k < kc, bit for
   // bit the canonical dequantization. k0 is a multiple of `group`. Entries for Q4 and Q4A.
   void (*pack_panel[kNumDtypes])(const void* panel, int group, int64_t k0, int64_t kc, float* panel_out);
