@@ -123,6 +123,37 @@ PanelCase panel_case(std::mt19937& rng, ThreadPool& pool, DType t, int cols, int
   return c;
 }
 
+// The four-panel form of a kernel set: four different panels (four matrices) against one x give, panel by panel,
+// the set's one-panel floats, so batch-1 decode over four streams changes no output.
+void expect_four_panels_match_one(const cpu::Kernels& k, std::mt19937& rng) {
+  ThreadPool pool(1);
+  for (DType t : {DType::Q4, DType::Q4A}) {
+    const int dt = static_cast<int>(t);
+    ASSERT_NE(k.qdot_panel4[dt], nullptr);
+    for (int g : quant::kGroupSizes) {
+      for (int cols : {1, 33, 100, 257, 2048}) {
+        std::vector<PanelCase> pcs;
+        for (int s = 0; s < 4; ++s) pcs.push_back(panel_case(rng, pool, t, cols, g));
+        const std::vector<quant::BlockQ8Act>& xq = pcs[0].xq;
+        std::vector<std::vector<float>> four(4, std::vector<float>(8, std::nanf("")));
+        const void* panels[4];
+        float* outs[4];
+        for (int s = 0; s < 4; ++s) {
+          panels[s] = pcs[static_cast<size_t>(s)].p.data;
+          outs[s] = four[static_cast<size_t>(s)].data();
+        }
+        k.qdot_panel4[dt](xq.data(), panels, cols, g, outs);
+        for (int s = 0; s < 4; ++s) {
+          std::vector<float> one(8, std::nanf(""));
+          k.qdot_panel[dt](xq.data(), panels[s], cols, g, one.data());
+          EXPECT_EQ(four[static_cast<size_t>(s)], one)
+              << dtype_name(t) << " g=" << g << " cols=" << cols << " panel " << s;
+        }
+      }
+    }
+  }
+}
+
 // kGemmI8MR random activation rows of `cols` values, quantized and expanded for the integer GEMM by two kernel sets,
 // each into its own storage: a / b hold kp values per row, sa / sb `blocks` scales per row.
 struct ExpandedActs {
@@ -534,6 +565,10 @@ TEST_F(QuantKernelTest, PanelRepackPlacesEveryValue) {
   }
 }
 
+TEST_F(QuantKernelTest, Q4FourPanelDecodeBitIdenticalToOnePanel) {
+  expect_four_panels_match_one(avx2_, rng_);
+}
+
 // qdot_panel and pack_panel: AVX2 against portable, and against the canonical kernels on the same rows.
 TEST_F(QuantKernelTest, PanelKernelsMatchPortable) {
   ThreadPool pool(1);
@@ -763,35 +798,8 @@ TEST_F(Avx512KernelTest, Q4PanelDecodeBitIdenticalToAvx2) {
   }
 }
 
-// The four-panel form: four different panels (four matrices) against one x give, panel by panel, the one-panel
-// kernel's floats, so batch-1 decode over four streams changes no output.
 TEST_F(Avx512KernelTest, Q4FourPanelDecodeBitIdenticalToOnePanel) {
-  ThreadPool pool(1);
-  for (DType t : {DType::Q4, DType::Q4A}) {
-    const int dt = static_cast<int>(t);
-    ASSERT_NE(avx512_.qdot_panel4[dt], nullptr);
-    for (int g : quant::kGroupSizes) {
-      for (int cols : {1, 33, 100, 257, 2048}) {
-        std::vector<PanelCase> pcs;
-        for (int s = 0; s < 4; ++s) pcs.push_back(panel_case(rng_, pool, t, cols, g));
-        const std::vector<quant::BlockQ8Act>& xq = pcs[0].xq;
-        std::vector<std::vector<float>> four(4, std::vector<float>(8, std::nanf("")));
-        const void* panels[4];
-        float* outs[4];
-        for (int s = 0; s < 4; ++s) {
-          panels[s] = pcs[static_cast<size_t>(s)].p.data;
-          outs[s] = four[static_cast<size_t>(s)].data();
-        }
-        avx512_.qdot_panel4[dt](xq.data(), panels, cols, g, outs);
-        for (int s = 0; s < 4; ++s) {
-          std::vector<float> one(8, std::nanf(""));
-          avx512_.qdot_panel[dt](xq.data(), panels[s], cols, g, one.data());
-          EXPECT_EQ(four[static_cast<size_t>(s)], one)
-              << dtype_name(t) << " g=" << g << " cols=" << cols << " panel " << s;
-        }
-      }
-    }
-  }
+  expect_four_panels_match_one(avx512_, rng_);
 }
 
 // The AVX-512 set keeps its own activation and panel formats (vpdpbusd: unsigned activations, int8 quads and

@@ -128,8 +128,9 @@ struct Kernels {
   // one: qdot8's for 32-value groups), so the layouts agree to float rounding. Entries for Q4 and Q4A.
   void (*qdot_panel[kNumDtypes])(const quant::BlockQ8Act* x, const void* panel, int64_t cols, int group, float* out);
   // Four panels (of one matrix or of several of the same shape) against the same x: out[k][j] = qdot_panel's
-  // out[j] for panels[k], bit for bit. Sets whose single stream falls short of the memory bandwidth at one thread
-  // have it (the AVX-512 one); null elsewhere, where drivers call qdot_panel per panel.
+  // out[j] for panels[k], bit for bit, walked in lockstep so that batch-1 decode reads four streams (one stream kept
+  // too few cache misses in flight to reach the memory bandwidth at one thread). The AVX2 and AVX-512 sets have it;
+  // null in the portable set, where drivers call qdot_panel per panel. Entries for Q4 and Q4A.
   void (*qdot_panel4[kNumDtypes])(const quant::BlockQ8Act* x, const void* const* panels, int64_t cols, int group,
                                   float* const* out);
   // Kernels::pack from a panel: panel_out[k*kGemmNR + j] = fp32(row j, column k0 + k) for j < 8, k < kc, bit for

@@ -548,9 +548,11 @@ void qdot8_grouped(const BlockQ8Act* x, const void* const* rows, const void* con
 
 template <int DT>
 constexpr int64_t kPanelHdr = DT == kQ4A ? 32 : 16;
-// One stream, prefetched further ahead than the row kernels' eight: 1.1B int4:g32 decode at 1 thread, two
-// alternating runs each (a noisy VM): 768 bytes 25.7 tok/s, 2048 28.4, 4096 28.5, no prefetch 24.2.
-constexpr int64_t kPanelPrefetchBytes = 2048;
+// How far ahead of the codes being read each stream prefetches. One stream, further ahead than the row kernels'
+// eight: 1.1B int4:g32 decode at 1 thread, two alternating runs each (a noisy Zen 3 VM): 768 bytes 25.7 tok/s, 2048
+// 28.4, 4096 28.5, no prefetch 24.2. Four streams (qdot_panel4), on the Intel VM (TESSERA_CPU_FEATURES=avx2), four
+// alternating runs: 512 bytes each 18.2-20.7 tok/s, 2048 each 18.7-22.2 (one stream of 2048: 16.3-18.3).
+constexpr int64_t kPanelPrefetchBytes = 2048;  // per stream, whatever the number of streams
 static_assert(kPanelHdr<kQ4> == panel_header_bytes(DType::Q4) && kPanelHdr<kQ4A> == panel_header_bytes(DType::Q4A));
 static_assert(panel_code_pos(DType::Q4, 64, 3, 64 + 32 + 13).byte == (16 + 4 * 64) + 16 + 128 + 32 + 12 + 1);
 
@@ -564,53 +566,71 @@ inline __m256i broadcast_i32(const int8_t* p) {
 // row per nibble half; vpmaddubsw against a broadcast of those four activations leaves per row two int16 pair sums,
 // eight of which add up in int16 (at most 8 * 2 * 15 * 127 = 30480) before one vpmaddwd makes the row's int32 sum,
 // already one per lane: no folding across rows. The float part is qdot8_g32's: acc += i * (d * s), corr += c * sum.
-template <int DT, int G>
-void qdot_panel_g(const BlockQ8Act* x, const void* panel, int64_t cols, float* out) {
+// K panels are walked in lockstep (K sequential read streams, for qdot_panel4), each with the one-panel arithmetic.
+template <int DT, int G, int K>
+void qdot_panels_g(const BlockQ8Act* x, const void* const* panels, int64_t cols, float* const* out) {
   constexpr int64_t kHdr = kPanelHdr<DT>;
   constexpr int64_t kGroupBytes = kHdr + 4 * G;
   constexpr int kPer = G / 32;
-  const auto* p = static_cast<const uint8_t*>(panel);
+  const uint8_t* p[K];
+  for (int k = 0; k < K; ++k) p[k] = static_cast<const uint8_t*>(panels[k]);
   const int64_t act_blocks = (cols + 31) / 32;
   const __m256i mask = _mm256_set1_epi8(0x0f);
-  __m256 acc = _mm256_setzero_ps(), corr = acc;
-  for (int64_t b0 = 0; b0 < act_blocks; b0 += kPer, p += kGroupBytes) {
-    const __m256 d8 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-    __m256 c8 = d8;
-    if constexpr (DT == kQ4A) c8 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16)));
+  __m256 acc[K], corr[K];
+  for (int k = 0; k < K; ++k) acc[k] = corr[k] = _mm256_setzero_ps();
+  for (int64_t b0 = 0; b0 < act_blocks; b0 += kPer) {
+    __m256 d8[K], c8[K];
+    for (int k = 0; k < K; ++k) {
+      d8[k] = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p[k])));
+      c8[k] = d8[k];
+      if constexpr (DT == kQ4A) c8[k] = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p[k] + 16)));
+    }
     const int per = static_cast<int>(min64(kPer, act_blocks - b0));
     for (int t = 0; t < per; ++t) {
       const BlockQ8Act& xb = x[b0 + t];
-      const uint8_t* codes = p + kHdr + 128 * t;
-      _mm_prefetch(reinterpret_cast<const char*>(codes + kPanelPrefetchBytes), _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(codes + kPanelPrefetchBytes + 64), _MM_HINT_T0);
-      __m256i s0 = _mm256_setzero_si256(), s1 = s0;
 #pragma GCC unroll 4
-      for (int c = 0; c < 4; ++c) {
-        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + 32 * c));
-        const __m256i lo = _mm256_and_si256(v, mask);
-        const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
-        s0 = _mm256_add_epi16(s0, _mm256_maddubs_epi16(lo, broadcast_i32(xb.q + 8 * c)));
-        s1 = _mm256_add_epi16(s1, _mm256_maddubs_epi16(hi, broadcast_i32(xb.q + 8 * c + 4)));
+      for (int k = 0; k < K; ++k) {
+        const uint8_t* codes = p[k] + kHdr + 128 * t;
+        _mm_prefetch(reinterpret_cast<const char*>(codes + kPanelPrefetchBytes), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(codes + kPanelPrefetchBytes + 64), _MM_HINT_T0);
+        __m256i s0 = _mm256_setzero_si256(), s1 = s0;
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; ++c) {
+          const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + 32 * c));
+          const __m256i lo = _mm256_and_si256(v, mask);
+          const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
+          s0 = _mm256_add_epi16(s0, _mm256_maddubs_epi16(lo, broadcast_i32(xb.q + 8 * c)));
+          s1 = _mm256_add_epi16(s1, _mm256_maddubs_epi16(hi, broadcast_i32(xb.q + 8 * c + 4)));
+        }
+        const __m256i i8 = _mm256_madd_epi16(_mm256_add_epi16(s0, s1), _mm256_set1_epi16(1));
+        acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i8), _mm256_mul_ps(d8[k], _mm256_set1_ps(xb.scale)), acc[k]);
+        corr[k] = _mm256_fmadd_ps(c8[k], _mm256_set1_ps(xb.sum), corr[k]);
       }
-      const __m256i i8 = _mm256_madd_epi16(_mm256_add_epi16(s0, s1), _mm256_set1_epi16(1));
-      acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i8), _mm256_mul_ps(d8, _mm256_set1_ps(xb.scale)), acc);
-      corr = _mm256_fmadd_ps(c8, _mm256_set1_ps(xb.sum), corr);
     }
+    for (int k = 0; k < K; ++k) p[k] += kGroupBytes;
   }
-  const __m256 v = DT == kQ4 ? _mm256_fnmadd_ps(_mm256_set1_ps(8.0f), corr, acc) : _mm256_add_ps(acc, corr);
-  _mm256_storeu_ps(out, v);
+  for (int k = 0; k < K; ++k) {
+    const __m256 v =
+        DT == kQ4 ? _mm256_fnmadd_ps(_mm256_set1_ps(8.0f), corr[k], acc[k]) : _mm256_add_ps(acc[k], corr[k]);
+    _mm256_storeu_ps(out[k], v);
+  }
+}
+
+template <int DT, int K>
+void qdot_panels(const BlockQ8Act* x, const void* const* panels, int64_t cols, int group, float* const* out) {
+  switch (group) {
+    case 32:
+      return qdot_panels_g<DT, 32, K>(x, panels, cols, out);
+    case 64:
+      return qdot_panels_g<DT, 64, K>(x, panels, cols, out);
+    default:
+      return qdot_panels_g<DT, 128, K>(x, panels, cols, out);
+  }
 }
 
 template <int DT>
 void qdot_panel(const BlockQ8Act* x, const void* panel, int64_t cols, int group, float* out) {
-  switch (group) {
-    case 32:
-      return qdot_panel_g<DT, 32>(x, panel, cols, out);
-    case 64:
-      return qdot_panel_g<DT, 64>(x, panel, cols, out);
-    default:
-      return qdot_panel_g<DT, 128>(x, panel, cols, out);
-  }
+  qdot_panels<DT, 1>(x, &panel, cols, group, &out);
 }
 
 // GEMM packing from a panel. Per 32 columns: each 32-byte load of codes, split into nibbles, is reordered in lane
@@ -960,6 +980,8 @@ void add_quant_avx2_kernels(Kernels& k) {
   k.qdot8[kQ4A] = qdot8_grouped<kQ4A>;
   k.qdot_panel[kQ4] = qdot_panel<kQ4>;
   k.qdot_panel[kQ4A] = qdot_panel<kQ4A>;
+  k.qdot_panel4[kQ4] = qdot_panels<kQ4, 4>;
+  k.qdot_panel4[kQ4A] = qdot_panels<kQ4A, 4>;
   k.pack_panel[kQ4] = pack_panel<kQ4>;
   k.pack_panel[kQ4A] = pack_panel<kQ4A>;
   k.qdot1[kNF4] = qdot1_grouped<kNF4>;
