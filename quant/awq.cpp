@@ -131,24 +131,40 @@ void quantization_delta(const float* w, int64_t cols, const QuantSpec& spec, con
 constexpr int kRowsPerPass = kMaxDotRows;
 
 struct RowBatch {
-  explicit RowBatch(int64_t cols) : ws(sz(cols)), deltas(sz(kRowsPerPass) * sz(cols)) {}
-  float* delta(int r) { return deltas.data() + sz(r) * (deltas.size() / kRowsPerPass); }
+  explicit RowBatch(int64_t cols) : cols(cols), ws(sz(cols)), deltas(sz(kRowsPerPass) * sz(cols)) {}
+  float* delta(int r) { return deltas.data() + sz(r) * sz(cols); }
+  int64_t cols;
   std::vector<float> ws;
   std::vector<uint8_t> enc;
   std::vector<float> deltas;
+  std::vector<float> weight_row;  // a caller's scratch for the row it measures
 };
 
-// Squared output error of each of the first `count` deltas of `batch`: sum_i (x_i . d)^2 over the n rows of x.
-void output_errors(RowBatch& batch, int count, int64_t cols, const float* x, int n, double* errs) {
-  const float* d[kRowsPerPass];
-  for (int r = 0; r < kRowsPerPass; ++r) d[r] = batch.delta(r < count ? r : 0);
-  double err[kRowsPerPass] = {};
-  float y[kRowsPerPass];
-  for (int i = 0; i < n; ++i) {
-    lane8_dots(x + sz(i) * sz(cols), d, count, cols, y);
-    for (int r = 0; r < count; ++r) err[r] += static_cast<double>(y[r]) * y[r];
-  }
-  for (int r = 0; r < count; ++r) errs[r] = err[r];
+// errs[r] = sum_i (x_i . d_r)^2 over the n rows of x, for each of `rows` rows whose delta d_r
+// fill(r, batch, slot) writes into batch.delta(slot). The rows are split over the pool in passes of kRowsPerPass.
+template <typename Fill>
+void output_errors(ThreadPool& pool, int64_t rows, int64_t cols, const float* x, int n, double* errs,
+                   const Fill& fill) {
+  const int64_t passes = (rows + kRowsPerPass - 1) / kRowsPerPass;
+  pool.parallel_for(passes, 1, [&](int64_t b, int64_t e) {
+    RowBatch batch(cols);
+    for (int64_t p = b; p < e; ++p) {
+      const int64_t first = p * kRowsPerPass;
+      const int count = static_cast<int>(std::min<int64_t>(kRowsPerPass, rows - first));
+      const float* d[kRowsPerPass];
+      for (int r = 0; r < count; ++r) {
+        fill(first + r, batch, r);
+        d[r] = batch.delta(r);
+      }
+      double err[kRowsPerPass] = {};
+      float y[kRowsPerPass];
+      for (int i = 0; i < n; ++i) {
+        lane8_dots(x + sz(i) * sz(cols), d, count, cols, y);
+        for (int r = 0; r < count; ++r) err[r] += static_cast<double>(y[r]) * y[r];
+      }
+      for (int r = 0; r < count; ++r) errs[first + r] = err[r];
+    }
+  });
 }
 
 }  // namespace
@@ -311,22 +327,14 @@ AwqSearchResult search_scales(std::span<const AwqMember> members, const InputSta
   for (float alpha : alphas) {
     std::vector<float> s = scales_for_alpha(magnitudes, alpha);
     for (int64_t c = 0; c < cols; ++c) importance[sz(c)] = stats.mean_sq[sz(c)] / (s[sz(c)] * s[sz(c)]);
-    const int64_t passes = (static_cast<int64_t>(rows.size()) + kRowsPerPass - 1) / kRowsPerPass;
-    pool.parallel_for(passes, 1, [&](int64_t b, int64_t e) {
-      RowBatch batch(cols);
-      for (int64_t p = b; p < e; ++p) {
-        const int64_t first = p * kRowsPerPass;
-        const int count = static_cast<int>(std::min<int64_t>(kRowsPerPass, static_cast<int64_t>(rows.size()) - first));
-        for (int r = 0; r < count; ++r) {
-          const Row& row = rows[sz(first + r)];
-          const QuantSpec& spec = members[row.member].spec;
-          batch.enc.resize(dtype_row_bytes(*spec.dtype, cols, spec.group));
-          quantization_delta(row.w.data(), cols, spec, s.data(), importance.data(), batch.ws, batch.enc,
-                             batch.delta(r));
-        }
-        output_errors(batch, count, cols, x, n, errs.data() + first);
-      }
-    });
+    output_errors(pool, static_cast<int64_t>(rows.size()), cols, x, n, errs.data(),
+                  [&](int64_t i, RowBatch& batch, int slot) {
+                    const Row& row = rows[sz(i)];
+                    const QuantSpec& spec = members[row.member].spec;
+                    batch.enc.resize(dtype_row_bytes(*spec.dtype, cols, spec.group));
+                    quantization_delta(row.w.data(), cols, spec, s.data(), importance.data(), batch.ws, batch.enc,
+                                       batch.delta(slot));
+                  });
     double total = 0.0;
     for (double v : errs) total += v;
     if (alpha == 0.0f) result.rtn_error = total;
@@ -367,21 +375,12 @@ double output_error(const Matrix& w, const QuantSpec& spec, std::span<const floa
   TESSERA_CHECK(scale.empty() || scale.size() == sz(cols));
   TESSERA_CHECK(importance.empty() || importance.size() == sz(cols));
   std::vector<double> errs(sz(w.rows));
-  const int64_t passes = (w.rows + kRowsPerPass - 1) / kRowsPerPass;
-  pool.parallel_for(passes, 1, [&](int64_t b, int64_t e) {
-    RowBatch batch(cols);
+  output_errors(pool, w.rows, cols, x, n, errs.data(), [&](int64_t r, RowBatch& batch, int slot) {
     batch.enc.resize(dtype_row_bytes(*spec.dtype, cols, spec.group));
-    std::vector<float> row(sz(cols));
-    for (int64_t p = b; p < e; ++p) {
-      const int64_t first = p * kRowsPerPass;
-      const int count = static_cast<int>(std::min<int64_t>(kRowsPerPass, w.rows - first));
-      for (int r = 0; r < count; ++r) {
-        dequantize_matrix_row(w, first + r, row.data());
-        quantization_delta(row.data(), cols, spec, scale.empty() ? nullptr : scale.data(),
-                           importance.empty() ? nullptr : importance.data(), batch.ws, batch.enc, batch.delta(r));
-      }
-      output_errors(batch, count, cols, x, n, errs.data() + first);
-    }
+    batch.weight_row.resize(sz(cols));
+    dequantize_matrix_row(w, r, batch.weight_row.data());
+    quantization_delta(batch.weight_row.data(), cols, spec, scale.empty() ? nullptr : scale.data(),
+                       importance.empty() ? nullptr : importance.data(), batch.ws, batch.enc, batch.delta(slot));
   });
   double total = 0.0;
   for (double v : errs) total += v;

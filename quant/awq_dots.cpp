@@ -27,6 +27,7 @@ void lane8_dots(const float* a, const float* const* b, int count, int64_t n, flo
 }  // namespace reference
 
 void lane8_dots(const float* a, const float* const* b, int count, int64_t n, float* out) {
+  TESSERA_CHECK(count >= 1 && count <= kMaxDotRows);
   static const bool simd = cpu_features().has_avx2_fma();
   if (simd) return avx2::lane8_dots(a, b, count, n, out);
   reference::lane8_dots(a, b, count, n, out);
