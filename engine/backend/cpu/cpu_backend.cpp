@@ -10,6 +10,7 @@
 
 #include "engine/backend/cpu/kernels.h"
 #include "engine/backend/cpu/panel8.h"
+#include "engine/backend/cpu/step_queues.h"
 #include "engine/core/check.h"
 #include "engine/core/cpu_features.h"
 #include "quant/blocks.h"
@@ -99,14 +100,16 @@ struct ActScratch {
 };
 
 struct CpuBackend::Impl {
+  explicit Impl(int threads) : steps(threads) {}
   const cpu::Kernels* k = nullptr;
+  cpu::StepQueues steps;           // the batch-1 decode drivers' per-slot runs
   std::vector<SlotScratch> slots;  // one per pool slot
   ActScratch act;
   std::vector<BackendBuffer> panels;  // the panel-layout copies upload() made
 };
 
 CpuBackend::CpuBackend(int n_threads, CpuKernels kernels)
-    : pool_(n_threads <= 0 ? ThreadPool::default_threads() : n_threads), impl_(std::make_unique<Impl>()) {
+    : pool_(n_threads <= 0 ? ThreadPool::default_threads() : n_threads), impl_(std::make_unique<Impl>(pool_.size())) {
   const bool avx2 = cpu_features().has_avx2_fma();
   const bool avx512 = cpu_features().has_avx512();
   const bool avx512_bf16 = cpu_features().has_avx512_bf16();
@@ -197,56 +200,91 @@ void for_each_tile(int n, int tile_rows, int64_t begin, int64_t end, int64_t ste
   }
 }
 
+// Batch-1 decode reads each thread's part of a matrix as S sequential streams: the part's first S * per units (rows,
+// hidden units or panels) are cut into S runs of `per` walked in lockstep, step k taking unit k of each run
+// (stream_units). At one thread a single stream of short row groups or panels kept too few cache misses in flight to
+// reach the memory bandwidth (Intel VM, 1.1B int8 decode: four streams of 2 KiB rows read 12.0 GB/s where four
+// adjacent rows at a time read 9.3). The steps go through cpu::StepQueues, so a thread that finishes early takes
+// the last steps of the others.
+template <int S>
+void stream_units(int64_t begin, int64_t per, int64_t k, int64_t* at) {
+  for (int s = 0; s < S; ++s) at[s] = begin + s * per + k;
+}
+// Steps per StepQueues block: about 32 KiB of weights, so a block is a few microseconds of streaming.
+int64_t steal_block_steps(int64_t step_bytes) {
+  return std::max<int64_t>(1, (int64_t{32} << 10) / std::max<int64_t>(1, step_bytes));
+}
+
 // Decode: x rows (one per sequence of a batch step, or a single one) against every weight row.
 // Memory-bound, so threads take contiguous row ranges (each streams its own part of the matrix) and the kernel
-// reads R weight rows per call; each group of R rows is run against every x row while it is still in L1/L2, so
-// the matrix comes from memory once per step whatever the batch. dotR(i, rows, next, out) and dot1(i, row) wrap
-// the kernel of the weight type and activation form (fp32 or int8 blocks) for x row i, dotR2(i, rows, next, out,
-// ldo) for x rows i and i + 1 (out and out + ldo); next names the R rows of the following group (prefetch only),
-// or is null for the last group of a range. y is [n][w.rows].
+// reads R weight rows per call, one from each of R streams over the range (stream_units; the threads share the
+// calls through StepQueues); each group of R rows is run against every x row while it is still in L1/L2, so the
+// matrix comes from memory once per step whatever the batch. dotR(i, rows, next, out) and dot1(i, row) wrap the
+// kernel of the weight type and activation form (fp32 or int8 blocks) for x row i, dotR2(i, rows, next, out, ldo)
+// for x rows i and i + 1 (out and out + ldo); next names the row after each of the R in its stream (prefetch
+// only), or is null at the streams' ends. y is [n][w.rows].
 // With three or more x rows and a tile kernel, the rows the R-row kernel would take go through dot2xm instead, in
 // blocks of weight rows with every tile of x rows run against a block (same arithmetic per row, fewer weight
 // conversions and loads per FMA); the ragged rows stay with dot1 either way.
 template <int R, typename DotR, typename DotR2, typename Dot1, typename Tile>
-void gemv(ThreadPool& pool, const Matrix& w, int n, const float* bias, float* y, const DotR& dotR, const DotR2& dotR2,
-          const Dot1& dot1, const Tile& tile) {
+void gemv(ThreadPool& pool, cpu::StepQueues& queues, const Matrix& w, int n, const float* bias, float* y,
+          const DotR& dotR, const DotR2& dotR2, const Dot1& dot1, const Tile& tile) {
   static_assert(R % 2 == 0);
   const int64_t groups = (w.rows + R - 1) / R;
   const int n_slots = static_cast<int>(std::min<int64_t>(pool.size(), groups));
   const int64_t block = tile_block_rows(w.row_bytes());
-  for_each_slot(pool, n_slots, [&](int t) {
+  const bool tiled = tile.applies(n);
+  // Slot t's rows; its full groups [begin, begin + R * per) go through the tile kernel or as R streams.
+  const auto rows_of = [&](int t) {
     const Range g = split(groups, t, n_slots);
-    const int64_t r_begin = g.begin * R, r_end = std::min(w.rows, g.end * R);
-    int64_t r = r_begin;
-    if (tile.applies(n)) {
-      const int64_t r_full = r_begin + (r_end - r_begin) / R * R;
-      for_each_tile(n, tile.max_rows, r_begin, r_full, 2, block, [&](int i, int m, int64_t p, bool first) {
+    return Range{g.begin * R, std::min(w.rows, g.end * R)};
+  };
+  const auto per_of = [&](const Range& rr) { return (rr.end - rr.begin) / R; };
+  for (int t = 0; t < n_slots; ++t) queues.reset(t, tiled ? 0 : per_of(rows_of(t)));
+  const auto put = [&](int i, int64_t r, float v) { y[i * w.rows + r] = bias != nullptr ? v + bias[r] : v; };
+  const auto step = [&](int t, int64_t k) {
+    const Range rr = rows_of(t);
+    const int64_t per = per_of(rr);
+    int64_t at[R];
+    stream_units<R>(rr.begin, per, k, at);
+    const void* rows[R];
+    const void* next[R];  // prefetch only
+    for (int j = 0; j < R; ++j) {
+      rows[j] = w.row(at[j]);
+      next[j] = w.row(at[j] + 1);
+    }
+    const void* const* pre = k + 1 < per ? next : nullptr;
+    float d[2][R];
+    for (int i = 0; i < n;) {
+      const int m = i + 2 <= n ? 2 : 1;
+      if (m == 2) {
+        dotR2(i, rows, i == 0 ? pre : nullptr, d[0], R);
+      } else {
+        dotR(i, rows, i == 0 ? pre : nullptr, d[0]);
+      }
+      for (int e = 0; e < m; ++e)
+        for (int j = 0; j < R; ++j) put(i + e, at[j], d[e][j]);
+      i += m;
+    }
+  };
+  for_each_slot(pool, n_slots, [&](int t) {
+    const Range rr = rows_of(t);
+    const int64_t r_full = rr.begin + per_of(rr) * R;
+    if (tiled) {
+      for_each_tile(n, tile.max_rows, rr.begin, r_full, 2, block, [&](int i, int m, int64_t p, bool first) {
         const void* rows[2] = {w.row(p), w.row(p + 1)};
         const void* ahead[2] = {w.row(p + block), w.row(p + block + 1)};  // prefetch only
         tile(i, m, rows, first && p + block + 2 <= r_full ? ahead : nullptr, y + i * w.rows + p, w.rows);
       });
-      r = r_full;
-    }
-    for (; r + R <= r_end; r += R) {
-      const void* rows[R];
-      const void* next[R];
-      for (int j = 0; j < R; ++j) {
-        rows[j] = w.row(r + j);
-        next[j] = w.row(r + R + j);  // prefetch only: never read unless r + 2R <= r_end
-      }
-      const void* const* pre = r + 2 * R <= r_end ? next : nullptr;
-      int i = 0;
-      for (; i + 2 <= n; i += 2) dotR2(i, rows, i == 0 ? pre : nullptr, y + i * w.rows + r, w.rows);
-      if (i < n) dotR(i, rows, i == 0 ? pre : nullptr, y + i * w.rows + r);
-    }
-    for (; r < r_end; ++r) {
-      for (int i = 0; i < n; ++i) y[i * w.rows + r] = dot1(i, w.row(r));
-    }
-    if (bias != nullptr) {
-      for (int i = 0; i < n; ++i) {
-        for (r = r_begin; r < r_end; ++r) y[i * w.rows + r] += bias[r];
+      if (bias != nullptr) {
+        for (int i = 0; i < n; ++i)
+          for (int64_t r = rr.begin; r < r_full; ++r) y[i * w.rows + r] += bias[r];
       }
     }
+    for (int64_t r = r_full; r < rr.end; ++r) {
+      for (int i = 0; i < n; ++i) put(i, r, dot1(i, w.row(r)));
+    }
+    cpu::run_steps(queues, t, n_slots, steal_block_steps(R * static_cast<int64_t>(w.row_bytes())), step);
   });
 }
 
@@ -265,21 +303,27 @@ void for_each_panel(ThreadPool& pool, int64_t rows, int n, const Visit& visit) {
 }
 
 // Batch-1 decode over panel-layout weights, S panels at a time: each thread's contiguous panel range is cut into S
-// equal parts walked in lockstep, visit(q) getting S panel indices (q[s] in part s), then single(q) for the panels
-// left over. The parts are S sequential read streams for the kernels' multi-panel forms (Kernels::qdot_panel4).
+// streams (stream_units), visit(q) getting S panel indices (q[s] in stream s), single(q) the panels left over. The
+// streams are for the kernels' multi-panel forms (Kernels::qdot_panel4).
 template <int S, typename VisitS, typename Visit1>
-void for_each_panel_streams(ThreadPool& pool, int64_t rows, const VisitS& visit, const Visit1& single) {
+void for_each_panel_streams(ThreadPool& pool, cpu::StepQueues& queues, int64_t rows, int64_t step_bytes,
+                            const VisitS& visit, const Visit1& single) {
   const int64_t panels = (rows + cpu::kPanelRows - 1) / cpu::kPanelRows;
   const int n_slots = static_cast<int>(std::min<int64_t>(pool.size(), panels));
+  for (int t = 0; t < n_slots; ++t) {
+    const Range p = split(panels, t, n_slots);
+    queues.reset(t, (p.end - p.begin) / S);
+  }
   for_each_slot(pool, n_slots, [&](int t) {
     const Range p = split(panels, t, n_slots);
     const int64_t part = (p.end - p.begin) / S;
-    int64_t q[S];
-    for (int64_t j = 0; j < part; ++j) {
-      for (int s = 0; s < S; ++s) q[s] = p.begin + s * part + j;
-      visit(q);
-    }
     for (int64_t r = p.begin + S * part; r < p.end; ++r) single(r);
+    cpu::run_steps(queues, t, n_slots, steal_block_steps(step_bytes), [&](int u, int64_t k) {
+      const Range pu = split(panels, u, n_slots);
+      int64_t q[S];
+      stream_units<S>(pu.begin, (pu.end - pu.begin) / S, k, q);
+      visit(q);
+    });
   });
 }
 
@@ -614,7 +658,7 @@ void CpuBackend::matmul_impl(const float* x, int n, const Matrix& w, const float
     const auto dot4 = k.qdot_panel4[static_cast<int>(w.dtype)];
     if (n == 1 && dot4 != nullptr) {
       for_each_panel_streams<4>(
-          pool_, w.rows,
+          pool_, impl_->steps, w.rows, 4 * cpu::kPanelRows * static_cast<int64_t>(w.row_bytes()),
           [&](const int64_t* q) {
             float out[4][cpu::kPanelRows];
             const void* panels[4];
@@ -635,7 +679,7 @@ void CpuBackend::matmul_impl(const float* x, int n, const Matrix& w, const float
   if (rowwise) {
     dispatch_gemv(pool_, k, impl_->act, x, n, w, int8_act, bf16_act && k.bdot4 != nullptr,
                   [&](auto rows, const auto& dotR, const auto& dotR2, const auto& dot1, const auto& tile) {
-                    gemv<decltype(rows)::value>(pool_, w, n, bias, y, dotR, dotR2, dot1, tile);
+                    gemv<decltype(rows)::value>(pool_, impl_->steps, w, n, bias, y, dotR, dotR2, dot1, tile);
                   });
     return;
   }
@@ -660,60 +704,72 @@ void CpuBackend::matmul_impl(const float* x, int n, const Matrix& w, const float
 
 namespace {
 
-// Decode: each kernel call streams gate and up rows of R/2 hidden units together, so both dots of an output are
-// ready at once and silu(g) * u is applied straight away; every x row is run against a group while it is cached.
+// Decode: each kernel call streams gate and up rows of R/2 hidden units together (one from each of R/2 streams over
+// the range, as in gemv), so both dots of an output are ready at once and silu(g) * u is applied straight away;
+// every x row is run against a group while it is cached.
 // dotR / dot1 as for gemv; out is [n][hidden].
 // With a tile kernel and three or more x rows, each dot2xm call takes one hidden unit's gate and up rows, blocked as
 // in gemv.
 template <int R, typename DotR, typename DotR2, typename Dot1, typename Tile>
-void gemv_silu_mul(ThreadPool& pool, const Matrix& gate, const Matrix& up, int n, float* out, const DotR& dotR,
-                   const DotR2& dotR2, const Dot1& dot1, const Tile& tile) {
+void gemv_silu_mul(ThreadPool& pool, cpu::StepQueues& queues, const Matrix& gate, const Matrix& up, int n, float* out,
+                   const DotR& dotR, const DotR2& dotR2, const Dot1& dot1, const Tile& tile) {
   constexpr int kUnits = R / 2;
   const int64_t hidden = gate.rows;
   const int64_t groups = (hidden + kUnits - 1) / kUnits;
   const int n_slots = static_cast<int>(std::min<int64_t>(pool.size(), groups));
   const int64_t block = tile_block_rows(gate.row_bytes()) / 2;
+  const bool tiled = tile.applies(n);
+  // Slot t's hidden units; its full groups [begin, begin + kUnits * per) go through the tile kernel or as kUnits
+  // streams through gate and as many through up.
+  const auto units_of = [&](int t) {
+    const Range g = split(groups, t, n_slots);
+    return Range{g.begin * kUnits, std::min(hidden, g.end * kUnits)};
+  };
+  const auto per_of = [&](const Range& hr) { return (hr.end - hr.begin) / kUnits; };
+  for (int t = 0; t < n_slots; ++t) queues.reset(t, tiled ? 0 : per_of(units_of(t)));
+  const auto step = [&](int t, int64_t k) {
+    const Range hr = units_of(t);
+    const int64_t per = per_of(hr);
+    int64_t at[kUnits];
+    stream_units<kUnits>(hr.begin, per, k, at);
+    const void* rows[R];
+    const void* next[R];  // prefetch only
+    for (int j = 0; j < kUnits; ++j) {
+      rows[j] = gate.row(at[j]);
+      rows[kUnits + j] = up.row(at[j]);
+      next[j] = gate.row(at[j] + 1);
+      next[kUnits + j] = up.row(at[j] + 1);
+    }
+    const void* const* pre = k + 1 < per ? next : nullptr;
+    float d[2][R];
+    for (int i = 0; i < n;) {
+      const int m = i + 2 <= n ? 2 : 1;
+      if (m == 2) {
+        dotR2(i, rows, i == 0 ? pre : nullptr, d[0], R);
+      } else {
+        dotR(i, rows, i == 0 ? pre : nullptr, d[0]);
+      }
+      for (int e = 0; e < m; ++e)
+        for (int j = 0; j < kUnits; ++j) out[(i + e) * hidden + at[j]] = silu_mul(d[e][j], d[e][kUnits + j]);
+      i += m;
+    }
+  };
   for_each_slot(pool, n_slots, [&](int t) {
-    const Range p = split(groups, t, n_slots);
-    const int64_t h_end = std::min(hidden, p.end * kUnits);
-    int64_t h = p.begin * kUnits;
-    if (tile.applies(n)) {
-      const int64_t h_full = h + (h_end - h) / kUnits * kUnits;
+    const Range hr = units_of(t);
+    const int64_t h_full = hr.begin + per_of(hr) * kUnits;
+    if (tiled) {
       float d[cpu::kMaxDotTileRows * 2];
-      for_each_tile(n, tile.max_rows, h, h_full, 1, block, [&](int i, int m, int64_t u, bool first) {
+      for_each_tile(n, tile.max_rows, hr.begin, h_full, 1, block, [&](int i, int m, int64_t u, bool first) {
         const void* rows[2] = {gate.row(u), up.row(u)};
         const void* ahead[2] = {gate.row(u + block), up.row(u + block)};  // prefetch only
         tile(i, m, rows, first && u + block + 1 <= h_full ? ahead : nullptr, d, 2);
         for (int e = 0; e < m; ++e) out[(i + e) * hidden + u] = silu_mul(d[2 * e], d[2 * e + 1]);
       });
-      h = h_full;
     }
-    for (; h + kUnits <= h_end; h += kUnits) {
-      const void* rows[R];
-      const void* next[R];
-      for (int j = 0; j < kUnits; ++j) {
-        rows[j] = gate.row(h + j);
-        rows[kUnits + j] = up.row(h + j);
-        next[j] = gate.row(h + kUnits + j);  // prefetch only
-        next[kUnits + j] = up.row(h + kUnits + j);
-      }
-      const void* const* pre = h + 2 * kUnits <= h_end ? next : nullptr;
-      float d[2][R];
-      for (int i = 0; i < n;) {
-        const int m = i + 2 <= n ? 2 : 1;
-        if (m == 2) {
-          dotR2(i, rows, i == 0 ? pre : nullptr, d[0], R);
-        } else {
-          dotR(i, rows, i == 0 ? pre : nullptr, d[0]);
-        }
-        for (int e = 0; e < m; ++e)
-          for (int j = 0; j < kUnits; ++j) out[(i + e) * hidden + h + j] = silu_mul(d[e][j], d[e][kUnits + j]);
-        i += m;
-      }
-    }
-    for (; h < h_end; ++h) {
+    for (int64_t h = h_full; h < hr.end; ++h) {
       for (int i = 0; i < n; ++i) out[i * hidden + h] = silu_mul(dot1(i, gate.row(h)), dot1(i, up.row(h)));
     }
+    cpu::run_steps(queues, t, n_slots, steal_block_steps(R * static_cast<int64_t>(gate.row_bytes())), step);
   });
 }
 
@@ -817,7 +873,7 @@ void CpuBackend::matmul_silu_mul_impl(const float* x, int n, const Matrix& gate,
     if (n == 1 && dot4 != nullptr) {
       // Two parts of the range, each read from gate and from up: four streams.
       for_each_panel_streams<2>(
-          pool_, hidden,
+          pool_, impl_->steps, hidden, 4 * cpu::kPanelRows * static_cast<int64_t>(gate.row_bytes()),
           [&](const int64_t* q) {
             float res[4][cpu::kPanelRows];
             const void* panels[4] = {gate.row(q[0] * cpu::kPanelRows), up.row(q[0] * cpu::kPanelRows),
@@ -836,7 +892,8 @@ void CpuBackend::matmul_silu_mul_impl(const float* x, int n, const Matrix& gate,
   if (rowwise) {
     dispatch_gemv(pool_, k, impl_->act, x, n, gate, int8_act, bf16_act && k.bdot4 != nullptr,
                   [&](auto rows, const auto& dotR, const auto& dotR2, const auto& dot1, const auto& tile) {
-                    gemv_silu_mul<decltype(rows)::value>(pool_, gate, up, n, out, dotR, dotR2, dot1, tile);
+                    gemv_silu_mul<decltype(rows)::value>(pool_, impl_->steps, gate, up, n, out, dotR, dotR2, dot1,
+                                                         tile);
                   });
     return;
   }
