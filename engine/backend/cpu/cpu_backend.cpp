@@ -215,6 +215,24 @@ int64_t steal_block_steps(int64_t step_bytes) {
   return std::max<int64_t>(1, (int64_t{32} << 10) / std::max<int64_t>(1, step_bytes));
 }
 
+// One step's R weight rows against x rows 0..n-1, two x rows per call where dotR2 can (the prefetch hint `pre` goes
+// with the first call only); emit(i, d) gets x row i's R results.
+template <int R, typename DotR, typename DotR2, typename Emit>
+void dot_x_rows(int n, const void* const* rows, const void* const* pre, const DotR& dotR, const DotR2& dotR2,
+                const Emit& emit) {
+  float d[2][R];
+  for (int i = 0; i < n;) {
+    const int m = i + 2 <= n ? 2 : 1;
+    if (m == 2) {
+      dotR2(i, rows, i == 0 ? pre : nullptr, d[0], R);
+    } else {
+      dotR(i, rows, i == 0 ? pre : nullptr, d[0]);
+    }
+    for (int e = 0; e < m; ++e) emit(i + e, d[e]);
+    i += m;
+  }
+}
+
 // Decode: x rows (one per sequence of a batch step, or a single one) against every weight row.
 // Memory-bound, so threads take contiguous row ranges (each streams its own part of the matrix) and the kernel
 // reads R weight rows per call, one from each of R streams over the range (stream_units; the threads share the
@@ -254,18 +272,9 @@ void gemv(ThreadPool& pool, cpu::StepQueues& queues, const Matrix& w, int n, con
       next[j] = w.row(at[j] + 1);
     }
     const void* const* pre = k + 1 < per ? next : nullptr;
-    float d[2][R];
-    for (int i = 0; i < n;) {
-      const int m = i + 2 <= n ? 2 : 1;
-      if (m == 2) {
-        dotR2(i, rows, i == 0 ? pre : nullptr, d[0], R);
-      } else {
-        dotR(i, rows, i == 0 ? pre : nullptr, d[0]);
-      }
-      for (int e = 0; e < m; ++e)
-        for (int j = 0; j < R; ++j) put(i + e, at[j], d[e][j]);
-      i += m;
-    }
+    dot_x_rows<R>(n, rows, pre, dotR, dotR2, [&](int i, const float* d) {
+      for (int j = 0; j < R; ++j) put(i, at[j], d[j]);
+    });
   };
   for_each_slot(pool, n_slots, [&](int t) {
     const Range rr = rows_of(t);
@@ -741,18 +750,9 @@ void gemv_silu_mul(ThreadPool& pool, cpu::StepQueues& queues, const Matrix& gate
       next[kUnits + j] = up.row(at[j] + 1);
     }
     const void* const* pre = k + 1 < per ? next : nullptr;
-    float d[2][R];
-    for (int i = 0; i < n;) {
-      const int m = i + 2 <= n ? 2 : 1;
-      if (m == 2) {
-        dotR2(i, rows, i == 0 ? pre : nullptr, d[0], R);
-      } else {
-        dotR(i, rows, i == 0 ? pre : nullptr, d[0]);
-      }
-      for (int e = 0; e < m; ++e)
-        for (int j = 0; j < kUnits; ++j) out[(i + e) * hidden + at[j]] = silu_mul(d[e][j], d[e][kUnits + j]);
-      i += m;
-    }
+    dot_x_rows<R>(n, rows, pre, dotR, dotR2, [&](int i, const float* d) {
+      for (int j = 0; j < kUnits; ++j) out[i * hidden + at[j]] = silu_mul(d[j], d[kUnits + j]);
+    });
   };
   for_each_slot(pool, n_slots, [&](int t) {
     const Range hr = units_of(t);

@@ -29,31 +29,16 @@ void StepQueues::reset(int slot, int64_t steps) {
   runs_[static_cast<size_t>(slot)].front_back.store(pack(0, static_cast<uint64_t>(steps)), std::memory_order_relaxed);
 }
 
-StepQueues::Taken StepQueues::take_front(int slot, int64_t most) {
+StepQueues::Taken StepQueues::take(int slot, int64_t most, bool from_back) {
   std::atomic<uint64_t>& fb = runs_[static_cast<size_t>(slot)].front_back;
   uint64_t v = fb.load(std::memory_order_relaxed);
   for (;;) {
     const int64_t front = front_of(v), back = back_of(v);
     const int64_t count = std::min(most, back - front);
-    if (count <= 0) return {front, 0};
-    if (fb.compare_exchange_weak(v, pack(static_cast<uint64_t>(front + count), static_cast<uint64_t>(back)),
-                                 std::memory_order_relaxed)) {
-      return {front, count};
-    }
-  }
-}
-
-StepQueues::Taken StepQueues::take_back(int slot, int64_t most) {
-  std::atomic<uint64_t>& fb = runs_[static_cast<size_t>(slot)].front_back;
-  uint64_t v = fb.load(std::memory_order_relaxed);
-  for (;;) {
-    const int64_t front = front_of(v), back = back_of(v);
-    const int64_t count = std::min(most, back - front);
-    if (count <= 0) return {back, 0};
-    if (fb.compare_exchange_weak(v, pack(static_cast<uint64_t>(front), static_cast<uint64_t>(back - count)),
-                                 std::memory_order_relaxed)) {
-      return {back - count, count};
-    }
+    if (count <= 0) return {from_back ? back : front, 0};
+    const uint64_t rest = from_back ? pack(static_cast<uint64_t>(front), static_cast<uint64_t>(back - count))
+                                    : pack(static_cast<uint64_t>(front + count), static_cast<uint64_t>(back));
+    if (fb.compare_exchange_weak(v, rest, std::memory_order_relaxed)) return {from_back ? back - count : front, count};
   }
 }
 

@@ -28,10 +28,12 @@ class StepQueues {
   struct Taken {
     int64_t first, count;
   };
-  Taken take_front(int slot, int64_t most);
-  Taken take_back(int slot, int64_t most);
+  Taken take_front(int slot, int64_t most) { return take(slot, most, false); }
+  Taken take_back(int slot, int64_t most) { return take(slot, most, true); }
 
  private:
+  Taken take(int slot, int64_t most, bool from_back);
+
   // The remaining run [front, back) of one slot, both in one word so that owner and thieves agree with one CAS.
   struct alignas(64) Run {
     std::atomic<uint64_t> front_back{0};
