@@ -3,7 +3,8 @@
 #   scripts/test.sh               Release build in build/, every test
 #   scripts/test.sh --sanitize    ASan+UBSan build in build-asan/, unit tests (label "unit")
 #   scripts/test.sh --tsan        ThreadSanitizer build in build-tsan/ of the serving targets only, then the
-#                                 engine-thread, end-to-end server and thread pool tests (label "tsan")
+#                                 engine-thread, end-to-end server, thread pool and decode work-sharing tests
+#                                 (label "tsan")
 #   scripts/test.sh --cuda        CUDA build in build-cuda/ (nvcc from PATH or /usr/local/cuda) of the CUDA backend,
 #                                 its tests (ops, the whole model), the NCCL communicator and `tessera` with
 #                                 --device cuda; runs the tests (they skip without a GPU)
@@ -24,7 +25,7 @@ if [ "${1:-}" = "--cuda" ]; then
 elif [ "${1:-}" = "--tsan" ]; then
   cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTESSERA_SANITIZE=thread \
         -DTESSERA_PYTHON="$python" >/dev/null
-  cmake --build build-tsan -j"$jobs" --target tessera test_serving_engine thread_pool_test
+  cmake --build build-tsan -j"$jobs" --target tessera test_serving_engine thread_pool_test step_queues_test
   TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" \
     ctest --test-dir build-tsan -L tsan --output-on-failure -j"$jobs"
 elif [ "${1:-}" = "--sanitize" ]; then
