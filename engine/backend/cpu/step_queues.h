@@ -17,8 +17,6 @@ class StepQueues {
   StepQueues(const StepQueues&) = delete;
   StepQueues& operator=(const StepQueues&) = delete;
 
-  int slots() const { return slots_; }
-
   // Gives slot its steps [0, steps), replacing what was left of the last op. Call for every slot of an op before any
   // thread takes from it.
   void reset(int slot, int64_t steps);
