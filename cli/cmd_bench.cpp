@@ -256,10 +256,15 @@ int run_runtime_bench(const BenchOptions& o, const CLI::App& app) {
 }
 
 int run_bench(BenchOptions o, const CLI::App& app) {
-  o.device.check(std::max(*std::max_element(o.tps.begin(), o.tps.end()) * *std::max_element(o.pps.begin(), o.pps.end()),
-                          under_launcher() ? 2 : 1),
-                 o.model.act_quant);
+  o.device.check(o.model.act_quant);
   if (o.device.cuda()) {
+    const int ranks =
+        std::max(*std::max_element(o.tps.begin(), o.tps.end()) * *std::max_element(o.pps.begin(), o.pps.end()),
+                 under_launcher() ? 2 : 1);
+    if (ranks > 1)
+      throw Error(
+          "bench --device cuda runs one process: the tensor/pipeline-parallel benchmark runs on the CPU backend "
+          "(drop --tp/--pp and mpirun; tessera generate --device cuda runs under mpirun)");
     if (wants_runtime(o, app))
       throw Error(
           "--device cuda measures the single-process benchmark only: drop --batch/--sequences/--csv/"

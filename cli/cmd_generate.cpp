@@ -34,13 +34,12 @@ int generate_on_this_rank(const GenerateOptions& o, ParallelJob& job);
 
 int run_generate(const GenerateOptions& o) {
   if (!o.prompt.empty() && !o.prompt_ids.empty()) throw Error("give either --prompt or --prompt-ids, not both");
-  o.device.check(o.parallel.model_ranks(), o.model.act_quant);
+  o.device.check(o.model.act_quant);
   ParallelJob job(o.parallel);
   return job.run([&] { return generate_on_this_rank(o, job); });
 }
 
 int generate_on_this_rank(const GenerateOptions& o, ParallelJob& job) {
-  o.device.check(job.world_size(), o.model.act_quant);  // also under mpirun without --tp/--pp
   job.check_consistent("the options", options_fingerprint(o.model, job.options()));
   const ShardRequest shard = job.shard_request();
   const bool leader = job.leader();
@@ -51,7 +50,9 @@ int generate_on_this_rank(const GenerateOptions& o, ParallelJob& job) {
   job.check_consistent("the model " + loaded.data.source, config_fingerprint(loaded.data.config));
   const ModelConfig& config = loaded.data.config;
   const std::unique_ptr<Backend> backend = make_backend(o.device, o.model.threads, loaded);
-  LlamaModel model(loaded.data, *backend, 256, job.tp_data());
+  const std::unique_ptr<Communicator> gpu_tp = make_model_tp(o.device, job);
+  Communicator* model_tp = gpu_tp ? gpu_tp.get() : job.tp_data();
+  LlamaModel model(loaded.data, *backend, 256, model_tp);
   ModelRunner runner(model, job.groups());
   if (!leader) {
     runner.serve();
@@ -91,7 +92,8 @@ int generate_on_this_rank(const GenerateOptions& o, ParallelJob& job) {
                "%.1f tokens/s | finish: %s\n",
                loaded.data.source.c_str(), backend->name().c_str(),
                job.parallel() ? (" | " + std::to_string(job.world_size()) + " ranks (tp " +
-                                 std::to_string(job.options().tp) + " x pp " + std::to_string(job.options().pp) + ")")
+                                 std::to_string(job.options().tp) + " x pp " + std::to_string(job.options().pp) + ")" +
+                                 (gpu_tp ? " | tp over " + gpu_tp->name() : std::string()))
                                     .c_str()
                               : "",
                loaded.load_seconds, r.prompt_tokens, r.prefill_seconds > 0 ? r.prompt_tokens / r.prefill_seconds : 0.0,

@@ -2,10 +2,11 @@
 //
 // One abstract `Communicator` covers a group of `size()` ranks, each running the same program; every rank owns
 // one object per group it belongs to (the whole job, its tensor-parallel group, its pipeline group). Objects are
-// RAII and non-copyable: they own the underlying handle (an MPI communicator today, an NCCL one later) and free
-// it when destroyed. Implementations:
+// RAII and non-copyable: they own the underlying handle (an MPI or NCCL communicator) and free it when destroyed.
+// Implementations:
 //   SingleProcessCommunicator  size 1, no transport; what every caller uses when parallelism is off.
 //   MpiCommunicator            Open MPI, host memory, built with TESSERA_ENABLE_MPI (parallel/mpi_communicator.h).
+//   NcclCommunicator           NCCL, device memory, built with CUDA and MPI (parallel/nccl_communicator.h).
 //
 // Control plane vs data plane. Two kinds of traffic go through this interface:
 //   - control plane: small host-side messages that keep the ranks in lockstep: the step plan rank 0 broadcasts
@@ -15,10 +16,9 @@
 //   - data plane: activations: the all-reduce after a row-parallel matmul, the all-gather of vocab-parallel
 //     logits, the activations one pipeline stage sends to the next. Bandwidth-bound. Use `all_reduce_sum`,
 //     `all_gather`, `send`/`recv`.
-// For the CPU both planes are the same MPI communicator. With GPUs the data plane will move to an NCCL
-// communicator over device pointers (with a stream), while MPI stays the control plane and bootstraps NCCL; the
-// model will then hold two `Communicator`s per group. Keep the two kinds of calls apart in callers now so that
-// split is mechanical: never put a control message into a data-plane buffer or the other way round.
+// For the CPU both planes are the same MPI communicator. Between GPUs the model's tensor-parallel data plane is an
+// NCCL communicator over device pointers, while MPI stays the control plane (and the runner's groups) and
+// bootstraps NCCL. Never put a control message into a data-plane buffer or the other way round.
 //
 // Contract for every implementation:
 //   - Collectives (`all_reduce_sum`, `all_gather*`, `broadcast`, `argmax_all`, `barrier`) must be called by every
@@ -75,6 +75,9 @@ class Communicator {
   virtual std::string name() const = 0;
 
   // --- data plane -------------------------------------------------------------------------------------------
+  // Where data-plane pointers live: false (host memory) for MPI and the single process, true (device memory of
+  // this rank's GPU) for NCCL. Control-plane calls always take host memory.
+  virtual bool device_memory() const { return false; }
   // data[0..count) <- the element-wise sum over all ranks, in place; identical on every rank.
   virtual void all_reduce_sum(float* data, size_t count) = 0;
   // out[r * count_per_rank + i] <- rank r's in[i]; out has size() * count_per_rank floats and must not overlap in.

@@ -30,6 +30,7 @@ class NcclCommunicator final : public Communicator {
   int rank() const override;
   int size() const override;
   std::string name() const override;
+  bool device_memory() const override { return true; }
   // The cudaStream_t the operations run on (as void*, so callers need no CUDA header).
   void* stream() const;
 

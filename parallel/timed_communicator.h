@@ -19,6 +19,7 @@ class TimedCommunicator final : public Communicator {
   int rank() const override { return inner_.rank(); }
   int size() const override { return inner_.size(); }
   std::string name() const override { return inner_.name(); }
+  bool device_memory() const override { return inner_.device_memory(); }
   void all_reduce_sum(float* data, size_t count) override {
     timed([&] { inner_.all_reduce_sum(data, count); });
   }

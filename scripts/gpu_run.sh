@@ -7,7 +7,7 @@
 #   --bench-args "ARGS": arguments for cuda_kernel_bench (e.g. "--rpw 0,1,2,4").
 #   --models DIR: the test models folder (a copy of ../shared/models/stories260K under DIR, carried in an ignored
 #                 folder): runs the model on the GPU (cuda_model_test, `tessera generate --device cuda` against
-#                 llama2.c's greedy output) and, unless --no-model-bench, `tessera bench --device cuda` on the
+#                 llama2.c's greedy output, also under mpiexec with --tp 2, --pp 2 and both) and, unless --no-model-bench, `tessera bench --device cuda` on the
 #                 llama2-7b and llama3-8b presets in bf16, int8 and int4.
 #   --bench-70b: with --models, also `tessera bench --device cuda` on llama2-70b int4:g128 (about 36 GB of host
 #                and device memory; the random weights are made and quantized one tensor at a time).
@@ -154,6 +154,16 @@ if [[ -n $models ]]; then
   if [[ -f $s260/stories260K.bin ]]; then
     step greedy_cli "$model_log" bash -c "\"$bin/tessera\" generate --device cuda --model $s260/stories260K.bin \
       --tokenizer $s260/tok512.bin --temperature 0 -n 200 >$out/greedy-cuda.txt && cmp $out/greedy-cuda.txt $s260/greedy-200.txt"
+    # Tensor and pipeline parallel on the GPU(s): ranks share a GPU when there are fewer GPUs than ranks (then the
+    # tensor-parallel activations go through host memory over MPI; with a GPU per rank, over NCCL).
+    for layout in "2 --tp 2" "2 --pp 2" "4 --tp 2 --pp 2"; do
+      np=${layout%% *} flags=${layout#* }
+      name=greedy_cli_$(echo "$flags" | tr -d ' -')
+      step "$name" "$model_log" bash -c "\"$prefix/usr/bin/mpiexec.openmpi\" -n $np --oversubscribe --allow-run-as-root \
+        -x LD_LIBRARY_PATH -x OPAL_PREFIX -x PMIX_INSTALL_PREFIX \"$bin/tessera\" generate --device cuda $flags \
+        --model $s260/stories260K.bin --tokenizer $s260/tok512.bin --temperature 0 -n 200 >/tmp/$name.txt \
+        && cmp /tmp/$name.txt $s260/greedy-200.txt"
+    done
   fi
   if ((model_bench)); then
     for preset in llama2-7b llama3-8b; do

@@ -107,6 +107,9 @@ class Backend {
   virtual void copy_to_host(void* host_dst, const void* src, size_t bytes) { std::memcpy(host_dst, src, bytes); }
   // Within backend memory (ordered with the ops).
   virtual void copy(void* dst, const void* src, size_t bytes) { std::memcpy(dst, src, bytes); }
+  // Returns once every op queued so far has finished: before another agent (an NCCL stream) reads or writes
+  // backend memory the ops wrote or will read. Host backends finish each op before returning.
+  virtual void synchronize() {}
   // A view of a weight matrix that this backend's ops accept, valid while the backend and `host`'s storage live.
   // Host backends return `host` itself (no copy); a device backend keeps a device copy in its own layout.
   virtual Matrix upload(const Matrix& host) { return host; }

@@ -24,21 +24,15 @@ LayerDims dims_of(const Layer& lw, const ModelConfig& c) {
           static_cast<int>(lw.w_gate.rows)};
 }
 
-// The weights' shard; refused before anything is uploaded when the backend cannot run it: the collectives and the
-// pipeline's transfers work on host memory.
-ModelShard shard_for(const ModelData& model, const Backend& backend) {
+ModelShard shard_for(const ModelData& model) {
   TESSERA_CHECK_MSG(model.pending.empty(), "the model still has pending weights: make_pending_weights() first");
-  ModelShard shard = model.layout();
-  if (!backend.host_memory() && (shard.tp_size > 1 || shard.pp_size > 1))
-    throw Error("tensor/pipeline parallelism on the CUDA backend is not wired yet (" + backend.name() +
-                " computes in device memory): run one process with --tp 1 --pp 1");
-  return shard;
+  return model.layout();
 }
 }  // namespace
 
 LlamaModel::LlamaModel(const ModelData& model, Backend& backend, int max_batch_tokens, Communicator* tp)
     : model_(model),
-      shard_(shard_for(model, backend)),
+      shard_(shard_for(model)),
       backend_(backend),
       tp_(tp),
       max_batch_tokens_(std::max(1, max_batch_tokens)),
@@ -68,8 +62,18 @@ LlamaModel::LlamaModel(const ModelData& model, Backend& backend, int max_batch_t
   att_ = floats(rows * sz(q_dim));
   proj_ = floats(rows * sz(c.dim));
   hidden_ = floats(rows * sz(hidden));
-  // A host backend writes logits straight into the caller's buffer; a device one needs them in its memory first.
-  if (!backend.host_memory()) logits_ = floats(rows * sz(c.vocab_size));
+  const bool vocab_split = shard_.vocab.size() != c.vocab_size;
+  if (shard_.tp_size > 1) {
+    // The largest exchange: a batch's residual rows (all-reduce) or its rows of this shard's logits (all-gather).
+    const size_t most = rows * std::max(sz(c.dim), vocab_split ? sz(shard_.vocab_padded) : size_t{0});
+    tp_exchange_ = std::make_unique<ActivationExchange>(backend, *tp_, most);
+  }
+  if (vocab_split) {
+    zero_row_ = floats(sz(c.dim));
+  } else if (!backend.host_memory()) {
+    // A host backend writes logits straight into the caller's buffer; a device one needs them in its memory first.
+    logits_ = floats(rows * sz(c.vocab_size));
+  }
   positions_.resize(rows);
   row_runs_.reserve(rows);
   attention_calls_.reserve(rows);
@@ -87,11 +91,6 @@ KvCache LlamaModel::make_cache(int capacity) const {
 
 std::unique_ptr<KvPool> LlamaModel::make_kv_pool(int num_blocks, int block_size) const {
   return std::make_unique<KvPool>(backend_, layer_kv_dims(), num_blocks, block_size);
-}
-
-float* LlamaModel::hidden() {
-  TESSERA_CHECK_MSG(backend_.host_memory(), "pipeline stages exchange host memory");
-  return x_.as<float>();
 }
 
 void LlamaModel::set_observer(ActivationObserver* observer) {
@@ -178,10 +177,10 @@ void LlamaModel::embed(std::span<const int> tokens) {
       const int local = t - static_cast<int>(shard_.vocab.begin);
       backend_.embedding(table, &local, 1, row);
     } else {
-      std::fill(row, row + c.dim, 0.0f);
+      backend_.copy(row, zero_row_.data(), sz(c.dim) * sizeof(float));
     }
   }
-  tp_->all_reduce_sum(x, sz(n) * sz(c.dim));
+  tp_exchange_->all_reduce_sum(x, sz(n) * sz(c.dim));
 }
 
 void LlamaModel::run_layers(std::span<const SequenceChunk> chunks) {
@@ -236,7 +235,7 @@ void LlamaModel::run_layers(std::span<const SequenceChunk> chunks) {
     be.attention_batch(attention_calls_, shape);
     if (observer_) observer_->observe(l, LinearInput::kAttnOut, att, n, q_dim);
     linear(att, lw.wo, nullptr, proj);
-    if (split) tp_->all_reduce_sum(proj, sz(n) * dim);
+    if (split) tp_exchange_->all_reduce_sum(proj, sz(n) * dim);
     be.add(x, proj, sz(n) * dim);
 
     be.rmsnorm(x, lw.ffn_norm, n, c.dim, c.rms_eps, xb);
@@ -244,7 +243,7 @@ void LlamaModel::run_layers(std::span<const SequenceChunk> chunks) {
     linear_silu_mul(xb, lw.w_gate, lw.w_up, hidden);
     if (observer_) observer_->observe(l, LinearInput::kFfnMid, hidden, n, d.hidden);
     linear(hidden, lw.w_down, nullptr, proj);
-    if (split) tp_->all_reduce_sum(proj, sz(n) * dim);
+    if (split) tp_exchange_->all_reduce_sum(proj, sz(n) * dim);
     be.add(x, proj, sz(n) * dim);
   }
 }
@@ -297,14 +296,10 @@ void LlamaModel::head(std::span<const SequenceChunk> chunks, bool all_rows, floa
   const size_t dim = sz(c.dim);
   const float* x = x_.as<float>();
   float* xb = xb_.as<float>();
-  // A host backend writes the caller's buffer; a device backend its scratch, copied back at the end (which also
-  // waits for the step).
-  float* out = backend_.host_memory() ? logits : logits_.as<float>();
   int rows = 0;
   if (all_rows) {
     backend_.rmsnorm(x, weights_.final_norm, n, c.dim, c.rms_eps, xb);
     rows = n;
-    logits_of(xb, rows, /*per_row=*/false, out);
   } else {
     int row = 0;
     for (const SequenceChunk& ch : chunks) {
@@ -314,46 +309,44 @@ void LlamaModel::head(std::span<const SequenceChunk> chunks, bool all_rows, floa
       backend_.rmsnorm(x + sz(row - take) * dim, weights_.final_norm, take, c.dim, c.rms_eps, xb + sz(rows) * dim);
       rows += take;
     }
-    // Each row is computed as it would be alone (as a chunk's last token).
-    if (rows > 0) logits_of(xb, rows, /*per_row=*/true, out);
   }
-  if (out != logits && rows > 0) backend_.copy_to_host(logits, out, sz(rows) * sz(c.vocab_size) * sizeof(float));
+  if (rows == 0) return;
+  // Each row stands alone (as a chunk's last token) unless all rows were asked for.
+  const bool per_row = !all_rows;
+  if (shard_.vocab.size() != c.vocab_size) {
+    gather_logits(xb, rows, per_row, logits);
+  } else if (backend_.host_memory()) {
+    lm_head(xb, rows, per_row, logits);
+  } else {
+    // A device backend computes into its scratch; the copy back also waits for the step.
+    lm_head(xb, rows, per_row, logits_.as<float>());
+    backend_.copy_to_host(logits, logits_.data(), sz(rows) * sz(c.vocab_size) * sizeof(float));
+  }
 }
 
-void LlamaModel::logits_of(const float* xb, int rows, bool per_row, float* out) {
-  const ModelConfig& c = model_.config;
-  const Matrix& lm_head = weights_.lm_head;
-  const auto matmul = [&](float* y) {
-    if (per_row) {
-      backend_.matmul_rows(xb, rows, lm_head, nullptr, y);
-    } else {
-      backend_.matmul(xb, rows, lm_head, nullptr, y);
-    }
-  };
-  if (shard_.vocab.size() == c.vocab_size) {
-    matmul(out);
-    return;
+void LlamaModel::lm_head(const float* xb, int rows, bool per_row, float* out) {
+  if (per_row) {
+    backend_.matmul_rows(xb, rows, weights_.lm_head, nullptr, out);
+  } else {
+    backend_.matmul(xb, rows, weights_.lm_head, nullptr, out);
   }
-  // Vocab-parallel: every rank computes its rows of the vocabulary, padded to the same width, and the all-gather
-  // lays them out rank after rank; the copy puts each row back in vocabulary order.
-  const size_t padded = sz(shard_.vocab_padded), local = sz(shard_.vocab.size()), tp = sz(shard_.tp_size);
+}
+
+void LlamaModel::gather_logits(const float* xb, int rows, bool per_row, float* host_logits) {
+  // Every rank computes [rows][its shard] into a buffer of rows x vocab_padded floats and the all-gather sends the
+  // whole buffer, the same count from every rank; rank r's rows are then read at its own width.
+  const size_t padded = sz(shard_.vocab_padded), tp = sz(shard_.tp_size), vocab = sz(model_.config.vocab_size);
   const size_t need = sz(rows) * padded;
-  if (local_logits_.size() < need) local_logits_.resize(need);
+  // Grown on first use: most steps want a few rows of logits, and a forward of all rows many.
+  if (shard_logits_.bytes() < need * sizeof(float)) shard_logits_ = backend_.allocate(need * sizeof(float));
   if (gathered_logits_.size() < need * tp) gathered_logits_.resize(need * tp);
-  matmul(local_logits_.data());
-  if (local < padded) {
-    // matmul wrote [rows][local]; spread the rows out to the padded width, back to front.
-    for (int i = rows - 1; i >= 0; --i) {
-      std::memmove(local_logits_.data() + sz(i) * padded, local_logits_.data() + sz(i) * local, local * sizeof(float));
-      std::fill(local_logits_.data() + sz(i) * padded + local, local_logits_.data() + sz(i + 1) * padded, 0.0f);
-    }
-  }
-  tp_->all_gather(local_logits_.data(), need, gathered_logits_.data());
-  const size_t vocab = sz(c.vocab_size);
+  lm_head(xb, rows, per_row, shard_logits_.as<float>());
+  tp_exchange_->all_gather_to_host(shard_logits_.as<float>(), need, gathered_logits_.data());
   for (size_t r = 0; r < tp; ++r) {
-    const size_t begin = r * padded, width = std::min(vocab, begin + padded) - std::min(vocab, begin);
+    const size_t begin = std::min(vocab, r * padded), width = std::min(vocab, begin + padded) - begin;
+    const float* from = gathered_logits_.data() + r * need;
     for (size_t i = 0; i < sz(rows); ++i)
-      std::memcpy(out + i * vocab + begin, gathered_logits_.data() + r * need + i * padded, width * sizeof(float));
+      std::memcpy(host_logits + i * vocab + begin, from + i * width, width * sizeof(float));
   }
 }
 

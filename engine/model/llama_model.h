@@ -8,8 +8,9 @@
 // model_runner.h) through the stage calls embed / run_layers / head.
 //
 // Memory: the model keeps everything its backend reads in the backend's memory space (BackendWeights, scratch,
-// KV caches from make_cache). On a device backend (Backend::host_memory() false) only the single-process path
-// exists: tensor/pipeline parallelism and activation observers read host memory and are refused.
+// KV caches from make_cache). Its collectives go through an ActivationExchange, which hands backend memory to the
+// communicator directly (CPU with MPI, GPU with NCCL) or stages it through host memory (GPU with MPI). Only
+// activation observers need a host backend (they read the activations on the host).
 #pragma once
 
 #include <memory>
@@ -17,6 +18,7 @@
 #include <vector>
 
 #include "engine/backend/backend.h"
+#include "engine/model/activation_exchange.h"
 #include "engine/model/backend_weights.h"
 #include "engine/model/kv_cache.h"
 #include "engine/model/rope.h"
@@ -89,9 +91,9 @@ class LlamaModel {
   void forward_batch(std::span<const int> tokens, std::span<const SequenceChunk> chunks, float* logits);
 
   // --- pipeline stage calls (what forward_batch is made of) ------------------------------------------------
-  // The activations between stages: [max_batch_tokens][dim]; a stage reads and writes its first `rows` rows.
-  // Host memory: only a host-memory backend runs pipeline stages.
-  float* hidden();
+  // The activations between stages: [max_batch_tokens][dim] in backend memory; a stage reads and writes its first
+  // `rows` rows (ModelRunner moves them with an ActivationExchange).
+  float* hidden() { return x_.as<float>(); }
   // First stage: hidden <- embeddings of the tokens (checked against the vocabulary).
   void embed(std::span<const int> tokens);
   // Runs hidden through this shard's layers. Checks each chunk's positions against its cache.
@@ -114,9 +116,11 @@ class LlamaModel {
  private:
   void check_positions(std::span<const SequenceChunk> chunks) const;
   std::vector<int> layer_kv_dims() const;  // kv_dim of each of this shard's layers
-  // Logits of `rows` rows of normalized activations (xb_) into out ([rows][vocab]); per_row: each row stands
-  // alone (Backend::matmul_rows).
-  void logits_of(const float* xb, int rows, bool per_row, float* out);
+  // Logits of `rows` rows of normalized activations xb (backend memory): the lm_head into `out` ([rows][this
+  // shard's vocabulary], backend memory); per_row: each row stands alone (Backend::matmul_rows).
+  void lm_head(const float* xb, int rows, bool per_row, float* out);
+  // Vocab-parallel: every rank's lm_head rows gathered into host_logits ([rows][vocab], host memory).
+  void gather_logits(const float* xb, int rows, bool per_row, float* host_logits);
   // Batch invariance: every chunk is computed exactly as if it ran alone. Single-token chunks (decodes) go through
   // the per-row matmuls, longer chunks (prefill) through the blocked ones (whose rows do not depend on each other
   // either), so a batch is cut into runs of consecutive chunks of one kind.
@@ -144,12 +148,14 @@ class LlamaModel {
   BackendWeights weights_;  // what the backend reads: model_.weights itself on a host backend
   // Scratch in backend memory, [max_batch_tokens][...]
   BackendBuffer x_, xb_, q_, k_, v_, att_, proj_, hidden_;
-  BackendBuffer logits_;  // device backends: [max_batch_tokens][vocab], copied to the caller's host buffer
+  BackendBuffer logits_;  // device backends, whole vocabulary: [max_batch_tokens][vocab], copied to the caller
+  std::unique_ptr<ActivationExchange> tp_exchange_;  // tp > 1: the all-reduces and the logits' all-gather
+  BackendBuffer zero_row_;                           // vocab-parallel embedding: [dim] zeros for others' tokens
+  BackendBuffer shard_logits_;                       // vocab-parallel lm_head: [rows][vocab_padded], grown on use
   std::vector<int> positions_;
   std::vector<RowRun> row_runs_;                // reserved for max_batch_tokens runs: planning a step allocates nothing
   std::vector<AttentionCall> attention_calls_;  // one layer's calls, one per chunk (reserved likewise)
-  std::vector<float> local_logits_, gathered_logits_;  // vocab-parallel lm_head (tp > 1), grown on first use
-  std::vector<int> local_token_;                       // vocab-parallel embedding
+  std::vector<float> gathered_logits_;  // vocab-parallel lm_head: every rank's shard_logits_ rows, grown on first use
   ActivationObserver* observer_ = nullptr;
 };
 

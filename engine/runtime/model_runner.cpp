@@ -42,9 +42,14 @@ ModelRunner::ModelRunner(LlamaModel& model, const ParallelGroups* groups, int ma
     if (shard_.tp_size > 1)
       TESSERA_CHECK(groups_->tp && groups_->tp_control && groups_->tp->size() == shard_.tp_size &&
                     groups_->tp_control->size() == shard_.tp_size);
-    if (shard_.pp_size > 1)
+    if (shard_.pp_size > 1) {
       TESSERA_CHECK(groups_->pp && groups_->pp_control && groups_->pp->size() == shard_.pp_size &&
                     groups_->pp->rank() == shard_.pp_stage && groups_->pp_control->rank() == shard_.pp_stage);
+      pp_exchange_ = std::make_unique<ActivationExchange>(model_.backend(), *groups_->pp,
+                                                          sz(model_.max_batch_tokens()) * sz(model_.config().dim));
+    }
+    for (Communicator* host : {groups_->world, groups_->tp, groups_->pp})
+      TESSERA_CHECK_MSG(host == nullptr || !host->device_memory(), "the runner's groups carry host memory");
   } else {
     TESSERA_CHECK_MSG(shard_.whole(), "a sharded model needs its parallel groups");
   }
@@ -294,18 +299,18 @@ void ModelRunner::execute_step(const Plan& plan) {
     seq_chunks_.push_back(
         {&*slots_[sz(ch.slot)], ch.pos0, ch.n_tokens, ch.logits != 0, ch.logits == StepChunk::kAllRows});
   }
-  const size_t hidden_bytes = sz(plan.n_rows) * sz(c.dim) * sizeof(float);
+  const size_t hidden_floats = sz(plan.n_rows) * sz(c.dim);
   if (shard_.first_stage()) {
     model_.embed({tokens_.data(), sz(plan.n_rows)});
   } else {
-    groups_->pp->recv(model_.hidden(), hidden_bytes, shard_.pp_stage - 1, kHiddenTag);
+    pp_exchange_->recv(model_.hidden(), hidden_floats, shard_.pp_stage - 1, kHiddenTag);
   }
   model_.run_layers(seq_chunks_);
   if (!shard_.last_stage()) {
     const int next = shard_.pp_stage + 1;
     groups_->pp_control->send(&plan, sizeof(plan), next, kPlanTag);
     groups_->pp->send(chunks_.data(), chunks_.size() * sizeof(StepChunk), next, kChunksTag);
-    groups_->pp->send(model_.hidden(), hidden_bytes, next, kHiddenTag);
+    pp_exchange_->send(model_.hidden(), hidden_floats, next, kHiddenTag);
     return;
   }
   const int rows = logit_rows(plan);

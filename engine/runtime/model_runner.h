@@ -44,6 +44,8 @@ struct PagedKvOptions {
 
 // This rank's communicators in a parallel job (not owned). Control-plane groups wait for the next plan without
 // a deadline (a server may idle for hours); data-plane groups carry the comm timeout.
+// Host-memory communicators (MPI): the runner also sends its step's chunks and tokens through the data ones. The
+// model's own tensor-parallel communicator (LlamaModel's `tp`) may instead be a device one (NCCL).
 struct ParallelGroups {
   Communicator* world = nullptr;       // data: the whole job (logits back to rank 0)
   Communicator* tp = nullptr;          // data: this stage's tensor-parallel group
@@ -126,6 +128,7 @@ class ModelRunner {
   bool leader_ = true;
   int max_in_flight_ = 1;
   bool stopped_ = false;
+  std::unique_ptr<ActivationExchange> pp_exchange_;  // pipelines: the hidden state from stage to stage
   std::unique_ptr<KvPool> pool_;  // paged runners; declared before slots_, whose caches hold its blocks
   std::vector<std::optional<KvCache>> slots_;
   // Plan payload and the model's view of it.

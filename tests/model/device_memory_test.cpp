@@ -1,9 +1,7 @@
-// LlamaModel's device path on the CPU: a backend that computes with CpuBackend but says its memory is not host
-// memory makes the model upload its weights, keep scratch, KV caches, norms, biases and the RoPE table in
-// backend memory and copy logits back. Every op checks that each pointer it gets lies in memory this backend
-// allocated or uploaded, so a host pointer slipping through (a loaded weight, a norm, the caller's logits) fails
-// here, in CI, without a GPU. The logits must equal the CPU backend's bit for bit (the same kernels on the same
-// numbers). Also: the host backends' memory interface, and what a device backend refuses.
+// LlamaModel's device path on the CPU, with DeviceLikeBackend (tests/model/device_like_backend.h): a backend that
+// computes with CpuBackend but keeps everything in "backend memory" and checks every pointer its ops get. The
+// logits must equal the CPU backend's bit for bit (the same kernels on the same numbers). Also: the host backends'
+// memory interface, and what a device backend refuses. Sharded device runs: tests/parallel/sharded_model_test.cpp.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -19,142 +17,13 @@
 #include "engine/runtime/generator.h"
 #include "engine/runtime/model_runner.h"
 #include "loaders/shard_weights.h"
+#include "tests/model/device_like_backend.h"
 #include "tests/model/tiny_model.h"
 
 namespace tessera {
 namespace {
 
-class DeviceLikeBackend final : public Backend {
- public:
-  std::string name() const override { return "device-like(cpu)"; }
-  bool host_memory() const override { return false; }
-
-  // Freed buffers stop counting as backend memory: the host heap may hand their addresses out again (to a later
-  // model's host vectors, say). The backend outlives every buffer it allocates in these tests.
-  BackendBuffer allocate(size_t bytes) override {
-    struct Tracked final : BackendBuffer::Owner {
-      BackendBuffer host;
-      DeviceLikeBackend* backend = nullptr;
-      ~Tracked() override { backend->disown(host.data()); }
-    };
-    auto owner = std::make_unique<Tracked>();
-    owner->host = allocate_host_buffer(bytes);
-    owner->backend = this;
-    void* data = owner->host.data();
-    own(data, bytes);
-    return BackendBuffer(data, bytes, std::move(owner));
-  }
-  void copy_to_backend(void* dst, const void* host_src, size_t bytes) override {
-    expect_owned(dst, "copy_to_backend destination");
-    std::memcpy(dst, host_src, bytes);
-  }
-  void copy_to_host(void* host_dst, const void* src, size_t bytes) override {
-    expect_owned(src, "copy_to_host source");
-    EXPECT_FALSE(owns(host_dst)) << "copy_to_host into backend memory";
-    std::memcpy(host_dst, src, bytes);
-    ++copies_to_host;
-  }
-  void copy(void* dst, const void* src, size_t bytes) override {
-    expect_owned(dst, "copy destination");
-    expect_owned(src, "copy source");
-    std::memcpy(dst, src, bytes);
-  }
-  Matrix upload(const Matrix& host) override {
-    BackendBuffer& b = uploads_.emplace_back(allocate(host.bytes()));
-    if (host.bytes() > 0) std::memcpy(b.data(), host.data, host.bytes());
-    Matrix m = host;
-    m.data = b.data();
-    ++uploaded;
-    return m;
-  }
-
-  void matmul(const float* x, int n, const Matrix& w, const float* bias, float* y) override {
-    expect_owned(x, y, w, bias);
-    cpu_.matmul(x, n, w, bias, y);
-  }
-  void matmul_rows(const float* x, int n, const Matrix& w, const float* bias, float* y) override {
-    expect_owned(x, y, w, bias);
-    cpu_.matmul_rows(x, n, w, bias, y);
-  }
-  void matmul_silu_mul(const float* x, int n, const Matrix& gate, const Matrix& up, float* out) override {
-    expect_owned(x, out, gate, nullptr);
-    expect_owned(up.data, "up weight");
-    cpu_.matmul_silu_mul(x, n, gate, up, out);
-  }
-  void matmul_silu_mul_rows(const float* x, int n, const Matrix& gate, const Matrix& up, float* out) override {
-    expect_owned(x, out, gate, nullptr);
-    expect_owned(up.data, "up weight");
-    cpu_.matmul_silu_mul_rows(x, n, gate, up, out);
-  }
-  void rmsnorm(const float* x, const float* w, int n, int dim, float eps, float* y) override {
-    expect_owned(x, "rmsnorm x");
-    expect_owned(w, "rmsnorm weight");
-    expect_owned(y, "rmsnorm y");
-    cpu_.rmsnorm(x, w, n, dim, eps, y);
-  }
-  void rope(float* x, int n, int n_heads, const int* positions, const RopeTable& table) override {
-    expect_owned(x, "rope x");
-    expect_owned(table.cos, "rope cos");
-    expect_owned(table.sin, "rope sin");
-    EXPECT_FALSE(owns(positions)) << "positions are a host array";
-    cpu_.rope(x, n, n_heads, positions, table);
-  }
-  void attention(const float* q, int n, int pos0, const KvLayer& kv, const AttentionShape& shape, float* out) override {
-    expect_owned(q, "attention q");
-    expect_owned(kv.k, "KV cache keys");
-    expect_owned(kv.v, "KV cache values");
-    expect_owned(out, "attention out");
-    cpu_.attention(q, n, pos0, kv, shape, out);
-  }
-  void add(float* y, const float* x, size_t count) override {
-    expect_owned(y, "add y");
-    expect_owned(x, "add x");
-    cpu_.add(y, x, count);
-  }
-  void embedding(const Matrix& table, const int* tokens, int n, float* out) override {
-    expect_owned(table.data, "embedding table");
-    expect_owned(out, "embedding out");
-    EXPECT_FALSE(owns(tokens)) << "tokens are a host array";
-    cpu_.embedding(table, tokens, n, out);
-  }
-  int argmax(const float* x, int n) override {
-    expect_owned(x, "argmax x");
-    return cpu_.argmax(x, n);
-  }
-
-  int copies_to_host = 0;
-  int uploaded = 0;
-
- private:
-  struct Range {
-    uintptr_t begin, end;
-  };
-  void own(const void* p, size_t bytes) {
-    if (p != nullptr) ranges_.push_back({reinterpret_cast<uintptr_t>(p), reinterpret_cast<uintptr_t>(p) + bytes});
-  }
-  void disown(const void* p) {
-    std::erase_if(ranges_, [a = reinterpret_cast<uintptr_t>(p)](const Range& r) { return r.begin == a; });
-  }
-  bool owns(const void* p) const {
-    const auto a = reinterpret_cast<uintptr_t>(p);
-    for (const Range& r : ranges_)
-      if (a >= r.begin && a < r.end) return true;
-    return false;
-  }
-  void expect_owned(const void* p, const char* what) const {
-    EXPECT_TRUE(p != nullptr && owns(p)) << what << " is not backend memory";
-  }
-  void expect_owned(const float* x, const float* y, const Matrix& w, const float* bias) const {
-    expect_owned(x, "matmul x");
-    expect_owned(y, "matmul y");
-    expect_owned(w.data, "weight");
-    if (bias != nullptr) expect_owned(bias, "bias");
-  }
-
-  CpuBackend cpu_{1};
-  std::vector<Range> ranges_;  // live allocations; declared before uploads_, which give theirs back first
-  std::vector<BackendBuffer> uploads_;
-};
+using testing::DeviceLikeBackend;
 
 // Logits of every position: `prefill` tokens in one forward (in chunks of max_batch rows), then one decode step
 // for each further token. [tokens][vocab].
@@ -229,38 +98,47 @@ TEST(DeviceMemory, BatchAndRunnerOnADeviceBackendMatchTheCpuBackend) {
   EXPECT_EQ(greedy(dev), greedy(cpu));
 }
 
-TEST(DeviceMemory, ADeviceBackendRefusesPipelineShardsAndObservers) {
-  const ModelConfig c = gqa_config();
-  ModelData m = testing::tiny_model(c, DType::F32, 13);
+TEST(DeviceMemory, ADeviceBackendRefusesObservers) {
+  const ModelData m = testing::tiny_model(gqa_config(), DType::F32, 13);
   DeviceLikeBackend dev;
-  {
-    LlamaModel whole(m, dev, 4);
-    struct Nothing final : ActivationObserver {
-      void observe(int, LinearInput, const float*, int, int) override {}
-    } observer;
-    try {
-      whole.set_observer(&observer);
-      ADD_FAILURE() << "an observer on a device backend was accepted";
-    } catch (const Error& e) {
-      EXPECT_NE(std::string(e.what()).find("CPU backend"), std::string::npos) << e.what();
-    }
-    whole.set_observer(nullptr);  // turning it off is fine
-  }
-
-  ShardRequest request;
-  request.pp_size = 2;
-  request.pp_stage = 1;
-  shard_weights(m, plan_shard(c, request));
-  const int uploads_before = dev.uploaded;
+  LlamaModel whole(m, dev, 4);
+  struct Nothing final : ActivationObserver {
+    void observe(int, LinearInput, const float*, int, int) override {}
+  } observer;
   try {
-    LlamaModel stage(m, dev, 4);
-    ADD_FAILURE() << "a pipeline stage on a device backend was accepted";
+    whole.set_observer(&observer);
+    ADD_FAILURE() << "an observer on a device backend was accepted";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("tensor/pipeline parallelism on the CUDA backend is not wired yet"),
-              std::string::npos)
-        << e.what();
+    EXPECT_NE(std::string(e.what()).find("CPU backend"), std::string::npos) << e.what();
   }
-  EXPECT_EQ(dev.uploaded, uploads_before) << "refused before uploading anything";
+  whole.set_observer(nullptr);  // turning it off is fine
+}
+
+// A pipeline stage on its own (no communicator needed for the last stage's head): the stage calls keep to backend
+// memory, and the last stage's logits equal the CPU backend's.
+TEST(DeviceMemory, APipelineStageRunsOnADeviceBackend) {
+  const ModelConfig c = gqa_config();
+  const std::vector<int> tokens{1, 5, 9, 22};
+  const auto last_stage_logits = [&](Backend& be, const std::vector<float>& hidden_in) {
+    ModelData m = testing::tiny_model(c, DType::F32, 13);
+    ShardRequest request;
+    request.pp_size = 2;
+    request.pp_stage = 1;
+    shard_weights(m, plan_shard(c, request));
+    LlamaModel stage(m, be, 8);
+    KvCache cache = stage.make_cache(8);
+    const SequenceChunk chunk{&cache, 0, static_cast<int>(tokens.size()), true, true};
+    be.copy_to_backend(stage.hidden(), hidden_in.data(), hidden_in.size() * sizeof(float));
+    stage.run_layers({&chunk, 1});
+    std::vector<float> logits(tokens.size() * static_cast<size_t>(c.vocab_size));
+    stage.head({&chunk, 1}, /*all_rows=*/true, logits.data());
+    return logits;
+  };
+  std::vector<float> hidden(tokens.size() * static_cast<size_t>(c.dim));
+  for (size_t i = 0; i < hidden.size(); ++i) hidden[i] = static_cast<float>((i * 37) % 19) / 9.0f - 1.0f;
+  CpuBackend cpu(1);
+  DeviceLikeBackend dev;
+  EXPECT_EQ(last_stage_logits(dev, hidden), last_stage_logits(cpu, hidden));
 }
 
 TEST(DeviceMemory, HostBackendsUseTheLoadedWeightsAndZeroedAlignedBuffers) {

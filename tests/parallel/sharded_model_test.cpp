@@ -1,7 +1,10 @@
 // Tensor x pipeline parallel execution against one process: every rank runs this binary under mpiexec; each test
 // is run for every (tp, pp) layout with tp x pp = the number of ranks. Rank 0 builds the whole model itself as
 // the reference; all ranks load their shard, rank 0 drives it through ModelRunner and compares logits (1e-4) and
-// greedy tokens (identical). Quantized cases quantize each shard at load, as the CLI does.
+// greedy tokens (identical). Quantized cases quantize each shard at load, as the CLI does. The device cases run the
+// shards on DeviceLikeBackend (tests/model/device_like_backend.h): once with the MPI communicators, which must
+// only ever see host memory (activations staged through it), and once with the model's tensor-parallel group
+// posing as a device communicator (NCCL's place), which must only see backend memory with no op in flight.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -21,6 +24,7 @@
 #include "parallel/mpi_communicator.h"
 #include "quant/compress.h"
 #include "tests/loaders/test_util.h"
+#include "tests/model/device_like_backend.h"
 #include "tests/model/tiny_model.h"
 
 namespace tessera {
@@ -54,6 +58,70 @@ struct Layout {
     q.column_align = column_align;
     return q;
   }
+};
+
+// Where a case's shards compute and how their activations travel.
+enum class Transport {
+  kCpu,           // CpuBackend, MPI: what the CLI runs on the CPU
+  kDeviceStaged,  // a device backend with MPI: activations copied through host memory
+  kDeviceDirect,  // a device backend whose model talks to a device communicator (as with NCCL)
+};
+
+const char* transport_name(Transport t) {
+  return t == Transport::kCpu ? "cpu" : t == Transport::kDeviceStaged ? "device, staged" : "device, direct";
+}
+
+// Forwards to an MPI communicator and checks the memory of every data-plane pointer: host memory for a host
+// communicator; for a device one, backend memory with the backend's queue drained (the reduction runs elsewhere).
+class CheckedCommunicator final : public Communicator {
+ public:
+  CheckedCommunicator(Communicator& inner, const testing::DeviceLikeBackend& dev, bool device)
+      : inner_(inner), dev_(dev), device_(device) {}
+  int rank() const override { return inner_.rank(); }
+  int size() const override { return inner_.size(); }
+  std::string name() const override { return inner_.name() + (device_ ? " (as device)" : " (host checked)"); }
+  bool device_memory() const override { return device_; }
+  void all_reduce_sum(float* data, size_t count) override {
+    check(data, "all_reduce_sum");
+    inner_.all_reduce_sum(data, count);
+  }
+  void all_gather_bytes(const void* in, size_t bytes_per_rank, void* out) override {
+    check(in, "all_gather in");
+    check(out, "all_gather out");
+    inner_.all_gather_bytes(in, bytes_per_rank, out);
+  }
+  void send(const void* data, size_t bytes, int dst, int tag) override {
+    check(data, "send");
+    inner_.send(data, bytes, dst, tag);
+  }
+  void recv(void* data, size_t bytes, int src, int tag) override {
+    check(data, "recv");
+    inner_.recv(data, bytes, src, tag);
+  }
+  uint64_t start_send(const void* data, size_t bytes, int dst, int tag) override {
+    check(data, "start_send");
+    return inner_.start_send(data, bytes, dst, tag);
+  }
+  void wait_send(uint64_t id) override { inner_.wait_send(id); }
+  void broadcast(void* data, size_t bytes, int root) override { inner_.broadcast(data, bytes, root); }
+  void barrier() override { inner_.barrier(); }
+  ArgmaxCandidate argmax_all(ArgmaxCandidate local) override { return inner_.argmax_all(local); }
+
+  int calls = 0;  // data-plane calls seen
+
+ private:
+  void check(const void* p, const char* what) {
+    ++calls;
+    if (device_) {
+      EXPECT_TRUE(dev_.owns(p)) << what << " on a device communicator got host memory";
+      EXPECT_EQ(dev_.ops_since_sync, 0) << what << " on a device communicator while backend ops were in flight";
+    } else {
+      EXPECT_FALSE(dev_.owns(p)) << what << " on a host communicator got backend memory";
+    }
+  }
+  Communicator& inner_;
+  const testing::DeviceLikeBackend& dev_;
+  bool device_;
 };
 
 std::vector<std::pair<int, int>> layouts() {
@@ -122,9 +190,9 @@ std::vector<int> greedy(ModelRunner& runner, const Case& c) {
 }
 
 // Runs the case on one layout: rank 0 compares, the other ranks serve its steps.
-void run_case(const Case& c, int tp, int pp) {
+void run_case(const Case& c, int tp, int pp, Transport transport = Transport::kCpu) {
   SCOPED_TRACE("tp " + std::to_string(tp) + " x pp " + std::to_string(pp) + " " + c.quant + " " + c.prune +
-               (c.activation_aware ? " activation-aware" : ""));
+               (c.activation_aware ? " activation-aware" : "") + " on " + transport_name(transport));
   Layout layout(tp, pp);
   const bool leader = layout.world.rank() == 0;
   CpuBackend backend(1);
@@ -159,10 +227,35 @@ void run_case(const Case& c, int tp, int pp) {
   ModelData shard = c.make();
   shard_weights(shard, plan_shard(shard.config, layout.request(group_of(c.quant))));
   compress(shard, c, layout.tp_data.get(), layout.pp_control.get());
-  LlamaModel model(shard, backend, 64, layout.tp_data.get());
-  ModelRunner runner(model, &layout.groups, 2);
+  testing::DeviceLikeBackend device;
+  Backend& shard_backend = transport == Transport::kCpu ? static_cast<Backend&>(backend) : device;
+  // The device cases check every data-plane pointer: the model's tp group (as a device communicator in the
+  // direct case), and the runner's groups, which carry host memory in every case.
+  CheckedCommunicator model_tp(*layout.tp_data, device, transport == Transport::kDeviceDirect);
+  CheckedCommunicator world(layout.world, device, false), tp_data(*layout.tp_data, device, false),
+      pp_data(*layout.pp_data, device, false);
+  ParallelGroups groups = layout.groups;
+  Communicator* tp_comm = layout.tp_data.get();
+  if (transport != Transport::kCpu) {
+    groups.world = &world;
+    groups.tp = &tp_data;
+    groups.pp = &pp_data;
+    tp_comm = &model_tp;
+  }
+  LlamaModel model(shard, shard_backend, 64, tp_comm);
+  ModelRunner runner(model, &groups, 2);
+  const auto finish = [&] {
+    if (transport == Transport::kCpu) return;
+    if (tp > 1) {
+      EXPECT_GT(model_tp.calls, 0) << "the model's collectives went elsewhere";
+    }
+    if (pp > 1) {
+      EXPECT_GT(pp_data.calls, 0) << "the hidden state went elsewhere";
+    }
+  };
   if (!leader) {
     runner.serve();
+    finish();
     return;
   }
   const int vocab = shard.config.vocab_size;
@@ -181,6 +274,7 @@ void run_case(const Case& c, int tp, int pp) {
     EXPECT_EQ(tokens, want_tokens);
   }
   runner.stop_workers();
+  finish();
 }
 
 // Runs the case on every layout that fits the world size.
@@ -215,6 +309,19 @@ TEST(ShardedModel, QkvBiasAndTiedEmbeddings) {
 TEST(ShardedModel, Bf16Weights) {
   run_everywhere(
       {[] { return testing::tiny_model(config(32, 4, 4, 8, 72, 4, false, false), DType::BF16, 13); }, "", kPrompt});
+}
+
+// The shards on a device backend: with MPI (activations staged through host memory) and with a device
+// communicator for the model's collectives (NCCL's place: backend memory, after the backend's queue is drained).
+TEST(ShardedModel, DeviceBackendStagedOrDirect) {
+  const MakeModel gqa = [] { return testing::tiny_model(config(32, 4, 1, 8, 72, 4, true, false), DType::F32, 18); };
+  const MakeModel tied = [] { return testing::tiny_model(config(32, 4, 2, 8, 72, 4, false, true), DType::BF16, 19); };
+  for (Transport t : {Transport::kDeviceStaged, Transport::kDeviceDirect}) {
+    for (auto [tp, pp] : layouts()) {
+      run_case({gqa, "", kPrompt}, tp, pp, t);
+      run_case({tied, "", kPrompt}, tp, pp, t);
+    }
+  }
 }
 
 // Splits fall on multiples of 32, so every shard quantizes the same groups as one process.

@@ -64,7 +64,7 @@ class CudaBackend final : public Backend {
   void add_rmsnorm(float* x, const float* delta, const float* w, int n, int dim, float eps, float* y);
 
   cudaStream_t stream() const;
-  void synchronize();
+  void synchronize() override;
   cuda::DevicePool& pool();
   int sm_count() const;
 
