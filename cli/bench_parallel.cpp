@@ -170,8 +170,8 @@ void require_positive(const std::vector<int>& values, const char* option) {
     if (v < 1) throw Error(std::string(option) + " values must be >= 1, got " + std::to_string(v));
 }
 
-json make_row(const ParallelJob& job, const LoadedModel& loaded, const ParallelBenchOptions& o, int threads,
-              const Combination& k, const Measurement& m, const std::vector<RankFigures>& ranks) {
+json make_row(const ParallelJob& job, const LoadedModel& loaded, const ParallelBenchOptions& o, const Backend& backend,
+              int threads, const Combination& k, const Measurement& m, const std::vector<RankFigures>& ranks) {
   const int B = k.batch, L = k.prompt_len, G = k.gen_len;
   const double decode_steps = static_cast<double>(k.micro_batches) * G;
   json rss = json::array(), comm = json::array();
@@ -190,6 +190,7 @@ json make_row(const ParallelJob& job, const LoadedModel& loaded, const ParallelB
               {"tp", job.options().tp},
               {"pp", job.options().pp},
               {"ranks", job.world_size()},
+              {"backend", backend.name()},
               {"threads_per_rank", threads},
               {"batch", B},
               {"micro_batches", k.micro_batches},
@@ -265,15 +266,17 @@ ParallelBenchResult run_parallel_bench(const ParallelBenchOptions& o, const std:
   job.run([&] {
     job.check_consistent("the options", sweep_fingerprint(o, job.options()));
     const ShardRequest shard = job.shard_request();
-    const LoadedModel loaded = load(o.model, /*need_tokenizer=*/false, &shard, job.groups());
+    ModelOptions model_options = o.model;
+    model_options.cpu_layout = !o.device.cuda();
+    const LoadedModel loaded = load(model_options, /*need_tokenizer=*/false, &shard, job.groups());
     job.check_consistent("the model " + loaded.data.source, config_fingerprint(loaded.data.config));
     if (longest > loaded.data.config.max_seq_len)
       throw Error("the longest --prompt-len + --gen-len (" + std::to_string(longest - 1) +
                   ") exceeds the model's context of " + std::to_string(loaded.data.config.max_seq_len));
+    job.use_model_tp(make_model_tp(o.device, job));
     for (int threads : o.threads) {
-      CpuBackend backend(threads);
-      configure_activations(backend, loaded);
-      LlamaModel model(loaded.data, backend, max_rows, job.tp_data());
+      const std::unique_ptr<Backend> backend = make_backend(o.device, threads, loaded);
+      LlamaModel model(loaded.data, *backend, max_rows, job.model_tp());
       for (int batch : o.batches) {
         for (int prompt_len : o.prompt_lens) {
           for (int gen_len : o.gen_lens) {
@@ -294,7 +297,7 @@ ParallelBenchResult run_parallel_bench(const ParallelBenchOptions& o, const std:
             const RankFigures mine{static_cast<double>(peak_rss_bytes()), job.comm_seconds() / since(t0)};
             const std::vector<RankFigures> ranks = gather(job, mine);
             if (!job.leader()) continue;
-            json row = make_row(job, loaded, o, threads, k, m, ranks);
+            json row = make_row(job, loaded, o, *backend, threads, k, m, ranks);
             if (on_row) on_row(row);
             result.rows.push_back(std::move(row));
           }

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "cli/device.h"
 #include "cli/options.h"
 #include "cli/parallel_job.h"
 
@@ -22,6 +23,7 @@ namespace tessera::cli {
 struct ParallelBenchOptions {
   ModelOptions model;
   ParallelOptions parallel;     // one tp x pp layout
+  DeviceOptions device;         // every rank's backend (cuda: the rank's GPU; threads then do not apply)
   std::vector<int> threads{1};  // per rank
   std::vector<int> batches{1};
   std::vector<int> prompt_lens{128};

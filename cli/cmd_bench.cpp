@@ -233,6 +233,7 @@ int run_runtime_bench(const BenchOptions& o, const CLI::App& app) {
     p.model.preset = "llama-110m";
   }
   p.parallel = o.parallel;
+  p.device = o.device;
   // Defaults of the runtime: one thread per rank (ranks are the parallelism), one 128-token prompt.
   p.threads = given(app, "--threads") ? o.threads : std::vector<int>{1};
   p.prompt_lens = given(app, "--prompt-lens") ? o.prompt_lens : std::vector<int>{128};
@@ -258,17 +259,6 @@ int run_runtime_bench(const BenchOptions& o, const CLI::App& app) {
 int run_bench(BenchOptions o, const CLI::App& app) {
   o.device.check(o.model.act_quant);
   if (o.device.cuda()) {
-    const int ranks =
-        std::max(*std::max_element(o.tps.begin(), o.tps.end()) * *std::max_element(o.pps.begin(), o.pps.end()),
-                 under_launcher() ? 2 : 1);
-    if (ranks > 1)
-      throw Error(
-          "bench --device cuda runs one process: the tensor/pipeline-parallel benchmark runs on the CPU backend "
-          "(drop --tp/--pp and mpirun; tessera generate --device cuda runs under mpirun)");
-    if (wants_runtime(o, app))
-      throw Error(
-          "--device cuda measures the single-process benchmark only: drop --batch/--sequences/--csv/"
-          "--micro-batches (the leader/worker runtime benchmark runs on the CPU backend)");
     // One run: --threads and the CPU bandwidth/FMA probe describe the CPU, not the GPU.
     o.threads = {1};
     o.skip_probe = true;

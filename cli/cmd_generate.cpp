@@ -50,9 +50,8 @@ int generate_on_this_rank(const GenerateOptions& o, ParallelJob& job) {
   job.check_consistent("the model " + loaded.data.source, config_fingerprint(loaded.data.config));
   const ModelConfig& config = loaded.data.config;
   const std::unique_ptr<Backend> backend = make_backend(o.device, o.model.threads, loaded);
-  const std::unique_ptr<Communicator> gpu_tp = make_model_tp(o.device, job);
-  Communicator* model_tp = gpu_tp ? gpu_tp.get() : job.tp_data();
-  LlamaModel model(loaded.data, *backend, 256, model_tp);
+  job.use_model_tp(make_model_tp(o.device, job));
+  LlamaModel model(loaded.data, *backend, 256, job.model_tp());
   ModelRunner runner(model, job.groups());
   if (!leader) {
     runner.serve();
@@ -91,11 +90,12 @@ int generate_on_this_rank(const GenerateOptions& o, ParallelJob& job) {
                "\n[tessera] %s on %s%s | load %.2f s | prompt %d tokens, %.1f tokens/s | generated %d tokens, "
                "%.1f tokens/s | finish: %s\n",
                loaded.data.source.c_str(), backend->name().c_str(),
-               job.parallel() ? (" | " + std::to_string(job.world_size()) + " ranks (tp " +
-                                 std::to_string(job.options().tp) + " x pp " + std::to_string(job.options().pp) + ")" +
-                                 (gpu_tp ? " | tp over " + gpu_tp->name() : std::string()))
-                                    .c_str()
-                              : "",
+               job.parallel()
+                   ? (" | " + std::to_string(job.world_size()) + " ranks (tp " + std::to_string(job.options().tp) +
+                      " x pp " + std::to_string(job.options().pp) + ")" +
+                      (job.model_tp() != job.tp_data() ? " | tp over " + job.model_tp()->name() : std::string()))
+                         .c_str()
+                   : "",
                loaded.load_seconds, r.prompt_tokens, r.prefill_seconds > 0 ? r.prompt_tokens / r.prefill_seconds : 0.0,
                n, n > 1 && r.decode_seconds > 0 ? (n - 1) / r.decode_seconds : 0.0,
                std::string(finish_reason_name(r.finish)).c_str());

@@ -59,6 +59,8 @@ struct ParallelJob::Mpi {
   std::unique_ptr<MpiCommunicator> replica, replica_control, coordination;  // with --dp > 1
   std::unique_ptr<MpiCommunicator> tp, tp_control, pp, pp_control;
   std::unique_ptr<TimedCommunicator> world_timed, tp_timed, pp_timed;
+  std::unique_ptr<Communicator> model_tp;  // NCCL, when the model's collectives run between GPUs
+  std::unique_ptr<TimedCommunicator> model_tp_timed;
 
   Mpi(double timeout, bool concurrent_threads)
       : runtime(nullptr, nullptr, timeout, concurrent_threads),
@@ -144,9 +146,29 @@ void ParallelJob::check_consistent(const std::string& what, uint64_t fingerprint
 #endif
 }
 
+void ParallelJob::use_model_tp(std::unique_ptr<Communicator> comm) {
+  if (comm == nullptr) return;
+#ifdef TESSERA_HAVE_MPI
+  TESSERA_CHECK(parallel() && groups_.tp != nullptr && comm->size() == groups_.tp->size());
+  mpi_->model_tp = std::move(comm);
+  mpi_->model_tp_timed = std::make_unique<TimedCommunicator>(*mpi_->model_tp);
+#else
+  TESSERA_CHECK_MSG(false, "a model communicator of its own needs the MPI build");
+#endif
+}
+
+Communicator* ParallelJob::model_tp() const {
+#ifdef TESSERA_HAVE_MPI
+  if (mpi_ && mpi_->model_tp_timed) return mpi_->model_tp_timed.get();
+#endif
+  return tp_data();
+}
+
 double ParallelJob::comm_seconds() const {
 #ifdef TESSERA_HAVE_MPI
-  if (parallel()) return mpi_->world_timed->seconds() + mpi_->tp_timed->seconds() + mpi_->pp_timed->seconds();
+  if (parallel())
+    return mpi_->world_timed->seconds() + mpi_->tp_timed->seconds() + mpi_->pp_timed->seconds() +
+           (mpi_->model_tp_timed ? mpi_->model_tp_timed->seconds() : 0.0);
 #endif
   return 0.0;
 }
@@ -157,6 +179,7 @@ void ParallelJob::reset_comm_seconds() {
   mpi_->world_timed->reset();
   mpi_->tp_timed->reset();
   mpi_->pp_timed->reset();
+  if (mpi_->model_tp_timed) mpi_->model_tp_timed->reset();
 #endif
 }
 

@@ -70,6 +70,11 @@ class ParallelJob {
   // `tp_data()` for the model.
   const ParallelGroups* groups() const { return options_.model_ranks() > 1 ? &groups_ : nullptr; }
   Communicator* tp_data() const { return options_.model_ranks() > 1 ? groups_.tp : nullptr; }
+  // The model's own tensor-parallel collectives go through `comm` (NCCL between GPUs: make_model_tp in
+  // cli/device.h) instead of tp_data(); timed with the others. Null: keep tp_data().
+  void use_model_tp(std::unique_ptr<Communicator> comm);
+  // What LlamaModel takes as its tensor-parallel communicator.
+  Communicator* model_tp() const;
   // Every rank must agree on the model and options: compares fingerprints, throws on a mismatch.
   void check_consistent(const std::string& what, uint64_t fingerprint) const;
   // Seconds spent inside data-plane communication since the last reset (timed wrappers), for bench.
