@@ -21,9 +21,13 @@ ActivationExchange::ActivationExchange(Backend& backend, Communicator& comm, siz
   }
 }
 
-float* ActivationExchange::staging(size_t count) {
+void ActivationExchange::check_fits(size_t count) const {
   TESSERA_CHECK_MSG(count <= max_floats_, "an exchange of " + std::to_string(count) + " floats is larger than the " +
                                               std::to_string(max_floats_) + " it was sized for");
+}
+
+float* ActivationExchange::staging(size_t count) {
+  check_fits(count);
   return staging_.data();
 }
 
@@ -52,7 +56,7 @@ void ActivationExchange::all_gather_to_host(const float* in, size_t count, float
       comm_.all_gather(in, count, host_out);
       return;
     case Path::kDevice: {
-      TESSERA_CHECK(count <= max_floats_);
+      check_fits(count);
       const size_t all = static_cast<size_t>(comm_.size()) * count;
       backend_.synchronize();
       comm_.all_gather(in, count, gathered_.as<float>());

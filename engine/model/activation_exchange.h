@@ -27,10 +27,6 @@ class ActivationExchange {
   ActivationExchange(const ActivationExchange&) = delete;
   ActivationExchange& operator=(const ActivationExchange&) = delete;
 
-  Communicator& comm() const { return comm_; }
-  // True when the communicator reads backend memory itself (no staging).
-  bool direct() const { return path_ != Path::kStaged; }
-
   // data[0..count) (backend memory) <- the sum over the group's ranks, identical on every rank.
   void all_reduce_sum(float* data, size_t count);
   // host_out[r * count + i] <- rank r's in[i]: `in` is backend memory, `host_out` host memory (size() * count).
@@ -42,7 +38,8 @@ class ActivationExchange {
  private:
   enum class Path { kHost, kDevice, kStaged };
 
-  float* staging(size_t count);
+  void check_fits(size_t count) const;
+  float* staging(size_t count);  // kStaged: the host buffer, for `count` floats
 
   Backend& backend_;
   Communicator& comm_;
