@@ -65,7 +65,7 @@ LlamaModel::LlamaModel(const ModelData& model, Backend& backend, int max_batch_t
   const bool vocab_split = shard_.vocab.size() != c.vocab_size;
   if (shard_.tp_size > 1) {
     // The largest exchange: a batch's residual rows (all-reduce) or its rows of this shard's logits (all-gather).
-    const size_t most = rows * std::max(sz(c.dim), vocab_split ? sz(shard_.vocab_padded) : size_t{0});
+    const size_t most = rows * std::max(sz(c.dim), sz(shard_.vocab_padded));
     tp_exchange_ = std::make_unique<ActivationExchange>(backend, *tp_, most);
   }
   if (vocab_split) {
