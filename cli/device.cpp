@@ -44,8 +44,13 @@ void DeviceOptions::check(const std::string& act_quant) const {
                 " is a CPU kernel path with no GPU equivalent (the GPU keeps fp32 activations); drop --act-quant");
 }
 
-int cuda_device_of_rank(int device_count) {
-  TESSERA_CHECK(device_count > 0);
+#ifdef TESSERA_WITH_CUDA
+namespace {
+// This rank's index among the job's ranks on its host, modulo the host's GPUs.
+int this_rank_cuda_device() {
+  std::string why;
+  const int count = cuda_device_count(&why);
+  if (count == 0) throw Error("--device cuda: no usable GPU here (" + why + ")");
   int local = 0;
   for (const char* var : {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID"}) {
     if (const char* v = std::getenv(var)) {
@@ -53,16 +58,7 @@ int cuda_device_of_rank(int device_count) {
       break;
     }
   }
-  return local % device_count;
-}
-
-#ifdef TESSERA_WITH_CUDA
-namespace {
-int this_rank_cuda_device() {
-  std::string why;
-  const int count = cuda_device_count(&why);
-  if (count == 0) throw Error("--device cuda: no usable GPU here (" + why + ")");
-  return cuda_device_of_rank(count);
+  return local % count;
 }
 }  // namespace
 #endif

@@ -29,13 +29,10 @@ struct DeviceOptions {
 bool cuda_built();
 
 // The backend of `o`: CpuBackend(threads) with the loaded model's activation options (configure_activations), or
-// CudaBackend on this rank's GPU (cuda_device_of_rank). Call o.check() first.
+// CudaBackend on this rank's GPU: its index among the job's ranks on its host (as the launcher tells it: Open MPI,
+// MPICH, Slurm; 0 outside one) modulo the host's GPUs, so ranks share GPUs only when there are more ranks than
+// GPUs. Call o.check() first.
 std::unique_ptr<Backend> make_backend(const DeviceOptions& o, int threads, const LoadedModel& loaded);
-
-// The GPU a rank uses: its index among the job's ranks on its host (as the launcher tells it: Open MPI, MPICH,
-// Slurm; 0 outside one) modulo the host's GPUs, so ranks spread over the GPUs and share them only when there are
-// more ranks than GPUs.
-int cuda_device_of_rank(int device_count);
 
 // The communicator for the model's own tensor-parallel collectives when it is not the job's MPI group: NCCL,
 // when the backend is a GPU, the build has NCCL and every rank of the tensor-parallel group has a GPU to itself
